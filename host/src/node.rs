@@ -1,0 +1,280 @@
+//! A running host: loads the manifest's components once, builds one `Instance` and one
+//! actor task per `[[service]]`, and offers the operations a client needs (request an
+//! event, open a session, watch lifecycle changes, shut down cleanly).
+
+use crate::manifest::{Diagnostic, Manifest, ManifestError};
+use crate::runtime::actor::{InstanceActor, open_client_session};
+use crate::runtime::instance::{
+    CallError, Control, Envelope, Instance, LifecycleEvent, Registry, SessionId,
+};
+use crate::runtime::session::ClientEvent;
+use crate::runtime::{CacheOutcome, Class, Runtime, RuntimeConfig};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Why a host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The engine could not be built.
+    #[error("cannot start the wasm engine: {0}")]
+    Engine(String),
+    /// A component failed to load; the diagnostics say which and why.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// Loads every distinct component of a manifest once, reporting failures against the
+/// manifest's `component` fields.
+pub async fn load_classes(
+    runtime: &Runtime,
+    manifest: &Manifest,
+) -> Result<HashMap<PathBuf, Arc<Class>>, ManifestError> {
+    let mut classes = HashMap::new();
+    let mut problems = Vec::new();
+    for (i, s) in manifest.services.iter().enumerate() {
+        if classes.contains_key(&s.component) {
+            continue;
+        }
+        match runtime.load(&s.component).await {
+            Ok(c) => {
+                tracing::debug!(component = %s.component.display(), cache = ?c.cache, messages = ?c.messages, events = ?c.events, "loaded");
+                classes.insert(s.component.clone(), Arc::new(c));
+            }
+            Err(e) => problems.push(Diagnostic {
+                file: manifest.path.clone(),
+                at: s.component_at,
+                field: format!("service[{}].component", i + 1),
+                message: e.to_string(),
+                help: Some("a service must be a wasm32-wasip2 component built against wit/ (the wasmwire-guest SDK does this)".into()),
+            }),
+        }
+    }
+    if problems.is_empty() {
+        Ok(classes)
+    } else {
+        Err(ManifestError::Invalid(problems))
+    }
+}
+
+/// A client's session with an instance.
+pub struct ClientSession {
+    /// The instance's end of the session.
+    pub end: SessionId,
+    instance: Arc<Instance>,
+    /// What the instance sends, and the close.
+    pub events: mpsc::UnboundedReceiver<ClientEvent>,
+}
+
+impl ClientSession {
+    /// Sends a message of a kind the instance declared.
+    pub fn send(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError> {
+        crate::runtime::session::Route::Instance {
+            to: self.instance.clone(),
+            end: self.end,
+        }
+        .send(kind, payload)
+    }
+
+    /// Closes the session; the instance gets `on-disconnect`.
+    pub fn close(self) {
+        let _ = self.instance.post(Envelope::Disconnect { end: self.end });
+    }
+}
+
+/// A running host.
+pub struct Node {
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+    tasks: Vec<JoinHandle<()>>,
+    classes: HashMap<PathBuf, Arc<Class>>,
+}
+
+impl Node {
+    /// Starts a host for a manifest, sized by its `[host]` section.
+    pub async fn start(manifest: &Manifest) -> Result<Node, NodeError> {
+        let max_memory = manifest
+            .services
+            .iter()
+            .map(|s| s.limits.memory)
+            .max()
+            .unwrap_or(64 << 20);
+        Node::start_with(
+            manifest,
+            RuntimeConfig::from_host(&manifest.host, max_memory),
+        )
+        .await
+    }
+
+    /// Starts a host with explicit engine settings.
+    pub async fn start_with(manifest: &Manifest, config: RuntimeConfig) -> Result<Node, NodeError> {
+        let runtime =
+            Arc::new(Runtime::new(&config).map_err(|e| NodeError::Engine(format!("{e:#}")))?);
+        let classes = load_classes(&runtime, manifest).await?;
+        let index_of: HashMap<&str, u32> = manifest
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i as u32))
+            .collect();
+        let mut instances = Vec::new();
+        let mut inboxes = Vec::new();
+        for (i, s) in manifest.services.iter().enumerate() {
+            let uses = s
+                .uses
+                .iter()
+                .filter_map(|u| Some((Box::from(u.as_str()), *index_of.get(u.as_str())?)))
+                .collect();
+            let (instance, inbox) = Instance::new(
+                &s.name,
+                i as u32,
+                s.channel,
+                classes[&s.component].clone(),
+                s.limits.clone(),
+                &s.options_json,
+                s.autostart,
+                uses,
+            );
+            instances.push(instance);
+            inboxes.push(inbox);
+        }
+        let registry = Arc::new(Registry::new(instances));
+        let mut tasks = Vec::new();
+        for (instance, inbox) in registry.instances().iter().zip(inboxes) {
+            tracing::info!(
+                instance = %instance.name,
+                channel = instance.channel,
+                component = %instance.class.path.display(),
+                autostart = instance.autostart,
+                "service"
+            );
+            let actor =
+                InstanceActor::new(instance.clone(), registry.clone(), runtime.ticks(), inbox);
+            tasks.push(tokio::spawn(actor.run()));
+        }
+        Ok(Node {
+            runtime,
+            registry,
+            tasks,
+            classes,
+        })
+    }
+
+    /// Every instance.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The instance of this name.
+    pub fn instance(&self, name: &str) -> Option<&Arc<Instance>> {
+        self.registry.by_name(name)
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Whether each component came from the compiled cache.
+    pub fn cache_outcomes(&self) -> Vec<(PathBuf, CacheOutcome)> {
+        let mut v: Vec<_> = self
+            .classes
+            .iter()
+            .map(|(p, c)| (p.clone(), c.cache))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Lifecycle changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent> {
+        self.registry.subscribe()
+    }
+
+    fn find(&self, service: &str) -> Result<&Arc<Instance>, CallError> {
+        self.registry
+            .by_name(service)
+            .ok_or_else(|| CallError::NoSuchService(service.to_string()))
+    }
+
+    /// Calls an event as a client (not bound by any `uses`), waiting up to the callee's
+    /// `request_timeout` for the reply.
+    pub async fn request(
+        &self,
+        service: &str,
+        event: &str,
+        params: &str,
+    ) -> Result<String, CallError> {
+        let target = self.find(service)?;
+        let Some(index) = target.class.event_index(event) else {
+            return Err(CallError::Invalid(format!(
+                "{service} has no event {event:?}; it declares {:?}",
+                target.class.events
+            )));
+        };
+        if params.len() as u64 > target.limits.max_message {
+            return Err(CallError::TooLarge {
+                size: params.len(),
+                limit: target.limits.max_message,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        target.post(Envelope::Event {
+            caller: None,
+            event: index,
+            params: params.to_string(),
+            chain: Vec::new(),
+            reply,
+        })?;
+        match tokio::time::timeout(target.limits.request_timeout, rx).await {
+            Err(_) => Err(CallError::Timeout),
+            Ok(Err(_)) => Err(CallError::Closed),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// Opens a session to `service` as the client `client`.
+    pub async fn open_session(
+        &self,
+        service: &str,
+        client: &str,
+    ) -> Result<ClientSession, CallError> {
+        let target = self.find(service)?.clone();
+        let (tx, events) = mpsc::unbounded_channel();
+        let end = open_client_session(&target, &self.registry, client, tx).await?;
+        Ok(ClientSession {
+            end,
+            instance: target,
+            events,
+        })
+    }
+
+    /// Wakes an instance now (if it is asleep) and waits until it is awake.
+    pub async fn wake(&self, service: &str) -> Result<(), CallError> {
+        let target = self.find(service)?;
+        let (reply, rx) = oneshot::channel();
+        if !target.control(Control::Wake { reply }) {
+            return Err(CallError::Closed);
+        }
+        rx.await.map_err(|_| CallError::Closed)?
+    }
+
+    /// Puts every awake instance to sleep (each gets `sleep()`) and stops all actors.
+    pub async fn shutdown(self) {
+        let mut waits = Vec::new();
+        for instance in self.registry.instances() {
+            let (done, rx) = oneshot::channel();
+            if instance.control(Control::Shutdown { done }) {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! The instance actor: one tokio task per instance that owns its `Store` while it is awake
+//! and makes every call into it, one at a time, in arrival order. It wakes the instance on
+//! demand, puts it to sleep when idle, fires its timers, and handles its crashes.
+//!
+//! The loop polls, in this order (`biased`): control (shutdown is never stuck behind a busy
+//! mailbox, as in lunatic's process loop), the mailbox (taken in batches, so a burst costs
+//! one wake-up), due timers, the idle deadline, and an autostart instance's restart.
+
+use super::bindings::{Service, SessionInfo};
+use super::instance::{
+    CallError, Control, Envelope, Inbox, Instance, LifecycleEvent, PeerInfo, Registry, SessionId,
+    Status,
+};
+use super::session::{Route, SessionEnd};
+use super::state::{CpuDeadline, Deferred, HostState, MemoryLimit, new_store};
+use super::supervisor::{Supervisor, Verdict};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use tokio::time::{Instant, sleep_until};
+use wasmtime::Store;
+
+/// Most envelopes taken from the mailbox per wake-up.
+const BATCH: usize = 128;
+
+/// The awake part: a live wasm instance and its store.
+struct Awake {
+    store: Store<HostState>,
+    service: Service,
+}
+
+/// Owns one instance's store and runs its lifecycle.
+pub(crate) struct InstanceActor {
+    me: Arc<Instance>,
+    registry: Arc<Registry>,
+    ticks: Arc<AtomicU64>,
+    inbox: Inbox,
+    awake: Option<Awake>,
+    supervisor: Supervisor,
+    last_activity: Instant,
+}
+
+/// Runs `$call` (an export call on `$a.service`) with a fresh CPU budget.
+macro_rules! guest_call {
+    ($a:expr, $method:ident $(, $arg:expr)*) => {{
+        let a = &mut $a;
+        a.store.data_mut().clock.start();
+        let limit = a.store.data().clock.limit;
+        a.store.set_epoch_deadline(limit);
+        a.service.wasmwire_service_lifecycle().$method(&mut a.store $(, $arg)*).await
+    }};
+}
+
+impl InstanceActor {
+    pub(crate) fn new(
+        me: Arc<Instance>,
+        registry: Arc<Registry>,
+        ticks: Arc<AtomicU64>,
+        inbox: Inbox,
+    ) -> Self {
+        let l = &me.limits;
+        let supervisor = Supervisor::new(l.max_restarts, l.restart_window, l.restart_backoff);
+        InstanceActor {
+            me,
+            registry,
+            ticks,
+            inbox,
+            awake: None,
+            supervisor,
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// Runs until shutdown (or until every sender is gone).
+    pub(crate) async fn run(mut self) {
+        if self.me.autostart {
+            let _ = self.ensure_awake().await;
+        }
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            self.run_deferred().await;
+            let timer_at = self
+                .awake
+                .as_ref()
+                .and_then(|a| a.store.data().timers.iter().map(|t| t.next).min());
+            let idle_at = self.idle_deadline();
+            let restart_at = self.restart_deadline();
+            tokio::select! {
+                biased;
+                c = self.inbox.control.recv() => match c {
+                    Some(Control::Shutdown { done }) => {
+                        self.put_to_sleep("shutdown").await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(Control::Wake { reply }) => {
+                        let _ = reply.send(self.ensure_awake().await);
+                    }
+                    None => return,
+                },
+                n = self.inbox.mailbox.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for envelope in batch.drain(..) {
+                        self.me.taken(&envelope);
+                        self.handle(envelope).await;
+                        self.run_deferred().await;
+                    }
+                    self.last_activity = Instant::now();
+                }
+                _ = sleep_until(timer_at.unwrap_or_else(Instant::now)), if timer_at.is_some() => self.fire_timers().await,
+                _ = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => self.put_to_sleep("idle").await,
+                _ = sleep_until(restart_at.unwrap_or_else(Instant::now)), if restart_at.is_some() => {
+                    let _ = self.ensure_awake().await;
+                }
+            }
+        }
+    }
+
+    /// When an awake, sessionless, non-resident instance goes to sleep.
+    fn idle_deadline(&self) -> Option<Instant> {
+        let a = self.awake.as_ref()?;
+        if self.me.autostart || !a.store.data().sessions.is_empty() || self.me.queued() > 0 {
+            return None;
+        }
+        Some(self.last_activity + self.me.limits.idle_timeout)
+    }
+
+    /// When a crashed autostart instance starts again by itself.
+    fn restart_deadline(&self) -> Option<Instant> {
+        if !self.me.autostart || self.awake.is_some() || self.me.status() == Status::Down {
+            return None;
+        }
+        Some(self.supervisor.not_before.unwrap_or_else(Instant::now))
+    }
+
+    async fn handle(&mut self, envelope: Envelope) {
+        match envelope {
+            Envelope::Message { end, kind, payload } => {
+                // Messages only exist on open sessions, and sessions only while awake: a
+                // message for a closed session (or a crashed instance) is dropped.
+                let Some(a) = self.awake.as_mut() else { return };
+                if !a.store.data().sessions.contains_key(&end) {
+                    return;
+                }
+                let class = self.me.class.clone();
+                let kind = &class.messages[kind as usize];
+                if let Err(e) = guest_call!(*a, call_on_message, end, kind, &payload) {
+                    self.crash("on-message", e).await;
+                }
+            }
+            Envelope::Event {
+                caller,
+                event,
+                params,
+                chain,
+                reply,
+            } => {
+                if let Err(e) = self.ensure_awake().await {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let Some(a) = self.awake.as_mut() else { return };
+                a.store.data_mut().chain = chain;
+                let class = self.me.class.clone();
+                let name = &class.events[event as usize];
+                let result = guest_call!(*a, call_on_event, caller, name, &params);
+                a.store.data_mut().chain.clear();
+                match result {
+                    Ok(Ok(json)) => {
+                        let _ = reply.send(Ok(json));
+                    }
+                    Ok(Err(text)) => {
+                        let _ = reply.send(Err(CallError::Failed(text)));
+                    }
+                    Err(e) => {
+                        let cause = self.crash("on-event", e).await;
+                        let _ = reply.send(Err(CallError::Unavailable(format!(
+                            "{} crashed: {cause}",
+                            self.me.name
+                        ))));
+                    }
+                }
+            }
+            Envelope::Connect {
+                end,
+                from,
+                back,
+                chain,
+                reply,
+            } => {
+                if let Err(e) = self.ensure_awake().await {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let Some(a) = self.awake.as_mut() else { return };
+                let max = self.me.limits.max_sessions as usize;
+                if a.store.data().sessions.len() >= max {
+                    let _ = reply.send(Err(CallError::Denied(format!(
+                        "{} has its limit of {max} sessions open",
+                        self.me.name
+                    ))));
+                    return;
+                }
+                let PeerInfo { service, peer } = from;
+                let info = SessionInfo {
+                    id: end,
+                    peer: peer.as_deref().map(str::to_string),
+                    service: service.to_string(),
+                    channel: self.me.channel,
+                };
+                a.store.data_mut().sessions.insert(
+                    end,
+                    SessionEnd {
+                        route: back,
+                        service,
+                        peer,
+                        channel: self.me.channel,
+                    },
+                );
+                if reply.send(Ok(())).is_err() {
+                    // The opener gave up waiting; it already sent us a disconnect.
+                }
+                a.store.data_mut().chain = chain;
+                let r = guest_call!(*a, call_on_connect, &info);
+                a.store.data_mut().chain.clear();
+                if let Err(e) = r {
+                    self.crash("on-connect", e).await;
+                }
+            }
+            Envelope::Disconnect { end } => {
+                let Some(a) = self.awake.as_mut() else { return };
+                if a.store.data_mut().sessions.remove(&end).is_none() {
+                    return;
+                }
+                if let Err(e) = guest_call!(*a, call_on_disconnect, end) {
+                    self.crash("on-disconnect", e).await;
+                }
+            }
+        }
+    }
+
+    /// Delivers the `on-connect`/`on-disconnect` calls a host call queued for this instance.
+    async fn run_deferred(&mut self) {
+        loop {
+            let Some(a) = self.awake.as_mut() else { return };
+            let Some(d) = a.store.data_mut().deferred.pop_front() else {
+                return;
+            };
+            let (export, r) = match d {
+                Deferred::Connected(info) => {
+                    ("on-connect", guest_call!(*a, call_on_connect, &info))
+                }
+                Deferred::Disconnected(id) => {
+                    ("on-disconnect", guest_call!(*a, call_on_disconnect, id))
+                }
+            };
+            if let Err(e) = r {
+                self.crash(export, e).await;
+            }
+        }
+    }
+
+    async fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u32> = match self.awake.as_mut() {
+            Some(a) => a
+                .store
+                .data_mut()
+                .timers
+                .iter_mut()
+                .filter(|t| t.next <= now)
+                .map(|t| {
+                    // Ticks missed while the instance was busy are skipped, not queued.
+                    t.next = now + t.period;
+                    t.id
+                })
+                .collect(),
+            None => return,
+        };
+        for id in due {
+            let Some(a) = self.awake.as_mut() else { return };
+            if !a.store.data().timers.iter().any(|t| t.id == id) {
+                continue; // cancelled by an earlier tick in this round
+            }
+            if let Err(e) = guest_call!(*a, call_on_timer, id) {
+                self.crash("on-timer", e).await;
+                return;
+            }
+            self.run_deferred().await;
+        }
+    }
+
+    /// Wakes the instance if it is asleep: instantiate from the pre-linked component, then
+    /// `wakeup(options)`. Waits out a restart back-off first.
+    async fn ensure_awake(&mut self) -> Result<(), CallError> {
+        if self.awake.is_some() {
+            return Ok(());
+        }
+        if self.me.status() == Status::Down {
+            return Err(self.me.down_error());
+        }
+        if let Some(t) = self.supervisor.not_before.take() {
+            sleep_until(t).await;
+        }
+        let state = HostState::new(self.me.clone(), self.registry.clone(), self.ticks.clone());
+        let mut store = new_store(self.me.class.pre.engine(), state);
+        let service = match self.me.class.pre.instantiate_async(&mut store).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Not the guest's fault (no free slot in the pool, most likely): no crash.
+                tracing::warn!(instance = %self.me.name, error = %e, "cannot instantiate");
+                return Err(CallError::Unavailable(format!(
+                    "cannot instantiate {}: {e}",
+                    self.me.name
+                )));
+            }
+        };
+        let mut a = Awake { store, service };
+        let options = self.me.options_json.clone();
+        let r = guest_call!(a, call_wakeup, &options);
+        self.awake = Some(a);
+        let failure = match r {
+            Ok(Ok(())) => None,
+            Ok(Err(text)) => Some(wasmtime::Error::msg(format!(
+                "wakeup returned an error: {text}"
+            ))),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = failure {
+            let cause = self.crash("wakeup", e).await;
+            return Err(CallError::Unavailable(format!(
+                "{} failed to wake: {cause}",
+                self.me.name
+            )));
+        }
+        self.me.set_status(Status::Awake);
+        self.last_activity = Instant::now();
+        tracing::info!(instance = %self.me.name, "awake");
+        self.registry
+            .publish(LifecycleEvent::Woke(self.me.name.clone()));
+        Ok(())
+    }
+
+    /// Calls `sleep()` and drops the instance.
+    async fn put_to_sleep(&mut self, reason: &'static str) {
+        let Some(mut a) = self.awake.take() else {
+            return;
+        };
+        if let Err(e) = guest_call!(a, call_sleep) {
+            tracing::error!(instance = %self.me.name, export = "sleep", cause = %describe(&e), "trapped while going to sleep");
+        }
+        // A sleeping instance has no sessions; any left (shutdown) are closed for the other end.
+        for (_, end) in a.store.data_mut().sessions.drain() {
+            end.route.disconnect();
+        }
+        drop(a);
+        self.me.set_status(Status::Asleep);
+        tracing::info!(instance = %self.me.name, reason, "asleep");
+        self.registry
+            .publish(LifecycleEvent::Slept(self.me.name.clone()));
+    }
+
+    /// Drops a crashed instance, closes its sessions for the other ends, logs the cause and
+    /// applies the restart policy. Returns the one-line cause.
+    async fn crash(&mut self, export: &'static str, error: wasmtime::Error) -> String {
+        let cause = describe(&error);
+        if let Some(mut a) = self.awake.take() {
+            for (_, end) in a.store.data_mut().sessions.drain() {
+                end.route.disconnect();
+            }
+        }
+        tracing::error!(instance = %self.me.name, export, %cause, "instance crashed; its sessions are closed");
+        tracing::debug!(instance = %self.me.name, details = ?error, "crash details");
+        self.registry.publish(LifecycleEvent::Crashed {
+            instance: self.me.name.clone(),
+            export,
+            cause: cause.clone(),
+        });
+        match self.supervisor.crashed(Instant::now()) {
+            Verdict::Restart { after } => {
+                self.me.set_status(Status::Asleep);
+                tracing::info!(instance = %self.me.name, ?after, "will restart on next demand");
+            }
+            Verdict::GiveUp { crashes } => {
+                self.me.set_status(Status::Down);
+                tracing::error!(
+                    instance = %self.me.name,
+                    crashes,
+                    window = ?self.me.limits.restart_window,
+                    "instance is down: it crashed too often and will not be restarted"
+                );
+                self.registry
+                    .publish(LifecycleEvent::Down(self.me.name.clone()));
+                self.refuse_queued();
+            }
+        }
+        cause
+    }
+
+    /// Answers everything waiting in the mailbox of a down instance.
+    fn refuse_queued(&mut self) {
+        while let Ok(envelope) = self.inbox.mailbox.try_recv() {
+            self.me.taken(&envelope);
+            let e = self.me.down_error();
+            match envelope {
+                Envelope::Event { reply, .. } => {
+                    let _ = reply.send(Err(e));
+                }
+                Envelope::Connect { reply, .. } => {
+                    let _ = reply.send(Err(e));
+                }
+                Envelope::Message { .. } | Envelope::Disconnect { .. } => {}
+            }
+        }
+    }
+}
+
+/// One line saying why a call failed: the limit hit, or the trap and where it happened.
+pub fn describe(error: &wasmtime::Error) -> String {
+    if let Some(d) = error.downcast_ref::<CpuDeadline>() {
+        return d.to_string();
+    }
+    if let Some(m) = error.downcast_ref::<MemoryLimit>() {
+        return m.to_string();
+    }
+    let mut s = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(t) => format!("trap: {t}"),
+        None => error.to_string(),
+    };
+    if let Some(bt) = error.downcast_ref::<wasmtime::WasmBacktrace>()
+        && let Some(f) = bt.frames().iter().find_map(|f| f.func_name())
+    {
+        s.push_str(&format!(" (in {f})"));
+    }
+    s
+}
+
+/// Opens a session from a client to `instance`; the client hears from it on `to`.
+pub(crate) async fn open_client_session(
+    instance: &Arc<Instance>,
+    registry: &Registry,
+    client: &str,
+    to: tokio::sync::mpsc::UnboundedSender<super::session::ClientEvent>,
+) -> Result<SessionId, CallError> {
+    let end = registry.next_session();
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    instance.post(Envelope::Connect {
+        end,
+        from: PeerInfo {
+            service: Arc::from(client),
+            peer: None,
+        },
+        back: Route::Client { to },
+        chain: Vec::new(),
+        reply,
+    })?;
+    match tokio::time::timeout(instance.limits.request_timeout, rx).await {
+        Err(_) => {
+            let _ = instance.post(Envelope::Disconnect { end });
+            Err(CallError::Timeout)
+        }
+        Ok(Err(_)) => Err(CallError::Closed),
+        Ok(Ok(r)) => r.map(|()| end),
+    }
+}

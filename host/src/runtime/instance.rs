@@ -1,0 +1,323 @@
+//! What the rest of the host holds of a service instance: its name, class and limits, its
+//! mailbox, and its status. The `InstanceActor` on the other end of the mailbox owns the
+//! wasm `Store`; everything here is shared and lock-free, because every message passes
+//! through it.
+
+use super::Class;
+use super::session::Route;
+use crate::manifest::Limits;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Names one end of a session; allocated from a host-wide counter, never reused in a run.
+pub type SessionId = u64;
+
+/// Why a call to a service failed: what `send`, `connect` and `request` return, to guests
+/// (as the WIT `error`) and to Rust callers alike.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The session id is not open on this end.
+    #[error("no such session")]
+    NoSuchSession,
+    /// No service of this name.
+    #[error("no such service: {0}")]
+    NoSuchService(String),
+    /// Not allowed (not in `uses`, or a limit on open sessions or timers).
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The payload or parameters exceed the receiver's `max_message`.
+    #[error("too large: {size} bytes, the receiver accepts at most {limit}")]
+    TooLarge {
+        /// Bytes sent.
+        size: usize,
+        /// The receiver's limit.
+        limit: u64,
+    },
+    /// The other end closed, or crashed, before answering.
+    #[error("closed")]
+    Closed,
+    /// No answer within the request timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The receiver's mailbox is full.
+    #[error("busy: mailbox full")]
+    Busy,
+    /// The request would wait on itself.
+    #[error("request cycle")]
+    Cycle,
+    /// Malformed: an undeclared message kind or event, a bad argument.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The service is down or could not be woken.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The callee's `on-event` returned this error.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+/// Where an instance is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// No wasm instance, no memory.
+    Asleep = 0,
+    /// Instantiated and woken; handling calls.
+    Awake = 1,
+    /// Crashed past its restart limit; refuses all work until the host restarts.
+    Down = 2,
+}
+
+/// A lifecycle change, broadcast to whoever subscribes (tests, introspection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// `wakeup` returned Ok.
+    Woke(Arc<str>),
+    /// `sleep` ran and the instance was dropped.
+    Slept(Arc<str>),
+    /// A call trapped or hit a limit; the instance was dropped.
+    Crashed {
+        /// The instance.
+        instance: Arc<str>,
+        /// The export that was running.
+        export: &'static str,
+        /// What happened, in one line.
+        cause: String,
+    },
+    /// Past its restart limit: it stays down.
+    Down(Arc<str>),
+}
+
+/// The remote end of a session as the accepting side sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerInfo {
+    /// Instance or client name at the other end.
+    pub service: Arc<str>,
+    /// Peer host id, for remote sessions.
+    pub peer: Option<Arc<str>>,
+}
+
+/// The call chain of a request: instance indexes, innermost last. Used to refuse cycles.
+pub(crate) type Chain = Vec<u32>;
+
+/// Work for an instance, in arrival order.
+pub(crate) enum Envelope {
+    /// Open a session whose other end is `back`.
+    Connect {
+        end: SessionId,
+        from: PeerInfo,
+        back: Route,
+        chain: Chain,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+    /// A message of the receiver's declared kind number `kind`.
+    Message {
+        end: SessionId,
+        kind: u16,
+        payload: Vec<u8>,
+    },
+    /// The other end closed.
+    Disconnect { end: SessionId },
+    /// An event of the receiver's declared event number `event`.
+    Event {
+        caller: Option<SessionId>,
+        event: u16,
+        params: String,
+        chain: Chain,
+        reply: oneshot::Sender<Result<String, CallError>>,
+    },
+}
+
+impl Envelope {
+    /// Whether it counts against the mailbox bound (work a sender can be told to hold back).
+    fn counted(&self) -> bool {
+        !matches!(self, Envelope::Disconnect { .. })
+    }
+}
+
+/// Orders handled before any mailbox work (a busy mailbox never delays shutdown).
+pub(crate) enum Control {
+    /// Put the instance to sleep and stop the actor.
+    Shutdown { done: oneshot::Sender<()> },
+    /// Wake now (if asleep) and report.
+    Wake {
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+}
+
+/// A service instance as shared by the host: identity, class, limits, mailbox and status.
+pub struct Instance {
+    /// The instance name.
+    pub name: Arc<str>,
+    /// Its index in the registry.
+    pub index: u32,
+    /// The channel it listens on.
+    pub channel: u16,
+    /// The component it runs.
+    pub class: Arc<Class>,
+    /// Its limits.
+    pub limits: Limits,
+    /// Its options as JSON, handed to `wakeup`.
+    pub options_json: Arc<str>,
+    /// Woken at start and kept awake.
+    pub autostart: bool,
+    /// Services it may use: (name, registry index).
+    pub(crate) uses: Box<[(Box<str>, u32)]>,
+    mailbox: mpsc::UnboundedSender<Envelope>,
+    control: mpsc::UnboundedSender<Control>,
+    queued: AtomicUsize,
+    status: AtomicU8,
+}
+
+/// The receiving ends an actor owns.
+pub(crate) struct Inbox {
+    pub mailbox: mpsc::UnboundedReceiver<Envelope>,
+    pub control: mpsc::UnboundedReceiver<Control>,
+}
+
+impl Instance {
+    /// Builds the shared part of an instance and the inbox its actor will own.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        name: &str,
+        index: u32,
+        channel: u16,
+        class: Arc<Class>,
+        limits: Limits,
+        options_json: &str,
+        autostart: bool,
+        uses: Box<[(Box<str>, u32)]>,
+    ) -> (Arc<Instance>, Inbox) {
+        // The mailbox is unbounded as a channel but bounded by `queued`: messages and events
+        // count, disconnects do not, so closing a session can never fail for lack of room.
+        let (mailbox, mailbox_rx) = mpsc::unbounded_channel();
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let instance = Arc::new(Instance {
+            name: Arc::from(name),
+            index,
+            channel,
+            class,
+            limits,
+            options_json: Arc::from(options_json),
+            autostart,
+            uses,
+            mailbox,
+            control,
+            queued: AtomicUsize::new(0),
+            status: AtomicU8::new(Status::Asleep as u8),
+        });
+        (
+            instance,
+            Inbox {
+                mailbox: mailbox_rx,
+                control: control_rx,
+            },
+        )
+    }
+
+    /// Where it is in its lifecycle.
+    pub fn status(&self) -> Status {
+        match self.status.load(Ordering::Acquire) {
+            1 => Status::Awake,
+            2 => Status::Down,
+            _ => Status::Asleep,
+        }
+    }
+
+    pub(crate) fn set_status(&self, s: Status) {
+        self.status.store(s as u8, Ordering::Release);
+    }
+
+    /// Messages and events waiting now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Queues work, refusing it with `busy` when the mailbox is full.
+    #[inline]
+    pub(crate) fn post(&self, envelope: Envelope) -> Result<(), CallError> {
+        if envelope.counted() {
+            if self.status() == Status::Down {
+                return Err(self.down_error());
+            }
+            if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limits.mailbox as usize {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err(CallError::Busy);
+            }
+        }
+        self.mailbox.send(envelope).map_err(|_| CallError::Closed)
+    }
+
+    /// Called by the actor for each counted envelope it takes.
+    #[inline]
+    pub(crate) fn taken(&self, envelope: &Envelope) {
+        if envelope.counted() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    pub(crate) fn control(&self, c: Control) -> bool {
+        self.control.send(c).is_ok()
+    }
+
+    pub(crate) fn down_error(&self) -> CallError {
+        CallError::Unavailable(format!(
+            "{} is down: it crashed more than {} times within {:?}",
+            self.name, self.limits.max_restarts, self.limits.restart_window
+        ))
+    }
+
+    /// The registry index of a service in `uses`.
+    pub(crate) fn uses(&self, service: &str) -> Option<u32> {
+        self.uses
+            .iter()
+            .find(|(n, _)| &**n == service)
+            .map(|(_, i)| *i)
+    }
+}
+
+/// Every instance of a host, by index and name, and the host-wide session counter.
+pub struct Registry {
+    instances: Vec<Arc<Instance>>,
+    next_session: AtomicU64,
+    events: broadcast::Sender<LifecycleEvent>,
+}
+
+impl Registry {
+    pub(crate) fn new(instances: Vec<Arc<Instance>>) -> Registry {
+        Registry {
+            instances,
+            next_session: AtomicU64::new(1),
+            events: broadcast::channel(1024).0,
+        }
+    }
+
+    /// All instances, in manifest order.
+    pub fn instances(&self) -> &[Arc<Instance>] {
+        &self.instances
+    }
+
+    /// The instance at a registry index.
+    pub fn get(&self, index: u32) -> &Arc<Instance> {
+        &self.instances[index as usize]
+    }
+
+    /// The instance of this name.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Instance>> {
+        self.instances.iter().find(|i| &*i.name == name)
+    }
+
+    /// A fresh session id.
+    pub fn next_session(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Lifecycle changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn publish(&self, event: LifecycleEvent) {
+        let _ = self.events.send(event);
+    }
+}

@@ -1,0 +1,266 @@
+//! The wasmtime side of the host: one `Engine` (component model, pooling allocator, epoch
+//! interruption driven by one ticker thread), one `Linker` with WASI p2 (nothing granted)
+//! and the `wasmwire:service` imports, and the loading of components into `Class`es — a
+//! compiled component, its `ServicePre` built once, and what its `describe` declared.
+
+pub(crate) mod actor;
+pub mod bindings;
+mod cache;
+mod guest_log;
+pub mod instance;
+pub mod session;
+pub(crate) mod state;
+pub mod supervisor;
+
+use crate::manifest::HostConfig;
+use bindings::{Service, ServicePre};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+pub use actor::describe as describe_error;
+pub use cache::CacheOutcome;
+pub use state::{CpuDeadline, HostState, MemoryLimit};
+
+/// How often the epoch ticker advances: the granularity of CPU deadlines.
+pub const TICK: Duration = Duration::from_millis(1);
+
+/// Why a component could not be loaded or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The component file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid WebAssembly component.
+    #[error("{} is not a valid component: {reason}", path.display())]
+    Compile {
+        /// The component file.
+        path: PathBuf,
+        /// What wasmtime said.
+        reason: String,
+    },
+    /// The component does not implement the `wasmwire:service` world.
+    #[error("{} does not implement the wasmwire:service@0.1.0 world: {reason}", path.display())]
+    WrongWorld {
+        /// The component file.
+        path: PathBuf,
+        /// The missing or mismatched import or export.
+        reason: String,
+    },
+    /// `describe` trapped or failed.
+    #[error("{}: describe() failed: {reason}", path.display())]
+    Describe {
+        /// The component file.
+        path: PathBuf,
+        /// The trap or error.
+        reason: String,
+    },
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most instances awake at once: the size of the instance pool.
+    pub max_awake: u32,
+    /// Largest memory limit of any instance (sizes the pool's memory slots).
+    pub max_memory: u64,
+    /// Folder for compiled components; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl RuntimeConfig {
+    /// Settings for a manifest's host section and its largest memory limit.
+    pub fn from_host(host: &HostConfig, max_memory: u64) -> Self {
+        RuntimeConfig {
+            max_awake: host.max_awake,
+            max_memory,
+            cache_dir: Some(host.cache_dir.clone()),
+        }
+    }
+}
+
+/// A loaded service component: compiled, linked, type-checked and described.
+pub struct Class {
+    /// The component file.
+    pub path: PathBuf,
+    /// Pre-linked, ready to instantiate.
+    pub pre: ServicePre<HostState>,
+    /// Message kinds it accepts, in `describe` order (indexes are used on the hot path).
+    pub messages: Box<[String]>,
+    /// Event names it accepts.
+    pub events: Box<[String]>,
+    /// Whether the compiled code came from the cache.
+    pub cache: CacheOutcome,
+}
+
+impl Class {
+    /// The index of an accepted message kind.
+    #[inline]
+    pub fn message_index(&self, kind: &str) -> Option<u16> {
+        self.messages
+            .iter()
+            .position(|k| k == kind)
+            .map(|i| i as u16)
+    }
+
+    /// The index of an accepted event name.
+    #[inline]
+    pub fn event_index(&self, name: &str) -> Option<u16> {
+        self.events.iter().position(|k| k == name).map(|i| i as u16)
+    }
+}
+
+/// The engine, linker and epoch ticker shared by every instance of a host.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    ticks: Arc<AtomicU64>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(config: &RuntimeConfig) -> wasmtime::Result<Runtime> {
+        let engine = Engine::new(&engine_config(config))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Service::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+
+        let ticks = Arc::new(AtomicU64::new(0));
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        {
+            // One thread for the whole host: epochs are how a runaway call is stopped
+            // without a timer per call.
+            let engine = engine.clone();
+            let ticks = ticks.clone();
+            let stop = stop_ticker.clone();
+            std::thread::Builder::new()
+                .name("wasmwire-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        ticks.fetch_add(1, Ordering::Relaxed);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(wasmtime::Error::new)?;
+        }
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: config.cache_dir.clone(),
+            ticks,
+            stop_ticker,
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The tick counter advanced with the engine's epoch.
+    pub fn ticks(&self) -> Arc<AtomicU64> {
+        self.ticks.clone()
+    }
+
+    /// Compiles (or loads from the cache) a component and type-checks it against the world.
+    pub fn compile(
+        &self,
+        path: &Path,
+    ) -> Result<(Component, ServicePre<HostState>, CacheOutcome), LoadError> {
+        let (component, outcome) = self.component(path)?;
+        let wrong = |e: wasmtime::Error| LoadError::WrongWorld {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong)?;
+        let pre = ServicePre::new(instance_pre).map_err(wrong)?;
+        Ok((component, pre, outcome))
+    }
+
+    /// Compiles (or loads from the cache) a component without checking its world.
+    pub fn component(&self, path: &Path) -> Result<(Component, CacheOutcome), LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cache::load(&self.engine, self.cache_dir.as_deref(), &bytes).map_err(|e| {
+            LoadError::Compile {
+                path: path.to_path_buf(),
+                reason: format!("{e:#}"),
+            }
+        })
+    }
+
+    /// Loads a component and asks it what it accepts, on a throwaway instance.
+    pub async fn load(&self, path: &Path) -> Result<Class, LoadError> {
+        let (_component, pre, cache) = self.compile(path)?;
+        let failed = |e: wasmtime::Error| LoadError::Describe {
+            path: path.to_path_buf(),
+            reason: format!("{e:#}"),
+        };
+        let mut store = self.scratch_store(Arc::from("describe"));
+        let service = pre.instantiate_async(&mut store).await.map_err(failed)?;
+        store.data_mut().clock.start();
+        store.set_epoch_deadline(store.data().clock.limit);
+        let d = service
+            .wasmwire_service_lifecycle()
+            .call_describe(&mut store)
+            .await
+            .map_err(failed)?;
+        Ok(Class {
+            path: path.to_path_buf(),
+            pre,
+            messages: d.messages.into_boxed_slice(),
+            events: d.events.into_boxed_slice(),
+            cache,
+        })
+    }
+
+    /// A store for one-off calls (describe, inspect) with default limits and no sessions.
+    pub fn scratch_store(&self, name: Arc<str>) -> Store<HostState> {
+        state::new_store(&self.engine, HostState::scratch(name, self.ticks.clone()))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+fn engine_config(config: &RuntimeConfig) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    let instances = config.max_awake.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    // A Rust wasm32-wasip2 component holds a handful of core instances (the program, the
+    // WASI adapter, shims); the limits below leave room for larger toolchains' output.
+    pool.total_component_instances(instances + 1)
+        .total_core_instances((instances + 1) * 16)
+        .max_core_instances_per_component(16)
+        .total_memories((instances + 1) * 2)
+        .max_memories_per_component(2)
+        .total_tables((instances + 1) * 4)
+        .max_tables_per_component(4)
+        .total_stacks(instances + 1)
+        .max_memory_size(config.max_memory.max(1 << 20) as usize)
+        .max_component_instance_size(1 << 20)
+        .max_core_instance_size(1 << 20)
+        // Keeping a little of each freed slot resident makes the next wake cheaper.
+        .linear_memory_keep_resident(64 << 10)
+        .table_keep_resident(16 << 10);
+    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    c
+}

@@ -1,0 +1,495 @@
+//! The per-instance host state inside each `Store`: WASI context (nothing granted), memory
+//! limiter, CPU clock, sessions, timers — and the `wasmwire:service/host` imports that read
+//! and change them.
+
+use super::bindings::wasmwire::service::{host, types};
+use super::bindings::{Level, SessionInfo, WitError};
+use super::guest_log::{GuestLog, Stream};
+use super::instance::{CallError, Chain, Envelope, Instance, PeerInfo, Registry, SessionId};
+use super::session::{Route, SessionEnd, SessionTable};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+/// Longest `log` line kept, so a guest cannot flood the log with one call.
+const MAX_LOG_LINE: usize = 8 << 10;
+
+/// A call ran past the instance's CPU deadline (the error behind the trap).
+#[derive(Debug, thiserror::Error)]
+#[error("cpu deadline exceeded: a call may run {limit:?}")]
+pub struct CpuDeadline {
+    /// The instance's `call_timeout`.
+    pub limit: Duration,
+}
+
+/// The guest tried to grow its memory past the instance's limit (the error behind the trap).
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit exceeded: asked for {desired} bytes, the limit is {limit}")]
+pub struct MemoryLimit {
+    /// Bytes asked for.
+    pub desired: usize,
+    /// The instance's `memory`.
+    pub limit: usize,
+}
+
+/// Enforces the instance's memory limit, turning a refused growth into a clear trap.
+pub(crate) struct Limiter {
+    memory: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            return Err(wasmtime::Error::new(MemoryLimit {
+                desired,
+                limit: self.memory,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// CPU time of the call in progress, in epoch ticks: wall time since the call started minus
+/// the time it spent waiting in `request` or `connect` (waiting is not computing).
+pub(crate) struct CallClock {
+    ticks: Arc<AtomicU64>,
+    started: u64,
+    waited: u64,
+    /// The instance's `call_timeout` in ticks.
+    pub limit: u64,
+    limit_time: Duration,
+}
+
+impl CallClock {
+    fn new(ticks: Arc<AtomicU64>, limit: Duration) -> Self {
+        let limit_ticks = (limit.as_micros() / super::TICK.as_micros()).max(1) as u64;
+        CallClock {
+            ticks,
+            started: 0,
+            waited: 0,
+            limit: limit_ticks,
+            limit_time: limit,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+
+    /// Marks the start of a guest call.
+    #[inline]
+    pub fn start(&mut self) {
+        self.started = self.now();
+        self.waited = 0;
+    }
+
+    fn used(&self) -> u64 {
+        self.now()
+            .saturating_sub(self.started)
+            .saturating_sub(self.waited)
+    }
+}
+
+/// A timer set by the guest.
+pub(crate) struct Timer {
+    pub id: u32,
+    pub period: Duration,
+    pub next: Instant,
+}
+
+/// A lifecycle call the actor makes right after the current one, before the next mailbox
+/// item: the guest cannot be re-entered while it is inside a host call.
+pub(crate) enum Deferred {
+    Connected(SessionInfo),
+    Disconnected(SessionId),
+}
+
+/// Everything the host keeps per instance, inside its `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+    pub(crate) name: Arc<str>,
+    /// `None` in scratch stores (describe, inspect): host calls that need the node fail.
+    pub(crate) me: Option<(Arc<Instance>, Arc<Registry>)>,
+    pub(crate) sessions: SessionTable,
+    pub(crate) timers: Vec<Timer>,
+    next_timer: u32,
+    pub(crate) deferred: VecDeque<Deferred>,
+    /// The chain of the event in progress (empty for other calls).
+    pub(crate) chain: Chain,
+    pub(crate) clock: CallClock,
+}
+
+impl HostState {
+    fn base(
+        name: Arc<str>,
+        ticks: Arc<AtomicU64>,
+        memory: u64,
+        call_timeout: Duration,
+    ) -> HostState {
+        // Nothing granted: no preopened folders, no environment, no arguments, no network.
+        // Output goes to the log under the instance's name; clocks and randomness stay.
+        let wasi = WasiCtx::builder()
+            .stdout(GuestLog::new(name.clone(), Stream::Stdout))
+            .stderr(GuestLog::new(name.clone(), Stream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: Limiter {
+                memory: memory as usize,
+            },
+            name,
+            me: None,
+            sessions: SessionTable::default(),
+            timers: Vec::new(),
+            next_timer: 1,
+            deferred: VecDeque::new(),
+            chain: Chain::new(),
+            clock: CallClock::new(ticks, call_timeout),
+        }
+    }
+
+    /// State for a real instance of the node.
+    pub(crate) fn new(
+        me: Arc<Instance>,
+        registry: Arc<Registry>,
+        ticks: Arc<AtomicU64>,
+    ) -> HostState {
+        let mut s = HostState::base(
+            me.name.clone(),
+            ticks,
+            me.limits.memory,
+            me.limits.call_timeout,
+        );
+        s.me = Some((me, registry));
+        s
+    }
+
+    /// State for a throwaway instance with default limits (describe, inspect, fuzz).
+    pub fn scratch(name: Arc<str>, ticks: Arc<AtomicU64>) -> HostState {
+        let d = crate::manifest::Limits::default();
+        HostState::base(name, ticks, d.memory, d.call_timeout)
+    }
+
+    fn node(&self) -> Result<(&Arc<Instance>, &Arc<Registry>), CallError> {
+        self.me
+            .as_ref()
+            .map(|(i, r)| (i, r))
+            .ok_or_else(|| CallError::Denied("not available outside a running host".into()))
+    }
+
+    /// Finds a service this instance may use, with the error the guest should see otherwise.
+    fn target(&self, service: &str) -> Result<(Arc<Instance>, Arc<Registry>), CallError> {
+        let (me, registry) = self.node()?;
+        match me.uses(service) {
+            Some(i) => Ok((registry.get(i).clone(), registry.clone())),
+            None if registry.by_name(service).is_none() => {
+                Err(CallError::NoSuchService(service.to_string()))
+            }
+            None => Err(CallError::Denied(format!(
+                "{} may not use {service}: add it to `uses` of {} in the manifest",
+                me.name, me.name
+            ))),
+        }
+    }
+
+    /// The chain a call made now would carry, or `cycle` if it would reach `target`.
+    fn chain_to(&self, target: &Instance) -> Result<Chain, CallError> {
+        let (me, _) = self.node()?;
+        if me.index == target.index || self.chain.contains(&target.index) {
+            return Err(CallError::Cycle);
+        }
+        let mut chain = self.chain.clone();
+        chain.push(me.index);
+        Ok(chain)
+    }
+
+    /// Waits for an answer without counting the wait as CPU time.
+    async fn wait<T>(
+        &mut self,
+        rx: oneshot::Receiver<Result<T, CallError>>,
+        timeout: Duration,
+    ) -> Result<T, CallError> {
+        let before = self.clock.now();
+        let r = tokio::time::timeout(timeout, rx).await;
+        self.clock.waited += self.clock.now().saturating_sub(before);
+        match r {
+            Err(_) => Err(CallError::Timeout),
+            Ok(Err(_)) => Err(CallError::Closed),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    async fn connect_local(&mut self, service: &str) -> Result<SessionId, CallError> {
+        let (target, registry) = self.target(service)?;
+        let (me, _) = self.node()?;
+        let me = me.clone();
+        if self.sessions.len() >= me.limits.max_sessions as usize {
+            return Err(CallError::Denied(format!(
+                "{} has its limit of {} sessions open",
+                me.name, me.limits.max_sessions
+            )));
+        }
+        let chain = self.chain_to(&target)?;
+        let (mine, theirs) = (registry.next_session(), registry.next_session());
+        let (reply, rx) = oneshot::channel();
+        target.post(Envelope::Connect {
+            end: theirs,
+            from: PeerInfo {
+                service: me.name.clone(),
+                peer: None,
+            },
+            back: Route::Instance {
+                to: me.clone(),
+                end: mine,
+            },
+            chain,
+            reply,
+        })?;
+        if let Err(e) = self.wait(rx, me.limits.request_timeout).await {
+            // The target may still accept later: make sure its end does not dangle.
+            target.post(Envelope::Disconnect { end: theirs }).ok();
+            return Err(e);
+        }
+        let channel = target.channel;
+        let info = SessionInfo {
+            id: mine,
+            peer: None,
+            service: target.name.to_string(),
+            channel,
+        };
+        self.sessions.insert(
+            mine,
+            SessionEnd {
+                route: Route::Instance {
+                    to: target.clone(),
+                    end: theirs,
+                },
+                service: target.name.clone(),
+                peer: None,
+                channel,
+            },
+        );
+        self.deferred.push_back(Deferred::Connected(info));
+        Ok(mine)
+    }
+
+    async fn request_local(
+        &mut self,
+        service: &str,
+        event: &str,
+        params: String,
+    ) -> Result<String, CallError> {
+        let (target, _) = self.target(service)?;
+        let Some(event) = target.class.event_index(event) else {
+            return Err(CallError::Invalid(format!(
+                "{service} has no event {event:?}; it declares {:?}",
+                target.class.events
+            )));
+        };
+        if params.len() as u64 > target.limits.max_message {
+            return Err(CallError::TooLarge {
+                size: params.len(),
+                limit: target.limits.max_message,
+            });
+        }
+        let chain = self.chain_to(&target)?;
+        let timeout = self.node()?.0.limits.request_timeout;
+        let (reply, rx) = oneshot::channel();
+        target.post(Envelope::Event {
+            caller: None,
+            event,
+            params,
+            chain,
+            reply,
+        })?;
+        self.wait(rx, timeout).await
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A store for `state` with its memory limiter and CPU-deadline callback installed.
+pub(crate) fn new_store(engine: &Engine, state: HostState) -> Store<HostState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_callback(|ctx| {
+        let clock = &ctx.data().clock;
+        let used = clock.used();
+        if used >= clock.limit {
+            return Err(wasmtime::Error::new(CpuDeadline {
+                limit: clock.limit_time,
+            }));
+        }
+        // Time spent waiting in `request` was credited: grant the rest of the budget.
+        Ok(UpdateDeadline::Continue(clock.limit - used))
+    });
+    store.set_epoch_deadline(u64::MAX / 2);
+    store
+}
+
+impl From<CallError> for WitError {
+    fn from(e: CallError) -> WitError {
+        match e {
+            CallError::NoSuchSession => WitError::NoSuchSession,
+            CallError::NoSuchService(s) => WitError::NoSuchService(s),
+            CallError::Denied(s) => WitError::Denied(s),
+            CallError::TooLarge { .. } => WitError::TooLarge,
+            CallError::Closed => WitError::Closed,
+            CallError::Timeout => WitError::Timeout,
+            CallError::Busy => WitError::Busy,
+            CallError::Cycle => WitError::Cycle,
+            CallError::Invalid(s) => WitError::Invalid(s),
+            CallError::Unavailable(s) => WitError::Unavailable(s),
+            CallError::Failed(s) => WitError::Failed(s),
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        let instance = &*self.name;
+        match level {
+            Level::Trace => tracing::trace!(target: "wasmwire::guest", instance, "{message}"),
+            Level::Debug => tracing::debug!(target: "wasmwire::guest", instance, "{message}"),
+            Level::Info => tracing::info!(target: "wasmwire::guest", instance, "{message}"),
+            Level::Warn => tracing::warn!(target: "wasmwire::guest", instance, "{message}"),
+            Level::Error => tracing::error!(target: "wasmwire::guest", instance, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn send(
+        &mut self,
+        session: SessionId,
+        kind: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
+        let Some(end) = self.sessions.get(&session) else {
+            return Ok(Err(WitError::NoSuchSession));
+        };
+        Ok(end.route.send(&kind, payload).map_err(WitError::from))
+    }
+
+    fn close(&mut self, session: SessionId) -> wasmtime::Result<()> {
+        if let Some(end) = self.sessions.remove(&session) {
+            end.route.disconnect();
+            self.deferred.push_back(Deferred::Disconnected(session));
+        }
+        Ok(())
+    }
+
+    fn sessions(&mut self) -> wasmtime::Result<Vec<SessionInfo>> {
+        Ok(self
+            .sessions
+            .iter()
+            .map(|(id, s)| SessionInfo {
+                id: *id,
+                peer: s.peer.as_deref().map(str::to_string),
+                service: s.service.to_string(),
+                channel: s.channel,
+            })
+            .collect())
+    }
+
+    async fn connect(
+        &mut self,
+        peer: Option<String>,
+        service: String,
+    ) -> wasmtime::Result<Result<SessionId, WitError>> {
+        if let Some(peer) = peer {
+            return Ok(Err(WitError::Unavailable(format!(
+                "peer {peer} is not connected: this host runs without peers"
+            ))));
+        }
+        Ok(self.connect_local(&service).await.map_err(WitError::from))
+    }
+
+    async fn request(
+        &mut self,
+        service: String,
+        event: String,
+        params: String,
+    ) -> wasmtime::Result<Result<String, WitError>> {
+        Ok(self
+            .request_local(&service, &event, params)
+            .await
+            .map_err(WitError::from))
+    }
+
+    fn set_timer(&mut self, every_ms: u64) -> wasmtime::Result<Result<u32, WitError>> {
+        if every_ms == 0 {
+            return Ok(Err(WitError::Invalid(
+                "a timer period must be at least 1 ms".into(),
+            )));
+        }
+        let max = self
+            .me
+            .as_ref()
+            .map_or(0, |(m, _)| m.limits.max_timers as usize);
+        if self.timers.len() >= max {
+            return Ok(Err(WitError::Denied(format!(
+                "{} has its limit of {max} timers",
+                self.name
+            ))));
+        }
+        let id = self.next_timer;
+        self.next_timer += 1;
+        let period = Duration::from_millis(every_ms);
+        self.timers.push(Timer {
+            id,
+            period,
+            next: Instant::now() + period,
+        });
+        Ok(Ok(id))
+    }
+
+    fn cancel_timer(&mut self, timer: u32) -> wasmtime::Result<()> {
+        self.timers.retain(|t| t.id != timer);
+        Ok(())
+    }
+
+    fn instance_name(&mut self) -> wasmtime::Result<String> {
+        Ok(self.name.to_string())
+    }
+}

@@ -1,0 +1,87 @@
+//! The benchmark service: counts `data` messages, floods another instance with them, and
+//! times request round trips from inside the guest.
+//!
+//! Events: `count` (messages received so far), `flood {service, n, size}` (connects to
+//! `service` and sends `n` messages of `size` bytes, retrying while the receiver is busy;
+//! returns the number of busy retries), `ping {service, n}` (makes `n` requests of `pong`
+//! on `service`; returns the sorted round-trip times in nanoseconds), `pong` (answers 1).
+
+use serde::Deserialize;
+use std::time::Instant;
+use wasmwire_guest::{Error, Event, Message, Reply, Service, SessionId, export_service};
+
+#[derive(Default)]
+struct Bench {
+    received: u64,
+}
+
+#[derive(Deserialize)]
+struct Flood {
+    service: String,
+    n: u64,
+    size: usize,
+}
+
+#[derive(Deserialize)]
+struct Ping {
+    service: String,
+    n: usize,
+}
+
+impl Service for Bench {
+    const MESSAGES: &'static [&'static str] = &["data"];
+    const EVENTS: &'static [&'static str] = &["count", "flood", "ping", "pong"];
+
+    fn on_message(&mut self, _session: SessionId, _message: Message<'_>) {
+        self.received += 1;
+    }
+
+    fn on_event(&mut self, _caller: Option<SessionId>, event: Event<'_>) -> Reply {
+        match event.name {
+            "count" => Reply::json(&self.received),
+            "pong" => Reply::json(&1),
+            "flood" => {
+                let f: Flood = match event.params() {
+                    Ok(f) => f,
+                    Err(e) => return Reply::error(e),
+                };
+                let session = match wasmwire_guest::connect(None, &f.service) {
+                    Ok(s) => s,
+                    Err(e) => return Reply::error(e.to_string()),
+                };
+                let payload = vec![7u8; f.size];
+                let mut busy: u64 = 0;
+                for _ in 0..f.n {
+                    loop {
+                        match wasmwire_guest::send(session, "data", &payload) {
+                            Ok(()) => break,
+                            Err(Error::Busy) => busy += 1,
+                            Err(e) => return Reply::error(e.to_string()),
+                        }
+                    }
+                }
+                wasmwire_guest::close(session);
+                Reply::json(&busy)
+            }
+            "ping" => {
+                let p: Ping = match event.params() {
+                    Ok(p) => p,
+                    Err(e) => return Reply::error(e),
+                };
+                let mut times = Vec::with_capacity(p.n);
+                for _ in 0..p.n {
+                    let t = Instant::now();
+                    if let Err(e) = wasmwire_guest::request(&p.service, "pong", "null") {
+                        return Reply::error(e.to_string());
+                    }
+                    times.push(t.elapsed().as_nanos() as u64);
+                }
+                times.sort_unstable();
+                Reply::json(&times)
+            }
+            other => Reply::error(format!("unknown event {other}")),
+        }
+    }
+}
+
+export_service!(Bench);

@@ -1,0 +1,60 @@
+//! A service that misbehaves on demand, for the containment tests.
+//!
+//! Events: `ok` (answers "fine"), `spin` (loops forever), `bomb` (allocates until the
+//! memory limit stops it), `panic` (traps), `wakeups` (how many times this instance woke).
+//! Messages: `boom` traps in `on-message`, `fine` is ignored.
+//! Options: `{ "trap_wakeup": true }` makes `wakeup` trap.
+
+use serde::Deserialize;
+use wasmwire_guest::{Event, Message, Options, Reply, Service, SessionId, export_service};
+
+#[derive(Default)]
+struct Misbehave;
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MisbehaveOptions {
+    trap_wakeup: bool,
+}
+
+impl Service for Misbehave {
+    const MESSAGES: &'static [&'static str] = &["boom", "fine"];
+    const EVENTS: &'static [&'static str] = &["ok", "spin", "bomb", "panic"];
+
+    fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
+        if options.parse::<MisbehaveOptions>()?.trap_wakeup {
+            panic!("told to trap in wakeup");
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, _session: SessionId, message: Message<'_>) {
+        if message.kind == "boom" {
+            panic!("told to trap in on-message");
+        }
+    }
+
+    fn on_event(&mut self, _caller: Option<SessionId>, event: Event<'_>) -> Reply {
+        match event.name {
+            "ok" => Reply::json("fine"),
+            "spin" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    let mut chunk = vec![0u8; 1 << 20];
+                    chunk[0] = 1; // touch it, so it is really used
+                    hoard.push(std::hint::black_box(chunk));
+                }
+            }
+            "panic" => panic!("told to panic"),
+            other => Reply::error(format!("unknown event {other}")),
+        }
+    }
+}
+
+export_service!(Misbehave);

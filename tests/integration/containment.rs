@@ -1,0 +1,223 @@
+//! A misbehaving guest is contained to its own instance: every other instance keeps
+//! answering during and after, and the bad one restarts on the next demand until its
+//! restart limit.
+
+use std::time::Duration;
+use tokio::time::Instant;
+use wasmwire::node::Node;
+use wasmwire::runtime::instance::{CallError, LifecycleEvent, Status};
+use wasmwire::runtime::session::ClientEvent;
+use wasmwire_tests::{json, start, wait_for};
+
+const HOST: &str = r#"
+[[service]]
+name = "bad"
+component = "{guest:misbehave}"
+channel = 1
+call_timeout = "150ms"
+memory = "16MiB"
+restart_backoff = "10ms"
+
+[[service]]
+name = "wakeless"
+component = "{guest:misbehave}"
+channel = 2
+options = { trap_wakeup = true }
+restart_backoff = "10ms"
+
+[[service]]
+name = "fragile"
+component = "{guest:misbehave}"
+channel = 3
+max_restarts = 2
+restart_backoff = "10ms"
+
+[[service]]
+name = "witness"
+component = "{service:counter}"
+channel = 4
+"#;
+
+/// Runs `bad` while the witness is asked to count, and returns the bad call's result and
+/// how many witness requests succeeded while it ran.
+async fn while_witness_counts<T>(
+    node: &Node,
+    bad: impl std::future::Future<Output = T>,
+) -> (T, u64) {
+    let witness = async {
+        let mut ok = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(100) {
+            node.request("witness", "incr", "{}")
+                .await
+                .expect("the witness keeps answering");
+            ok += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        ok
+    };
+    tokio::join!(bad, witness)
+}
+
+async fn witness_still_answers(node: &Node) {
+    let before = json(&node.request("witness", "get", "null").await.unwrap())
+        .as_i64()
+        .unwrap();
+    let after = json(&node.request("witness", "incr", "{}").await.unwrap())
+        .as_i64()
+        .unwrap();
+    assert_eq!(after, before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_loop_is_stopped_by_the_cpu_deadline() {
+    let node = start(HOST).await;
+    let mut events = node.subscribe();
+    let started = Instant::now();
+    let (spin, witnessed) = while_witness_counts(&node, node.request("bad", "spin", "null")).await;
+    match spin {
+        Err(CallError::Unavailable(m)) => assert!(
+            m.contains("bad crashed") && m.contains("cpu deadline exceeded"),
+            "{m}"
+        ),
+        other => panic!("expected the spin to be stopped, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        witnessed >= 3,
+        "witness answered only {witnessed} times meanwhile"
+    );
+    let crash = wait_for(&mut events, Duration::from_secs(1), |e| {
+        matches!(e, LifecycleEvent::Crashed { .. })
+    })
+    .await;
+    assert!(
+        matches!(crash, LifecycleEvent::Crashed { ref instance, export: "on-event", .. } if &**instance == "bad"),
+        "{crash:?}"
+    );
+    witness_still_answers(&node).await;
+    // Restarted on the next demand.
+    assert_eq!(
+        node.request("bad", "ok", "null").await.map(|r| json(&r)),
+        Ok(serde_json::json!("fine"))
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_is_stopped_at_the_instance_limit() {
+    let node = start(HOST).await;
+    let (bomb, witnessed) = while_witness_counts(&node, node.request("bad", "bomb", "null")).await;
+    match bomb {
+        Err(CallError::Unavailable(m)) => {
+            assert!(
+                m.contains("memory limit exceeded") && m.contains("the limit is 16777216"),
+                "{m}"
+            )
+        }
+        other => panic!("expected the bomb to be stopped, got {other:?}"),
+    }
+    assert!(witnessed >= 1);
+    witness_still_answers(&node).await;
+    assert_eq!(
+        node.request("bad", "ok", "null").await.map(|r| json(&r)),
+        Ok(serde_json::json!("fine"))
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_in_wakeup_keeps_the_instance_asleep_and_is_retried_on_demand() {
+    let node = start(HOST).await;
+    let mut events = node.subscribe();
+    for _ in 0..2 {
+        let (r, _) = while_witness_counts(&node, node.request("wakeless", "ok", "null")).await;
+        match r {
+            Err(CallError::Unavailable(m)) => assert!(
+                m.contains("wakeless failed to wake") && m.contains("trap"),
+                "{m}"
+            ),
+            other => panic!("expected a failed wakeup, got {other:?}"),
+        }
+        let crash = wait_for(&mut events, Duration::from_secs(1), |e| {
+            matches!(e, LifecycleEvent::Crashed { .. })
+        })
+        .await;
+        assert!(
+            matches!(
+                crash,
+                LifecycleEvent::Crashed {
+                    export: "wakeup",
+                    ..
+                }
+            ),
+            "{crash:?}"
+        );
+        assert_eq!(node.instance("wakeless").unwrap().status(), Status::Asleep);
+    }
+    witness_still_answers(&node).await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_in_on_message_closes_its_sessions_and_restarts_on_demand() {
+    let node = start(HOST).await;
+    let mut events = node.subscribe();
+    let mut session = node.open_session("bad", "tester").await.unwrap();
+    session.send("fine", vec![]).unwrap();
+    session.send("boom", vec![]).unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(2), session.events.recv())
+        .await
+        .expect("told of the crash");
+    assert_eq!(closed, Some(ClientEvent::Closed));
+    let crash = wait_for(&mut events, Duration::from_secs(1), |e| {
+        matches!(e, LifecycleEvent::Crashed { .. })
+    })
+    .await;
+    match crash {
+        LifecycleEvent::Crashed {
+            instance,
+            export,
+            cause,
+        } => {
+            assert_eq!((&*instance, export), ("bad", "on-message"));
+            assert!(cause.contains("trap"), "{cause}");
+        }
+        other => panic!("{other:?}"),
+    }
+    witness_still_answers(&node).await;
+    assert_eq!(
+        node.request("bad", "ok", "null").await.map(|r| json(&r)),
+        Ok(serde_json::json!("fine"))
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_hits_the_restart_limit_and_stays_down() {
+    let node = start(HOST).await;
+    let mut events = node.subscribe();
+    // max_restarts = 2: the third crash within the window gives up.
+    for i in 0..3 {
+        let (r, _) = while_witness_counts(&node, node.request("fragile", "panic", "null")).await;
+        assert!(
+            matches!(&r, Err(CallError::Unavailable(m)) if m.contains("crashed")),
+            "crash {i}: {r:?}"
+        );
+    }
+    wait_for(&mut events, Duration::from_secs(2), |e| {
+        *e == LifecycleEvent::Down("fragile".into())
+    })
+    .await;
+    assert_eq!(node.instance("fragile").unwrap().status(), Status::Down);
+    match node.request("fragile", "ok", "null").await {
+        Err(CallError::Unavailable(m)) => assert!(m.contains("fragile is down"), "{m}"),
+        other => panic!("expected down, got {other:?}"),
+    }
+    witness_still_answers(&node).await;
+    node.shutdown().await;
+}

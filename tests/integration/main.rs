@@ -1,0 +1,8 @@
+//! Integration tests: real hosts running real components built from `sample-services/`
+//! and `tests/guests/`. One test binary (one link of wasmtime) with a module per topic.
+
+mod cache;
+mod containment;
+mod lifecycle;
+mod manifests;
+mod sessions;

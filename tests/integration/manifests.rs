@@ -1,0 +1,89 @@
+//! Snapshot tests of `wasmwire check` on bad manifests: each `manifests/bad/NAME.toml` sits
+//! beside `NAME.expected`, the exact error text. `UPDATE_SNAPSHOTS=1` rewrites them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn wasmwire() -> PathBuf {
+    // The test binary lives in target/<profile>/deps; the host binary one folder up.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("wasmwire");
+    assert!(
+        bin.is_file(),
+        "{} is missing: `cargo test --workspace` builds it",
+        bin.display()
+    );
+    bin
+}
+
+fn check(manifest: &str) -> (bool, String, String) {
+    let out = Command::new(wasmwire())
+        .args(["check", manifest])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run wasmwire check");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn bad_manifests_match_their_snapshots() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/bad");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    cases.sort();
+    assert!(
+        cases.len() >= 4,
+        "expected the bad manifests, found {cases:?}"
+    );
+    let mut mismatches = Vec::new();
+    for case in cases {
+        let name = case.file_name().unwrap().to_str().unwrap();
+        let (ok, _, stderr) = check(&format!("manifests/bad/{name}"));
+        assert!(!ok, "{name}: check passed but must fail");
+        let expected_path = case.with_extension("expected");
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(&expected_path, &stderr).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != stderr {
+            mismatches.push(format!(
+                "--- {name} expected:\n{expected}\n--- got:\n{stderr}"
+            ));
+        }
+        // Every error names the file, a line and a field.
+        for line in stderr.lines().filter(|l| l.starts_with("error: ")) {
+            assert!(
+                line.contains(&format!("manifests/bad/{name}:")) && line.contains("field `"),
+                "{line}"
+            );
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "snapshots differ (UPDATE_SNAPSHOTS=1 to accept):\n{}",
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn the_default_manifest_checks_clean() {
+    let (ok, stdout, stderr) = check("../wasmwire.toml");
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("all valid") && stdout.contains("ticker"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,118 @@
+//! Helpers for the integration tests and benchmarks: where the built guests are, and a
+//! way to start a real host from manifest text.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use wasmwire::manifest;
+use wasmwire::node::Node;
+use wasmwire::runtime::instance::LifecycleEvent;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A sample service built by `make services`.
+pub fn service(name: &str) -> PathBuf {
+    let p = root().join("target/services").join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make services` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// A test-only guest built by `make test-guests`.
+pub fn test_guest(name: &str) -> PathBuf {
+    let p = root()
+        .join("target/test-guests")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `make test-guests` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// A fresh folder under `target/test-runs`.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = root()
+        .join("target/test-runs")
+        .join(format!("{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Manifest text with `{service:NAME}` and `{guest:NAME}` replaced by component paths, and
+/// a `[host]` section (a small pool, the shared compiled cache) prepended unless present.
+pub fn manifest_text(body: &str) -> String {
+    let mut text = body.to_string();
+    while let Some(start) = text.find("{service:").or_else(|| text.find("{guest:")) {
+        let end = start + text[start..].find('}').expect("closing brace");
+        let (kind, name) = text[start + 1..end].split_once(':').expect("kind:name");
+        let path = if kind == "service" {
+            service(name)
+        } else {
+            test_guest(name)
+        };
+        text.replace_range(start..end + 1, &path.display().to_string());
+    }
+    if !text.contains("[host]") {
+        let cache = root().join("target/test-cache");
+        text = format!(
+            "[host]\nmax_awake = 32\ncache_dir = {:?}\n\n{text}",
+            cache.display().to_string()
+        );
+    }
+    text
+}
+
+/// Writes manifest text to a scratch folder and loads it.
+pub fn load_manifest(body: &str) -> manifest::Manifest {
+    let dir = scratch_dir("manifest");
+    let path = dir.join("wasmwire.toml");
+    std::fs::write(&path, manifest_text(body)).expect("write manifest");
+    match manifest::load(&path) {
+        Ok(m) => m,
+        Err(e) => panic!("test manifest is invalid:\n{e}"),
+    }
+}
+
+/// Starts a real host from manifest text.
+pub async fn start(body: &str) -> Node {
+    match Node::start(&load_manifest(body)).await {
+        Ok(n) => n,
+        Err(e) => panic!("host did not start:\n{e}"),
+    }
+}
+
+/// Waits for a lifecycle event matching `want`, failing after `within`.
+pub async fn wait_for(
+    events: &mut broadcast::Receiver<LifecycleEvent>,
+    within: Duration,
+    want: impl Fn(&LifecycleEvent) -> bool,
+) -> LifecycleEvent {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(e)) if want(&e) => return e,
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(e)) => panic!("event stream ended: {e}"),
+            Err(_) => panic!("no matching lifecycle event within {within:?}"),
+        }
+    }
+}
+
+/// Parses a JSON reply.
+pub fn json(reply: &str) -> serde_json::Value {
+    serde_json::from_str(reply).unwrap_or_else(|e| panic!("reply {reply:?} is not JSON: {e}"))
+}
