@@ -261,6 +261,16 @@ impl Node {
         rx.await.map_err(|_| CallError::Closed)?
     }
 
+    /// Puts an instance to sleep now if it is awake and has no sessions; says whether it did.
+    pub async fn sleep(&self, service: &str) -> Result<bool, CallError> {
+        let target = self.find(service)?;
+        let (reply, rx) = oneshot::channel();
+        if !target.control(Control::Sleep { reply }) {
+            return Err(CallError::Closed);
+        }
+        rx.await.map_err(|_| CallError::Closed)
+    }
+
     /// Puts every awake instance to sleep (each gets `sleep()`) and stops all actors.
     pub async fn shutdown(self) {
         let mut waits = Vec::new();

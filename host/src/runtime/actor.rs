@@ -37,6 +37,8 @@ pub(crate) struct InstanceActor {
     awake: Option<Awake>,
     supervisor: Supervisor,
     last_activity: Instant,
+    /// When to look whether the instance has been idle for `idle_timeout`.
+    idle_check: Option<Instant>,
 }
 
 /// Runs `$call` (an export call on `$a.service`) with a fresh CPU budget.
@@ -67,6 +69,7 @@ impl InstanceActor {
             awake: None,
             supervisor,
             last_activity: Instant::now(),
+            idle_check: None,
         }
     }
 
@@ -76,14 +79,20 @@ impl InstanceActor {
             let _ = self.ensure_awake().await;
         }
         let mut batch = Vec::with_capacity(BATCH);
+        // One timer for timers, idle and restart deadlines, re-armed only when the earliest
+        // deadline moves: registering a timer per loop would cost more than a message.
+        let alarm = sleep_until(Instant::now());
+        tokio::pin!(alarm);
+        let mut armed: Option<Instant> = None;
         loop {
             self.run_deferred().await;
-            let timer_at = self
-                .awake
-                .as_ref()
-                .and_then(|a| a.store.data().timers.iter().map(|t| t.next).min());
-            let idle_at = self.idle_deadline();
-            let restart_at = self.restart_deadline();
+            let due = self.next_deadline();
+            if due != armed {
+                if let Some(t) = due {
+                    alarm.as_mut().reset(t);
+                }
+                armed = due;
+            }
             tokio::select! {
                 biased;
                 c = self.inbox.control.recv() => match c {
@@ -94,6 +103,13 @@ impl InstanceActor {
                     }
                     Some(Control::Wake { reply }) => {
                         let _ = reply.send(self.ensure_awake().await);
+                    }
+                    Some(Control::Sleep { reply }) => {
+                        let idle = self.awake.as_ref().is_some_and(|a| a.store.data().sessions.is_empty());
+                        if idle {
+                            self.put_to_sleep("asked").await;
+                        }
+                        let _ = reply.send(idle);
                     }
                     None => return,
                 },
@@ -108,22 +124,62 @@ impl InstanceActor {
                     }
                     self.last_activity = Instant::now();
                 }
-                _ = sleep_until(timer_at.unwrap_or_else(Instant::now)), if timer_at.is_some() => self.fire_timers().await,
-                _ = sleep_until(idle_at.unwrap_or_else(Instant::now)), if idle_at.is_some() => self.put_to_sleep("idle").await,
-                _ = sleep_until(restart_at.unwrap_or_else(Instant::now)), if restart_at.is_some() => {
-                    let _ = self.ensure_awake().await;
+                _ = &mut alarm, if armed.is_some() => {
+                    armed = None;
+                    self.on_alarm().await;
                 }
             }
         }
     }
 
-    /// When an awake, sessionless, non-resident instance goes to sleep.
-    fn idle_deadline(&self) -> Option<Instant> {
-        let a = self.awake.as_ref()?;
-        if self.me.autostart || !a.store.data().sessions.is_empty() || self.me.queued() > 0 {
-            return None;
+    /// The earliest of: the next timer, the idle check, an autostart instance's restart.
+    fn next_deadline(&mut self) -> Option<Instant> {
+        let timer = self
+            .awake
+            .as_ref()
+            .and_then(|a| a.store.data().timers.iter().map(|t| t.next).min());
+        // The idle check is armed from the last activity and left alone while work
+        // continues; when it fires it looks again (see `on_alarm`).
+        if self.idle_eligible() {
+            self.idle_check
+                .get_or_insert(self.last_activity + self.me.limits.idle_timeout);
+        } else {
+            self.idle_check = None;
         }
-        Some(self.last_activity + self.me.limits.idle_timeout)
+        [timer, self.idle_check, self.restart_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether the instance is one that sleeps when idle and has nothing keeping it awake.
+    fn idle_eligible(&self) -> bool {
+        match &self.awake {
+            Some(a) => {
+                !self.me.autostart && a.store.data().sessions.is_empty() && self.me.queued() == 0
+            }
+            None => false,
+        }
+    }
+
+    async fn on_alarm(&mut self) {
+        let now = Instant::now();
+        if self
+            .awake
+            .as_ref()
+            .is_some_and(|a| a.store.data().timers.iter().any(|t| t.next <= now))
+        {
+            self.fire_timers().await;
+        }
+        if self.idle_check.is_some_and(|t| t <= now) {
+            self.idle_check = None;
+            if self.idle_eligible() && now >= self.last_activity + self.me.limits.idle_timeout {
+                self.put_to_sleep("idle").await;
+            }
+        }
+        if self.restart_deadline().is_some_and(|t| t <= now) {
+            let _ = self.ensure_awake().await;
+        }
     }
 
     /// When a crashed autostart instance starts again by itself.
@@ -303,6 +359,7 @@ impl InstanceActor {
         if let Some(t) = self.supervisor.not_before.take() {
             sleep_until(t).await;
         }
+        let started = std::time::Instant::now();
         let state = HostState::new(self.me.clone(), self.registry.clone(), self.ticks.clone());
         let mut store = new_store(self.me.class.pre.engine(), state);
         let service = match self.me.class.pre.instantiate_async(&mut store).await {
@@ -334,6 +391,7 @@ impl InstanceActor {
                 self.me.name
             )));
         }
+        self.me.set_last_wake(started.elapsed());
         self.me.set_status(Status::Awake);
         self.last_activity = Instant::now();
         tracing::info!(instance = %self.me.name, "awake");

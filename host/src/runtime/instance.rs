@@ -143,6 +143,8 @@ pub(crate) enum Control {
     Wake {
         reply: oneshot::Sender<Result<(), CallError>>,
     },
+    /// Put to sleep now (if awake and without sessions) and report whether it slept.
+    Sleep { reply: oneshot::Sender<bool> },
 }
 
 /// A service instance as shared by the host: identity, class, limits, mailbox and status.
@@ -167,6 +169,7 @@ pub struct Instance {
     control: mpsc::UnboundedSender<Control>,
     queued: AtomicUsize,
     status: AtomicU8,
+    last_wake_ns: AtomicU64,
 }
 
 /// The receiving ends an actor owns.
@@ -205,6 +208,7 @@ impl Instance {
             control,
             queued: AtomicUsize::new(0),
             status: AtomicU8::new(Status::Asleep as u8),
+            last_wake_ns: AtomicU64::new(0),
         });
         (
             instance,
@@ -226,6 +230,16 @@ impl Instance {
 
     pub(crate) fn set_status(&self, s: Status) {
         self.status.store(s as u8, Ordering::Release);
+    }
+
+    /// How long the last wake took inside the actor (instantiate + `wakeup`), in nanoseconds.
+    pub fn last_wake_ns(&self) -> u64 {
+        self.last_wake_ns.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_last_wake(&self, d: std::time::Duration) {
+        self.last_wake_ns
+            .store(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Messages and events waiting now.
