@@ -42,6 +42,7 @@ run: build
 	./target/release/wasmwire run $(MANIFEST)
 
 test: services test-guests
+	$(CARGO) build --locked -p wasmwire --bins   # the CLI tests run the real binary
 	$(CARGO) test --workspace --locked
 	$(MAKE) lint
 

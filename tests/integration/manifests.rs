@@ -14,7 +14,7 @@ fn wasmwire() -> PathBuf {
         .join("wasmwire");
     assert!(
         bin.is_file(),
-        "{} is missing: `cargo test --workspace` builds it",
+        "{} is missing: build it first (`make test` does: cargo build -p wasmwire)",
         bin.display()
     );
     bin
