@@ -75,7 +75,7 @@ impl ClientSession {
             to: self.instance.clone(),
             end: self.end,
         }
-        .send(kind, payload)
+        .send_now(kind, payload)
     }
 
     /// Closes the session; the instance gets `on-disconnect`.

@@ -9,6 +9,9 @@
 //! (c) waking a sleeping instance (instantiate + `wakeup`) vs a bare instantiate;
 //! (d) host memory per awake instance with 1 000 awake;
 //! (e) a `request` round trip between two instances, p50 and p99, vs a bare `on-event` call.
+//!
+//! `BENCH_ONE_THREAD=1` runs everything on one thread (shows what thread hand-offs cost);
+//! `BENCH_DETAIL=1` adds break-downs (store set-up, how far the receiver kept up in (b)).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -270,6 +273,13 @@ channel = 5
             )
             .await
             .unwrap();
+            if std::env::var_os("BENCH_DETAIL").is_some() {
+                let got = count(&node, "sink").await - start_count;
+                println!(
+                    "detail: flood returned after {:?} with {got} of {n} handled",
+                    t.elapsed()
+                );
+            }
             while count(&node, "sink").await < start_count + n {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }

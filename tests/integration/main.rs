@@ -5,4 +5,5 @@ mod cache;
 mod containment;
 mod lifecycle;
 mod manifests;
+mod samples;
 mod sessions;

@@ -166,8 +166,8 @@ impl Validator<'_> {
 
     fn dir(&self) -> PathBuf {
         match self.file.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+            Some(p) => p.to_path_buf(),
+            None => PathBuf::new(),
         }
     }
 

@@ -41,14 +41,16 @@ pub(crate) struct InstanceActor {
     idle_check: Option<Instant>,
 }
 
-/// Runs `$call` (an export call on `$a.service`) with a fresh CPU budget.
+/// Runs an export call on `$a.service` with a fresh CPU budget, then flushes its outbox.
 macro_rules! guest_call {
     ($a:expr, $method:ident $(, $arg:expr)*) => {{
         let a = &mut $a;
-        a.store.data_mut().clock.start();
-        let limit = a.store.data().clock.limit;
-        a.store.set_epoch_deadline(limit);
-        a.service.wasmwire_service_lifecycle().$method(&mut a.store $(, $arg)*).await
+        let first_deadline = a.store.data_mut().clock.start();
+        a.store.set_epoch_deadline(first_deadline);
+        let r = a.service.wasmwire_service_lifecycle().$method(&mut a.store $(, $arg)*).await;
+        // What the call sent goes out now, in one batch per receiver wake-up.
+        a.store.data_mut().outbox.flush();
+        r
     }};
 }
 
@@ -119,8 +121,15 @@ impl InstanceActor {
                     }
                     for envelope in batch.drain(..) {
                         self.me.taken(&envelope);
-                        self.handle(envelope).await;
-                        self.run_deferred().await;
+                        if let Envelope::Batch(list) = envelope {
+                            for envelope in list {
+                                self.handle(envelope).await;
+                                self.run_deferred().await;
+                            }
+                        } else {
+                            self.handle(envelope).await;
+                            self.run_deferred().await;
+                        }
                     }
                     self.last_activity = Instant::now();
                 }
@@ -192,6 +201,12 @@ impl InstanceActor {
 
     async fn handle(&mut self, envelope: Envelope) {
         match envelope {
+            Envelope::Batch(list) => {
+                // Batches are flattened by the run loop; one arriving here is handled the same.
+                for envelope in list {
+                    Box::pin(self.handle(envelope)).await;
+                }
+            }
             Envelope::Message { end, kind, payload } => {
                 // Messages only exist on open sessions, and sessions only while awake: a
                 // message for a closed session (or a crashed instance) is dropped.
@@ -199,8 +214,7 @@ impl InstanceActor {
                 if !a.store.data().sessions.contains_key(&end) {
                     return;
                 }
-                let class = self.me.class.clone();
-                let kind = &class.messages[kind as usize];
+                let kind = &self.me.class.messages[kind as usize];
                 if let Err(e) = guest_call!(*a, call_on_message, end, kind, &payload) {
                     self.crash("on-message", e).await;
                 }
@@ -218,8 +232,7 @@ impl InstanceActor {
                 }
                 let Some(a) = self.awake.as_mut() else { return };
                 a.store.data_mut().chain = chain;
-                let class = self.me.class.clone();
-                let name = &class.events[event as usize];
+                let name = &self.me.class.events[event as usize];
                 let result = guest_call!(*a, call_on_event, caller, name, &params);
                 a.store.data_mut().chain.clear();
                 match result {
@@ -468,7 +481,7 @@ impl InstanceActor {
                 Envelope::Connect { reply, .. } => {
                     let _ = reply.send(Err(e));
                 }
-                Envelope::Message { .. } | Envelope::Disconnect { .. } => {}
+                Envelope::Message { .. } | Envelope::Disconnect { .. } | Envelope::Batch(_) => {}
             }
         }
     }

@@ -118,6 +118,9 @@ pub(crate) enum Envelope {
     },
     /// The other end closed.
     Disconnect { end: SessionId },
+    /// Messages from one sender's call, in order: one channel operation and one receiver
+    /// wake-up for many messages. Each counts against the mailbox.
+    Batch(Vec<Envelope>),
     /// An event of the receiver's declared event number `event`.
     Event {
         caller: Option<SessionId>,
@@ -129,9 +132,13 @@ pub(crate) enum Envelope {
 }
 
 impl Envelope {
-    /// Whether it counts against the mailbox bound (work a sender can be told to hold back).
-    fn counted(&self) -> bool {
-        !matches!(self, Envelope::Disconnect { .. })
+    /// How many places it takes in the mailbox bound (work a sender can be told to hold back).
+    fn counted(&self) -> usize {
+        match self {
+            Envelope::Disconnect { .. } => 0,
+            Envelope::Batch(list) => list.len(),
+            _ => 1,
+        }
     }
 }
 
@@ -250,23 +257,38 @@ impl Instance {
     /// Queues work, refusing it with `busy` when the mailbox is full.
     #[inline]
     pub(crate) fn post(&self, envelope: Envelope) -> Result<(), CallError> {
-        if envelope.counted() {
-            if self.status() == Status::Down {
-                return Err(self.down_error());
-            }
-            if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limits.mailbox as usize {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
-                return Err(CallError::Busy);
-            }
+        if envelope.counted() > 0 {
+            self.reserve()?;
         }
         self.mailbox.send(envelope).map_err(|_| CallError::Closed)
+    }
+
+    /// Takes one place in the mailbox for an envelope delivered later with `deliver`.
+    #[inline]
+    pub(crate) fn reserve(&self) -> Result<(), CallError> {
+        if self.status() == Status::Down {
+            return Err(self.down_error());
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limits.mailbox as usize {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(CallError::Busy);
+        }
+        Ok(())
+    }
+
+    /// Delivers an envelope whose place was reserved (or that is not counted).
+    #[inline]
+    pub(crate) fn deliver(&self, envelope: Envelope) {
+        // Fails only when the actor is gone (host shutting down): nothing left to tell.
+        let _ = self.mailbox.send(envelope);
     }
 
     /// Called by the actor for each counted envelope it takes.
     #[inline]
     pub(crate) fn taken(&self, envelope: &Envelope) {
-        if envelope.counted() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        let n = envelope.counted();
+        if n > 0 {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
         }
     }
 

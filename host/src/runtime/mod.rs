@@ -211,8 +211,8 @@ impl Runtime {
         };
         let mut store = self.scratch_store(Arc::from("describe"));
         let service = pre.instantiate_async(&mut store).await.map_err(failed)?;
-        store.data_mut().clock.start();
-        store.set_epoch_deadline(store.data().clock.limit);
+        let first_deadline = store.data_mut().clock.start();
+        store.set_epoch_deadline(first_deadline);
         let d = service
             .wasmwire_service_lifecycle()
             .call_describe(&mut store)
@@ -259,8 +259,9 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20)
         // Keeping a little of each freed slot resident makes the next wake cheaper.
-        .linear_memory_keep_resident(64 << 10)
-        .table_keep_resident(16 << 10);
+        .linear_memory_keep_resident(256 << 10)
+        .table_keep_resident(16 << 10)
+        .async_stack_keep_resident(64 << 10);
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     c
 }

@@ -6,7 +6,7 @@ use super::bindings::wasmwire::service::{host, types};
 use super::bindings::{Level, SessionInfo, WitError};
 use super::guest_log::{GuestLog, Stream};
 use super::instance::{CallError, Chain, Envelope, Instance, PeerInfo, Registry, SessionId};
-use super::session::{Route, SessionEnd, SessionTable};
+use super::session::{Outbox, Route, SessionEnd, SessionTable};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,12 +68,20 @@ impl ResourceLimiter for Limiter {
     }
 }
 
+/// Ticks of guest execution between two yields to the async executor: a long call gives
+/// its worker thread back this often, so one busy instance cannot hold up the others queued
+/// on the same thread.
+pub(crate) const SLICE: u64 = 2;
+
 /// CPU time of the call in progress, in epoch ticks: wall time since the call started minus
-/// the time it spent waiting in `request` or `connect` (waiting is not computing).
+/// the time it spent waiting in `request`/`connect` or yielded to other tasks (waiting is
+/// not computing).
 pub(crate) struct CallClock {
     ticks: Arc<AtomicU64>,
     started: u64,
     waited: u64,
+    /// Ticks spent yielded; written by the yield future, which cannot borrow the store.
+    yielded: Arc<AtomicU64>,
     /// The instance's `call_timeout` in ticks.
     pub limit: u64,
     limit_time: Duration,
@@ -86,6 +94,7 @@ impl CallClock {
             ticks,
             started: 0,
             waited: 0,
+            yielded: Arc::new(AtomicU64::new(0)),
             limit: limit_ticks,
             limit_time: limit,
         }
@@ -95,17 +104,34 @@ impl CallClock {
         self.ticks.load(Ordering::Relaxed)
     }
 
-    /// Marks the start of a guest call.
+    /// Marks the start of a guest call; returns the first epoch deadline to set.
     #[inline]
-    pub fn start(&mut self) {
+    pub fn start(&mut self) -> u64 {
         self.started = self.now();
         self.waited = 0;
+        self.yielded.store(0, Ordering::Relaxed);
+        self.limit.min(SLICE)
     }
 
     fn used(&self) -> u64 {
         self.now()
             .saturating_sub(self.started)
             .saturating_sub(self.waited)
+            .saturating_sub(self.yielded.load(Ordering::Relaxed))
+    }
+
+    /// A future that yields to the executor once and credits the time it took.
+    fn yield_now(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let ticks = self.ticks.clone();
+        let yielded = self.yielded.clone();
+        Box::pin(async move {
+            let before = ticks.load(Ordering::Relaxed);
+            tokio::task::yield_now().await;
+            yielded.fetch_add(
+                ticks.load(Ordering::Relaxed).saturating_sub(before),
+                Ordering::Relaxed,
+            );
+        })
     }
 }
 
@@ -135,6 +161,8 @@ pub struct HostState {
     pub(crate) timers: Vec<Timer>,
     next_timer: u32,
     pub(crate) deferred: VecDeque<Deferred>,
+    /// Messages sent during the current call, flushed by the actor after it.
+    pub(crate) outbox: Outbox,
     /// The chain of the event in progress (empty for other calls).
     pub(crate) chain: Chain,
     pub(crate) clock: CallClock,
@@ -168,6 +196,7 @@ impl HostState {
             timers: Vec::new(),
             next_timer: 1,
             deferred: VecDeque::new(),
+            outbox: Outbox::default(),
             chain: Chain::new(),
             clock: CallClock::new(ticks, call_timeout),
         }
@@ -256,6 +285,7 @@ impl HostState {
         }
         let chain = self.chain_to(&target)?;
         let (mine, theirs) = (registry.next_session(), registry.next_session());
+        self.outbox.flush();
         let (reply, rx) = oneshot::channel();
         target.post(Envelope::Connect {
             end: theirs,
@@ -352,8 +382,12 @@ pub(crate) fn new_store(engine: &Engine, state: HostState) -> Store<HostState> {
                 limit: clock.limit_time,
             }));
         }
-        // Time spent waiting in `request` was credited: grant the rest of the budget.
-        Ok(UpdateDeadline::Continue(clock.limit - used))
+        // Still within budget (time spent waiting or yielded is credited): give the worker
+        // thread back for a moment, then run another slice.
+        Ok(UpdateDeadline::YieldCustom(
+            (clock.limit - used).min(SLICE),
+            clock.yield_now(),
+        ))
     });
     store.set_epoch_deadline(u64::MAX / 2);
     store
@@ -408,11 +442,16 @@ impl host::Host for HostState {
         let Some(end) = self.sessions.get(&session) else {
             return Ok(Err(WitError::NoSuchSession));
         };
-        Ok(end.route.send(&kind, payload).map_err(WitError::from))
+        Ok(end
+            .route
+            .send(&kind, payload, &mut self.outbox)
+            .map_err(WitError::from))
     }
 
     fn close(&mut self, session: SessionId) -> wasmtime::Result<()> {
         if let Some(end) = self.sessions.remove(&session) {
+            // Messages sent before the close must reach the other end before it.
+            self.outbox.flush();
             end.route.disconnect();
             self.deferred.push_back(Deferred::Disconnected(session));
         }
