@@ -13,9 +13,11 @@
 //! - [`runtime`]: the wasmtime side — engine, compiled-component cache, generated bindings
 //!   (`runtime::bindings`, the only `bindgen!`), per-instance host state and imports,
 //!   sessions and routes, the instance actor, the restart policy.
+//! - [`workers`]: the worker threads that run instance actors, and where each instance runs.
 //! - [`manifest`]: the TOML manifest — schema, validation, errors with file, line and field.
 
 pub mod cli;
 pub mod manifest;
 pub mod node;
 pub mod runtime;
+pub mod workers;

@@ -9,6 +9,7 @@ use crate::runtime::instance::{
 };
 use crate::runtime::session::ClientEvent;
 use crate::runtime::{CacheOutcome, Class, Runtime, RuntimeConfig};
+use crate::workers::{Workers, place};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,6 +91,8 @@ pub struct Node {
     registry: Arc<Registry>,
     tasks: Vec<JoinHandle<()>>,
     classes: HashMap<PathBuf, Arc<Class>>,
+    /// Dropped last: stops the worker threads.
+    workers: Workers,
 }
 
 impl Node {
@@ -141,24 +144,29 @@ impl Node {
             inboxes.push(inbox);
         }
         let registry = Arc::new(Registry::new(instances));
+        let workers = Workers::start(manifest.host.threads as usize)
+            .map_err(|e| NodeError::Engine(format!("cannot start worker threads: {e}")))?;
+        let placement = place(manifest, workers.len());
         let mut tasks = Vec::new();
-        for (instance, inbox) in registry.instances().iter().zip(inboxes) {
+        for ((instance, inbox), worker) in registry.instances().iter().zip(inboxes).zip(placement) {
             tracing::info!(
                 instance = %instance.name,
                 channel = instance.channel,
                 component = %instance.class.path.display(),
                 autostart = instance.autostart,
+                worker,
                 "service"
             );
             let actor =
                 InstanceActor::new(instance.clone(), registry.clone(), runtime.ticks(), inbox);
-            tasks.push(tokio::spawn(actor.run()));
+            tasks.push(workers.spawn(worker, actor.run()));
         }
         Ok(Node {
             runtime,
             registry,
             tasks,
             classes,
+            workers,
         })
     }
 
@@ -286,5 +294,6 @@ impl Node {
         for t in self.tasks {
             let _ = t.await;
         }
+        drop(self.workers);
     }
 }

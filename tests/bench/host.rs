@@ -183,6 +183,7 @@ async fn run() {
         r#"
 [host]
 max_awake = 64
+threads = THREADS
 
 [[service]]
 name = "sink"
@@ -217,6 +218,10 @@ name = "ponger"
 component = "{guest:bench}"
 channel = 5
 "#
+        .replace(
+            "THREADS",
+            &std::env::var("BENCH_THREADS").unwrap_or_else(|_| "2".into()),
+        )
         .replace(
             "[host]\n",
             &format!(

@@ -41,6 +41,8 @@ pub struct HostConfig {
     pub max_awake: u32,
     /// Folder of the compiled-component cache.
     pub cache_dir: PathBuf,
+    /// Worker threads that run the instances.
+    pub threads: u32,
 }
 
 /// One service instance with defaults applied and paths resolved.

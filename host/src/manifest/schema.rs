@@ -35,6 +35,8 @@ pub struct HostSection {
     pub max_awake: Option<Spanned<u32>>,
     /// Where compiled components are cached.
     pub cache_dir: Option<Spanned<String>>,
+    /// Worker threads that run the instances (default: one per core).
+    pub threads: Option<Spanned<u32>>,
 }
 
 /// `[[service]]`: one named, configured instance of a component.

@@ -198,6 +198,18 @@ impl Validator<'_> {
                 Some("use 1 to 100000".into()),
             );
         }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let threads = h.threads.as_ref().map_or(cores, |t| *t.get_ref());
+        if let Some(t) = &h.threads
+            && !(1..=256).contains(t.get_ref())
+        {
+            self.problem(
+                t,
+                "host.threads".into(),
+                format!("{} is out of range", t.get_ref()),
+                Some("use 1 to 256".into()),
+            );
+        }
         let host = HostConfig {
             listen,
             identity: dir.join(
@@ -211,6 +223,7 @@ impl Validator<'_> {
                 h.cache_dir
                     .map_or(".wasmwire/cache".to_string(), Spanned::into_inner),
             ),
+            threads,
         };
 
         let mut names: HashMap<String, (usize, Location)> = HashMap::new();
