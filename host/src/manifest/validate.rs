@@ -187,29 +187,25 @@ impl Validator<'_> {
                 None
             }
         });
-        let max_awake = h.max_awake.as_ref().map_or(1000, |m| *m.get_ref());
-        if let Some(m) = &h.max_awake
-            && !(1..=100_000).contains(m.get_ref())
-        {
-            self.problem(
-                m,
-                "host.max_awake".into(),
-                format!("{} is out of range", m.get_ref()),
-                Some("use 1 to 100000".into()),
-            );
-        }
+        let max_awake = self.bounded(
+            &h.max_awake,
+            "host.max_awake",
+            1000,
+            |n| *n,
+            1,
+            100_000,
+            "1 to 100000",
+        );
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-        let threads = h.threads.as_ref().map_or(cores, |t| *t.get_ref());
-        if let Some(t) = &h.threads
-            && !(1..=256).contains(t.get_ref())
-        {
-            self.problem(
-                t,
-                "host.threads".into(),
-                format!("{} is out of range", t.get_ref()),
-                Some("use 1 to 256".into()),
-            );
-        }
+        let threads = self.bounded(
+            &h.threads,
+            "host.threads",
+            cores,
+            |n| *n,
+            1,
+            256,
+            "1 to 256",
+        );
         let host = HostConfig {
             listen,
             identity: dir.join(
@@ -475,6 +471,14 @@ mod tests {
             e.contains("write \\\"my-svc\\\"") || e.contains("write \"my-svc\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn host_settings_are_range_checked() {
+        let e = errors("[host]\nthreads = 0\nmax_awake = 0\nlisten = \"nowhere\"\n");
+        assert!(e.contains("m.toml:2:11: field `host.threads`: 0 is out of range"), "{e}");
+        assert!(e.contains("field `host.max_awake`: 0 is out of range"), "{e}");
+        assert!(e.contains("field `host.listen`: \"nowhere\" is not a socket address"), "{e}");
     }
 
     #[test]

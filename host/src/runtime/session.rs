@@ -66,10 +66,17 @@ impl Route {
 
     /// Like `send`, delivered at once (for clients, which have no actor to flush).
     pub fn send_now(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError> {
-        let mut outbox = Outbox::default();
-        self.send(kind, payload, &mut outbox)?;
-        outbox.flush();
-        Ok(())
+        match self {
+            Route::Instance { to, end } => {
+                let kind = check(to, kind, payload.len())?;
+                to.post(Envelope::Message {
+                    end: *end,
+                    kind,
+                    payload,
+                })
+            }
+            Route::Client { .. } => self.send(kind, payload, &mut Outbox::default()),
+        }
     }
 
     /// Tells the other end the session is closed.
