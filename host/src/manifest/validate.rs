@@ -476,9 +476,18 @@ mod tests {
     #[test]
     fn host_settings_are_range_checked() {
         let e = errors("[host]\nthreads = 0\nmax_awake = 0\nlisten = \"nowhere\"\n");
-        assert!(e.contains("m.toml:2:11: field `host.threads`: 0 is out of range"), "{e}");
-        assert!(e.contains("field `host.max_awake`: 0 is out of range"), "{e}");
-        assert!(e.contains("field `host.listen`: \"nowhere\" is not a socket address"), "{e}");
+        assert!(
+            e.contains("m.toml:2:11: field `host.threads`: 0 is out of range"),
+            "{e}"
+        );
+        assert!(
+            e.contains("field `host.max_awake`: 0 is out of range"),
+            "{e}"
+        );
+        assert!(
+            e.contains("field `host.listen`: \"nowhere\" is not a socket address"),
+            "{e}"
+        );
     }
 
     #[test]
