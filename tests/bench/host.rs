@@ -35,6 +35,16 @@ fn row(name: &str, value: String, baseline: String, ratio: String, target: &str)
     println!("{name:<44} {value:>14} {baseline:>16} {ratio:>9}   {target}");
 }
 
+/// A store the way a plain wasmtime embedding makes one: no limiter, no deadline callback.
+fn bare_store(runtime: &Runtime) -> wasmtime::Store<HostState> {
+    let mut store = wasmtime::Store::new(
+        runtime.engine(),
+        HostState::scratch(Arc::from("bare"), runtime.ticks()),
+    );
+    store.set_epoch_deadline(u64::MAX / 2);
+    store
+}
+
 async fn count(node: &Node, service: &str) -> u64 {
     json(&node.request(service, "count", "null").await.unwrap())
         .as_u64()
@@ -116,11 +126,7 @@ async fn run() {
         for _ in 0..ROUNDS {
             let t = Instant::now();
             for _ in 0..n {
-                let mut store = wasmtime::Store::new(
-                    runtime.engine(),
-                    HostState::scratch(Arc::from("bare"), runtime.ticks()),
-                );
-                store.set_epoch_deadline(u64::MAX / 2);
+                let mut store = bare_store(&runtime);
                 let service = class.pre.instantiate_async(&mut store).await.unwrap();
                 drop((service, store));
             }
@@ -144,12 +150,7 @@ async fn run() {
         );
         let t = Instant::now();
         for _ in 0..n {
-            let mut store = wasmtime::Store::new(
-                runtime.engine(),
-                HostState::scratch(Arc::from("bare"), runtime.ticks()),
-            );
-            store.set_epoch_deadline(u64::MAX / 2);
-            drop(std::hint::black_box(store));
+            drop(std::hint::black_box(bare_store(&runtime)));
         }
         println!(
             "detail: + Store::new {:.2} us",
@@ -157,11 +158,7 @@ async fn run() {
         );
         let t = Instant::now();
         for _ in 0..n {
-            let mut store = wasmtime::Store::new(
-                runtime.engine(),
-                HostState::scratch(Arc::from("bare"), runtime.ticks()),
-            );
-            store.set_epoch_deadline(u64::MAX / 2);
+            let mut store = bare_store(&runtime);
             let service = class.pre.instantiate_async(&mut store).await.unwrap();
             service
                 .wasmwire_service_lifecycle()
