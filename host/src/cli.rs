@@ -1,13 +1,21 @@
-//! The `wasmwire` command line: `run`, `check` and `inspect`. Errors go to stderr with a
-//! non-zero exit; logs go through `tracing` (`RUST_LOG`, `--log-format json`).
+//! The `wasmwire` command line: `run`, `check` and `inspect`; `keygen` and `id` for host
+//! keys; and the client commands `services`, `sessions`, `peers`, `call` and `send`, which
+//! reach a running host over QUIC like any peer (with role `client`). Errors go to stderr
+//! with a non-zero exit; logs go through `tracing` (`RUST_LOG`, `--log-format json`).
 
-use crate::manifest;
+use crate::broker::{Ask, ConnId};
+use crate::manifest::{self, PeerSpec};
+use crate::net::identity::Identity;
+use crate::net::{Net, NetConfig};
 use crate::node::{Node, load_classes};
+use crate::runtime::session::ClientEvent;
 use crate::runtime::{Runtime, RuntimeConfig};
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use crate::wire::{self, Control, Role};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Runs sandboxed WebAssembly services and wires them together.
 #[derive(Debug, Parser)]
@@ -49,12 +57,91 @@ pub enum Command {
         /// The component file.
         component: PathBuf,
     },
+    /// Make a new host key (never overwrites one) and print its peer id.
+    Keygen {
+        /// Where to write it.
+        #[arg(default_value = ".wasmwire/host.key")]
+        path: PathBuf,
+    },
+    /// Print the peer id of a host key.
+    Id {
+        /// The key file.
+        #[arg(default_value = ".wasmwire/host.key")]
+        path: PathBuf,
+    },
+    /// List the services a host exposes.
+    Services {
+        #[command(flatten)]
+        to: HostArgs,
+    },
+    /// List the sessions open on a host.
+    Sessions {
+        #[command(flatten)]
+        to: HostArgs,
+    },
+    /// List a host's connected and learned peers.
+    Peers {
+        #[command(flatten)]
+        to: HostArgs,
+    },
+    /// Call an event of an exposed service and print its JSON reply.
+    Call {
+        #[command(flatten)]
+        to: HostArgs,
+        /// The service (instance name).
+        service: String,
+        /// The event.
+        event: String,
+        /// JSON parameters.
+        #[arg(default_value = "null")]
+        params: String,
+    },
+    /// Open a session with an exposed service, send one message, print what comes back.
+    Send {
+        #[command(flatten)]
+        to: HostArgs,
+        /// The service (instance name).
+        service: String,
+        /// The message kind.
+        kind: String,
+        /// The payload (text).
+        #[arg(default_value = "")]
+        payload: String,
+        /// How long to print what comes back before closing.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+}
+
+/// Where a client command connects, and as whom.
+#[derive(Debug, Args)]
+pub struct HostArgs {
+    /// The host: `ADDR:PORT`, or `ADDR:PORT#PEERID` to refuse any other key.
+    pub addr: String,
+    /// Key to connect with (so an operator can list it in `allow`); default: a new one.
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for the host.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    manifest::units::HumanDuration::try_from(s.to_string()).map(|d| d.0)
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The host logs its life at `info`; a client command says only what goes wrong.
+    let default = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, default);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -70,6 +157,24 @@ pub fn main() -> ExitCode {
             Command::Run { manifest } => run(&manifest).await,
             Command::Check { manifest } => check(&manifest).await,
             Command::Inspect { component } => inspect(&component).await,
+            Command::Keygen { path } => keygen(&path),
+            Command::Id { path } => id(&path),
+            Command::Services { to } => services(&to).await,
+            Command::Sessions { to } => sessions(&to).await,
+            Command::Peers { to } => peers(&to).await,
+            Command::Call {
+                to,
+                service,
+                event,
+                params,
+            } => call(&to, &service, &event, &params).await,
+            Command::Send {
+                to,
+                service,
+                kind,
+                payload,
+                wait,
+            } => send(&to, &service, &kind, payload, wait).await,
         }
     });
     match result {
@@ -81,9 +186,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -190,4 +295,239 @@ async fn inspect(path: &Path) -> Result<()> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+fn keygen(path: &Path) -> Result<()> {
+    let identity = Identity::create(path)?;
+    println!("{}", identity.id);
+    eprintln!("wrote a new host key to {} (mode 0600)", path.display());
+    Ok(())
+}
+
+fn id(path: &Path) -> Result<()> {
+    println!("{}", Identity::load(path)?.id);
+    Ok(())
+}
+
+/// A client connection to a host.
+struct Client {
+    net: Net,
+    conn: ConnId,
+    timeout: Duration,
+}
+
+impl Client {
+    async fn connect(to: &HostArgs) -> Result<Client> {
+        let spec: PeerSpec = to
+            .addr
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("{e}"))?;
+        let identity = match &to.identity {
+            Some(p) => Identity::load(p)?,
+            None => Identity::generate()?,
+        };
+        let net = Net::start(
+            NetConfig {
+                role: Role::Client,
+                listen: None,
+                identity,
+                allow: Vec::new(),
+                peers: Vec::new(),
+                transport: Default::default(),
+                limits: Default::default(),
+                alpn: wire::ALPN.to_vec(),
+            },
+            None,
+        )?;
+        let dialled = tokio::time::timeout(to.timeout, net.dial(&spec)).await;
+        let (conn, _peer) = match dialled {
+            Err(_) => bail!(
+                "cannot connect to {}: no answer within {:?}",
+                to.addr,
+                to.timeout
+            ),
+            Ok(Err(e)) => bail!("cannot connect to {}: {e}", to.addr),
+            Ok(Ok(c)) => c,
+        };
+        Ok(Client {
+            net,
+            conn,
+            timeout: to.timeout,
+        })
+    }
+
+    async fn ask(&self, ask: Ask) -> Result<Control> {
+        let r = self.net.ask(self.conn, ask, self.timeout).await;
+        match r {
+            Ok(c) => Ok(c),
+            Err(f) => {
+                let code = serde_json::to_value(f.code).unwrap_or_default();
+                bail!("{}: {}", code.as_str().unwrap_or("error"), f.reason)
+            }
+        }
+    }
+
+    async fn close(self) {
+        self.net.shutdown(Duration::from_millis(500)).await;
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn services(to: &HostArgs) -> Result<()> {
+    let client = Client::connect(to).await?;
+    let answer = client.ask(Ask::ListServices).await;
+    client.close().await;
+    let Control::Services { services, .. } = answer? else {
+        bail!("the host answered list-services with something else");
+    };
+    if to.json {
+        return print_json(&services);
+    }
+    println!(
+        "{:<16} {:>7}  {:<7} {:>8}  {:<24} EVENTS",
+        "SERVICE", "CHANNEL", "STATE", "SESSIONS", "MESSAGES"
+    );
+    for s in &services {
+        println!(
+            "{:<16} {:>7}  {:<7} {:>8}  {:<24} {}",
+            s.name,
+            s.channel,
+            s.state,
+            s.sessions,
+            dash_list(&s.messages),
+            dash_list(&s.events)
+        );
+    }
+    Ok(())
+}
+
+fn dash_list(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(",")
+    }
+}
+
+async fn sessions(to: &HostArgs) -> Result<()> {
+    let client = Client::connect(to).await?;
+    let answer = client.ask(Ask::ListSessions).await;
+    client.close().await;
+    let Control::Sessions {
+        sessions, total, ..
+    } = answer?
+    else {
+        bail!("the host answered list-sessions with something else");
+    };
+    if to.json {
+        return print_json(&sessions);
+    }
+    println!(
+        "{:>8}  {:<16} {:>7}  {:<16} PEER",
+        "ID", "SERVICE", "CHANNEL", "OTHER END"
+    );
+    for s in &sessions {
+        println!(
+            "{:>8}  {:<16} {:>7}  {:<16} {}",
+            s.id,
+            s.service,
+            s.channel,
+            s.other,
+            s.peer.as_deref().unwrap_or("(this host)")
+        );
+    }
+    if total as usize > sessions.len() {
+        println!("... {} sessions in all", total);
+    }
+    Ok(())
+}
+
+async fn peers(to: &HostArgs) -> Result<()> {
+    let client = Client::connect(to).await?;
+    let answer = client.ask(Ask::GetPeers).await;
+    client.close().await;
+    let Control::Peers { peers, .. } = answer? else {
+        bail!("the host answered get-peers with something else");
+    };
+    if to.json {
+        return print_json(&peers);
+    }
+    println!("{:<52}  {:<22} STATE", "PEER", "ADDRESS");
+    for p in &peers {
+        println!(
+            "{:<52}  {:<22} {}",
+            p.peer,
+            p.addr.as_deref().unwrap_or("-"),
+            if p.connected { "connected" } else { "learned" }
+        );
+    }
+    Ok(())
+}
+
+async fn call(to: &HostArgs, service: &str, event: &str, params: &str) -> Result<()> {
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(params) {
+        bail!("the parameters are not JSON: {e}");
+    }
+    let client = Client::connect(to).await?;
+    let answer = client
+        .ask(Ask::Request {
+            service: service.to_string(),
+            event: event.to_string(),
+            params: params.to_string(),
+            chain: Vec::new(),
+            caller: Some("cli".into()),
+        })
+        .await;
+    client.close().await;
+    match answer? {
+        Control::Response { result, .. } => {
+            println!("{result}");
+            Ok(())
+        }
+        _ => bail!("the host answered the request with something else"),
+    }
+}
+
+async fn send(
+    to: &HostArgs,
+    service: &str,
+    kind: &str,
+    payload: String,
+    wait: Duration,
+) -> Result<()> {
+    let client = Client::connect(to).await?;
+    let result = async {
+        let mut session = client
+            .net
+            .open_client_session(client.conn, service, "cli", 1 << 20)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        session
+            .send(kind, payload.into_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(until, session.events.recv()).await {
+                Err(_) => break,
+                Ok(None) | Ok(Some(ClientEvent::Closed)) => {
+                    eprintln!("(the service closed the session)");
+                    break;
+                }
+                Ok(Some(ClientEvent::Message { kind, payload })) => {
+                    println!("{kind} {}", String::from_utf8_lossy(&payload));
+                }
+            }
+        }
+        session.close();
+        // Give the writer a moment to finish the stream before the endpoint closes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(())
+    }
+    .await;
+    client.close().await;
+    result
 }

@@ -16,8 +16,11 @@
 //! - [`workers`]: the worker threads that run instance actors, and where each instance runs.
 //! - [`manifest`]: the TOML manifest — schema, validation, errors with file, line and field.
 
+pub mod broker;
 pub mod cli;
 pub mod manifest;
+pub mod net;
 pub mod node;
 pub mod runtime;
+pub mod wire;
 pub mod workers;

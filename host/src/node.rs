@@ -3,12 +3,15 @@
 //! event, open a session, watch lifecycle changes, shut down cleanly).
 
 use crate::manifest::{Diagnostic, Manifest, ManifestError};
+use crate::net::identity::{Identity, IdentityError};
+use crate::net::{Net, NetConfig, NetError};
 use crate::runtime::actor::{InstanceActor, open_client_session};
 use crate::runtime::instance::{
     CallError, Control, Envelope, Instance, LifecycleEvent, Registry, SessionId,
 };
 use crate::runtime::session::ClientEvent;
 use crate::runtime::{CacheOutcome, Class, Runtime, RuntimeConfig};
+use crate::wire::{self, PeerId, Role};
 use crate::workers::{Workers, place};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,6 +28,12 @@ pub enum NodeError {
     /// A component failed to load; the diagnostics say which and why.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The host key could not be read or made.
+    #[error("host identity: {0}")]
+    Identity(#[from] IdentityError),
+    /// The network could not start.
+    #[error("network: {0}")]
+    Net(#[from] NetError),
 }
 
 /// Loads every distinct component of a manifest once, reporting failures against the
@@ -65,8 +74,9 @@ pub struct ClientSession {
     /// The instance's end of the session.
     pub end: SessionId,
     instance: Arc<Instance>,
-    /// What the instance sends, and the close.
-    pub events: mpsc::UnboundedReceiver<ClientEvent>,
+    /// What the instance sends, and the close (bounded: a client that does not read makes
+    /// the instance's `send` return `busy`).
+    pub events: mpsc::Receiver<ClientEvent>,
 }
 
 impl ClientSession {
@@ -91,6 +101,7 @@ pub struct Node {
     registry: Arc<Registry>,
     tasks: Vec<JoinHandle<()>>,
     classes: HashMap<PathBuf, Arc<Class>>,
+    net: Option<Net>,
     /// Dropped last: stops the worker threads.
     workers: Workers,
 }
@@ -130,6 +141,11 @@ impl Node {
                 .iter()
                 .filter_map(|u| Some((Box::from(u.as_str()), *index_of.get(u.as_str())?)))
                 .collect();
+            let remote_uses = s
+                .remote_uses
+                .iter()
+                .map(|(p, n)| (p.map(|p| Box::from(p.to_string())), Box::from(n.as_str())))
+                .collect();
             let (instance, inbox) = Instance::new(
                 &s.name,
                 i as u32,
@@ -139,6 +155,8 @@ impl Node {
                 &s.options_json,
                 s.autostart,
                 uses,
+                remote_uses,
+                s.expose,
             );
             instances.push(instance);
             inboxes.push(inbox);
@@ -161,13 +179,65 @@ impl Node {
                 InstanceActor::new(instance.clone(), registry.clone(), runtime.ticks(), inbox);
             tasks.push(workers.spawn(worker, actor.run()));
         }
+        let net = match manifest.host.listen {
+            None => None,
+            Some(listen) => {
+                let (identity, created) = Identity::load_or_create(&manifest.host.identity)?;
+                if created {
+                    tracing::info!(key = %manifest.host.identity.display(), "created a new host key");
+                }
+                let net = Net::start(
+                    NetConfig {
+                        role: Role::Host,
+                        listen: Some(listen),
+                        identity,
+                        allow: manifest.host.allow.clone(),
+                        peers: manifest.host.peers.clone(),
+                        transport: manifest.host.transport.clone(),
+                        limits: Default::default(),
+                        alpn: wire::ALPN.to_vec(),
+                    },
+                    Some(registry.clone()),
+                )?;
+                registry.set_peers(Arc::new(net.clone()));
+                let exposed: Vec<&str> = registry
+                    .instances()
+                    .iter()
+                    .filter(|i| i.expose)
+                    .map(|i| &*i.name)
+                    .collect();
+                tracing::info!(
+                    peer_id = %net.id(),
+                    listen = %net.local_addr().map_or("?".into(), |a| a.to_string()),
+                    ?exposed,
+                    "listening"
+                );
+                Some(net)
+            }
+        };
         Ok(Node {
             runtime,
             registry,
             tasks,
             classes,
+            net,
             workers,
         })
+    }
+
+    /// This host's peer id, if it has a network.
+    pub fn peer_id(&self) -> Option<PeerId> {
+        self.net.as_ref().map(Net::id)
+    }
+
+    /// Where this host listens, if it has a network.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.net.as_ref().and_then(Net::local_addr)
+    }
+
+    /// The network endpoint, if any.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
     }
 
     /// Every instance.
@@ -233,7 +303,7 @@ impl Node {
             caller: None,
             event: index,
             params: params.to_string(),
-            chain: Vec::new(),
+            chain: Default::default(),
             reply,
         })?;
         match tokio::time::timeout(target.limits.request_timeout, rx).await {
@@ -250,7 +320,7 @@ impl Node {
         client: &str,
     ) -> Result<ClientSession, CallError> {
         let target = self.find(service)?.clone();
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) = mpsc::channel(crate::runtime::session::CLIENT_QUEUE);
         let end = open_client_session(&target, &self.registry, client, tx).await?;
         Ok(ClientSession {
             end,
@@ -293,6 +363,11 @@ impl Node {
         }
         for t in self.tasks {
             let _ = t.await;
+        }
+        // Sessions were closed as their instances went to sleep; now every connection is
+        // closed with a reason, so peers see it at once rather than at their idle timeout.
+        if let Some(net) = &self.net {
+            net.shutdown(std::time::Duration::from_secs(2)).await;
         }
         drop(self.workers);
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 use wasmwire::runtime::session::ClientEvent;
 use wasmwire_tests::{json, start};
 
-async fn next(events: &mut tokio::sync::mpsc::UnboundedReceiver<ClientEvent>) -> (String, Vec<u8>) {
+async fn next(events: &mut tokio::sync::mpsc::Receiver<ClientEvent>) -> (String, Vec<u8>) {
     match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
         Ok(Some(ClientEvent::Message { kind, payload })) => (kind, payload),
         other => panic!("expected a message, got {other:?}"),

@@ -9,6 +9,7 @@ mod schema;
 pub mod units;
 mod validate;
 
+use crate::wire::PeerId;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,16 +34,81 @@ pub struct HostConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// The identity key file.
     pub identity: PathBuf,
-    /// Peer addresses dialled at start.
-    pub peers: Vec<String>,
+    /// Peers dialled at start and kept connected.
+    pub peers: Vec<PeerSpec>,
     /// Peer ids allowed to connect (empty: any).
-    pub allow: Vec<String>,
+    pub allow: Vec<PeerId>,
+    /// QUIC settings of every connection.
+    pub transport: Transport,
     /// Size of the instance pool: most instances awake at once.
     pub max_awake: u32,
     /// Folder of the compiled-component cache.
     pub cache_dir: PathBuf,
     /// Worker threads that run the instances.
     pub threads: u32,
+}
+
+/// QUIC settings (each a `[host]` field of the same name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transport {
+    /// How often an idle connection is pinged, so that the peer's idle timer never fires
+    /// while both are alive.
+    pub keep_alive: Duration,
+    /// How long without a packet before a connection is declared dead.
+    pub peer_timeout: Duration,
+    /// Bytes a peer may send on one stream before the receiver reads them.
+    pub stream_window: u64,
+    /// Bytes a peer may send on all streams of a connection before the receiver reads.
+    pub connection_window: u64,
+    /// Streams (sessions, plus the control stream) a peer may have open at once.
+    pub max_streams: u32,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            keep_alive: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(5),
+            stream_window: 1 << 20,
+            connection_window: 8 << 20,
+            max_streams: 1024,
+        }
+    }
+}
+
+/// A configured peer: an address or DNS name with a port, and maybe the id it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// `ip:port` or `name:port`, as written.
+    pub addr: String,
+    /// The id after `#`, if given.
+    pub expected: Option<PeerId>,
+}
+
+impl std::str::FromStr for PeerSpec {
+    type Err = String;
+
+    /// Parses `ADDR`, `ADDR#PEERID` or `NAME:PORT[#PEERID]`.
+    fn from_str(s: &str) -> Result<PeerSpec, String> {
+        let (addr, expected) = match s.split_once('#') {
+            Some((a, id)) => (a, Some(id.parse::<PeerId>().map_err(|e| e.to_string())?)),
+            None => (s, None),
+        };
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return Err(format!(
+                "{addr:?} has no port: write it like \"10.0.0.2:7400\""
+            ));
+        };
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!(
+                "{addr:?} is not HOST:PORT: write it like \"10.0.0.2:7400\" or \"peers.example:7400\""
+            ));
+        }
+        Ok(PeerSpec {
+            addr: addr.to_string(),
+            expected,
+        })
+    }
 }
 
 /// One service instance with defaults applied and paths resolved.
@@ -58,8 +124,12 @@ pub struct ServiceConfig {
     pub channel: u16,
     /// The `options` table as JSON, handed to `wakeup`.
     pub options_json: String,
-    /// Services it may connect to or request.
+    /// Services of this host it may connect to or request.
     pub uses: Vec<String>,
+    /// Services on other hosts it may use: (peer id, or `None` for any; name).
+    pub remote_uses: Vec<(Option<PeerId>, String)>,
+    /// Reachable from other hosts and clients.
+    pub expose: bool,
     /// Woken at start and kept awake.
     pub autostart: bool,
     /// Per-instance limits.

@@ -37,6 +37,16 @@ pub struct HostSection {
     pub cache_dir: Option<Spanned<String>>,
     /// Worker threads that run the instances (default: one per core).
     pub threads: Option<Spanned<u32>>,
+    /// Interval of QUIC keep-alive pings.
+    pub keep_alive: Option<Spanned<HumanDuration>>,
+    /// Silence after which a peer connection is dead.
+    pub peer_timeout: Option<Spanned<HumanDuration>>,
+    /// Receive window of one stream.
+    pub stream_window: Option<Spanned<ByteSize>>,
+    /// Receive window of one connection.
+    pub connection_window: Option<Spanned<ByteSize>>,
+    /// Streams a peer may have open at once.
+    pub max_streams: Option<Spanned<u32>>,
 }
 
 /// `[[service]]`: one named, configured instance of a component.
@@ -51,9 +61,13 @@ pub struct ServiceSection {
     pub channel: Spanned<u16>,
     /// Handed to `wakeup` as a JSON object.
     pub options: Option<Spanned<toml::Table>>,
-    /// The only services this instance may connect to or request.
+    /// The only services this instance may connect to or request: `name` on this host,
+    /// `PEERID/name` or `*/name` on others.
     #[serde(default)]
     pub uses: Vec<Spanned<String>>,
+    /// Reachable from other hosts and clients (default: only from this host's services).
+    #[serde(default)]
+    pub expose: bool,
     /// Wake at start and keep awake (restarted after a crash) instead of waking on demand.
     #[serde(default)]
     pub autostart: bool,

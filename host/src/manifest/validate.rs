@@ -3,8 +3,13 @@
 //! duplicate names and channels, `uses` that name no service, files that do not exist,
 //! limits out of range. All problems are collected, not just the first.
 
+use super::schema::InstanceName;
 use super::schema::{ManifestFile, ServiceSection};
-use super::{Diagnostic, HostConfig, Limits, Location, Manifest, ManifestError, ServiceConfig};
+use super::{
+    Diagnostic, HostConfig, Limits, Location, Manifest, ManifestError, PeerSpec, ServiceConfig,
+    Transport,
+};
+use crate::wire::PeerId;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -206,14 +211,84 @@ impl Validator<'_> {
             256,
             "1 to 256",
         );
+        let mut peers = Vec::new();
+        for (i, p) in h.peers.iter().enumerate() {
+            match p.get_ref().parse::<PeerSpec>() {
+                Ok(spec) => peers.push(spec),
+                Err(e) => self.problem(
+                    p,
+                    format!("host.peers[{}]", i + 1),
+                    e,
+                    Some("write \"ADDR:PORT\", \"ADDR:PORT#PEERID\" or \"NAME:PORT\" (a DNS name that resolves to several addresses dials each)".into()),
+                ),
+            }
+        }
+        let mut allow = Vec::new();
+        for (i, a) in h.allow.iter().enumerate() {
+            match a.get_ref().parse::<PeerId>() {
+                Ok(id) => allow.push(id),
+                Err(e) => self.problem(
+                    a,
+                    format!("host.allow[{}]", i + 1),
+                    e.to_string(),
+                    Some("`wasmwire id KEYFILE` prints a host's peer id".into()),
+                ),
+            }
+        }
+        let t = Transport::default();
+        let transport = Transport {
+            keep_alive: self.duration(&h.keep_alive, "host.keep_alive", t.keep_alive),
+            peer_timeout: self.duration(&h.peer_timeout, "host.peer_timeout", t.peer_timeout),
+            stream_window: self.bounded(
+                &h.stream_window,
+                "host.stream_window",
+                t.stream_window,
+                |b| b.0,
+                16 << 10,
+                1 << 30,
+                "16KiB to 1GiB",
+            ),
+            connection_window: self.bounded(
+                &h.connection_window,
+                "host.connection_window",
+                t.connection_window,
+                |b| b.0,
+                16 << 10,
+                1 << 30,
+                "16KiB to 1GiB",
+            ),
+            max_streams: self.bounded(
+                &h.max_streams,
+                "host.max_streams",
+                t.max_streams,
+                |n| *n,
+                1,
+                1 << 20,
+                "1 to 1048576",
+            ),
+        };
+        if let Some(k) = &h.keep_alive
+            && transport.keep_alive >= transport.peer_timeout
+        {
+            self.problem(
+                k,
+                "host.keep_alive".into(),
+                format!(
+                    "keep_alive ({:?}) must be shorter than peer_timeout ({:?})",
+                    transport.keep_alive, transport.peer_timeout
+                ),
+                Some("otherwise an idle but healthy connection times out".into()),
+            );
+        }
         let host = HostConfig {
             listen,
             identity: dir.join(
                 h.identity
                     .map_or(".wasmwire/host.key".to_string(), Spanned::into_inner),
             ),
-            peers: h.peers.into_iter().map(Spanned::into_inner).collect(),
-            allow: h.allow.into_iter().map(Spanned::into_inner).collect(),
+            peers,
+            allow,
+            transport,
             max_awake,
             cache_dir: dir.join(
                 h.cache_dir
@@ -280,7 +355,25 @@ impl Validator<'_> {
     ) -> ServiceConfig {
         let field = |f: &str| format!("service[{index}].{f}");
         let name = s.name.get_ref().0.clone();
+        let mut remote_uses = Vec::new();
         for u in &s.uses {
+            if let Some((peer, service)) = u.get_ref().split_once('/') {
+                let peer = match peer {
+                    "*" => Ok(None),
+                    p => p.parse::<PeerId>().map(Some).map_err(|e| e.to_string()),
+                };
+                let service = InstanceName::try_from(service.to_string()).map(|n| n.0);
+                match (peer, service) {
+                    (Ok(p), Ok(n)) => remote_uses.push((p, n)),
+                    (Err(e), _) | (_, Err(e)) => self.problem(
+                        u,
+                        field("uses"),
+                        e,
+                        Some("a service on another host is written \"PEERID/name\", or \"*/name\" for any peer that runs it".into()),
+                    ),
+                }
+                continue;
+            }
             if !names.contains_key(u.get_ref()) {
                 let msg = format!("no service named {:?} in this manifest", u.get_ref());
                 let mut known: Vec<&str> = names.keys().map(String::as_str).collect();
@@ -380,7 +473,14 @@ impl Validator<'_> {
             component_at: self.file.location(s.component.span().start),
             channel: *s.channel.get_ref(),
             options_json,
-            uses: s.uses.into_iter().map(Spanned::into_inner).collect(),
+            uses: s
+                .uses
+                .into_iter()
+                .map(Spanned::into_inner)
+                .filter(|u| !u.contains('/'))
+                .collect(),
+            remote_uses,
+            expose: s.expose,
             autostart: s.autostart,
             limits,
         }

@@ -512,7 +512,7 @@ pub(crate) async fn open_client_session(
     instance: &Arc<Instance>,
     registry: &Registry,
     client: &str,
-    to: tokio::sync::mpsc::UnboundedSender<super::session::ClientEvent>,
+    to: tokio::sync::mpsc::Sender<super::session::ClientEvent>,
 ) -> Result<SessionId, CallError> {
     let end = registry.next_session();
     let (reply, rx) = tokio::sync::oneshot::channel();
@@ -523,7 +523,7 @@ pub(crate) async fn open_client_session(
             peer: None,
         },
         back: Route::Client { to },
-        chain: Vec::new(),
+        chain: Default::default(),
         reply,
     })?;
     match tokio::time::timeout(instance.limits.request_timeout, rx).await {

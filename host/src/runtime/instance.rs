@@ -6,8 +6,12 @@
 use super::Class;
 use super::session::Route;
 use crate::manifest::Limits;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Names one end of a session; allocated from a host-wide counter, never reused in a run.
@@ -57,6 +61,9 @@ pub enum CallError {
     Failed(String),
 }
 
+/// A service on other hosts an instance may use: (peer id, or `None` for any peer; name).
+pub type RemoteUse = (Option<Box<str>>, Box<str>);
+
 /// Where an instance is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -97,8 +104,56 @@ pub(crate) struct PeerInfo {
     pub peer: Option<Arc<str>>,
 }
 
-/// The call chain of a request: instance indexes, innermost last. Used to refuse cycles.
-pub(crate) type Chain = Vec<u32>;
+/// Who is waiting on a request or connect: used to refuse cycles, on this host and across
+/// hosts.
+#[derive(Debug, Clone, Default)]
+pub struct Chain {
+    /// Instances of this host that wait, by registry index.
+    pub local: Vec<u32>,
+    /// Everyone that waits, as `PEERID/name`, when the chain came from another host (this
+    /// host's own waiters included); empty for a chain that never left this host.
+    pub remote: Vec<String>,
+}
+
+impl Chain {
+    /// Whether instance `index` of this host is waiting.
+    pub fn contains(&self, index: u32) -> bool {
+        self.local.contains(&index)
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.local.clear();
+        self.remote.clear();
+    }
+
+    /// The chain as the wire carries it: every waiter as `PEERID/name`, this host's as `me`.
+    pub fn to_wire(&self, me: &str, registry: &Registry) -> Vec<String> {
+        let mut out = self.remote.clone();
+        for &i in &self.local {
+            let entry = format!("{me}/{}", registry.get(i).name);
+            if !out.contains(&entry) {
+                out.push(entry);
+            }
+        }
+        out
+    }
+
+    /// A chain received from another host: this host's entries become local indexes.
+    pub fn from_wire(wire: Vec<String>, me: &str, registry: &Registry) -> Chain {
+        let local = wire
+            .iter()
+            .filter_map(|e| {
+                let (peer, name) = e.split_once('/')?;
+                (peer == me).then(|| registry.by_name(name).map(|i| i.index))?
+            })
+            .collect();
+        Chain {
+            local,
+            remote: wire,
+        }
+    }
+}
 
 /// Work for an instance, in arrival order.
 pub(crate) enum Envelope {
@@ -172,6 +227,11 @@ pub struct Instance {
     pub autostart: bool,
     /// Services it may use: (name, registry index).
     pub(crate) uses: Box<[(Box<str>, u32)]>,
+    /// Services on other hosts it may use: (peer id, or `None` for any peer; name).
+    pub(crate) remote_uses: Box<[RemoteUse]>,
+    /// Reachable from other hosts.
+    pub expose: bool,
+    sessions_open: AtomicU32,
     mailbox: mpsc::UnboundedSender<Envelope>,
     control: mpsc::UnboundedSender<Control>,
     queued: AtomicUsize,
@@ -197,6 +257,8 @@ impl Instance {
         options_json: &str,
         autostart: bool,
         uses: Box<[(Box<str>, u32)]>,
+        remote_uses: Box<[RemoteUse]>,
+        expose: bool,
     ) -> (Arc<Instance>, Inbox) {
         // The mailbox is unbounded as a channel but bounded by `queued`: messages and events
         // count, disconnects do not, so closing a session can never fail for lack of room.
@@ -211,6 +273,9 @@ impl Instance {
             options_json: Arc::from(options_json),
             autostart,
             uses,
+            remote_uses,
+            expose,
+            sessions_open: AtomicU32::new(0),
             mailbox,
             control,
             queued: AtomicUsize::new(0),
@@ -303,6 +368,33 @@ impl Instance {
         ))
     }
 
+    /// Sessions open on this instance now.
+    pub fn sessions_open(&self) -> u32 {
+        self.sessions_open.load(Ordering::Relaxed)
+    }
+
+    /// Which peers this instance may reach `service` on: `Ok(None)` for any peer,
+    /// `Ok(Some(ids))` for those only, an error naming the fix if none.
+    pub(crate) fn remote_uses(&self, service: &str) -> Result<Option<Vec<&str>>, CallError> {
+        let mut ids = Vec::new();
+        for (peer, name) in self.remote_uses.iter() {
+            if &**name != service {
+                continue;
+            }
+            match peer {
+                None => return Ok(None),
+                Some(p) => ids.push(&**p),
+            }
+        }
+        if ids.is_empty() {
+            return Err(CallError::Denied(format!(
+                "{} may not use {service} on other hosts: add \"*/{service}\" or \"PEERID/{service}\" to `uses` of {} in the manifest",
+                self.name, self.name
+            )));
+        }
+        Ok(Some(ids))
+    }
+
     /// The registry index of a service in `uses`.
     pub(crate) fn uses(&self, service: &str) -> Option<u32> {
         self.uses
@@ -317,6 +409,70 @@ pub struct Registry {
     instances: Vec<Arc<Instance>>,
     next_session: AtomicU64,
     events: broadcast::Sender<LifecycleEvent>,
+    book: Mutex<HashMap<SessionId, SessionRecord>>,
+    peers: OnceLock<Arc<dyn Peers>>,
+}
+
+/// One open session end on this host, as introspection lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The instance holding this end.
+    pub instance: Arc<str>,
+    /// The other end: an instance or client name.
+    pub other: Arc<str>,
+    /// The other end's host, when remote.
+    pub peer: Option<Arc<str>>,
+    /// The channel of the accepting service.
+    pub channel: u16,
+}
+
+/// The other end of a remote session as its opener gets it.
+pub struct RemoteSession {
+    /// Where this end's messages go.
+    pub sink: Arc<dyn super::session::RemoteSink>,
+    /// The host it is on.
+    pub peer: Arc<str>,
+    /// The accepting service's channel.
+    pub channel: u16,
+}
+
+/// A future returned by a [`Peers`] call.
+pub type PeersFuture<T> = Pin<Box<dyn Future<Output = Result<T, CallError>> + Send>>;
+
+/// Reaches services on other hosts. The network layer implements it; the runtime only
+/// calls it, so the runtime never depends on the network.
+pub trait Peers: Send + Sync {
+    /// This host's peer id.
+    fn me(&self) -> &str;
+
+    /// Calls `event` on `service` on `peer` (a peer id, or `None` for any connected peer
+    /// that runs it, among `allowed` if given).
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &self,
+        peer: Option<String>,
+        allowed: Option<Vec<String>>,
+        service: String,
+        event: String,
+        params: String,
+        timeout: Duration,
+        chain: Vec<String>,
+        caller: Arc<str>,
+    ) -> PeersFuture<String>;
+
+    /// Opens a session from `(instance, end)` to `service` on `peer` (or any allowed peer
+    /// that runs it); messages from the other end are delivered to that end.
+    #[allow(clippy::too_many_arguments)]
+    fn connect(
+        &self,
+        peer: Option<String>,
+        allowed: Option<Vec<String>>,
+        service: String,
+        from: Arc<Instance>,
+        end: SessionId,
+        timeout: Duration,
+        chain: Vec<String>,
+    ) -> PeersFuture<RemoteSession>;
 }
 
 impl Registry {
@@ -325,7 +481,48 @@ impl Registry {
             instances,
             next_session: AtomicU64::new(1),
             events: broadcast::channel(1024).0,
+            book: Mutex::new(HashMap::new()),
+            peers: OnceLock::new(),
         }
+    }
+
+    /// Connects this host to its peers (once).
+    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
+        let _ = self.peers.set(peers);
+    }
+
+    /// The peers, once the network is up.
+    pub fn peers(&self) -> Option<&Arc<dyn Peers>> {
+        self.peers.get()
+    }
+
+    /// Records a session end opening (once per session, not per message).
+    pub(crate) fn session_opened(&self, id: SessionId, record: SessionRecord, on: &Instance) {
+        on.sessions_open.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut book) = self.book.lock() {
+            book.insert(id, record);
+        }
+    }
+
+    /// Records a session end closing.
+    pub(crate) fn session_closed(&self, id: SessionId, on: &Instance) {
+        on.sessions_open.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut book) = self.book.lock() {
+            book.remove(&id);
+        }
+    }
+
+    /// Every open session end on this host (at most `max`), sorted by id, and how many
+    /// there are in all.
+    pub fn sessions(&self, max: usize) -> (Vec<(SessionId, SessionRecord)>, usize) {
+        let Ok(book) = self.book.lock() else {
+            return (Vec::new(), 0);
+        };
+        let mut v: Vec<_> = book.iter().map(|(id, r)| (*id, r.clone())).collect();
+        v.sort_by_key(|(id, _)| *id);
+        let total = v.len();
+        v.truncate(max);
+        (v, total)
     }
 
     /// All instances, in manifest order.

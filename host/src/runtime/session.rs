@@ -1,13 +1,27 @@
 //! Sessions as one end sees them: a table from this end's id to a `Route` to the other end.
-//! A route is where messages for the other end go: another local instance's mailbox, or a
-//! client's channel; a remote peer's stream becomes one more variant, and nothing above this
-//! module needs to know which kind it talks to.
+//! A route is where messages for the other end go: another local instance's mailbox, a
+//! client's channel, or a QUIC stream to another host; nothing above this module needs to
+//! know which kind it talks to.
 
-use super::instance::{CallError, Envelope, Instance, SessionId};
+use super::instance::{CallError, Envelope, Instance, Registry, SessionId, SessionRecord};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// Most messages waiting for a client to read them; past that the sender gets `busy`.
+pub const CLIENT_QUEUE: usize = 1024;
+
+/// The sending half of a session whose other end is on another host (a QUIC stream,
+/// implemented by the network layer).
+pub trait RemoteSink: Send + Sync {
+    /// Queues one message, checked against the other end's declared kinds and size limit;
+    /// `busy` when the stream's bounded queue is full.
+    fn send(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError>;
+    /// Ends the session from this side: what is queued is still written, then the stream
+    /// is finished.
+    fn close(&self);
+}
 
 /// What a client (not an instance) receives on its session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,10 +42,10 @@ pub enum ClientEvent {
 pub(crate) enum Route {
     /// An instance on this host, at its end `end`.
     Instance { to: Arc<Instance>, end: SessionId },
-    /// A client of this host (the CLI, a test, later a remote peer's proxy).
-    Client {
-        to: mpsc::UnboundedSender<ClientEvent>,
-    },
+    /// A client of this host in the same process (a test, an embedding program).
+    Client { to: mpsc::Sender<ClientEvent> },
+    /// The other end is on another host, across a QUIC stream.
+    Remote(Arc<dyn RemoteSink>),
 }
 
 impl Route {
@@ -56,11 +70,15 @@ impl Route {
                 Ok(())
             }
             Route::Client { to } => to
-                .send(ClientEvent::Message {
+                .try_send(ClientEvent::Message {
                     kind: kind.to_string(),
                     payload,
                 })
-                .map_err(|_| CallError::Closed),
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => CallError::Busy,
+                    mpsc::error::TrySendError::Closed(_) => CallError::Closed,
+                }),
+            Route::Remote(sink) => sink.send(kind, payload),
         }
     }
 
@@ -75,7 +93,9 @@ impl Route {
                     payload,
                 })
             }
-            Route::Client { .. } => self.send(kind, payload, &mut Outbox::default()),
+            Route::Client { .. } | Route::Remote(_) => {
+                self.send(kind, payload, &mut Outbox::default())
+            }
         }
     }
 
@@ -86,8 +106,17 @@ impl Route {
                 let _ = to.post(Envelope::Disconnect { end: *end });
             }
             Route::Client { to } => {
-                let _ = to.send(ClientEvent::Closed);
+                if let Err(mpsc::error::TrySendError::Full(closed)) =
+                    to.try_send(ClientEvent::Closed)
+                {
+                    // The close must not be lost to a full queue: it waits for room instead.
+                    let to = to.clone();
+                    tokio::spawn(async move {
+                        let _ = to.send(closed).await;
+                    });
+                }
             }
+            Route::Remote(sink) => sink.close(),
         }
     }
 }
@@ -185,5 +214,87 @@ impl Hasher for IdHasher {
     }
 }
 
-/// This instance's open sessions by id.
-pub(crate) type SessionTable = HashMap<SessionId, SessionEnd, BuildHasherDefault<IdHasher>>;
+/// This instance's open sessions by id. Every open and close is also entered in the host's
+/// session book (for `list-sessions`) — once per session, never per message.
+#[derive(Default)]
+pub(crate) struct SessionTable {
+    map: HashMap<SessionId, SessionEnd, BuildHasherDefault<IdHasher>>,
+    book: Option<(Arc<Instance>, Arc<Registry>)>,
+}
+
+impl SessionTable {
+    /// A table that books its sessions under `me` in `registry`.
+    pub fn booked(me: Arc<Instance>, registry: Arc<Registry>) -> SessionTable {
+        SessionTable {
+            map: HashMap::default(),
+            book: Some((me, registry)),
+        }
+    }
+
+    /// Opens a session end.
+    pub fn insert(&mut self, id: SessionId, end: SessionEnd) {
+        if let Some((me, registry)) = &self.book {
+            let record = SessionRecord {
+                instance: me.name.clone(),
+                other: end.service.clone(),
+                peer: end.peer.clone(),
+                channel: end.channel,
+            };
+            registry.session_opened(id, record, me);
+        }
+        if let Some(old) = self.map.insert(id, end)
+            && let Some((me, registry)) = &self.book
+        {
+            // Ids are never reused, so this does not happen; keep the book right if it does.
+            drop(old);
+            registry.session_closed(id, me);
+        }
+    }
+
+    /// Closes a session end, returning it.
+    pub fn remove(&mut self, id: &SessionId) -> Option<SessionEnd> {
+        let end = self.map.remove(id)?;
+        if let Some((me, registry)) = &self.book {
+            registry.session_closed(*id, me);
+        }
+        Some(end)
+    }
+
+    /// Closes every session end, returning them.
+    pub fn drain(&mut self) -> Vec<(SessionId, SessionEnd)> {
+        let ends: Vec<_> = self.map.drain().collect();
+        if let Some((me, registry)) = &self.book {
+            for (id, _) in &ends {
+                registry.session_closed(*id, me);
+            }
+        }
+        ends
+    }
+
+    /// The end with this id.
+    #[inline]
+    pub fn get(&self, id: &SessionId) -> Option<&SessionEnd> {
+        self.map.get(id)
+    }
+
+    /// Whether this end is open.
+    #[inline]
+    pub fn contains_key(&self, id: &SessionId) -> bool {
+        self.map.contains_key(id)
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every open end.
+    pub fn iter(&self) -> impl Iterator<Item = (&SessionId, &SessionEnd)> {
+        self.map.iter()
+    }
+}

@@ -197,7 +197,7 @@ impl HostState {
             next_timer: 1,
             deferred: VecDeque::new(),
             outbox: Outbox::default(),
-            chain: Chain::new(),
+            chain: Chain::default(),
             clock: CallClock::new(ticks, call_timeout),
         }
     }
@@ -214,6 +214,7 @@ impl HostState {
             me.limits.memory,
             me.limits.call_timeout,
         );
+        s.sessions = SessionTable::booked(me.clone(), registry.clone());
         s.me = Some((me, registry));
         s
     }
@@ -249,12 +250,142 @@ impl HostState {
     /// The chain a call made now would carry, or `cycle` if it would reach `target`.
     fn chain_to(&self, target: &Instance) -> Result<Chain, CallError> {
         let (me, _) = self.node()?;
-        if me.index == target.index || self.chain.contains(&target.index) {
+        if me.index == target.index || self.chain.contains(target.index) {
             return Err(CallError::Cycle);
         }
         let mut chain = self.chain.clone();
-        chain.push(me.index);
+        chain.local.push(me.index);
         Ok(chain)
+    }
+
+    /// The chain a call to another host made now would carry, as the wire carries it.
+    fn wire_chain(&self, peers: &dyn super::instance::Peers) -> Result<Vec<String>, CallError> {
+        let (me, registry) = self.node()?;
+        let mut chain = self.chain.clone();
+        chain.local.push(me.index);
+        Ok(chain.to_wire(peers.me(), registry))
+    }
+
+    /// Where a call to `service` on `peer` may go: the peer (`None`: any) and the peers
+    /// `uses` allows (`None`: any), or why it is refused. A peer that is this host is
+    /// `Ok(None)` for the pair, meaning "local".
+    #[allow(clippy::type_complexity)]
+    fn remote_target(
+        &self,
+        peer: &str,
+        service: &str,
+    ) -> Result<
+        Option<(
+            Arc<dyn super::instance::Peers>,
+            Option<String>,
+            Option<Vec<String>>,
+        )>,
+        CallError,
+    > {
+        let (me, registry) = self.node()?;
+        let Some(peers) = registry.peers() else {
+            return Err(CallError::Unavailable(format!(
+                "cannot reach {peer}/{service}: this host has no network (set `[host] listen`)"
+            )));
+        };
+        if peer == peers.me() {
+            return Ok(None);
+        }
+        let allowed = me.remote_uses(service)?;
+        let peer = if peer == "*" {
+            None
+        } else {
+            if let Some(ids) = &allowed
+                && !ids.contains(&peer)
+            {
+                return Err(CallError::Denied(format!(
+                    "{} may not use {service} on {peer}: add \"{peer}/{service}\" to `uses` of {} in the manifest",
+                    me.name, me.name
+                )));
+            }
+            Some(peer.to_string())
+        };
+        let allowed = allowed.map(|ids| ids.into_iter().map(str::to_string).collect());
+        Ok(Some((peers.clone(), peer, allowed)))
+    }
+
+    async fn connect_remote(&mut self, peer: &str, service: &str) -> Result<SessionId, CallError> {
+        let Some((peers, peer, allowed)) = self.remote_target(peer, service)? else {
+            return self.connect_local(service).await;
+        };
+        let (me, registry) = self.node()?;
+        let (me, registry) = (me.clone(), registry.clone());
+        if self.sessions.len() >= me.limits.max_sessions as usize {
+            return Err(CallError::Denied(format!(
+                "{} has its limit of {} sessions open",
+                me.name, me.limits.max_sessions
+            )));
+        }
+        let chain = self.wire_chain(&*peers)?;
+        let mine = registry.next_session();
+        self.outbox.flush();
+        let before = self.clock.now();
+        let r = peers
+            .connect(
+                peer,
+                allowed,
+                service.to_string(),
+                me.clone(),
+                mine,
+                me.limits.request_timeout,
+                chain,
+            )
+            .await;
+        self.clock.waited += self.clock.now().saturating_sub(before);
+        let remote = r?;
+        let info = SessionInfo {
+            id: mine,
+            peer: Some(remote.peer.to_string()),
+            service: service.to_string(),
+            channel: remote.channel,
+        };
+        self.sessions.insert(
+            mine,
+            SessionEnd {
+                route: Route::Remote(remote.sink),
+                service: Arc::from(service),
+                peer: Some(remote.peer),
+                channel: remote.channel,
+            },
+        );
+        self.deferred.push_back(Deferred::Connected(info));
+        Ok(mine)
+    }
+
+    async fn request_remote(
+        &mut self,
+        peer: &str,
+        service: &str,
+        event: &str,
+        params: String,
+    ) -> Result<String, CallError> {
+        let Some((peers, peer, allowed)) = self.remote_target(peer, service)? else {
+            return self.request_local(service, event, params).await;
+        };
+        let chain = self.wire_chain(&*peers)?;
+        let (me, _) = self.node()?;
+        let (caller, timeout) = (me.name.clone(), me.limits.request_timeout);
+        self.outbox.flush();
+        let before = self.clock.now();
+        let r = peers
+            .request(
+                peer,
+                allowed,
+                service.to_string(),
+                event.to_string(),
+                params,
+                timeout,
+                chain,
+                caller,
+            )
+            .await;
+        self.clock.waited += self.clock.now().saturating_sub(before);
+        r
     }
 
     /// Waits for an answer without counting the wait as CPU time.
@@ -476,12 +607,11 @@ impl host::Host for HostState {
         peer: Option<String>,
         service: String,
     ) -> wasmtime::Result<Result<SessionId, WitError>> {
-        if let Some(peer) = peer {
-            return Ok(Err(WitError::Unavailable(format!(
-                "peer {peer} is not connected: this host runs without peers"
-            ))));
-        }
-        Ok(self.connect_local(&service).await.map_err(WitError::from))
+        let r = match peer {
+            Some(peer) => self.connect_remote(&peer, &service).await,
+            None => self.connect_local(&service).await,
+        };
+        Ok(r.map_err(WitError::from))
     }
 
     async fn request(
@@ -490,10 +620,12 @@ impl host::Host for HostState {
         event: String,
         params: String,
     ) -> wasmtime::Result<Result<String, WitError>> {
-        Ok(self
-            .request_local(&service, &event, params)
-            .await
-            .map_err(WitError::from))
+        // `PEERID/name` or `*/name` is a service on another host; a bare name is local.
+        let r = match service.split_once('/') {
+            Some((peer, name)) => self.request_remote(peer, name, &event, params).await,
+            None => self.request_local(&service, &event, params).await,
+        };
+        Ok(r.map_err(WitError::from))
     }
 
     fn set_timer(&mut self, every_ms: u64) -> wasmtime::Result<Result<u32, WitError>> {

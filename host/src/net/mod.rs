@@ -1,0 +1,1164 @@
+//! The thin async driver of the wire protocol: one quinn endpoint that listens and dials,
+//! host identity and its verifiers (`identity`), session streams (`session`), and the
+//! tasks that move bytes between QUIC streams, the channel-0 [`Broker`] and the runtime.
+//!
+//! One task owns the broker and is fed through one bounded channel ([`Input`]): connection
+//! tasks report connections, control frames and closes; callers ask for requests and for a
+//! connection to open a session on. After each input the task drains the broker's outputs:
+//! control messages go to each connection's writer task, events become dials, closes and
+//! answers. Incoming requests that need the services run in tasks of their own and come
+//! back as answers, so a slow service never holds up channel 0.
+
+pub mod identity;
+pub mod session;
+
+use crate::broker::{
+    Ask, Broker, BrokerConfig, BrokerLimits, ConnId, DialTo, Event, Failure, Incoming,
+};
+use crate::manifest::{PeerSpec, Transport};
+use crate::runtime::instance::{
+    CallError, Chain, Envelope, Peers, PeersFuture, Registry, RemoteSession, SessionId, Status,
+};
+use crate::runtime::session::ClientEvent;
+use crate::wire::{
+    self, Control, ErrorCode, PeerId, Role, ServiceEntry, SessionEntry, SessionHeader,
+};
+use bytes::BytesMut;
+use identity::{ANY_PEER, Allow, Identity};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Control messages waiting to be written on one connection at most; a peer that does not
+/// read its control stream is closed rather than buffered for.
+const CONTROL_QUEUE: usize = 1024;
+
+/// QUIC application close codes.
+pub mod close_codes {
+    /// The host is shutting down.
+    pub const SHUTDOWN: u32 = 0;
+    /// The broker closed the connection: the reason says why.
+    pub const PROTOCOL: u32 = 1;
+    /// The peer is this host itself.
+    pub const SELF: u32 = 2;
+}
+
+/// Why the network could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The TLS settings could not be built.
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The QUIC settings were refused.
+    #[error("quic: {0}")]
+    Quic(String),
+    /// The socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// What a network endpoint is started with.
+pub struct NetConfig {
+    /// Host or client.
+    pub role: Role,
+    /// Where to listen (hosts); clients bind an ephemeral port.
+    pub listen: Option<SocketAddr>,
+    /// The key.
+    pub identity: Identity,
+    /// Peers allowed (empty: any).
+    pub allow: Vec<PeerId>,
+    /// Configured peers.
+    pub peers: Vec<PeerSpec>,
+    /// QUIC settings.
+    pub transport: Transport,
+    /// Broker bounds.
+    pub limits: BrokerLimits,
+    /// The ALPN to offer (tests change it to check a mismatch is refused).
+    pub alpn: Vec<u8>,
+}
+
+/// The inputs of the broker task.
+enum Input {
+    Connected {
+        conn: ConnId,
+        connection: quinn::Connection,
+        peer: PeerId,
+        dialled: Option<DialTo>,
+        control: mpsc::Sender<Control>,
+    },
+    Control {
+        conn: ConnId,
+        message: Result<Control, wire::Undecodable>,
+    },
+    Closed {
+        conn: ConnId,
+        reason: String,
+    },
+    DialFailed(DialTo),
+    Answer {
+        conn: ConnId,
+        id: u64,
+        answer: Result<Control, Failure>,
+    },
+    Ask {
+        target: Target,
+        ask: Ask,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Control, Failure>>,
+    },
+    Pick {
+        target: Target,
+        reply: oneshot::Sender<Result<(PeerId, quinn::Connection), Failure>>,
+    },
+    WaitReady {
+        conn: ConnId,
+        reply: oneshot::Sender<Result<PeerId, String>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<wire::PeerEntry>>,
+    },
+}
+
+/// Which connection a request or session goes on.
+#[derive(Debug, Clone)]
+enum Target {
+    Conn(ConnId),
+    Peer(PeerId),
+    /// Any connected host that exposes `service`, among `allowed` if given.
+    Any {
+        service: String,
+        allowed: Option<Vec<PeerId>>,
+    },
+}
+
+struct Shared {
+    me: PeerId,
+    me_text: Arc<str>,
+    role: Role,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    input: mpsc::Sender<Input>,
+    registry: Option<Arc<Registry>>,
+    next_conn: AtomicU64,
+    handshake_timeout: Duration,
+    runtime: tokio::runtime::Handle,
+    connections: Mutex<HashMap<ConnId, quinn::Connection>>,
+}
+
+/// A running network endpoint: a host's (listening, dialling its peers, serving its exposed
+/// services) or a client's (dialling only).
+#[derive(Clone)]
+pub struct Net {
+    shared: Arc<Shared>,
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl Net {
+    /// Starts the endpoint and the broker task on the current tokio runtime. A host passes
+    /// its registry, which serves requests and sessions from peers.
+    pub fn start(config: NetConfig, registry: Option<Arc<Registry>>) -> Result<Net, NetError> {
+        let allow = Arc::new(Allow::new(config.allow.iter().copied()));
+        let transport = Arc::new(transport_config(&config.transport)?);
+        let mut tls = identity::client_config(&config.identity, allow.clone(), &config.alpn)?;
+        tls.enable_early_data = false;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| NetError::Quic(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(crypto));
+        client_config.transport_config(transport.clone());
+
+        let bind = config
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let endpoint = if config.role == Role::Host {
+            let tls = identity::server_config(&config.identity, allow.clone())?;
+            let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+                .map_err(|e| NetError::Quic(e.to_string()))?;
+            let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            server.transport_config(transport);
+            quinn::Endpoint::server(server, bind)
+        } else {
+            quinn::Endpoint::client(bind)
+        }
+        .map_err(|source| NetError::Bind { addr: bind, source })?;
+        let listen = match (config.role, endpoint.local_addr()) {
+            (Role::Host, Ok(a)) => Some(a),
+            _ => None,
+        };
+        let services = registry
+            .as_ref()
+            .map(|r| {
+                r.instances()
+                    .iter()
+                    .filter(|i| i.expose)
+                    .map(|i| i.name.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let me = config.identity.id;
+        let now = Instant::now();
+        let broker = Broker::new(
+            BrokerConfig {
+                me,
+                role: config.role,
+                listen,
+                services,
+                allow,
+                peers: config.peers,
+                limits: config.limits,
+                seed: u64::from_le_bytes(me.0[..8].try_into().unwrap_or_default())
+                    ^ now.elapsed().as_nanos() as u64,
+            },
+            now,
+        );
+        let (input, rx) = mpsc::channel(1024);
+        let (stop, stopped) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            me,
+            me_text: Arc::from(me.to_string()),
+            role: config.role,
+            endpoint,
+            client_config,
+            input,
+            registry,
+            next_conn: AtomicU64::new(1),
+            handshake_timeout: config.transport.peer_timeout.max(Duration::from_secs(2)),
+            runtime: tokio::runtime::Handle::current(),
+            connections: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(drive(shared.clone(), broker, rx, stopped.clone()));
+        if config.role == Role::Host {
+            tokio::spawn(accept_loop(shared.clone(), stopped));
+        }
+        Ok(Net {
+            shared,
+            stop: Arc::new(stop),
+        })
+    }
+
+    /// This endpoint's peer id.
+    pub fn id(&self) -> PeerId {
+        self.shared.me
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.shared.endpoint.local_addr().ok()
+    }
+
+    /// Dials `spec` (every address it resolves to, first success wins) and waits for the
+    /// hello exchange; returns the connection and the peer's id.
+    pub async fn dial(&self, spec: &PeerSpec) -> Result<(ConnId, PeerId), String> {
+        let addrs = resolve(&spec.addr).await?;
+        let mut last = String::from("no address");
+        for addr in addrs {
+            match connect(&self.shared, addr, spec.expected).await {
+                Ok(connection) => {
+                    let (conn, ready) = oneshot::channel();
+                    let shared = self.shared.clone();
+                    tokio::spawn(run_connection(
+                        shared,
+                        connection,
+                        Some(DialTo::Direct(addr)),
+                        Some(conn),
+                    ));
+                    let conn = ready
+                        .await
+                        .map_err(|_| "the connection failed at once".to_string())?;
+                    let (reply, rx) = oneshot::channel();
+                    self.send(Input::WaitReady { conn, reply }).await?;
+                    let peer = rx.await.map_err(|_| "the host stopped".to_string())??;
+                    return Ok((conn, peer));
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    async fn send(&self, input: Input) -> Result<(), String> {
+        self.shared
+            .input
+            .send(input)
+            .await
+            .map_err(|_| "the network is shut down".to_string())
+    }
+
+    /// Sends a request on a connection and waits for its answer.
+    pub async fn ask(&self, conn: ConnId, ask: Ask, timeout: Duration) -> Result<Control, Failure> {
+        ask_on(&self.shared, Target::Conn(conn), ask, timeout).await
+    }
+
+    /// Connected and learned peers, as this host sees them.
+    pub async fn peers(&self) -> Vec<wire::PeerEntry> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Input::Peers { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Opens a session from a client on `conn` to `service`; the client reads what the
+    /// service sends from the returned receiver.
+    pub async fn open_client_session(
+        &self,
+        conn: ConnId,
+        service: &str,
+        caller: &str,
+        max_message: u64,
+    ) -> Result<ClientStream, CallError> {
+        let (_, connection) = pick(&self.shared, Target::Conn(conn)).await?;
+        let header = SessionHeader::Connect {
+            service: service.to_string(),
+            session: 0,
+            caller: caller.to_string(),
+            chain: Vec::new(),
+            messages: None,
+            max_message,
+        };
+        let (send, recv, buf, accepted) = session::open(&connection, header).await?;
+        let (sink, outgoing) = session::StreamSink::new(
+            Some(accepted.messages.clone()),
+            accepted.max_message,
+            Arc::from(service),
+        );
+        tokio::spawn(session::write_loop(send, outgoing));
+        let (tx, events) = mpsc::channel(crate::runtime::session::CLIENT_QUEUE);
+        tokio::spawn(session::read_loop(
+            recv,
+            buf,
+            wire::data::frame_limit(max_message),
+            session::Deliver::Client(tx),
+        ));
+        Ok(ClientStream {
+            sink: Some(sink),
+            events,
+            messages: accepted.messages,
+            session: accepted.session,
+        })
+    }
+
+    /// Closes every connection with a reason (peers learn at once, not at their idle
+    /// timeout) and waits up to `within` for the peers to acknowledge.
+    pub async fn shutdown(&self, within: Duration) {
+        let _ = self.stop.send(true);
+        let reason: &[u8] = match self.shared.role {
+            Role::Host => b"host shutting down",
+            Role::Client => b"client done",
+        };
+        self.shared
+            .endpoint
+            .close(close_codes::SHUTDOWN.into(), reason);
+        let _ = tokio::time::timeout(within, self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+/// A client's session with a service on a host.
+pub struct ClientStream {
+    sink: Option<Arc<session::StreamSink>>,
+    /// What the service sends, then `Closed`.
+    pub events: mpsc::Receiver<ClientEvent>,
+    /// Message kinds the service accepts.
+    pub messages: Vec<String>,
+    /// The service's session id.
+    pub session: u64,
+}
+
+impl ClientStream {
+    /// Sends a message of a kind the service declared.
+    pub fn send(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError> {
+        use crate::runtime::session::RemoteSink;
+        match &self.sink {
+            Some(s) => s.send(kind, payload),
+            None => Err(CallError::Closed),
+        }
+    }
+
+    /// Ends the session from this side (what was sent still arrives).
+    pub fn close(&mut self) {
+        use crate::runtime::session::RemoteSink;
+        if let Some(s) = self.sink.take() {
+            s.close();
+        }
+    }
+}
+
+fn transport_config(t: &Transport) -> Result<quinn::TransportConfig, NetError> {
+    let mut c = quinn::TransportConfig::default();
+    let idle =
+        quinn::IdleTimeout::try_from(t.peer_timeout).map_err(|e| NetError::Quic(e.to_string()))?;
+    let window = |n: u64| quinn::VarInt::from_u64(n).map_err(|e| NetError::Quic(e.to_string()));
+    c.max_idle_timeout(Some(idle))
+        .keep_alive_interval(Some(t.keep_alive))
+        .stream_receive_window(window(t.stream_window)?)
+        .receive_window(window(t.connection_window)?)
+        .send_window(t.connection_window)
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(t.max_streams))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    Ok(c)
+}
+
+async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .take(16)
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("{addr} resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+async fn connect(
+    shared: &Shared,
+    addr: SocketAddr,
+    expected: Option<PeerId>,
+) -> Result<quinn::Connection, String> {
+    let name = expected.map_or_else(|| ANY_PEER.to_string(), |p| p.to_string());
+    let connecting = shared
+        .endpoint
+        .connect_with(shared.client_config.clone(), addr, &name)
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(shared.handshake_timeout, connecting).await {
+        Err(_) => Err("no answer in time".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(c)) => Ok(c),
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            i = shared.endpoint.accept() => i,
+            _ = stopped.changed() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match tokio::time::timeout(shared.handshake_timeout, incoming).await {
+                Ok(Ok(connection)) => run_connection(shared, connection, None, None).await,
+                Ok(Err(e)) => {
+                    tracing::warn!(target: "wasmwire::net", %remote, "handshake failed: {e}")
+                }
+                Err(_) => {
+                    tracing::warn!(target: "wasmwire::net", %remote, "handshake did not finish in time")
+                }
+            }
+        });
+    }
+}
+
+/// Runs one connection: the control stream's reader and writer, the acceptor of session
+/// streams, and the report of its end.
+async fn run_connection(
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+    dialled: Option<DialTo>,
+    started: Option<oneshot::Sender<ConnId>>,
+) {
+    let remote = connection.remote_address();
+    let Some(peer) = identity::peer_of(connection.peer_identity()) else {
+        connection.close(close_codes::PROTOCOL.into(), b"no peer identity");
+        return;
+    };
+    if peer == shared.me {
+        connection.close(close_codes::SELF.into(), b"that is this host");
+        tracing::debug!(target: "wasmwire::net", %remote, "dialled this host itself; closed");
+        return;
+    }
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let stream = if dialled.is_some() {
+        connection.open_bi().await.map_err(|e| e.to_string())
+    } else {
+        match tokio::time::timeout(shared.handshake_timeout, connection.accept_bi()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("no control stream in time".into()),
+        }
+    };
+    let (send, recv) = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(target: "wasmwire::net", %peer, %remote, "connection ended before its control stream: {e}");
+            connection.close(close_codes::PROTOCOL.into(), b"no control stream");
+            return;
+        }
+    };
+    if let Ok(mut c) = shared.connections.lock() {
+        c.insert(conn, connection.clone());
+    }
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let connected = Input::Connected {
+        conn,
+        connection: connection.clone(),
+        peer,
+        dialled,
+        control,
+    };
+    if shared.input.send(connected).await.is_err() {
+        return;
+    }
+    if let Some(started) = started {
+        let _ = started.send(conn);
+    }
+    tokio::spawn(write_control(send, control_rx));
+    tokio::spawn(read_control(recv, conn, shared.input.clone()));
+    let streams = tokio::spawn(accept_sessions(shared.clone(), connection.clone(), peer));
+    let reason = connection.closed().await;
+    streams.abort();
+    if let Ok(mut c) = shared.connections.lock() {
+        c.remove(&conn);
+    }
+    let reason = match reason {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            format!("closed by the peer: {}", String::from_utf8_lossy(&a.reason))
+        }
+        quinn::ConnectionError::LocallyClosed => "closed by this host".into(),
+        quinn::ConnectionError::TimedOut => "the peer stopped answering (idle timeout)".into(),
+        other => other.to_string(),
+    };
+    let _ = shared.input.send(Input::Closed { conn, reason }).await;
+}
+
+async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Control>) {
+    let mut batch = Vec::with_capacity(64);
+    let mut buf = BytesMut::with_capacity(4 << 10);
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        for m in batch.drain(..) {
+            wire::put_json(&mut buf, &m);
+        }
+        if send.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = send.finish();
+}
+
+async fn read_control(mut recv: quinn::RecvStream, conn: ConnId, input: mpsc::Sender<Input>) {
+    let mut buf = BytesMut::with_capacity(4 << 10);
+    loop {
+        loop {
+            let message = match wire::split_frame(&mut buf, wire::MAX_CONTROL_FRAME) {
+                Ok(None) => break,
+                Ok(Some(frame)) => wire::control::decode_control(&frame),
+                Err(e) => Err(wire::Undecodable::Malformed(e.to_string())),
+            };
+            let stop = matches!(message, Err(wire::Undecodable::Malformed(_)));
+            if input.send(Input::Control { conn, message }).await.is_err() || stop {
+                return;
+            }
+        }
+        match recv.read_chunk(64 << 10, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                let reason = match wire::at_end(&buf) {
+                    Ok(()) => "the control stream ended".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                let message = Err(wire::Undecodable::Malformed(reason));
+                let _ = input.send(Input::Control { conn, message }).await;
+                return;
+            }
+            Err(_) => return, // the connection is closing; its end is reported once
+        }
+    }
+}
+
+async fn accept_sessions(shared: Arc<Shared>, connection: quinn::Connection, peer: PeerId) {
+    let peer_text: Arc<str> = Arc::from(peer.to_string());
+    loop {
+        let Ok((mut send, mut recv)) = connection.accept_bi().await else {
+            return;
+        };
+        let Some(registry) = shared.registry.clone() else {
+            // A client serves no sessions.
+            let _ = send.reset(quinn::VarInt::from_u32(session::codes::GONE));
+            let _ = recv.stop(quinn::VarInt::from_u32(session::codes::GONE));
+            continue;
+        };
+        tokio::spawn(session::accept(
+            send,
+            recv,
+            peer_text.clone(),
+            shared.me_text.clone(),
+            registry,
+        ));
+    }
+}
+
+/// Waiters on the broker task.
+#[derive(Default)]
+struct Waiters {
+    asks: HashMap<u64, oneshot::Sender<Result<Control, Failure>>>,
+    ready: HashMap<ConnId, Vec<oneshot::Sender<Result<PeerId, String>>>>,
+}
+
+struct Link {
+    connection: quinn::Connection,
+    control: mpsc::Sender<Control>,
+    peer: PeerId,
+}
+
+/// The broker task: feeds the broker and carries out what it says.
+async fn drive(
+    shared: Arc<Shared>,
+    mut broker: Broker,
+    mut rx: mpsc::Receiver<Input>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut links: HashMap<ConnId, Link> = HashMap::new();
+    let mut ready: HashMap<ConnId, Role> = HashMap::new();
+    let mut waiters = Waiters::default();
+    broker.handle_timeout(Instant::now());
+    loop {
+        carry_out(&shared, &mut broker, &mut links, &mut ready, &mut waiters);
+        let deadline = broker.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stopped.changed() => return,
+            input = rx.recv() => match input {
+                None => return,
+                Some(i) => handle(&mut broker, &mut links, &mut ready, &mut waiters, i),
+            },
+            _ = sleep => broker.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+fn handle(
+    broker: &mut Broker,
+    links: &mut HashMap<ConnId, Link>,
+    ready: &mut HashMap<ConnId, Role>,
+    waiters: &mut Waiters,
+    input: Input,
+) {
+    let now = Instant::now();
+    match input {
+        Input::Connected {
+            conn,
+            connection,
+            peer,
+            dialled,
+            control,
+        } => {
+            let remote = connection.remote_address();
+            links.insert(
+                conn,
+                Link {
+                    connection,
+                    control,
+                    peer,
+                },
+            );
+            broker.handle_connected(conn, peer, remote, dialled, now);
+        }
+        Input::Control { conn, message } => match message {
+            Ok(m) => broker.handle_control(conn, m, now),
+            Err(e) => broker.handle_undecodable(conn, e, now),
+        },
+        Input::Closed { conn, reason } => {
+            if let Some(link) = links.remove(&conn) {
+                match ready.remove(&conn) {
+                    Some(Role::Host) => {
+                        tracing::info!(target: "wasmwire::net", peer = %link.peer, "peer disconnected: {reason}")
+                    }
+                    Some(Role::Client) => {
+                        tracing::debug!(target: "wasmwire::net", peer = %link.peer, "client disconnected: {reason}")
+                    }
+                    None => {
+                        tracing::info!(target: "wasmwire::net", peer = %link.peer, "connection ended before hello: {reason}")
+                    }
+                }
+            }
+            for w in waiters.ready.remove(&conn).unwrap_or_default() {
+                let _ = w.send(Err(reason.clone()));
+            }
+            broker.handle_closed(conn, now);
+        }
+        Input::DialFailed(to) => broker.handle_dial_failed(&to, now),
+        Input::Answer { conn, id, answer } => broker.answer(conn, id, answer),
+        Input::Ask {
+            target,
+            ask,
+            timeout,
+            reply,
+        } => match resolve_target(broker, &target) {
+            Err(f) => {
+                let _ = reply.send(Err(f));
+            }
+            Ok(conn) => match broker.request(conn, ask, timeout, now) {
+                Ok(token) => {
+                    waiters.asks.insert(token, reply);
+                }
+                Err(f) => {
+                    let _ = reply.send(Err(f));
+                }
+            },
+        },
+        Input::Pick { target, reply } => {
+            let r = resolve_target(broker, &target).and_then(|conn| {
+                links
+                    .get(&conn)
+                    .map(|l| (l.peer, l.connection.clone()))
+                    .ok_or_else(|| Failure {
+                        code: ErrorCode::Closed,
+                        reason: "the connection closed".into(),
+                    })
+            });
+            let _ = reply.send(r);
+        }
+        Input::WaitReady { conn, reply } => {
+            if ready.contains_key(&conn) {
+                let peer = links.get(&conn).map(|l| l.peer);
+                let _ = reply.send(peer.ok_or_else(|| "the connection closed".to_string()));
+            } else if links.contains_key(&conn) {
+                waiters.ready.entry(conn).or_default().push(reply);
+            } else {
+                let _ = reply.send(Err("the connection closed before hello".into()));
+            }
+        }
+        Input::Peers { reply } => {
+            let _ = reply.send(broker.peer_list(true, None, 1024));
+        }
+    }
+}
+
+fn resolve_target(broker: &Broker, target: &Target) -> Result<ConnId, Failure> {
+    let unavailable = |reason: String| Failure {
+        code: ErrorCode::Unavailable,
+        reason,
+    };
+    match target {
+        Target::Conn(c) => Ok(*c),
+        Target::Peer(p) => broker
+            .connection_to(p)
+            .ok_or_else(|| unavailable(format!("peer {p} is not connected"))),
+        Target::Any { service, allowed } => broker
+            .find(service)
+            .into_iter()
+            .find(|p| allowed.as_ref().is_none_or(|a| a.contains(p)))
+            .and_then(|p| broker.connection_to(&p))
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "no connected peer{} exposes {service}",
+                    if allowed.is_some() {
+                        " allowed by `uses`"
+                    } else {
+                        ""
+                    }
+                ))
+            }),
+    }
+}
+
+/// Drains the broker's outputs.
+fn carry_out(
+    shared: &Arc<Shared>,
+    broker: &mut Broker,
+    links: &mut HashMap<ConnId, Link>,
+    ready: &mut HashMap<ConnId, Role>,
+    waiters: &mut Waiters,
+) {
+    loop {
+        let mut moved = false;
+        while let Some((conn, message)) = broker.poll_transmit() {
+            moved = true;
+            let Some(link) = links.get(&conn) else {
+                continue;
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = link.control.try_send(message) {
+                broker.close(
+                    conn,
+                    "the peer does not read its control stream".into(),
+                    Instant::now(),
+                );
+            }
+        }
+        while let Some(event) = broker.poll_event() {
+            moved = true;
+            match event {
+                Event::Ready { conn, peer, role } => {
+                    ready.insert(conn, role);
+                    match role {
+                        Role::Host => {
+                            tracing::info!(target: "wasmwire::net", %peer, "peer connected")
+                        }
+                        Role::Client => {
+                            tracing::debug!(target: "wasmwire::net", %peer, "client connected")
+                        }
+                    }
+                    for w in waiters.ready.remove(&conn).unwrap_or_default() {
+                        let _ = w.send(Ok(peer));
+                    }
+                }
+                Event::Incoming {
+                    conn,
+                    id,
+                    peer,
+                    request,
+                } => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let answer = answer(&shared, id, peer, request).await;
+                        let _ = shared.input.send(Input::Answer { conn, id, answer }).await;
+                    });
+                }
+                Event::Answered { token, result } => {
+                    if let Some(w) = waiters.asks.remove(&token) {
+                        let _ = w.send(result);
+                    }
+                }
+                Event::Close { conn, reason } => {
+                    if let Some(link) = links.get(&conn) {
+                        tracing::warn!(target: "wasmwire::net", peer = %link.peer, "closing connection: {reason}");
+                        link.connection
+                            .close(close_codes::PROTOCOL.into(), reason.as_bytes());
+                    }
+                }
+                Event::Dial(to) => {
+                    let shared = shared.clone();
+                    tokio::spawn(dial(shared, to));
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+async fn dial(shared: Arc<Shared>, to: DialTo) {
+    let (addrs, expected) = match &to {
+        DialTo::Configured { spec, .. } => (resolve(&spec.addr).await, spec.expected),
+        DialTo::Learned { peer, addr } => (Ok(vec![*addr]), Some(*peer)),
+        DialTo::Direct(addr) => (Ok(vec![*addr]), None),
+    };
+    let mut connected = false;
+    match addrs {
+        Err(e) => tracing::warn!(target: "wasmwire::net", "cannot dial: {e}"),
+        Ok(addrs) => {
+            for addr in addrs {
+                match connect(&shared, addr, expected).await {
+                    Ok(connection) => {
+                        connected = true;
+                        tokio::spawn(run_connection(
+                            shared.clone(),
+                            connection,
+                            Some(to.clone()),
+                            None,
+                        ));
+                    }
+                    Err(e) => tracing::info!(target: "wasmwire::net", %addr, "dial failed: {e}"),
+                }
+            }
+        }
+    }
+    if !connected {
+        let _ = shared.input.send(Input::DialFailed(to)).await;
+    }
+}
+
+/// Answers a request that needs this host's services.
+async fn answer(
+    shared: &Shared,
+    id: u64,
+    peer: PeerId,
+    request: Incoming,
+) -> Result<Control, Failure> {
+    let Some(registry) = &shared.registry else {
+        return Err(failure_of(CallError::Unavailable(
+            "a client runs no services".into(),
+        )));
+    };
+    match request {
+        Incoming::ListServices => Ok(Control::Services {
+            id,
+            services: registry
+                .instances()
+                .iter()
+                .filter(|i| i.expose)
+                .map(|i| ServiceEntry {
+                    name: i.name.to_string(),
+                    channel: i.channel,
+                    messages: i.class.messages.to_vec(),
+                    events: i.class.events.to_vec(),
+                    state: match i.status() {
+                        Status::Asleep => "asleep",
+                        Status::Awake => "awake",
+                        Status::Down => "down",
+                    }
+                    .into(),
+                    sessions: i.sessions_open(),
+                })
+                .collect(),
+        }),
+        Incoming::ListSessions => {
+            let (list, total) = registry.sessions(4096);
+            Ok(Control::Sessions {
+                id,
+                sessions: list
+                    .into_iter()
+                    .map(|(sid, r)| SessionEntry {
+                        id: sid,
+                        service: r.instance.to_string(),
+                        channel: r.channel,
+                        other: r.other.to_string(),
+                        peer: r.peer.map(|p| p.to_string()),
+                    })
+                    .collect(),
+                total: total as u64,
+            })
+        }
+        Incoming::Request {
+            service,
+            event,
+            params,
+            timeout,
+            chain,
+            caller,
+        } => {
+            let _ = (peer, caller);
+            let result =
+                request_local(shared, registry, &service, &event, params, timeout, chain).await;
+            result
+                .map(|result| Control::Response { id, result })
+                .map_err(failure_of)
+        }
+    }
+}
+
+async fn request_local(
+    shared: &Shared,
+    registry: &Registry,
+    service: &str,
+    event: &str,
+    params: String,
+    timeout: Duration,
+    chain: Vec<String>,
+) -> Result<String, CallError> {
+    let Some(target) = registry.by_name(service).filter(|i| i.expose) else {
+        return Err(CallError::NoSuchService(format!(
+            "no exposed service named {service:?} on this host"
+        )));
+    };
+    let Some(index) = target.class.event_index(event) else {
+        return Err(CallError::Invalid(format!(
+            "{service} has no event {event:?}; it declares {:?}",
+            target.class.events
+        )));
+    };
+    if params.len() as u64 > target.limits.max_message {
+        return Err(CallError::TooLarge {
+            size: params.len(),
+            limit: target.limits.max_message,
+        });
+    }
+    let (reply, rx) = oneshot::channel();
+    target.post(Envelope::Event {
+        caller: None,
+        event: index,
+        params,
+        chain: Chain::from_wire(chain, &shared.me_text, registry),
+        reply,
+    })?;
+    match tokio::time::timeout(timeout, rx).await {
+        Err(_) => Err(CallError::Timeout),
+        Ok(Err(_)) => Err(CallError::Closed),
+        Ok(Ok(r)) => r,
+    }
+}
+
+async fn ask_on(
+    shared: &Shared,
+    target: Target,
+    ask: Ask,
+    timeout: Duration,
+) -> Result<Control, Failure> {
+    let (reply, rx) = oneshot::channel();
+    let closed = || Failure {
+        code: ErrorCode::Closed,
+        reason: "the network is shut down".into(),
+    };
+    shared
+        .input
+        .send(Input::Ask {
+            target,
+            ask,
+            timeout,
+            reply,
+        })
+        .await
+        .map_err(|_| closed())?;
+    rx.await.map_err(|_| closed())?
+}
+
+async fn pick(shared: &Shared, target: Target) -> Result<(PeerId, quinn::Connection), CallError> {
+    let (reply, rx) = oneshot::channel();
+    shared
+        .input
+        .send(Input::Pick { target, reply })
+        .await
+        .map_err(|_| CallError::Closed)?;
+    match rx.await {
+        Err(_) => Err(CallError::Closed),
+        Ok(r) => r.map_err(|f| call_error_of(f.code, f.reason)),
+    }
+}
+
+fn parse_target(
+    peer: Option<String>,
+    allowed: Option<Vec<String>>,
+    service: &str,
+) -> Result<Target, CallError> {
+    match peer {
+        Some(p) => p
+            .parse::<PeerId>()
+            .map(Target::Peer)
+            .map_err(|e| CallError::Invalid(e.to_string())),
+        None => Ok(Target::Any {
+            service: service.to_string(),
+            allowed: allowed.map(|ids| ids.iter().filter_map(|i| i.parse().ok()).collect()),
+        }),
+    }
+}
+
+impl Peers for Net {
+    fn me(&self) -> &str {
+        &self.shared.me_text
+    }
+
+    fn request(
+        &self,
+        peer: Option<String>,
+        allowed: Option<Vec<String>>,
+        service: String,
+        event: String,
+        params: String,
+        timeout: Duration,
+        chain: Vec<String>,
+        caller: Arc<str>,
+    ) -> PeersFuture<String> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let target = parse_target(peer, allowed, &service)?;
+            let ask = Ask::Request {
+                service,
+                event,
+                params,
+                chain,
+                caller: Some(caller.to_string()),
+            };
+            // The answer comes from the broker task (running on the host's main runtime);
+            // this future only waits for it.
+            match ask_on(&shared, target, ask, timeout).await {
+                Ok(Control::Response { result, .. }) => Ok(result),
+                Ok(other) => Err(CallError::Invalid(format!(
+                    "the peer answered a request with {:?}",
+                    serde_json::to_value(&other)
+                        .ok()
+                        .and_then(|v| v.get("type").cloned())
+                ))),
+                Err(f) => Err(call_error_of(f.code, f.reason)),
+            }
+        })
+    }
+
+    fn connect(
+        &self,
+        peer: Option<String>,
+        allowed: Option<Vec<String>>,
+        service: String,
+        from: Arc<crate::runtime::instance::Instance>,
+        end: SessionId,
+        timeout: Duration,
+        chain: Vec<String>,
+    ) -> PeersFuture<RemoteSession> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let target = parse_target(peer, allowed, &service)?;
+            let open = async {
+                let (peer, connection) = pick(&shared, target).await?;
+                let header = SessionHeader::Connect {
+                    service: service.clone(),
+                    session: end,
+                    caller: from.name.to_string(),
+                    chain,
+                    messages: Some(from.class.messages.to_vec()),
+                    max_message: from.limits.max_message,
+                };
+                let (send, recv, buf, accepted) = session::open(&connection, header).await?;
+                Ok::<_, CallError>((peer, send, recv, buf, accepted))
+            };
+            let (peer, send, recv, buf, accepted) = tokio::time::timeout(timeout, open)
+                .await
+                .map_err(|_| CallError::Timeout)??;
+            let (sink, outgoing) = session::StreamSink::new(
+                Some(accepted.messages),
+                accepted.max_message,
+                Arc::from(service.as_str()),
+            );
+            let limit = wire::data::frame_limit(from.limits.max_message);
+            // Stream tasks run on the host's main runtime, not on the instance's worker.
+            shared.runtime.spawn(session::write_loop(send, outgoing));
+            shared.runtime.spawn(session::read_loop(
+                recv,
+                buf,
+                limit,
+                session::Deliver::Instance { to: from, end },
+            ));
+            Ok(RemoteSession {
+                sink,
+                peer: Arc::from(peer.to_string()),
+                channel: accepted.channel,
+            })
+        })
+    }
+}
+
+/// The wire form of a call error.
+pub fn failure_of(e: CallError) -> Failure {
+    let (code, reason) = match e {
+        CallError::NoSuchSession => (ErrorCode::Invalid, "no such session".to_string()),
+        CallError::NoSuchService(s) => (ErrorCode::NoSuchService, s),
+        CallError::Denied(s) => (ErrorCode::Denied, s),
+        e @ CallError::TooLarge { .. } => (ErrorCode::TooLarge, e.to_string()),
+        CallError::Closed => (ErrorCode::Closed, "closed".into()),
+        CallError::Timeout => (ErrorCode::Timeout, "timed out".into()),
+        CallError::Busy => (ErrorCode::Busy, "busy: mailbox full".into()),
+        CallError::Cycle => (ErrorCode::Cycle, "request cycle".into()),
+        CallError::Invalid(s) => (ErrorCode::Invalid, s),
+        CallError::Unavailable(s) => (ErrorCode::Unavailable, s),
+        CallError::Failed(s) => (ErrorCode::Failed, s),
+    };
+    Failure { code, reason }
+}
+
+/// The call error a guest or client sees for a wire error.
+pub fn call_error_of(code: ErrorCode, reason: String) -> CallError {
+    match code {
+        ErrorCode::NoSuchService => CallError::NoSuchService(reason),
+        ErrorCode::Denied => CallError::Denied(reason),
+        ErrorCode::TooLarge => CallError::TooLarge { size: 0, limit: 0 },
+        ErrorCode::Closed => CallError::Closed,
+        ErrorCode::Timeout => CallError::Timeout,
+        ErrorCode::Busy | ErrorCode::RateLimited => CallError::Busy,
+        ErrorCode::Cycle => CallError::Cycle,
+        ErrorCode::Invalid | ErrorCode::UnknownType => CallError::Invalid(reason),
+        ErrorCode::Unavailable | ErrorCode::Other => CallError::Unavailable(reason),
+        ErrorCode::Failed => CallError::Failed(reason),
+    }
+}

@@ -1,0 +1,132 @@
+//! Peer ids: how the protocol names a host. A peer id is the host's 32-byte ed25519 public
+//! key in RFC 4648 base32, lowercase, without padding: 52 characters, valid as a DNS label.
+
+use std::fmt;
+
+/// DER prefix of an ed25519 SubjectPublicKeyInfo (RFC 8410); the 32 key bytes follow.
+const SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// Text that is not a peer id, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadPeerId(pub String);
+
+/// A host's public identity: its ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub [u8; 32]);
+
+impl PeerId {
+    /// The peer id of a raw public key "certificate" (an ed25519 SubjectPublicKeyInfo).
+    pub fn from_spki(spki: &[u8]) -> Option<PeerId> {
+        let key = spki.strip_prefix(&SPKI_PREFIX[..])?;
+        Some(PeerId(key.try_into().ok()?))
+    }
+
+    /// The SubjectPublicKeyInfo DER of this key.
+    pub fn spki(&self) -> Vec<u8> {
+        let mut v = SPKI_PREFIX.to_vec();
+        v.extend_from_slice(&self.0);
+        v
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // 256 bits in 5-bit groups: 51 full groups and one of 1 bit (padded with zeros).
+        let mut acc: u32 = 0;
+        let mut bits = 0;
+        let mut out = [0u8; 52];
+        let mut n = 0;
+        for &b in &self.0 {
+            acc = (acc << 8) | u32::from(b);
+            bits += 8;
+            while bits >= 5 {
+                bits -= 5;
+                out[n] = BASE32[((acc >> bits) & 31) as usize];
+                n += 1;
+            }
+        }
+        if bits > 0 {
+            out[n] = BASE32[((acc << (5 - bits)) & 31) as usize];
+            n += 1;
+        }
+        f.write_str(std::str::from_utf8(&out[..n]).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({self})")
+    }
+}
+
+impl std::str::FromStr for PeerId {
+    type Err = BadPeerId;
+
+    fn from_str(s: &str) -> Result<PeerId, BadPeerId> {
+        let bad = |why: String| BadPeerId(format!("{s:?} is not a peer id: {why}"));
+        if s.len() != 52 {
+            return Err(bad(format!(
+                "a peer id has 52 characters, this has {} (`wasmwire id` prints one)",
+                s.len()
+            )));
+        }
+        let mut out = [0u8; 32];
+        let mut acc: u32 = 0;
+        let mut bits = 0;
+        let mut n = 0;
+        for c in s.bytes() {
+            let v = match c {
+                b'a'..=b'z' => c - b'a',
+                b'2'..=b'7' => c - b'2' + 26,
+                _ => {
+                    return Err(bad(format!(
+                        "{:?} is not a base32 character (a-z, 2-7)",
+                        c as char
+                    )));
+                }
+            };
+            acc = (acc << 5) | u32::from(v);
+            bits += 5;
+            if bits >= 8 {
+                bits -= 8;
+                if n < 32 {
+                    out[n] = (acc >> bits) as u8;
+                }
+                n += 1;
+            }
+            acc &= (1 << bits) - 1;
+        }
+        if acc != 0 {
+            return Err(bad("its last character has bits set past the key".into()));
+        }
+        Ok(PeerId(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_ids_round_trip_and_refuse_lookalikes() {
+        let id = PeerId([7; 32]);
+        let id = PeerId(std::array::from_fn(|i| id.0[i].wrapping_mul(i as u8 + 1)));
+        let text = id.to_string();
+        assert_eq!(text.len(), 52);
+        assert_eq!(text.parse::<PeerId>().unwrap(), id);
+        assert!("short".parse::<PeerId>().is_err());
+        assert!(text.to_uppercase().parse::<PeerId>().is_err());
+        // The last character carries one bit: anything past it is refused, so each id has
+        // exactly one spelling.
+        let mut other = text.clone();
+        other.pop();
+        other.push('7');
+        assert!(other.parse::<PeerId>().is_err());
+        assert_eq!(PeerId([0; 32]).to_string(), "a".repeat(52));
+    }
+}
