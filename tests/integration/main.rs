@@ -5,5 +5,6 @@ mod cache;
 mod containment;
 mod lifecycle;
 mod manifests;
+mod peers;
 mod samples;
 mod sessions;

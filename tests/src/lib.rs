@@ -116,3 +116,82 @@ pub async fn wait_for(
 pub fn json(reply: &str) -> serde_json::Value {
     serde_json::from_str(reply).unwrap_or_else(|e| panic!("reply {reply:?} is not JSON: {e}"))
 }
+
+/// A free UDP port on 127.0.0.1 (free when asked; tests that need a port known before the
+/// host starts use it).
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("bind a UDP socket")
+}
+
+/// Manifest text for a host on the network: listens on `listen`, has its own key in a
+/// scratch folder (or `key`), dials `peers`, and notices a dead peer within 1.5 s.
+pub fn peer_manifest(listen: &str, peers: &[String], extra: &str, body: &str) -> String {
+    let dir = scratch_dir("peer");
+    let cache = root().join("target/test-cache");
+    let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+    let head = format!(
+        "[host]\nmax_awake = 32\ncache_dir = {:?}\nlisten = {listen:?}\nidentity = {:?}\n\
+         peers = [{}]\nkeep_alive = \"250ms\"\npeer_timeout = \"1500ms\"\n{extra}\n\n",
+        cache.display().to_string(),
+        dir.join("host.key").display().to_string(),
+        peers.join(", ")
+    );
+    manifest_text(&format!("{head}{body}"))
+}
+
+/// Starts a host on the network (see [`peer_manifest`]) on 127.0.0.1 with any free port.
+pub async fn start_peer(peers: &[String], extra: &str, body: &str) -> Node {
+    let dir = scratch_dir("peer-manifest");
+    let path = dir.join("wasmwire.toml");
+    std::fs::write(&path, peer_manifest("127.0.0.1:0", peers, extra, body)).expect("write");
+    let m = match manifest::load(&path) {
+        Ok(m) => m,
+        Err(e) => panic!("test manifest is invalid:\n{e}"),
+    };
+    match Node::start(&m).await {
+        Ok(n) => n,
+        Err(e) => panic!("host did not start:\n{e}"),
+    }
+}
+
+/// `host:port` of a host's listener.
+pub fn addr_of(node: &Node) -> String {
+    node.local_addr().expect("the host listens").to_string()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing after `within`.
+pub async fn wait_until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `node` has a ready connection to a host with id `peer`.
+pub async fn wait_connected(node: &Node, peer: wasmwire::wire::PeerId, within: Duration) {
+    let net = node.net().expect("a network").clone();
+    wait_until(within, "peer connected", || {
+        let net = net.clone();
+        async move {
+            net.connections()
+                .await
+                .iter()
+                .any(|(_, p, r)| *p == peer && *r == wasmwire::wire::Role::Host)
+                .then_some(())
+        }
+    })
+    .await
+}

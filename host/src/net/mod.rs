@@ -125,6 +125,9 @@ enum Input {
     Peers {
         reply: oneshot::Sender<Vec<wire::PeerEntry>>,
     },
+    Connections {
+        reply: oneshot::Sender<Vec<(ConnId, PeerId, Role)>>,
+    },
 }
 
 /// Which connection a request or session goes on.
@@ -300,6 +303,15 @@ impl Net {
     pub async fn peers(&self) -> Vec<wire::PeerEntry> {
         let (reply, rx) = oneshot::channel();
         if self.send(Input::Peers { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Ready connections: id, peer and its role.
+    pub async fn connections(&self) -> Vec<(ConnId, PeerId, Role)> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Input::Connections { reply }).await.is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -733,6 +745,9 @@ fn handle(
         }
         Input::Peers { reply } => {
             let _ = reply.send(broker.peer_list(true, None, 1024));
+        }
+        Input::Connections { reply } => {
+            let _ = reply.send(broker.ready_connections());
         }
     }
 }

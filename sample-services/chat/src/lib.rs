@@ -1,7 +1,10 @@
 //! `chat`: a room. Every `say` message received on a session is broadcast, as a `said`
 //! message naming the sender, to every other session in the room. The `members` event lists
-//! who is connected; `join` (event) makes this instance connect to another room instance
-//! named in `uses`, so rooms can be chained (across hosts in a later release).
+//! who is connected; `join {service, peer?}` (event) makes this instance connect to another
+//! room named in `uses` — on this host, or on another (`peer` a peer id, or `"*"` for any
+//! peer that runs it) — so rooms can be chained across hosts. A room relays the `said`
+//! messages it receives from a chained room to its other members, up to 8 hops (rooms
+//! should form a tree; the hop limit stops a loop).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,16 +30,28 @@ impl Default for ChatOptions {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct Said<'a> {
     room: &'a str,
     from: &'a str,
     text: &'a str,
+    /// Rooms crossed so far (left out when none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    hops: u8,
 }
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
+}
+
+/// Most rooms a `said` message crosses.
+const MAX_HOPS: u8 = 8;
 
 #[derive(Deserialize)]
 struct Join {
     service: String,
+    #[serde(default)]
+    peer: Option<String>,
 }
 
 impl Service for Chat {
@@ -57,7 +72,18 @@ impl Service for Chat {
     }
 
     fn on_message(&mut self, session: SessionId, message: Message<'_>) {
-        if message.kind != "say" {
+        if message.kind == "said" {
+            // Relayed from a chained room: pass it on to everyone else here.
+            let Ok(mut said) = serde_json::from_slice::<Said<'_>>(message.payload) else {
+                return;
+            };
+            if said.hops >= MAX_HOPS {
+                return;
+            }
+            said.hops += 1;
+            for &other in self.members.keys().filter(|&&id| id != session) {
+                let _ = wasmwire_guest::send_json(other, "said", &said);
+            }
             return;
         }
         let text = String::from_utf8_lossy(message.payload);
@@ -70,6 +96,7 @@ impl Service for Chat {
             room: &self.room,
             from,
             text: &text,
+            hops: 0,
         };
         for &other in self.members.keys().filter(|&&id| id != session) {
             let _ = wasmwire_guest::send_json(other, "said", &said);
@@ -80,7 +107,7 @@ impl Service for Chat {
         match event.name {
             "members" => Reply::json(&self.members.values().collect::<Vec<_>>()),
             "join" => match event.params::<Join>() {
-                Ok(j) => wasmwire_guest::connect(None, &j.service)
+                Ok(j) => wasmwire_guest::connect(j.peer.as_deref(), &j.service)
                     .map_err(|e| e.to_string())
                     .into(),
                 Err(e) => Reply::error(e),

@@ -2,8 +2,10 @@
 //! order, and returns the record on the `record` event, so tests can assert the exact
 //! sequence the host drives. The record is kept per wasm instance: it starts empty at each
 //! wakeup (a fresh instance) and is gone after sleep.
-//! Other events let a test make it act: `connect {service}`, `send {session, kind, text}`,
-//! `close {session}`, `request {service, event, params}`, `timer {every_ms}`, `sessions`.
+//! Other events let a test make it act: `connect {service, peer?}`, `send {session, kind,
+//! text}`, `flood {session, kind, count, size}` (sends until the first error; returns how many
+//! went and that error), `close {session}`, `request {service, event, params}`,
+//! `timer {every_ms}`, `sessions` (a list of `[id, service, peer]`).
 //! With `options = { report_to = "other" }` it hands its record to `other`'s `append`
 //! event from `sleep`, so the end of an awake period can be asserted too.
 
@@ -37,6 +39,16 @@ struct SpecOptions {
 #[derive(Deserialize)]
 struct ConnectTo {
     service: String,
+    #[serde(default)]
+    peer: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FloodOn {
+    session: SessionId,
+    kind: String,
+    count: u64,
+    size: usize,
 }
 
 #[derive(Deserialize)]
@@ -66,7 +78,8 @@ struct TimerEvery {
 impl Service for Spec {
     const MESSAGES: &'static [&'static str] = &["note"];
     const EVENTS: &'static [&'static str] = &[
-        "record", "append", "connect", "send", "close", "request", "timer", "sessions", "name",
+        "record", "append", "connect", "send", "flood", "close", "request", "timer", "sessions",
+        "name",
     ];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
@@ -119,7 +132,7 @@ impl Service for Spec {
                 Err(e) => Reply::error(e),
             },
             "connect" => match event.params::<ConnectTo>() {
-                Ok(c) => wasmwire_guest::connect(None, &c.service)
+                Ok(c) => wasmwire_guest::connect(c.peer.as_deref(), &c.service)
                     .map_err(|e| e.to_string())
                     .into(),
                 Err(e) => Reply::error(e),
@@ -129,6 +142,24 @@ impl Service for Spec {
                     .map(|()| true)
                     .map_err(|e| e.to_string())
                     .into(),
+                Err(e) => Reply::error(e),
+            },
+            "flood" => match event.params::<FloodOn>() {
+                Ok(f) => {
+                    let payload = vec![b'x'; f.size];
+                    let mut sent = 0u64;
+                    let mut error = None;
+                    while sent < f.count {
+                        match wasmwire_guest::send(f.session, &f.kind, &payload) {
+                            Ok(()) => sent += 1,
+                            Err(e) => {
+                                error = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    Reply::json(&serde_json::json!({ "sent": sent, "error": error }))
+                }
                 Err(e) => Reply::error(e),
             },
             "close" => match event.params::<CloseOn>() {
@@ -154,9 +185,9 @@ impl Service for Spec {
                 Err(e) => Reply::error(e),
             },
             "sessions" => {
-                let list: Vec<(SessionId, String)> = wasmwire_guest::sessions()
+                let list: Vec<(SessionId, String, Option<String>)> = wasmwire_guest::sessions()
                     .into_iter()
-                    .map(|s| (s.id, s.service))
+                    .map(|s| (s.id, s.service, s.peer))
                     .collect();
                 Reply::json(&list)
             }

@@ -2,7 +2,7 @@
 //!
 //! Events: `ok` (answers "fine"), `spin` (loops forever), `bomb` (allocates until the
 //! memory limit stops it), `panic` (traps), `wakeups` (how many times this instance woke).
-//! Messages: `boom` traps in `on-message`, `fine` is ignored.
+//! Messages: `boom` traps in `on-message`, `fine` is ignored, `slow` takes 5 ms.
 //! Options: `{ "trap_wakeup": true }` makes `wakeup` trap.
 
 use serde::Deserialize;
@@ -18,7 +18,7 @@ struct MisbehaveOptions {
 }
 
 impl Service for Misbehave {
-    const MESSAGES: &'static [&'static str] = &["boom", "fine"];
+    const MESSAGES: &'static [&'static str] = &["boom", "fine", "slow"];
     const EVENTS: &'static [&'static str] = &["ok", "spin", "bomb", "panic"];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
@@ -31,6 +31,13 @@ impl Service for Misbehave {
     fn on_message(&mut self, _session: SessionId, message: Message<'_>) {
         if message.kind == "boom" {
             panic!("told to trap in on-message");
+        }
+        if message.kind == "slow" {
+            // A slow receiver: busy for 5 ms per message, well inside its call_timeout.
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_millis(5) {
+                std::hint::spin_loop();
+            }
         }
     }
 

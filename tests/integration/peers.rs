@@ -1,0 +1,319 @@
+//! Hosts on 127.0.0.1 talking over real QUIC with real components: remote requests and
+//! sessions, exposure and `uses` across hosts, cross-host cycles, `connect` to any peer,
+//! peer exchange, one connection per pair of hosts.
+
+use serde_json::json;
+use std::time::{Duration, Instant};
+use wasmwire::runtime::instance::CallError;
+use wasmwire::runtime::session::ClientEvent;
+use wasmwire_tests::{addr_of, json, start_peer, wait_connected, wait_until};
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// Host B: an exposed counter and an unexposed one.
+const COUNTERS: &str = r#"
+[[service]]
+name = "counter"
+component = "{service:counter}"
+channel = 3
+expose = true
+options = { start = 100 }
+
+[[service]]
+name = "secret"
+component = "{service:counter}"
+channel = 4
+"#;
+
+fn spec(name: &str, uses: &str, expose: bool) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\ncomponent = \"{{service:spec}}\"\nchannel = 1\nuses = [{uses}]\nexpose = {expose}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_requests_reach_exposed_services_only_and_obey_uses() {
+    let b = start_peer(&[], "", COUNTERS).await;
+    let b_id = b.peer_id().unwrap();
+    let a = start_peer(
+        &[addr_of(&b)],
+        "",
+        &format!(
+            "{}{}",
+            spec("alice", r#""*/counter", "*/secret""#, false),
+            spec("mallory", "", false).replace("channel = 1", "channel = 2")
+        ),
+    )
+    .await;
+    wait_connected(&a, b_id, WITHIN).await;
+
+    let ask =
+        |service: String| json!({"service": service, "event": "incr", "params": null}).to_string();
+    // By peer id and by "*": the same counter, counting up.
+    let r = a
+        .request("alice", "request", &ask(format!("{b_id}/counter")))
+        .await;
+    assert_eq!(r.map(|r| json(&r)), Ok(json!(101)));
+    let r = a
+        .request("alice", "request", &ask("*/counter".into()))
+        .await;
+    assert_eq!(r.map(|r| json(&r)), Ok(json!(102)));
+    // Not exposed: no peer offers it.
+    let r = a.request("alice", "request", &ask("*/secret".into())).await;
+    assert!(
+        matches!(&r, Err(CallError::Failed(m)) if m.contains("no connected peer") && m.contains("secret")),
+        "{r:?}"
+    );
+    let r = a
+        .request("alice", "request", &ask(format!("{b_id}/secret")))
+        .await;
+    assert!(
+        matches!(&r, Err(CallError::Failed(m)) if m.contains("no such service")),
+        "{r:?}"
+    );
+    // Not in `uses`: denied before anything crosses the network.
+    let r = a
+        .request("mallory", "request", &ask(format!("{b_id}/counter")))
+        .await;
+    assert!(
+        matches!(&r, Err(CallError::Failed(m)) if m.contains("denied") && m.contains("uses")),
+        "{r:?}"
+    );
+    // A client sees only the exposed service in list-services.
+    let client = client_of(&b).await;
+    let listed = client.list().await;
+    assert_eq!(listed, vec![("counter".to_string(), "awake".to_string())]);
+    client.close().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A client connection for tests: a `Net` with role client, dialled to a host.
+struct TestClient {
+    net: wasmwire::net::Net,
+    conn: wasmwire::broker::ConnId,
+}
+
+impl TestClient {
+    async fn list(&self) -> Vec<(String, String)> {
+        match self
+            .net
+            .ask(self.conn, wasmwire::broker::Ask::ListServices, WITHIN)
+            .await
+        {
+            Ok(wasmwire::wire::Control::Services { services, .. }) => {
+                services.into_iter().map(|s| (s.name, s.state)).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn close(self) {
+        self.net.shutdown(Duration::from_millis(200)).await;
+    }
+}
+
+fn client_net(identity: wasmwire::net::identity::Identity, alpn: &[u8]) -> wasmwire::net::Net {
+    wasmwire::net::Net::start(
+        wasmwire::net::NetConfig {
+            role: wasmwire::wire::Role::Client,
+            listen: None,
+            identity,
+            allow: vec![],
+            peers: vec![],
+            transport: Default::default(),
+            limits: Default::default(),
+            alpn: alpn.to_vec(),
+        },
+        None,
+    )
+    .unwrap()
+}
+
+async fn client_of(host: &wasmwire::node::Node) -> TestClient {
+    let net = client_net(
+        wasmwire::net::identity::Identity::generate().unwrap(),
+        wasmwire::wire::ALPN,
+    );
+    let spec = addr_of(host).parse().unwrap();
+    let (conn, _) = net.dial(&spec).await.unwrap();
+    TestClient { net, conn }
+}
+
+const ROOM: &str = r#"
+[[service]]
+name = "room"
+component = "{service:chat}"
+channel = 2
+expose = true
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_message_from_a_reaches_the_rooms_on_b_and_c() {
+    let b = start_peer(
+        &[],
+        "",
+        &ROOM.replace("room\"\n", "room\"\noptions = { room = \"b\" }\n"),
+    )
+    .await;
+    let c = start_peer(&[], "", ROOM).await;
+    let (b_id, c_id) = (b.peer_id().unwrap(), c.peer_id().unwrap());
+    let a = start_peer(
+        &[addr_of(&b), addr_of(&c)],
+        "",
+        r#"
+[[service]]
+name = "hub"
+component = "{service:chat}"
+channel = 2
+uses = ["*/room"]
+options = { room = "hub" }
+"#,
+    )
+    .await;
+    wait_connected(&a, b_id, WITHIN).await;
+    wait_connected(&a, c_id, WITHIN).await;
+    // The hub on A joins the room on B and the room on C: two remote sessions.
+    for id in [b_id, c_id] {
+        let r = a
+            .request(
+                "hub",
+                "join",
+                &json!({"service": "room", "peer": id.to_string()}).to_string(),
+            )
+            .await;
+        assert!(r.is_ok(), "{r:?}");
+    }
+    // Someone in each remote room listens; someone on A speaks in the hub.
+    let mut on_b = b.open_session("room", "bea").await.unwrap();
+    let mut on_c = c.open_session("room", "cy").await.unwrap();
+    let members = json(&b.request("room", "members", "null").await.unwrap());
+    assert_eq!(members, json!(["hub", "bea"]));
+    let ann = a.open_session("hub", "ann").await.unwrap();
+    ann.send("say", b"hello from A".to_vec()).unwrap();
+    for (host, s) in [("B", &mut on_b), ("C", &mut on_c)] {
+        match tokio::time::timeout(WITHIN, s.events.recv()).await {
+            Ok(Some(ClientEvent::Message { kind, payload })) => {
+                assert_eq!(kind, "said");
+                assert_eq!(
+                    json(std::str::from_utf8(&payload).unwrap()),
+                    json!({"room": "hub", "from": "ann", "text": "hello from A", "hops": 1}),
+                    "on {host}"
+                );
+            }
+            other => panic!("on {host}: {other:?}"),
+        }
+    }
+    // The session on B knows its other end is the hub on A.
+    let sessions = b.registry().sessions(100).0;
+    assert!(
+        sessions.iter().any(|(_, r)| &*r.other == "hub"
+            && r.peer.as_deref() == Some(a.peer_id().unwrap().to_string().as_str())),
+        "{sessions:?}"
+    );
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cycle_across_hosts_fails_with_cycle_at_once() {
+    let b = start_peer(&[], "", &spec("bob", r#""*/alice""#, true)).await;
+    let a = start_peer(&[addr_of(&b)], "", &spec("alice", r#""*/bob""#, true)).await;
+    let (a_id, b_id) = (a.peer_id().unwrap(), b.peer_id().unwrap());
+    wait_connected(&a, b_id, WITHIN).await;
+    wait_connected(&b, a_id, WITHIN).await;
+    // alice (A) asks bob (B) to ask alice (A): A refuses the second hop with `cycle`.
+    let inner = json!({"service": format!("{a_id}/alice"), "event": "name", "params": null});
+    let outer = json!({"service": format!("{b_id}/bob"), "event": "request", "params": inner});
+    let started = Instant::now();
+    let r = a.request("alice", "request", &outer.to_string()).await;
+    assert!(
+        matches!(&r, Err(CallError::Failed(m)) if m.contains("request cycle")),
+        "{r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+const ECHO: &str = r#"
+[[service]]
+name = "echo"
+component = "{service:echo}"
+channel = 5
+expose = true
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_exchange_and_connect_to_any_peer_that_runs_a_service() {
+    // A knows only B; B knows C; only C runs echo.
+    let c = start_peer(&[], "", ECHO).await;
+    let b = start_peer(&[addr_of(&c)], "", "").await;
+    let a = start_peer(&[addr_of(&b)], "", &spec("alice", r#""*/echo""#, false)).await;
+    let c_id = c.peer_id().unwrap();
+    // A learns C through B and connects to it.
+    wait_connected(&a, c_id, WITHIN).await;
+    let peers = a.net().unwrap().peers().await;
+    assert!(
+        peers
+            .iter()
+            .any(|p| p.peer == c_id.to_string() && p.connected),
+        "{peers:?}"
+    );
+    // connect(some("*"), "echo") finds the one host that runs it.
+    let end = a
+        .request("alice", "connect", r#"{"service": "echo", "peer": "*"}"#)
+        .await
+        .map(|r| json(&r));
+    let end = end.unwrap_or_else(|e| panic!("{e:?}")).as_u64().unwrap();
+    let sessions = json(&a.request("alice", "sessions", "null").await.unwrap());
+    assert_eq!(sessions, json!([[end, "echo", c_id.to_string()]]));
+    // It is a real session: C's echo has it open, with alice on A at the other end.
+    let on_c = c.registry().sessions(10).0;
+    assert_eq!(on_c.len(), 1, "{on_c:?}");
+    assert_eq!(&*on_c[0].1.other, "alice");
+    // Closing it closes both ends.
+    a.request("alice", "close", &json!({"session": end}).to_string())
+        .await
+        .unwrap();
+    wait_until(WITHIN, "C's end closed", || {
+        let n = c.registry().sessions(10).1;
+        async move { (n == 0).then_some(()) }
+    })
+    .await;
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dials_end_with_exactly_one_connection() {
+    let (pa, pb) = (wasmwire_tests::free_port(), wasmwire_tests::free_port());
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let dir = wasmwire_tests::scratch_dir("simultaneous");
+    let mut nodes = Vec::new();
+    for (me, other) in [(pa, pb), (pb, pa)] {
+        let text = wasmwire_tests::peer_manifest(&addr(me), &[addr(other)], "", "");
+        let path = dir.join(format!("{me}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let m = wasmwire::manifest::load(&path).unwrap();
+        nodes.push(wasmwire::node::Node::start(&m).await.unwrap());
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+    wait_connected(a, b.peer_id().unwrap(), WITHIN).await;
+    wait_connected(b, a.peer_id().unwrap(), WITHIN).await;
+    // Let any second connection settle, then count.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let on_a = a.net().unwrap().connections().await;
+    let on_b = b.net().unwrap().connections().await;
+    assert_eq!(on_a.len(), 1, "{on_a:?}");
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
