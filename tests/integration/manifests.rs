@@ -1,27 +1,11 @@
 //! Snapshot tests of `wasmwire check` on bad manifests: each `manifests/bad/NAME.toml` sits
 //! beside `NAME.expected`, the exact error text. `UPDATE_SNAPSHOTS=1` rewrites them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn wasmwire() -> PathBuf {
-    // The test binary lives in target/<profile>/deps; the host binary one folder up.
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("wasmwire");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (`make test` does: cargo build -p wasmwire)",
-        bin.display()
-    );
-    bin
-}
-
 fn check(manifest: &str) -> (bool, String, String) {
-    let out = Command::new(wasmwire())
+    let out = Command::new(wasmwire_tests::wasmwire_bin())
         .args(["check", manifest])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("RUST_LOG", "off")

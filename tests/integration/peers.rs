@@ -317,3 +317,127 @@ async fn simultaneous_dials_end_with_exactly_one_connection() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_ids_alpn_and_hello_mismatches_end_the_connection() {
+    use wasmwire::net::identity::Identity;
+    let b = start_peer(&[], "", COUNTERS).await;
+    let addr = addr_of(&b);
+    // A dial pinned to another id is refused by the dialler's verifier.
+    let other = Identity::generate().unwrap().id;
+    let net = client_net(Identity::generate().unwrap(), wasmwire::wire::ALPN);
+    let pinned: wasmwire::manifest::PeerSpec = format!("{addr}#{other}").parse().unwrap();
+    let r = net.dial(&pinned).await;
+    assert!(r.is_err(), "{r:?}");
+    // Pinned to the right id: fine.
+    let right: wasmwire::manifest::PeerSpec =
+        format!("{addr}#{}", b.peer_id().unwrap()).parse().unwrap();
+    assert!(net.dial(&right).await.is_ok());
+    net.shutdown(Duration::from_millis(100)).await;
+    // Another major version in the ALPN: no handshake.
+    let net = client_net(Identity::generate().unwrap(), b"wasmwire/2");
+    let r = net.dial(&addr.parse().unwrap()).await;
+    assert!(
+        matches!(&r, Err(e) if e.contains("no_application_protocol") || e.contains("protocol")),
+        "{r:?}"
+    );
+    net.shutdown(Duration::from_millis(100)).await;
+    // Right ALPN, wrong hello: the host closes with the reason.
+    let reason = raw_hello(
+        &addr,
+        r#"{"type":"hello","role":"client","major":2,"minor":0}"#,
+    )
+    .await;
+    assert!(reason.contains("major version 2"), "{reason}");
+    let reason = raw_hello(&addr, r#"{"type":"ping","id":1}"#).await;
+    assert!(reason.contains("expected hello first"), "{reason}");
+    let reason = raw_hello(&addr, "this is not json").await;
+    assert!(reason.contains("malformed control message"), "{reason}");
+    // The host is unharmed.
+    let client = client_of(&b).await;
+    assert_eq!(client.list().await.len(), 1);
+    client.close().await;
+    b.shutdown().await;
+}
+
+/// Opens a raw connection with a valid identity, writes `first` as the first control frame
+/// and returns the reason the host closed the connection with.
+async fn raw_hello(addr: &str, first: &str) -> String {
+    use std::sync::Arc;
+    let identity = wasmwire::net::identity::Identity::generate().unwrap();
+    let tls = wasmwire::net::identity::client_config(
+        &identity,
+        Arc::new(Default::default()),
+        wasmwire::wire::ALPN,
+    )
+    .unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let config = quinn::ClientConfig::new(Arc::new(crypto));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(config, addr.parse().unwrap(), "wasmwire")
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let mut frame = bytes::BytesMut::new();
+    wasmwire::wire::put_frame(&mut frame, first.as_bytes());
+    send.write_all(&frame).await.unwrap();
+    let reason = match tokio::time::timeout(WITHIN, conn.closed()).await {
+        Ok(quinn::ConnectionError::ApplicationClosed(a)) => {
+            String::from_utf8_lossy(&a.reason).into_owned()
+        }
+        other => format!("{other:?}"),
+    };
+    endpoint.close(0u32.into(), b"");
+    reason
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_remote_receiver_makes_its_sender_busy_with_bounded_memory() {
+    let b = start_peer(
+        &[],
+        "",
+        "[[service]]\nname = \"sink\"\ncomponent = \"{guest:misbehave}\"\nchannel = 2\nexpose = true\nmailbox = 16\n",
+    )
+    .await;
+    let b_id = b.peer_id().unwrap();
+    let a = start_peer(&[addr_of(&b)], "", &spec("alice", r#""*/sink""#, false)).await;
+    wait_connected(&a, b_id, WITHIN).await;
+    let end = json(
+        &a.request(
+            "alice",
+            "connect",
+            &json!({"service": "sink", "peer": b_id.to_string()}).to_string(),
+        )
+        .await
+        .unwrap(),
+    )
+    .as_u64()
+    .unwrap();
+    let before = wasmwire_tests::rss();
+    let mut sent_total = 0;
+    // Each round tries to push 40 MiB of 4 KiB messages at a receiver that takes 5 ms each.
+    for _ in 0..10 {
+        let r = json(
+            &a.request(
+                "alice",
+                "flood",
+                &json!({"session": end, "kind": "slow", "count": 10_000, "size": 4096}).to_string(),
+            )
+            .await
+            .unwrap(),
+        );
+        let sent = r["sent"].as_u64().unwrap();
+        assert!(sent < 10_000, "{r}");
+        assert_eq!(r["error"], json!("busy: mailbox full"), "{r}");
+        sent_total += sent;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grown = wasmwire_tests::rss().saturating_sub(before);
+    // 400 MiB were offered; what was accepted is bounded by the queues and QUIC windows.
+    assert!(sent_total < 20_000, "{sent_total}");
+    assert!(grown < 64 << 20, "RSS grew by {} MiB", grown >> 20);
+    a.shutdown().await;
+    b.shutdown().await;
+}

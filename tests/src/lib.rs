@@ -129,6 +129,16 @@ pub fn free_port() -> u16 {
 /// Manifest text for a host on the network: listens on `listen`, has its own key in a
 /// scratch folder (or `key`), dials `peers`, and notices a dead peer within 1.5 s.
 pub fn peer_manifest(listen: &str, peers: &[String], extra: &str, body: &str) -> String {
+    peer_manifest_with_key(listen, peers, extra, body).0
+}
+
+/// Like [`peer_manifest`], also returning where the host's key will be.
+pub fn peer_manifest_with_key(
+    listen: &str,
+    peers: &[String],
+    extra: &str,
+    body: &str,
+) -> (String, PathBuf) {
     let dir = scratch_dir("peer");
     let cache = root().join("target/test-cache");
     let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
@@ -139,7 +149,38 @@ pub fn peer_manifest(listen: &str, peers: &[String], extra: &str, body: &str) ->
         dir.join("host.key").display().to_string(),
         peers.join(", ")
     );
-    manifest_text(&format!("{head}{body}"))
+    (
+        manifest_text(&format!("{head}{body}")),
+        dir.join("host.key"),
+    )
+}
+
+/// The `wasmwire` binary built beside the test binary (`make test` builds it first).
+pub fn wasmwire_bin() -> PathBuf {
+    // The test binary lives in target/<profile>/deps; the host binary one folder up.
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join("wasmwire");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`make test` does: cargo build -p wasmwire)",
+        bin.display()
+    );
+    bin
+}
+
+/// The resident set size of this process, in bytes.
+pub fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
 }
 
 /// Starts a host on the network (see [`peer_manifest`]) on 127.0.0.1 with any free port.

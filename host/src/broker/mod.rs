@@ -258,6 +258,10 @@ struct Conn {
     pending: usize,
     next_exchange: Option<Instant>,
     opened: u64,
+    /// The nonce we sent in our hello.
+    my_nonce: u64,
+    /// The nonce of whoever dialled it (known after hello).
+    dialler_nonce: u64,
 }
 
 #[derive(Debug)]
@@ -387,6 +391,13 @@ impl Broker {
             .map(|(id, _)| *id)
     }
 
+    /// Whether `peer` has a connection in any state but closing (a dial is not needed).
+    fn has_conn(&self, peer: &PeerId) -> bool {
+        self.conns
+            .values()
+            .any(|c| c.peer == *peer && !matches!(c.state, ConnState::Closing))
+    }
+
     /// Connected hosts that said they expose `service`, nearest first (by connection age).
     pub fn find(&self, service: &str) -> Vec<PeerId> {
         let mut found: Vec<(u64, PeerId)> = self
@@ -478,6 +489,11 @@ impl Broker {
         if let Some(d) = &dialled {
             self.dial_finished(d);
         }
+        let nonce = self.next_random();
+        if let Some(DialTo::Learned { peer, .. }) = &dialled {
+            // Connected: it is no longer a peer to dial.
+            self.learned.remove(peer);
+        }
         if dialled.is_none() {
             // A configured peer that shows up inbound is reachable: reset its back-off.
             let min = self.config.limits.backoff_min;
@@ -503,6 +519,8 @@ impl Broker {
                 pending: 0,
                 next_exchange: None,
                 opened: self.opened,
+                my_nonce: nonce,
+                dialler_nonce: 0,
             },
         );
         let hello = Hello {
@@ -512,6 +530,7 @@ impl Broker {
             features: wire::FEATURES.iter().map(|f| f.to_string()).collect(),
             listen: self.config.listen.map(|a| a.to_string()),
             services: self.config.services.clone(),
+            nonce,
         };
         self.transmits.push_back((conn, Control::Hello(hello)));
     }
@@ -658,9 +677,7 @@ impl Broker {
             }
             let peer = t.peer;
             self.configured[i].next = None;
-            if peer
-                .is_some_and(|p| self.connection_to(&p).is_some() || !self.config.allow.permits(&p))
-            {
+            if peer.is_some_and(|p| self.has_conn(&p) || !self.config.allow.permits(&p)) {
                 continue;
             }
             let t = &mut self.configured[i];
@@ -878,6 +895,7 @@ impl Broker {
             },
         }));
         c.next_exchange = exchange.then_some(now);
+        c.dialler_nonce = if c.dialled { c.my_nonce } else { hello.nonce };
         let (peer, role) = (c.peer, hello.role);
         if let Some(i) = c.configured {
             self.configured[i].peer = Some(peer);
@@ -894,8 +912,10 @@ impl Broker {
     }
 
     /// One connection per pair of hosts: when `conn` becomes ready beside another ready
-    /// connection to the same host, both hosts keep the one dialled by the lower peer id
-    /// (or, if one side dialled both, the newer). Returns whether `conn` is kept.
+    /// connection to the same host, both hosts keep the one dialled by the lower peer id;
+    /// if one side dialled both, the one whose dialler sent the higher hello nonce. Both
+    /// sides know the same facts, so they always keep the same one. Returns whether `conn`
+    /// is kept.
     fn keep_one(&mut self, conn: ConnId, now: Instant) -> bool {
         let me = self.config.me;
         let Some(new) = self.conns.get(&conn) else {
@@ -903,25 +923,31 @@ impl Broker {
         };
         let peer = new.peer;
         let lower = me.min(peer);
-        let dialler = |c: &Conn| if c.dialled { me } else { peer };
+        let key = |c: &Conn| {
+            let dialler = if c.dialled { me } else { peer };
+            (dialler == lower, c.dialler_nonce, dialler)
+        };
         let other = self
             .conns
             .iter()
             .find(|(id, c)| **id != conn && c.peer == peer && c.role() == Some(Role::Host))
-            .map(|(id, c)| (*id, dialler(c)));
-        let Some((old, old_dialler)) = other else {
+            .map(|(id, c)| (*id, key(c)));
+        let Some((old, old_key)) = other else {
             return true;
         };
-        let new_dialler = dialler(new);
-        let keep_new = new_dialler == lower || old_dialler != lower;
-        let (drop, kept_dialler) = if keep_new {
-            (old, new_dialler)
+        let new_key = key(new);
+        let keep_new = (new_key.0, new_key.1) > (old_key.0, old_key.1);
+        let (drop, kept) = if keep_new {
+            (old, new_key)
         } else {
-            (conn, old_dialler)
+            (conn, old_key)
         };
         self.close(
             drop,
-            format!("duplicate connection: keeping the one dialled by {kept_dialler}"),
+            format!(
+                "duplicate connection: keeping the one dialled by {}",
+                kept.2
+            ),
             now,
         );
         keep_new
@@ -1093,7 +1119,7 @@ impl Broker {
             if peer == self.config.me
                 || peer == from_peer
                 || !self.config.allow.permits(&peer)
-                || self.connection_to(&peer).is_some()
+                || self.has_conn(&peer)
                 || self.learned.contains_key(&peer)
                 || addr.port() == 0
                 || addr.ip().is_unspecified()
@@ -1134,7 +1160,7 @@ impl Broker {
             if self.dials >= self.config.limits.max_dials {
                 break;
             }
-            if self.connection_to(&peer).is_some() {
+            if self.has_conn(&peer) {
                 self.learned.remove(&peer);
                 continue;
             }
@@ -1200,11 +1226,15 @@ impl Broker {
     }
 
     fn jitter(&mut self) -> f64 {
-        // xorshift64: enough to spread re-dials; no secret depends on it.
+        (self.next_random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: enough to spread re-dials and break ties; no secret depends on it.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+        self.rng
     }
 }
 

@@ -2,6 +2,8 @@
 //! encoded and decoded through the real codec on its way. Tests read as scenarios: connect,
 //! act, `drive`, assert on events.
 
+// This whole file is test code (`mod tests` is `#[cfg(test)]` in `mod.rs`).
+#[cfg(test)]
 use super::*;
 use crate::net::identity::Identity;
 use crate::wire::control::decode_control;
@@ -582,6 +584,7 @@ fn hello_problems_close_the_connection_with_a_reason() {
             features: vec![],
             listen: None,
             services: vec![],
+            nonce: 0,
         }),
         now,
     );
@@ -649,4 +652,31 @@ fn learned_peers_are_bounded_and_bogus_ones_forgotten() {
         sim.now += Duration::from_millis(500);
     }
     assert_eq!(sim.nodes[0].broker.learned.len(), 0);
+}
+
+#[test]
+fn a_double_dial_from_one_side_keeps_the_same_connection_on_both_sides() {
+    let ids = ids(2);
+    for dialler in [0, 1] {
+        for _ in 0..20 {
+            let mut sim = Sim::new(&ids, &[], &[]);
+            sim.connect(dialler, 1 - dialler, None);
+            sim.connect(dialler, 1 - dialler, None);
+            sim.drive();
+            let kept0: Vec<ConnId> = sim.nodes[0]
+                .broker
+                .ready_connections()
+                .into_iter()
+                .map(|(c, _, _)| c)
+                .collect();
+            let kept1: Vec<ConnId> = sim.nodes[1]
+                .broker
+                .ready_connections()
+                .into_iter()
+                .map(|(c, _, _)| c)
+                .collect();
+            assert_eq!(kept0.len(), 1, "{kept0:?}");
+            assert_eq!(kept0, kept1);
+        }
+    }
 }

@@ -292,10 +292,10 @@ async fn reserve(to: &Instance, batch: &mut Vec<Envelope>) -> Result<(), ReadErr
 }
 
 fn flush(to: &Instance, batch: &mut Vec<Envelope>) {
-    match batch.len() {
-        0 => {}
-        1 => to.deliver(batch.pop().expect("one envelope")),
-        _ => to.deliver(Envelope::Batch(std::mem::take(batch))),
+    if batch.len() > 1 {
+        to.deliver(Envelope::Batch(std::mem::take(batch)));
+    } else if let Some(one) = batch.pop() {
+        to.deliver(one);
     }
 }
 

@@ -33,6 +33,10 @@ pub struct Hello {
     /// The services this host exposes to peers (at most 256 names).
     #[serde(default)]
     pub services: Vec<String>,
+    /// A random number per connection and side: when one side dialled twice, both keep
+    /// the connection whose dialler sent the higher nonce.
+    #[serde(default)]
+    pub nonce: u64,
 }
 
 /// Why a request or a session was refused: the wire form of the WIT `error` cases, plus
