@@ -2,6 +2,7 @@
 #   make run    build everything and run the host on wasmwire.toml
 #   make test   build everything and run every test
 #   make bench  release-build benchmarks, each beside a baseline from the same run
+#   make demo   two hosts on loopback, a chat room on each, messages crossing hosts
 #
 # Guests are wasm32-wasip2 components built here, once per run, in their own cargo
 # workspaces (never from build.rs); the host and tests are the root workspace.
@@ -14,7 +15,7 @@ SERVICES    := echo counter ticker chat spec
 TEST_GUESTS := misbehave bench not-a-service
 MANIFEST    ?= wasmwire.toml
 
-.PHONY: all setup services test-guests build run test lint bench clean
+.PHONY: all setup services test-guests build run test lint bench demo clean
 
 all: build
 
@@ -56,6 +57,9 @@ lint: setup
 
 bench: services test-guests
 	$(CARGO) bench --locked -p wasmwire-tests --bench host
+
+demo: build
+	bash examples/two-hosts/demo.sh
 
 clean:
 	$(CARGO) clean

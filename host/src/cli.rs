@@ -96,7 +96,9 @@ pub enum Command {
         #[arg(default_value = "null")]
         params: String,
     },
-    /// Open a session with an exposed service, send one message, print what comes back.
+    /// Open a session with an exposed service, send a message, print what comes back.
+    /// With `-` as the payload, every line read from stdin is sent as one message (a chat
+    /// client: `wasmwire send ADDR lobby say - --name ann`).
     Send {
         #[command(flatten)]
         to: HostArgs,
@@ -104,12 +106,15 @@ pub enum Command {
         service: String,
         /// The message kind.
         kind: String,
-        /// The payload (text).
+        /// The payload (text), or `-` for one message per line of stdin.
         #[arg(default_value = "")]
         payload: String,
-        /// How long to print what comes back before closing.
+        /// How long to keep printing what comes back after the last message.
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         wait: Duration,
+        /// The name the service sees for this end of the session.
+        #[arg(long, default_value = "cli")]
+        name: String,
     },
 }
 
@@ -174,7 +179,8 @@ pub fn main() -> ExitCode {
                 kind,
                 payload,
                 wait,
-            } => send(&to, &service, &kind, payload, wait).await,
+                name,
+            } => send(&to, &service, &kind, payload, wait, &name).await,
         }
     });
     match result {
@@ -498,28 +504,56 @@ async fn send(
     kind: &str,
     payload: String,
     wait: Duration,
+    name: &str,
 ) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
     let client = Client::connect(to).await?;
     let result = async {
         let mut session = client
             .net
-            .open_client_session(client.conn, service, "cli", 1 << 20)
+            .open_client_session(client.conn, service, name, 1 << 20)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        session
-            .send(kind, payload.into_bytes())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let until = tokio::time::Instant::now() + wait;
+        // Lines from stdin (`-`), or the one payload given.
+        let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
+        if payload == "-" {
+            tokio::spawn(async move {
+                let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+                while let Ok(Some(line)) = stdin.next_line().await {
+                    if lines_tx.send(line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        } else {
+            let _ = lines_tx.send(payload).await;
+            drop(lines_tx);
+        }
+        let mut input_open = true;
+        let mut until = tokio::time::Instant::now() + wait;
         loop {
-            match tokio::time::timeout_at(until, session.events.recv()).await {
-                Err(_) => break,
-                Ok(None) | Ok(Some(ClientEvent::Closed)) => {
-                    eprintln!("(the service closed the session)");
-                    break;
-                }
-                Ok(Some(ClientEvent::Message { kind, payload })) => {
-                    println!("{kind} {}", String::from_utf8_lossy(&payload));
-                }
+            tokio::select! {
+                line = lines.recv(), if input_open => match line {
+                    Some(line) => {
+                        session
+                            .send(kind, line.into_bytes())
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                    None => {
+                        input_open = false;
+                        until = tokio::time::Instant::now() + wait;
+                    }
+                },
+                event = session.events.recv() => match event {
+                    None | Some(ClientEvent::Closed) => {
+                        eprintln!("(the service closed the session)");
+                        break;
+                    }
+                    Some(ClientEvent::Message { kind, payload }) => {
+                        println!("{kind} {}", String::from_utf8_lossy(&payload));
+                    }
+                },
+                _ = tokio::time::sleep_until(until), if !input_open => break,
             }
         }
         session.close();

@@ -28,7 +28,7 @@ pub struct Hello {
     #[serde(default)]
     pub features: Vec<String>,
     /// Where this host accepts connections (`ip:port`); none for clients.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// The services this host exposes to peers (at most 256 names).
     #[serde(default)]

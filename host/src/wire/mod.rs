@@ -179,6 +179,70 @@ mod tests {
         assert_eq!(at_end(&[]), Ok(()));
     }
 
+    /// The fenced blocks of `lang` in a Markdown text.
+    fn blocks<'a>(doc: &'a str, lang: &str) -> Vec<&'a str> {
+        let open = format!("```{lang}\n");
+        let mut out = Vec::new();
+        let mut rest = doc;
+        while let Some(start) = rest.find(&open) {
+            let body = &rest[start + open.len()..];
+            let end = body.find("```").unwrap_or(body.len());
+            out.push(body[..end].trim());
+            rest = &body[end..];
+        }
+        out
+    }
+
+    /// Every field an example shows comes back when it is decoded and encoded again: none
+    /// is misspelled (receivers ignore unknown fields, so a typo would pass unnoticed).
+    fn shown_fields_are_real(example: &str, encoded: serde_json::Value) {
+        let shown: serde_json::Value = serde_json::from_str(example).unwrap();
+        for (k, v) in shown.as_object().unwrap() {
+            assert_eq!(encoded.get(k), Some(v), "field {k} of {example}");
+        }
+    }
+
+    #[test]
+    fn protocol_examples_decode() {
+        let doc = include_str!("../../../docs/protocol.md");
+        let examples = blocks(doc, "json");
+        assert!(examples.len() >= 20, "{}", examples.len());
+        for e in examples {
+            let body = e.as_bytes();
+            match control::decode_control(body) {
+                Ok(m) => shown_fields_are_real(e, serde_json::to_value(&m).unwrap()),
+                Err(Undecodable::UnknownType { kind, .. }) if kind == "teleport" => {}
+                Err(_) => {
+                    let h = control::decode_header(body)
+                        .unwrap_or_else(|err| panic!("{e}\ndecodes as neither: {err}"));
+                    shown_fields_are_real(e, serde_json::to_value(&h).unwrap());
+                }
+            }
+        }
+        let hex = blocks(doc, "hex");
+        let bytes: Vec<u8> = hex[0]
+            .split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        let mut buf = BytesMut::from(&bytes[..]);
+        let frame = split_frame(&mut buf, data::frame_limit(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(data::parse_message(&frame).unwrap(), ("say", &b"hello"[..]));
+        assert!(buf.is_empty());
+        let spki = blocks(doc, "text")
+            .into_iter()
+            .find(|b| b.starts_with("30 2a"))
+            .unwrap();
+        let prefix: Vec<u8> = spki
+            .split_whitespace()
+            .take_while(|t| *t != "||")
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        assert_eq!(prefix, PeerId([0; 32]).spki()[..12]);
+        assert!(doc.contains(&format!("`{}`", std::str::from_utf8(ALPN).unwrap())));
+    }
+
     #[test]
     fn json_frames_carry_their_length() {
         let mut buf = BytesMut::new();
