@@ -486,6 +486,7 @@ async fn call(to: &HostArgs, service: &str, event: &str, params: &str) -> Result
             params: params.to_string(),
             chain: Vec::new(),
             caller: Some("cli".into()),
+            session: None,
         })
         .await;
     client.close().await;

@@ -33,14 +33,22 @@ fn spec(name: &str, uses: &str, expose: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_requests_reach_exposed_services_only_and_obey_uses() {
-    let b = start_peer(&[], "", COUNTERS).await;
+    let b = start_peer(
+        &[],
+        "",
+        &format!(
+            "{COUNTERS}{}",
+            spec("bob", "", true).replace("channel = 1", "channel = 5")
+        ),
+    )
+    .await;
     let b_id = b.peer_id().unwrap();
     let a = start_peer(
         &[addr_of(&b)],
         "",
         &format!(
             "{}{}",
-            spec("alice", r#""*/counter", "*/secret""#, false),
+            spec("alice", r#""*/counter", "*/secret", "*/bob""#, false),
             spec("mallory", "", false).replace("channel = 1", "channel = 2")
         ),
     )
@@ -79,10 +87,37 @@ async fn remote_requests_reach_exposed_services_only_and_obey_uses() {
         matches!(&r, Err(CallError::Failed(m)) if m.contains("denied") && m.contains("uses")),
         "{r:?}"
     );
-    // A client sees only the exposed service in list-services.
+    // A request from the other end of a remote session names that session as its caller.
+    let ask_caller = json!({"service": format!("{b_id}/bob"), "event": "caller", "params": null});
+    let r = a.request("alice", "request", &ask_caller.to_string()).await;
+    assert_eq!(r.map(|r| json(&r)), Ok(json!(null)));
+    a.request(
+        "alice",
+        "connect",
+        &json!({"service": "bob", "peer": b_id.to_string()}).to_string(),
+    )
+    .await
+    .unwrap();
+    let bob_end = b
+        .registry()
+        .sessions(10)
+        .0
+        .into_iter()
+        .find(|(_, r)| &*r.instance == "bob" && &*r.other == "alice")
+        .map(|(id, _)| id)
+        .unwrap();
+    let r = a.request("alice", "request", &ask_caller.to_string()).await;
+    assert_eq!(r.map(|r| json(&r)), Ok(json!(bob_end)));
+    // A client sees only the exposed services in list-services.
     let client = client_of(&b).await;
     let listed = client.list().await;
-    assert_eq!(listed, vec![("counter".to_string(), "awake".to_string())]);
+    assert_eq!(
+        listed,
+        vec![
+            ("counter".to_string(), "awake".to_string()),
+            ("bob".to_string(), "awake".to_string())
+        ]
+    );
     client.close().await;
     a.shutdown().await;
     b.shutdown().await;
@@ -355,7 +390,11 @@ async fn wrong_ids_alpn_and_hello_mismatches_end_the_connection() {
     assert!(reason.contains("malformed control message"), "{reason}");
     // The host is unharmed.
     let client = client_of(&b).await;
-    assert_eq!(client.list().await.len(), 1);
+    assert_eq!(
+        client.list().await.len(),
+        1,
+        "only counter is exposed on this B"
+    );
     client.close().await;
     b.shutdown().await;
 }

@@ -236,3 +236,36 @@ async fn request_cycles_fail_fast_instead_of_deadlocking() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_from_the_other_end_of_a_session_names_that_session_as_caller() {
+    let node = start(PAIR).await;
+    let ask_caller = r#"{"service": "bob", "event": "caller", "params": null}"#;
+    // No session yet: no caller.
+    let r = node.request("alice", "request", ask_caller).await;
+    assert_eq!(r.map(|r| json(&r)), Ok(serde_json::json!(null)));
+    let a_end = json(
+        &node
+            .request("alice", "connect", r#"{"service": "bob"}"#)
+            .await
+            .unwrap(),
+    )
+    .as_u64()
+    .unwrap();
+    let bob = lines(&node.request("bob", "record", "null").await.unwrap());
+    let b_end: u64 = bob
+        .iter()
+        .find_map(|l| l.strip_prefix("connect ")?.strip_suffix(" alice"))
+        .unwrap_or_else(|| panic!("{bob:?}"))
+        .parse()
+        .unwrap();
+    // Now bob sees alice's request as coming from its end of their session.
+    let r = node.request("alice", "request", ask_caller).await;
+    assert_eq!(r.map(|r| json(&r)), Ok(serde_json::json!(b_end)));
+    node.request("alice", "close", &format!(r#"{{"session": {a_end}}}"#))
+        .await
+        .unwrap();
+    let r = node.request("alice", "request", ask_caller).await;
+    assert_eq!(r.map(|r| json(&r)), Ok(serde_json::json!(null)));
+    node.shutdown().await;
+}

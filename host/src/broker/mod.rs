@@ -155,6 +155,8 @@ pub enum Incoming {
         chain: Vec<String>,
         /// The calling instance or client.
         caller: Option<String>,
+        /// The callee's id of the caller's session with it, if any.
+        session: Option<u64>,
     },
 }
 
@@ -179,6 +181,8 @@ pub enum Ask {
         chain: Vec<String>,
         /// The calling instance or client.
         caller: Option<String>,
+        /// The callee's id of the caller's session with it, if any.
+        session: Option<u64>,
     },
     /// `get-peers`.
     GetPeers,
@@ -809,6 +813,7 @@ impl Broker {
                 params,
                 chain,
                 caller,
+                session,
             } => Control::Request {
                 id,
                 service,
@@ -817,6 +822,7 @@ impl Broker {
                 timeout_ms: timeout.as_millis() as u64,
                 chain,
                 caller,
+                session,
             },
             Ask::GetPeers => Control::GetPeers { id },
             Ask::Ping => Control::Ping { id },
@@ -1068,6 +1074,7 @@ impl Broker {
                         timeout_ms,
                         chain,
                         caller,
+                        session,
                         ..
                     } => Incoming::Request {
                         service,
@@ -1076,6 +1083,7 @@ impl Broker {
                         timeout: Duration::from_millis(timeout_ms.min(3_600_000)),
                         chain,
                         caller,
+                        session,
                     },
                     _ => return,
                 };

@@ -230,6 +230,7 @@ fn requests_are_answered_out_of_order_and_time_out() {
         params: n.to_string(),
         chain: vec![],
         caller: None,
+        session: None,
     };
     let t1 = sim.nodes[0]
         .broker
@@ -326,6 +327,7 @@ fn a_request_cycle_across_three_hosts_is_refused_at_once() {
                 params: "null".into(),
                 chain: vec![a.clone()],
                 caller: Some("lobby".into()),
+                session: None,
             },
             Duration::from_secs(5),
             now,
@@ -353,6 +355,7 @@ fn a_request_cycle_across_three_hosts_is_refused_at_once() {
                 params: "null".into(),
                 chain: vec![a.clone(), b.clone()],
                 caller: Some("relay".into()),
+                session: None,
             },
             Duration::from_secs(5),
             now,
@@ -370,6 +373,7 @@ fn a_request_cycle_across_three_hosts_is_refused_at_once() {
                 params: "null".into(),
                 chain: vec![a, b, c],
                 caller: Some("relay2".into()),
+                session: None,
             },
             Duration::from_secs(5),
             now,
@@ -679,4 +683,33 @@ fn a_double_dial_from_one_side_keeps_the_same_connection_on_both_sides() {
             assert_eq!(kept0, kept1);
         }
     }
+}
+
+#[test]
+fn requests_waiting_on_a_lost_connection_fail_with_closed() {
+    let ids = ids(2);
+    let mut sim = Sim::new(&ids, &[], &[]);
+    let conn = sim.connect(0, 1, None);
+    sim.drive();
+    sim.take_events(0);
+    let now = sim.now;
+    let t = sim.nodes[0]
+        .broker
+        .request(conn, Ask::Ping, Duration::from_secs(5), now)
+        .unwrap();
+    sim.nodes[0].broker.handle_closed(conn, now);
+    assert_eq!(
+        sim.nodes[0].broker.poll_event(),
+        Some(Event::Answered {
+            token: t,
+            result: Err(Failure::new(ErrorCode::Closed, "the connection closed"))
+        })
+    );
+    // And nothing fires for it later.
+    sim.advance(Duration::from_secs(10));
+    assert!(
+        !sim.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Answered { .. }))
+    );
 }

@@ -340,6 +340,7 @@ impl Net {
             Some(accepted.messages.clone()),
             accepted.max_message,
             Arc::from(service),
+            accepted.session,
         );
         tokio::spawn(session::write_loop(send, outgoing));
         let (tx, events) = mpsc::channel(crate::runtime::session::CLIENT_QUEUE);
@@ -932,6 +933,7 @@ async fn answer(
                         service: r.instance.to_string(),
                         channel: r.channel,
                         other: r.other.to_string(),
+                        other_id: r.other_id,
                         peer: r.peer.map(|p| p.to_string()),
                     })
                     .collect(),
@@ -945,10 +947,22 @@ async fn answer(
             timeout,
             chain,
             caller,
+            session,
         } => {
-            let _ = (peer, caller);
-            let result =
-                request_local(shared, registry, &service, &event, params, timeout, chain).await;
+            // The session counts only if it really is this caller's, from this peer, with
+            // this service: a peer cannot pose as another session's other end.
+            let peer_text = peer.to_string();
+            let session = session.filter(|s| {
+                registry.session(*s).is_some_and(|r| {
+                    *r.instance == *service
+                        && Some(&*r.other) == caller.as_deref()
+                        && r.peer.as_deref() == Some(peer_text.as_str())
+                })
+            });
+            let result = request_local(
+                shared, registry, &service, &event, params, timeout, chain, session,
+            )
+            .await;
             result
                 .map(|result| Control::Response { id, result })
                 .map_err(failure_of)
@@ -956,6 +970,7 @@ async fn answer(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn request_local(
     shared: &Shared,
     registry: &Registry,
@@ -964,6 +979,7 @@ async fn request_local(
     params: String,
     timeout: Duration,
     chain: Vec<String>,
+    caller: Option<SessionId>,
 ) -> Result<String, CallError> {
     let Some(target) = registry.by_name(service).filter(|i| i.expose) else {
         return Err(CallError::NoSuchService(format!(
@@ -984,7 +1000,7 @@ async fn request_local(
     }
     let (reply, rx) = oneshot::channel();
     target.post(Envelope::Event {
-        caller: None,
+        caller,
         event: index,
         params,
         chain: Chain::from_wire(chain, &shared.me_text, registry),
@@ -1066,6 +1082,7 @@ impl Peers for Net {
         timeout: Duration,
         chain: Vec<String>,
         caller: Arc<str>,
+        session: Option<SessionId>,
     ) -> PeersFuture<String> {
         let shared = self.shared.clone();
         Box::pin(async move {
@@ -1076,6 +1093,7 @@ impl Peers for Net {
                 params,
                 chain,
                 caller: Some(caller.to_string()),
+                session,
             };
             // The answer comes from the broker task (running on the host's main runtime);
             // this future only waits for it.
@@ -1125,6 +1143,7 @@ impl Peers for Net {
                 Some(accepted.messages),
                 accepted.max_message,
                 Arc::from(service.as_str()),
+                accepted.session,
             );
             let limit = wire::data::frame_limit(from.limits.max_message);
             // Stream tasks run on the host's main runtime, not on the instance's worker.

@@ -63,6 +63,7 @@ pub(crate) struct StreamSink {
     shared: Arc<Shared>,
     max_message: u64,
     other: Arc<str>,
+    other_end: SessionId,
 }
 
 /// The writer's half: drained by [`write_loop`].
@@ -72,12 +73,13 @@ pub(crate) struct Outgoing {
 }
 
 impl StreamSink {
-    /// A sink for an other end that accepts `kinds` (all kinds if `None`) of at most
-    /// `max_message` bytes.
+    /// A sink for an other end (`other`, whose own id for the session is `other_end`) that
+    /// accepts `kinds` (all kinds if `None`) of at most `max_message` bytes.
     pub fn new(
         kinds: Option<Vec<String>>,
         max_message: u64,
         other: Arc<str>,
+        other_end: SessionId,
     ) -> (Arc<StreamSink>, Outgoing) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
@@ -91,6 +93,7 @@ impl StreamSink {
                 shared: shared.clone(),
                 max_message,
                 other,
+                other_end,
             }),
             Outgoing { rx, shared },
         )
@@ -134,6 +137,10 @@ impl RemoteSink for StreamSink {
                 mpsc::error::TrySendError::Full(_) => CallError::Busy,
                 mpsc::error::TrySendError::Closed(_) => CallError::Closed,
             })
+    }
+
+    fn other_end(&self) -> SessionId {
+        self.other_end
     }
 
     fn close(&self) {
@@ -412,11 +419,11 @@ pub(crate) async fn accept(
     };
     let SessionHeader::Connect {
         service,
+        session: opener_end,
         caller,
         chain,
         messages,
         max_message,
-        ..
     } = header
     else {
         reject(
@@ -450,7 +457,12 @@ pub(crate) async fn accept(
         return;
     }
     let end = registry.next_session();
-    let (sink, outgoing) = StreamSink::new(messages, max_message, Arc::from(caller.as_str()));
+    let (sink, outgoing) = StreamSink::new(
+        messages,
+        max_message,
+        Arc::from(caller.as_str()),
+        opener_end,
+    );
     let (reply, rx) = oneshot::channel();
     let posted = instance.post(Envelope::Connect {
         end,

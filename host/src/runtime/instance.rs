@@ -420,6 +420,8 @@ pub struct SessionRecord {
     pub instance: Arc<str>,
     /// The other end: an instance or client name.
     pub other: Arc<str>,
+    /// The other end's own id for the session, when it has one.
+    pub other_id: Option<SessionId>,
     /// The other end's host, when remote.
     pub peer: Option<Arc<str>>,
     /// The channel of the accepting service.
@@ -458,6 +460,7 @@ pub trait Peers: Send + Sync {
         timeout: Duration,
         chain: Vec<String>,
         caller: Arc<str>,
+        session: Option<SessionId>,
     ) -> PeersFuture<String>;
 
     /// Opens a session from `(instance, end)` to `service` on `peer` (or any allowed peer
@@ -510,6 +513,11 @@ impl Registry {
         if let Ok(mut book) = self.book.lock() {
             book.remove(&id);
         }
+    }
+
+    /// The open session end with this id.
+    pub fn session(&self, id: SessionId) -> Option<SessionRecord> {
+        self.book.lock().ok()?.get(&id).cloned()
     }
 
     /// Every open session end on this host (at most `max`), sorted by id, and how many

@@ -21,6 +21,8 @@ pub trait RemoteSink: Send + Sync {
     /// Ends the session from this side: what is queued is still written, then the stream
     /// is finished.
     fn close(&self);
+    /// The other end's own id for this session.
+    fn other_end(&self) -> SessionId;
 }
 
 /// What a client (not an instance) receives on its session.
@@ -234,9 +236,15 @@ impl SessionTable {
     /// Opens a session end.
     pub fn insert(&mut self, id: SessionId, end: SessionEnd) {
         if let Some((me, registry)) = &self.book {
+            let other_id = match &end.route {
+                Route::Instance { end, .. } => Some(*end),
+                Route::Remote(sink) => Some(sink.other_end()),
+                Route::Client { .. } => None,
+            };
             let record = SessionRecord {
                 instance: me.name.clone(),
                 other: end.service.clone(),
+                other_id,
                 peer: end.peer.clone(),
                 channel: end.channel,
             };

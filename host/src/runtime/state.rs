@@ -370,6 +370,16 @@ impl HostState {
         let chain = self.wire_chain(&*peers)?;
         let (me, _) = self.node()?;
         let (caller, timeout) = (me.name.clone(), me.limits.request_timeout);
+        // A session this instance has with that very service on that very peer makes the
+        // callee see the request as coming from that session.
+        let session = peer.as_deref().and_then(|p| {
+            self.sessions.iter().find_map(|(_, s)| match &s.route {
+                Route::Remote(sink) if s.peer.as_deref() == Some(p) && &*s.service == service => {
+                    Some(sink.other_end())
+                }
+                _ => None,
+            })
+        });
         self.outbox.flush();
         let before = self.clock.now();
         let r = peers
@@ -382,6 +392,7 @@ impl HostState {
                 timeout,
                 chain,
                 caller,
+                session,
             )
             .await;
         self.clock.waited += self.clock.now().saturating_sub(before);
@@ -480,9 +491,15 @@ impl HostState {
         }
         let chain = self.chain_to(&target)?;
         let timeout = self.node()?.0.limits.request_timeout;
+        // If this instance has a session with the target, the target sees the request as
+        // coming from that session (its end of it).
+        let caller = self.sessions.iter().find_map(|(_, s)| match &s.route {
+            Route::Instance { to, end } if to.index == target.index => Some(*end),
+            _ => None,
+        });
         let (reply, rx) = oneshot::channel();
         target.post(Envelope::Event {
-            caller: None,
+            caller,
             event,
             params,
             chain,

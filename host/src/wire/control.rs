@@ -101,6 +101,9 @@ pub struct SessionEntry {
     pub channel: u16,
     /// The other end: an instance or client name.
     pub other: String,
+    /// The other end's own id for the session (absent for an in-process client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_id: Option<u64>,
     /// The other end's host, when remote.
     #[serde(default)]
     pub peer: Option<String>,
@@ -196,6 +199,10 @@ pub enum Control {
         /// The calling instance or client name.
         #[serde(default)]
         caller: Option<String>,
+        /// The callee's id of a session the caller has open with it: the callee's
+        /// `on-event` then gets that session as its `caller`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<u64>,
     },
     /// Answers `request`: the callee's JSON reply, as text.
     Response {
@@ -395,6 +402,7 @@ mod tests {
             timeout_ms: 5000,
             chain: vec!["abc/lobby".into()],
             caller: Some("lobby".into()),
+            session: Some(5),
         };
         let text = serde_json::to_string(&m).unwrap();
         assert!(text.starts_with(r#"{"type":"request","id":7,"#), "{text}");

@@ -5,7 +5,8 @@
 //! Other events let a test make it act: `connect {service, peer?}`, `send {session, kind,
 //! text}`, `flood {session, kind, count, size}` (sends until the first error; returns how many
 //! went and that error), `close {session}`, `request {service, event, params}`,
-//! `timer {every_ms}`, `sessions` (a list of `[id, service, peer]`).
+//! `timer {every_ms}`, `sessions` (a list of `[id, service, peer]`), `caller` (the session
+//! the event arrived on, as `on-event` saw it, or null).
 //! With `options = { report_to = "other" }` it hands its record to `other`'s `append`
 //! event from `sleep`, so the end of an awake period can be asserted too.
 
@@ -79,7 +80,7 @@ impl Service for Spec {
     const MESSAGES: &'static [&'static str] = &["note"];
     const EVENTS: &'static [&'static str] = &[
         "record", "append", "connect", "send", "flood", "close", "request", "timer", "sessions",
-        "name",
+        "name", "caller",
     ];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
@@ -118,7 +119,7 @@ impl Service for Spec {
         note(format!("timer {timer}"));
     }
 
-    fn on_event(&mut self, _caller: Option<SessionId>, event: Event<'_>) -> Reply {
+    fn on_event(&mut self, caller: Option<SessionId>, event: Event<'_>) -> Reply {
         if event.name != "record" {
             note(format!("event {}", event.name));
         }
@@ -192,6 +193,7 @@ impl Service for Spec {
                 Reply::json(&list)
             }
             "name" => Reply::json(&wasmwire_guest::instance_name()),
+            "caller" => Reply::json(&caller),
             other => Reply::error(format!("unknown event {other}")),
         }
     }
