@@ -510,11 +510,17 @@ async fn send(
     use tokio::io::AsyncBufReadExt;
     let client = Client::connect(to).await?;
     let result = async {
-        let mut session = client
-            .net
-            .open_client_session(client.conn, service, name, 1 << 20)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let opened = tokio::time::timeout(
+            client.timeout,
+            client
+                .net
+                .open_client_session(client.conn, service, name, 1 << 20),
+        )
+        .await;
+        let mut session = match opened {
+            Err(_) => bail!("no answer to the session within {:?}", client.timeout),
+            Ok(r) => r.map_err(|e| anyhow::anyhow!("{e}"))?,
+        };
         // Lines from stdin (`-`), or the one payload given.
         let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
         if payload == "-" {
@@ -536,9 +542,16 @@ async fn send(
             tokio::select! {
                 line = lines.recv(), if input_open => match line {
                     Some(line) => {
-                        session
-                            .send(kind, line.into_bytes())
-                            .map_err(|e| anyhow::anyhow!("{e}"))?;
+                        let mut payload = line.into_bytes();
+                        // A full queue is a pause, not an error: wait for room.
+                        loop {
+                            match session.send(kind, std::mem::take(&mut payload)) {
+                                Err(crate::runtime::instance::CallError::Busy) => {
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                                r => break r.map_err(|e| anyhow::anyhow!("{e}"))?,
+                            }
+                        }
                     }
                     None => {
                         input_open = false;

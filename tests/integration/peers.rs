@@ -480,3 +480,69 @@ async fn a_slow_remote_receiver_makes_its_sender_busy_with_bounded_memory() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stream_whose_header_never_completes_is_reset() {
+    use std::sync::Arc;
+    let b = start_peer(&[], "", ECHO).await;
+    let identity = wasmwire::net::identity::Identity::generate().unwrap();
+    let tls = wasmwire::net::identity::client_config(
+        &identity,
+        Arc::new(Default::default()),
+        wasmwire::wire::ALPN,
+    )
+    .unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            addr_of(&b).parse().unwrap(),
+            "wasmwire",
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut control, _control_in) = conn.open_bi().await.unwrap();
+    let mut frame = bytes::BytesMut::new();
+    wasmwire::wire::put_json(
+        &mut frame,
+        &serde_json::json!({"type": "hello", "role": "client", "major": 1, "minor": 0}),
+    );
+    control.write_all(&frame).await.unwrap();
+    // A session stream with half a length prefix, then nothing.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap();
+    let started = Instant::now();
+    let r = tokio::time::timeout(WITHIN, recv.read_chunk(1024, true)).await;
+    assert!(
+        matches!(r, Ok(Err(quinn::ReadError::Reset(code))) if code == quinn::VarInt::from_u32(2)),
+        "{r:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(8),
+        "{waited:?}"
+    );
+    // The connection itself lives on.
+    assert!(conn.close_reason().is_none());
+    endpoint.close(0u32.into(), b"");
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_names_are_dialled_and_allow_gates_outgoing_dials() {
+    let b = start_peer(&[], "", ECHO).await;
+    let port = b.local_addr().unwrap().port();
+    // `localhost` resolves to one or more addresses; each is dialled, one answers.
+    let a = start_peer(&[format!("localhost:{port}")], "", "").await;
+    wait_connected(&a, b.peer_id().unwrap(), WITHIN).await;
+    // A host whose `allow` does not list B never connects to it, though it dials it.
+    let stranger = wasmwire::net::identity::Identity::generate().unwrap().id;
+    let c = start_peer(&[addr_of(&b)], &format!("allow = [\"{stranger}\"]"), "").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(c.net().unwrap().connections().await.is_empty());
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
+}

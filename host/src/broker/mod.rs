@@ -266,6 +266,8 @@ struct Conn {
     my_nonce: u64,
     /// The nonce of whoever dialled it (known after hello).
     dialler_nonce: u64,
+    /// It finished hello as a host (it stays true while the connection closes).
+    host: bool,
 }
 
 #[derive(Debug)]
@@ -525,6 +527,7 @@ impl Broker {
                 opened: self.opened,
                 my_nonce: nonce,
                 dialler_nonce: 0,
+                host: false,
             },
         );
         let hello = Hello {
@@ -619,7 +622,7 @@ impl Broker {
                 now,
             );
         }
-        if c.role() == Some(Role::Host) && self.connection_to(&c.peer).is_none() {
+        if c.host && self.connection_to(&c.peer).is_none() {
             let lost: Vec<usize> = self
                 .configured
                 .iter()
@@ -724,6 +727,12 @@ impl Broker {
         self.transmits.push_back((conn, message));
     }
 
+    /// Fails one of our requests the driver could not send (its frame was too large); its
+    /// `Event::Answered` carries `failure`.
+    pub fn fail(&mut self, token: u64, failure: Failure, now: Instant) {
+        self.finish(token, Err(failure), now);
+    }
+
     /// Closes a connection (the driver gets `Event::Close`).
     pub fn close(&mut self, conn: ConnId, reason: String, _now: Instant) {
         if let Some(c) = self.conns.get_mut(&conn)
@@ -760,13 +769,17 @@ impl Broker {
             .iter()
             .filter(|t| !t.dialling)
             .filter_map(|t| t.next);
+        // Learned peers are due only while they may be dialled at all; otherwise a due entry
+        // would make the driver wake up at once, over and over.
+        let may_dial = self.dials < self.config.limits.max_dials
+            && self.host_count() < self.config.limits.max_peers;
         let learned = self
             .learned
             .values()
             .filter(|l| !l.dialling)
             .map(|l| l.next)
             .min()
-            .filter(|_| self.dials < self.config.limits.max_dials);
+            .filter(|_| may_dial);
         hello
             .chain(configured)
             .chain(learned)
@@ -902,6 +915,7 @@ impl Broker {
         }));
         c.next_exchange = exchange.then_some(now);
         c.dialler_nonce = if c.dialled { c.my_nonce } else { hello.nonce };
+        c.host = hello.role == Role::Host;
         let (peer, role) = (c.peer, hello.role);
         if let Some(i) = c.configured {
             self.configured[i].peer = Some(peer);
@@ -1147,14 +1161,15 @@ impl Broker {
         self.dial_learned(now);
     }
 
-    fn dial_learned(&mut self, now: Instant) {
-        let hosts = self
-            .conns
+    fn host_count(&self) -> usize {
+        self.conns
             .values()
             .filter(|c| c.role() == Some(Role::Host))
-            .count();
-        let limits = &self.config.limits;
-        if hosts >= limits.max_peers {
+            .count()
+    }
+
+    fn dial_learned(&mut self, now: Instant) {
+        if self.host_count() >= self.config.limits.max_peers {
             return;
         }
         let mut due: Vec<(Instant, PeerId)> = self

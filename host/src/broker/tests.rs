@@ -713,3 +713,23 @@ fn requests_waiting_on_a_lost_connection_fail_with_closed() {
             .any(|e| matches!(e, Event::Answered { .. }))
     );
 }
+
+#[test]
+fn at_max_peers_learned_peers_wait_without_waking_the_driver() {
+    let ids = ids(3);
+    let mut sim = Sim::new(&ids, &[], &[]);
+    sim.nodes[0].broker.config.limits.max_peers = 1;
+    sim.connect(1, 2, None);
+    sim.drive();
+    sim.connect(0, 1, None);
+    sim.drive();
+    // Node 0 learned node 2 from node 1 but may not dial it: nothing is due now.
+    assert_eq!(sim.nodes[0].broker.learned.len(), 1);
+    assert!(
+        !sim.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Dial(_)))
+    );
+    let next = sim.nodes[0].broker.poll_timeout().unwrap();
+    assert!(next > sim.now, "a due timeout would spin the driver");
+}

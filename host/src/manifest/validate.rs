@@ -267,12 +267,16 @@ impl Validator<'_> {
                 "1 to 1048576",
             ),
         };
-        if let Some(k) = &h.keep_alive
+        if let Some((k, field)) = h
+            .keep_alive
+            .as_ref()
+            .map(|k| (k, "host.keep_alive"))
+            .or_else(|| h.peer_timeout.as_ref().map(|p| (p, "host.peer_timeout")))
             && transport.keep_alive >= transport.peer_timeout
         {
             self.problem(
                 k,
-                "host.keep_alive".into(),
+                field.into(),
                 format!(
                     "keep_alive ({:?}) must be shorter than peer_timeout ({:?})",
                     transport.keep_alive, transport.peer_timeout

@@ -27,14 +27,38 @@ use bytes::BytesMut;
 use identity::{ANY_PEER, Allow, Identity};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Control messages waiting to be written on one connection at most; a peer that does not
 /// read its control stream is closed rather than buffered for.
 const CONTROL_QUEUE: usize = 1024;
+
+/// Connections a host keeps open at once (hosts and clients together); past that a new
+/// connection is closed right after its handshake.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// One of the `MAX_CONNECTIONS` places, given back when dropped.
+struct ConnectionSlot(Arc<Shared>);
+
+impl ConnectionSlot {
+    fn take(shared: &Arc<Shared>) -> Option<ConnectionSlot> {
+        let n = shared.open.fetch_add(1, Ordering::AcqRel);
+        if n >= MAX_CONNECTIONS {
+            shared.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(shared.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// QUIC application close codes.
 pub mod close_codes {
@@ -92,7 +116,7 @@ enum Input {
         connection: quinn::Connection,
         peer: PeerId,
         dialled: Option<DialTo>,
-        control: mpsc::Sender<Control>,
+        control: mpsc::Sender<bytes::Bytes>,
     },
     Control {
         conn: ConnId,
@@ -151,9 +175,10 @@ struct Shared {
     input: mpsc::Sender<Input>,
     registry: Option<Arc<Registry>>,
     next_conn: AtomicU64,
+    /// Connections open now (see `MAX_CONNECTIONS`).
+    open: std::sync::atomic::AtomicUsize,
     handshake_timeout: Duration,
     runtime: tokio::runtime::Handle,
-    connections: Mutex<HashMap<ConnId, quinn::Connection>>,
 }
 
 /// A running network endpoint: a host's (listening, dialling its peers, serving its exposed
@@ -232,9 +257,9 @@ impl Net {
             input,
             registry,
             next_conn: AtomicU64::new(1),
+            open: std::sync::atomic::AtomicUsize::new(0),
             handshake_timeout: config.transport.peer_timeout.max(Duration::from_secs(2)),
             runtime: tokio::runtime::Handle::current(),
-            connections: Mutex::new(HashMap::new()),
         });
         tokio::spawn(drive(shared.clone(), broker, rx, stopped.clone()));
         if config.role == Role::Host {
@@ -347,7 +372,7 @@ impl Net {
         tokio::spawn(session::read_loop(
             recv,
             buf,
-            wire::data::frame_limit(max_message),
+            max_message,
             session::Deliver::Client(tx),
         ));
         Ok(ClientStream {
@@ -479,15 +504,33 @@ async fn run_connection(
     started: Option<oneshot::Sender<ConnId>>,
 ) {
     let remote = connection.remote_address();
+    // A dial that ends before the broker hears of the connection is reported as failed, so
+    // the peer is dialled again later.
+    let failed = |dialled: Option<DialTo>| {
+        let input = shared.input.clone();
+        async move {
+            if let Some(to) = dialled {
+                let _ = input.send(Input::DialFailed(to)).await;
+            }
+        }
+    };
     let Some(peer) = identity::peer_of(connection.peer_identity()) else {
         connection.close(close_codes::PROTOCOL.into(), b"no peer identity");
+        failed(dialled).await;
         return;
     };
     if peer == shared.me {
         connection.close(close_codes::SELF.into(), b"that is this host");
         tracing::debug!(target: "wasmwire::net", %remote, "dialled this host itself; closed");
+        failed(dialled).await;
         return;
     }
+    let Some(_slot) = ConnectionSlot::take(&shared) else {
+        tracing::warn!(target: "wasmwire::net", %peer, %remote, "refused: {MAX_CONNECTIONS} connections open already");
+        connection.close(close_codes::PROTOCOL.into(), b"too many connections");
+        failed(dialled).await;
+        return;
+    };
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let stream = if dialled.is_some() {
         connection.open_bi().await.map_err(|e| e.to_string())
@@ -502,12 +545,10 @@ async fn run_connection(
         Err(e) => {
             tracing::info!(target: "wasmwire::net", %peer, %remote, "connection ended before its control stream: {e}");
             connection.close(close_codes::PROTOCOL.into(), b"no control stream");
+            failed(dialled).await;
             return;
         }
     };
-    if let Ok(mut c) = shared.connections.lock() {
-        c.insert(conn, connection.clone());
-    }
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let connected = Input::Connected {
         conn,
@@ -524,12 +565,24 @@ async fn run_connection(
     }
     tokio::spawn(write_control(send, control_rx));
     tokio::spawn(read_control(recv, conn, shared.input.clone()));
-    let streams = tokio::spawn(accept_sessions(shared.clone(), connection.clone(), peer));
+    // Sessions are served only once hello has settled who the peer is.
+    let streams = tokio::spawn({
+        let (shared, connection) = (shared.clone(), connection.clone());
+        async move {
+            let (reply, rx) = oneshot::channel();
+            if shared
+                .input
+                .send(Input::WaitReady { conn, reply })
+                .await
+                .is_ok()
+                && let Ok(Ok(_)) = rx.await
+            {
+                accept_sessions(shared, connection, peer).await;
+            }
+        }
+    });
     let reason = connection.closed().await;
     streams.abort();
-    if let Ok(mut c) = shared.connections.lock() {
-        c.remove(&conn);
-    }
     let reason = match reason {
         quinn::ConnectionError::ApplicationClosed(a) => {
             format!("closed by the peer: {}", String::from_utf8_lossy(&a.reason))
@@ -541,12 +594,12 @@ async fn run_connection(
     let _ = shared.input.send(Input::Closed { conn, reason }).await;
 }
 
-async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Control>) {
+async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<bytes::Bytes>) {
     let mut batch = Vec::with_capacity(64);
     let mut buf = BytesMut::with_capacity(4 << 10);
     while rx.recv_many(&mut batch, 64).await > 0 {
-        for m in batch.drain(..) {
-            wire::put_json(&mut buf, &m);
+        for frame in batch.drain(..) {
+            buf.extend_from_slice(&frame);
         }
         if send.write_all(&buf).await.is_err() {
             return;
@@ -617,7 +670,8 @@ struct Waiters {
 
 struct Link {
     connection: quinn::Connection,
-    control: mpsc::Sender<Control>,
+    /// Encoded control frames for the connection's writer task.
+    control: mpsc::Sender<bytes::Bytes>,
     peer: PeerId,
 }
 
@@ -796,7 +850,32 @@ fn carry_out(
             let Some(link) = links.get(&conn) else {
                 continue;
             };
-            if let Err(mpsc::error::TrySendError::Full(_)) = link.control.try_send(message) {
+            // Encoded here, once: a frame the peer would refuse as too large never leaves;
+            // that one request or answer fails instead of the whole connection.
+            let mut frame = BytesMut::new();
+            wire::put_json(&mut frame, &message);
+            if frame.len() - wire::LEN_BYTES > wire::MAX_CONTROL_FRAME {
+                let failure = Failure {
+                    code: ErrorCode::TooLarge,
+                    reason: format!(
+                        "a control message of {} bytes is over the limit of {}",
+                        frame.len() - wire::LEN_BYTES,
+                        wire::MAX_CONTROL_FRAME
+                    ),
+                };
+                if !message.is_answer() {
+                    broker.fail(message.id(), failure, Instant::now());
+                    continue;
+                }
+                frame.clear();
+                let error = Control::Error {
+                    id: message.id(),
+                    code: failure.code,
+                    reason: failure.reason,
+                };
+                wire::put_json(&mut frame, &error);
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = link.control.try_send(frame.freeze()) {
                 broker.close(
                     conn,
                     "the peer does not read its control stream".into(),
@@ -923,7 +1002,7 @@ async fn answer(
                 .collect(),
         }),
         Incoming::ListSessions => {
-            let (list, total) = registry.sessions(4096);
+            let (list, total) = registry.sessions(2048);
             Ok(Control::Sessions {
                 id,
                 sessions: list
@@ -1145,13 +1224,13 @@ impl Peers for Net {
                 Arc::from(service.as_str()),
                 accepted.session,
             );
-            let limit = wire::data::frame_limit(from.limits.max_message);
+            let max_message = from.limits.max_message;
             // Stream tasks run on the host's main runtime, not on the instance's worker.
             shared.runtime.spawn(session::write_loop(send, outgoing));
             shared.runtime.spawn(session::read_loop(
                 recv,
                 buf,
-                limit,
+                max_message,
                 session::Deliver::Instance { to: from, end },
             ));
             Ok(RemoteSession {

@@ -208,9 +208,14 @@ pub(crate) enum Deliver {
 
 /// Reads a session stream's data frames and delivers them, in order, until the stream
 /// ends; then tells the receiving end the session is closed. `buf` holds bytes already
-/// read past the header.
-pub(crate) async fn read_loop(mut recv: RecvStream, mut buf: BytesMut, limit: usize, to: Deliver) {
-    if let Err(e) = read_frames(&mut recv, &mut buf, limit, &to).await {
+/// read past the header; a payload over `max_message` ends the stream.
+pub(crate) async fn read_loop(
+    mut recv: RecvStream,
+    mut buf: BytesMut,
+    max_message: u64,
+    to: Deliver,
+) {
+    if let Err(e) = read_frames(&mut recv, &mut buf, max_message, &to).await {
         tracing::debug!(target: "wasmwire::net", error = %e, "session stream ended with an error");
         let _ = recv.stop(VarInt::from_u32(codes::MALFORMED));
     }
@@ -238,13 +243,20 @@ enum ReadError {
 async fn read_frames(
     recv: &mut RecvStream,
     buf: &mut BytesMut,
-    limit: usize,
+    max_message: u64,
     to: &Deliver,
 ) -> Result<(), ReadError> {
+    let limit = data::frame_limit(max_message);
     let mut batch: Vec<Envelope> = Vec::new();
     loop {
         while let Some(frame) = wire::split_frame(buf, limit)? {
             let (kind, payload) = data::parse_message(&frame)?;
+            if payload.len() as u64 > max_message {
+                return Err(ReadError::Refused(format!(
+                    "a payload of {} bytes is over max_message ({max_message})",
+                    payload.len()
+                )));
+            }
             match to {
                 Deliver::Instance { to, end } => {
                     let Some(kind) = to.class.message_index(kind) else {
@@ -360,6 +372,14 @@ pub(crate) async fn open(
         .map_err(|e| CallError::Unavailable(format!("cannot write the session header: {e}")))?;
     let mut buf = BytesMut::new();
     match read_header(&mut recv, &mut buf).await {
+        Ok(SessionHeader::Accepted { messages, .. })
+            if messages.len() > MAX_KINDS || messages.iter().any(|k| k.len() > data::MAX_KIND) =>
+        {
+            Err(CallError::Invalid(format!(
+                "the acceptor declares more than {MAX_KINDS} kinds or one over {} bytes",
+                data::MAX_KIND
+            )))
+        }
         Ok(SessionHeader::Accepted {
             session,
             messages,
@@ -500,8 +520,8 @@ pub(crate) async fn accept(
         return;
     }
     tokio::spawn(write_loop(send, outgoing));
-    let limit = data::frame_limit(instance.limits.max_message);
-    read_loop(recv, buf, limit, Deliver::Instance { to: instance, end }).await;
+    let max = instance.limits.max_message;
+    read_loop(recv, buf, max, Deliver::Instance { to: instance, end }).await;
 }
 
 async fn reject(send: &mut SendStream, e: CallError) {

@@ -159,7 +159,7 @@ pub enum Control {
     Sessions {
         /// Request id.
         id: u64,
-        /// The open sessions (at most 4096).
+        /// The open sessions (at most 2048).
         sessions: Vec<SessionEntry>,
         /// How many there are in all.
         total: u64,
