@@ -42,9 +42,22 @@ echo
 show() {
     sed -u -E "s/^said \{\"room\":\"([^\"]*)\",\"from\":\"([^\"]*)\",\"text\":\"([^\"]*)\".*$/$1 sees  \2 (room \1): \3/"
 }
-{ sleep 0.3; echo "hi ann, bea here on host B"; sleep 1.5; } |
+# Waits until NAME is a member of the room at ADDR (a chat room keeps no history, so a
+# line sent before someone joins is not shown to them).
+member() {
+    for _ in $(seq 100); do
+        if "$W" call "$1" room members 2>/dev/null | grep -q "\"$2\""; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "$2 did not join the room at $1" >&2
+    return 1
+}
+{ member 127.0.0.1:7501 ann; echo "hi ann, bea here on host B"; sleep 1.5; } |
     "$W" send 127.0.0.1:7502 room say - --name bea --wait 500ms | show "bea on host B" &
 BEA=$!
+member 127.0.0.1:7502 bea
 { echo "hello from host A"; sleep 0.6; echo "can you read me on B?"; sleep 1.2; } |
     "$W" send 127.0.0.1:7501 room say - --name ann --wait 500ms | show "ann on host A"
 wait "$BEA"

@@ -433,16 +433,17 @@ async fn sessions(to: &HostArgs) -> Result<()> {
         return print_json(&sessions);
     }
     println!(
-        "{:>8}  {:<16} {:>7}  {:<16} PEER",
-        "ID", "SERVICE", "CHANNEL", "OTHER END"
+        "{:>8}  {:<16} {:>7}  {:<16} {:>8}  PEER",
+        "ID", "SERVICE", "CHANNEL", "OTHER END", "ITS ID"
     );
     for s in &sessions {
         println!(
-            "{:>8}  {:<16} {:>7}  {:<16} {}",
+            "{:>8}  {:<16} {:>7}  {:<16} {:>8}  {}",
             s.id,
             s.service,
             s.channel,
             s.other,
+            s.other_id.map_or("-".to_string(), |i| i.to_string()),
             s.peer.as_deref().unwrap_or("(this host)")
         );
     }

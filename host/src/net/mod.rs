@@ -386,7 +386,8 @@ impl Net {
     /// Closes every connection with a reason (peers learn at once, not at their idle
     /// timeout) and waits up to `within` for the peers to acknowledge.
     pub async fn shutdown(&self, within: Duration) {
-        let _ = self.stop.send(true);
+        // Close first, then stop the tasks: stopping them finishes the control streams, and
+        // a peer must see the close with its reason, not a bare end of stream.
         let reason: &[u8] = match self.shared.role {
             Role::Host => b"host shutting down",
             Role::Client => b"client done",
@@ -394,6 +395,7 @@ impl Net {
         self.shared
             .endpoint
             .close(close_codes::SHUTDOWN.into(), reason);
+        let _ = self.stop.send(true);
         let _ = tokio::time::timeout(within, self.shared.endpoint.wait_idle()).await;
     }
 }
@@ -564,7 +566,12 @@ async fn run_connection(
         let _ = started.send(conn);
     }
     tokio::spawn(write_control(send, control_rx));
-    tokio::spawn(read_control(recv, conn, shared.input.clone()));
+    tokio::spawn(read_control(
+        recv,
+        conn,
+        shared.input.clone(),
+        connection.clone(),
+    ));
     // Sessions are served only once hello has settled who the peer is.
     let streams = tokio::spawn({
         let (shared, connection) = (shared.clone(), connection.clone());
@@ -609,7 +616,12 @@ async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<bytes
     let _ = send.finish();
 }
 
-async fn read_control(mut recv: quinn::RecvStream, conn: ConnId, input: mpsc::Sender<Input>) {
+async fn read_control(
+    mut recv: quinn::RecvStream,
+    conn: ConnId,
+    input: mpsc::Sender<Input>,
+    connection: quinn::Connection,
+) {
     let mut buf = BytesMut::with_capacity(4 << 10);
     loop {
         loop {
@@ -626,12 +638,16 @@ async fn read_control(mut recv: quinn::RecvStream, conn: ConnId, input: mpsc::Se
         match recv.read_chunk(64 << 10, true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
             Ok(None) => {
-                let reason = match wire::at_end(&buf) {
-                    Ok(()) => "the control stream ended".to_string(),
-                    Err(e) => e.to_string(),
-                };
-                let message = Err(wire::Undecodable::Malformed(reason));
-                let _ = input.send(Input::Control { conn, message }).await;
+                match wire::at_end(&buf) {
+                    // A clean end: the peer is going away. Close normally, without alarm.
+                    Ok(()) => {
+                        connection.close(close_codes::SHUTDOWN.into(), b"control stream ended")
+                    }
+                    Err(e) => {
+                        let message = Err(wire::Undecodable::Malformed(e.to_string()));
+                        let _ = input.send(Input::Control { conn, message }).await;
+                    }
+                }
                 return;
             }
             Err(_) => return, // the connection is closing; its end is reported once
