@@ -57,6 +57,36 @@ pub enum Command {
         /// The component file.
         component: PathBuf,
     },
+    /// Drive a service's exports with random well-formed sequences through the host
+    /// runtime; stop at the first trap, limit hit or broken rule, shrink it, write a replay.
+    Fuzz {
+        /// The component file.
+        component: PathBuf,
+        /// Options handed to `wakeup` (JSON).
+        #[arg(long, default_value = "{}")]
+        options: String,
+        /// Seed (default: from the clock; printed either way).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Stop after this many runs.
+        #[arg(long, conflicts_with = "duration")]
+        runs: Option<u64>,
+        /// Stop after this long (default 30s when --runs is not given).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Steps per run at most.
+        #[arg(long, default_value_t = 32)]
+        max_steps: usize,
+        /// Re-run a replay file exactly instead of fuzzing.
+        #[arg(long)]
+        replay: Option<PathBuf>,
+        /// Where to write the replay of a failure (default: fuzz-NAME-SEED.replay).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print a JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a new host key (never overwrites one) and print its peer id.
     Keygen {
         /// Where to write it.
@@ -159,20 +189,61 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Run { manifest } => run(&manifest).await,
-            Command::Check { manifest } => check(&manifest).await,
-            Command::Inspect { component } => inspect(&component).await,
-            Command::Keygen { path } => keygen(&path),
-            Command::Id { path } => id(&path),
-            Command::Services { to } => services(&to).await,
-            Command::Sessions { to } => sessions(&to).await,
-            Command::Peers { to } => peers(&to).await,
+            Command::Run { manifest } => run(&manifest).await.map(|()| ExitCode::SUCCESS),
+            Command::Check { manifest } => check(&manifest).await.map(|()| ExitCode::SUCCESS),
+            Command::Inspect { component } => inspect(&component).await.map(|()| ExitCode::SUCCESS),
+            Command::Fuzz {
+                component,
+                options,
+                seed,
+                runs,
+                duration,
+                max_steps,
+                replay,
+                out,
+                json,
+            } => {
+                let seed = seed.unwrap_or_else(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |d| d.as_nanos() as u64)
+                });
+                let settings = crate::fuzz::Settings {
+                    options,
+                    seed,
+                    runs,
+                    duration: if runs.is_none() {
+                        Some(duration.unwrap_or(Duration::from_secs(30)))
+                    } else {
+                        None
+                    },
+                    max_steps,
+                    limits: Default::default(),
+                };
+                // Exit 1 when a problem was found (or reproduced), like a failing test.
+                fuzz(&component, settings, replay.as_deref(), out, json)
+                    .await
+                    .map(|found| {
+                        if found {
+                            ExitCode::from(1)
+                        } else {
+                            ExitCode::SUCCESS
+                        }
+                    })
+            }
+            Command::Keygen { path } => keygen(&path).map(|()| ExitCode::SUCCESS),
+            Command::Id { path } => id(&path).map(|()| ExitCode::SUCCESS),
+            Command::Services { to } => services(&to).await.map(|()| ExitCode::SUCCESS),
+            Command::Sessions { to } => sessions(&to).await.map(|()| ExitCode::SUCCESS),
+            Command::Peers { to } => peers(&to).await.map(|()| ExitCode::SUCCESS),
             Command::Call {
                 to,
                 service,
                 event,
                 params,
-            } => call(&to, &service, &event, &params).await,
+            } => call(&to, &service, &event, &params)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Send {
                 to,
                 service,
@@ -180,11 +251,13 @@ pub fn main() -> ExitCode {
                 payload,
                 wait,
                 name,
-            } => send(&to, &service, &kind, payload, wait, &name).await,
+            } => send(&to, &service, &kind, payload, wait, &name)
+                .await
+                .map(|()| ExitCode::SUCCESS),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("{e:#}");
             ExitCode::from(2)
@@ -579,4 +652,173 @@ async fn send(
     .await;
     client.close().await;
     result
+}
+
+async fn fuzz(
+    component: &Path,
+    settings: crate::fuzz::Settings,
+    replay: Option<&Path>,
+    out: Option<PathBuf>,
+    json: bool,
+) -> Result<bool> {
+    use crate::fuzz::{Replay, Target};
+    use std::io::{IsTerminal, Write};
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&settings.options) {
+        bail!("--options is not JSON: {e}");
+    }
+    let target = Target::load(component, &settings.limits).await?;
+    if let Some(file) = replay {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let r = Replay::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let settings = crate::fuzz::Settings {
+            options: r.options.clone(),
+            ..settings
+        };
+        let (finding, calls) = crate::fuzz::replay(&target, &settings, &r.steps).await;
+        match &finding {
+            Some(f) => println!(
+                "reproduced: {} in {} at step {} of {}: {}",
+                f.kind.name(),
+                f.export,
+                f.step + 1,
+                r.steps.len(),
+                f.cause
+            ),
+            None => println!("no problem: {} steps, {calls} calls", r.steps.len()),
+        }
+        return Ok(finding.is_some());
+    }
+    let show = !json && std::io::stderr().is_terminal();
+    let report = crate::fuzz::fuzz(&target, &settings, |p| {
+        if show {
+            eprint!(
+                "\r{} runs  {:.0} calls/s  kinds {}/{}  events {}/{}  {:.0}s   ",
+                p.runs,
+                p.calls as f64 / p.elapsed.as_secs_f64().max(1e-9),
+                p.kinds.0,
+                p.kinds.1,
+                p.events.0,
+                p.events.1,
+                p.elapsed.as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+        }
+    })
+    .await;
+    if show {
+        eprintln!();
+    }
+    let name = component
+        .file_stem()
+        .map_or("service".into(), |s| s.to_string_lossy().into_owned());
+    let mut replay_path = None;
+    if let Some(f) = &report.failure {
+        let path =
+            out.unwrap_or_else(|| PathBuf::from(format!("fuzz-{name}-{}.replay", report.seed)));
+        let comment = vec![
+            format!("wasmwire fuzz replay of {}", component.display()),
+            format!(
+                "{} in {}: {}",
+                f.finding.kind.name(),
+                f.finding.export,
+                f.finding.cause
+            ),
+            format!(
+                "seed {}, run seed {}; found after {} steps, shrunk to {}",
+                report.seed,
+                f.run_seed,
+                f.found_steps,
+                f.replay.steps.len()
+            ),
+            format!(
+                "re-run: wasmwire fuzz {} --replay {}",
+                component.display(),
+                path.display()
+            ),
+        ];
+        std::fs::write(&path, f.replay.to_text(&comment))
+            .with_context(|| format!("writing {}", path.display()))?;
+        replay_path = Some(path);
+    }
+    if json {
+        let failure = report.failure.as_ref().map(|f| {
+            serde_json::json!({
+                "kind": f.finding.kind.name(),
+                "export": f.finding.export,
+                "cause": f.finding.cause,
+                "run_seed": f.run_seed,
+                "found_steps": f.found_steps,
+                "steps": f.replay.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "replay": replay_path.as_ref().map(|p| p.display().to_string()),
+            })
+        });
+        let summary = serde_json::json!({
+            "component": component.display().to_string(),
+            "seed": report.seed,
+            "runs": report.runs,
+            "calls": report.calls,
+            "seconds": report.elapsed.as_secs_f64(),
+            "calls_per_second": report.calls_per_second(),
+            "refused": report.refused,
+            "messages": report.messages.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "events": report.events.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "failure": failure,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(report.failure.is_some());
+    }
+    let list = |v: &[(String, u64)]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.iter()
+                .map(|(k, n)| format!("{k} x{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    println!(
+        "fuzzed {} for {:.1}s (seed {}): {} runs, {} calls, {:.0} calls/s",
+        component.display(),
+        report.elapsed.as_secs_f64(),
+        report.seed,
+        report.runs,
+        report.calls,
+        report.calls_per_second()
+    );
+    println!("messages: {}", list(&report.messages));
+    println!("events:   {}", list(&report.events));
+    println!(
+        "refused by the host (undeclared or too large): {}",
+        report.refused
+    );
+    match &report.failure {
+        None => println!("no problem found"),
+        Some(f) => {
+            println!(
+                "FOUND {} in {}: {}",
+                f.finding.kind.name(),
+                f.finding.export,
+                f.finding.cause
+            );
+            println!(
+                "after {} steps (run seed {}), shrunk to {}:",
+                f.found_steps,
+                f.run_seed,
+                f.replay.steps.len()
+            );
+            for s in &f.replay.steps {
+                println!("  {s}");
+            }
+            if let Some(p) = &replay_path {
+                println!(
+                    "replay: wasmwire fuzz {} --replay {}",
+                    component.display(),
+                    p.display()
+                );
+            }
+        }
+    }
+    Ok(report.failure.is_some())
 }

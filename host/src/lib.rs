@@ -18,6 +18,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod fuzz;
 pub mod manifest;
 pub mod net;
 pub mod node;

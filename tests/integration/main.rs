@@ -4,6 +4,7 @@
 mod cache;
 mod cli;
 mod containment;
+mod fuzz;
 mod lifecycle;
 mod manifests;
 mod peers;

@@ -23,12 +23,34 @@ pub enum Stream {
 pub struct GuestLog {
     instance: Arc<str>,
     stream: Stream,
+    /// Under the fuzzer: the last lines are kept here (and logged at debug only), so a
+    /// finding can quote the guest's own panic message.
+    capture: Option<Captured>,
 }
+
+/// The last lines a guest wrote, newest last.
+pub type Captured = Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
+
+/// Lines kept by a capture.
+const CAPTURED_LINES: usize = 16;
 
 impl GuestLog {
     /// A log sink for `instance`'s `stream`.
     pub fn new(instance: Arc<str>, stream: Stream) -> Self {
-        GuestLog { instance, stream }
+        GuestLog {
+            instance,
+            stream,
+            capture: None,
+        }
+    }
+
+    /// A stream whose lines go to `capture` (and to the log at debug level).
+    pub fn captured(instance: Arc<str>, stream: Stream, capture: Captured) -> Self {
+        GuestLog {
+            instance,
+            stream,
+            capture: Some(capture),
+        }
     }
 }
 
@@ -61,6 +83,17 @@ impl LineWriter {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches('\r');
         let instance = &*self.sink.instance;
+        if let Some(c) = &self.sink.capture {
+            tracing::debug!(target: "wasmwire::guest", instance, "{text}");
+            if let Ok(mut c) = c.lock() {
+                if c.len() >= CAPTURED_LINES {
+                    c.pop_front();
+                }
+                c.push_back(text.to_string());
+            }
+            self.line.clear();
+            return;
+        }
         match self.sink.stream {
             Stream::Stdout => tracing::info!(target: "wasmwire::guest", instance, "{text}"),
             Stream::Stderr => tracing::warn!(target: "wasmwire::guest", instance, "{text}"),

@@ -6,7 +6,7 @@
 pub(crate) mod actor;
 pub mod bindings;
 mod cache;
-mod guest_log;
+pub(crate) mod guest_log;
 pub mod instance;
 pub mod session;
 pub(crate) mod state;

@@ -166,20 +166,45 @@ pub struct HostState {
     /// The chain of the event in progress (empty for other calls).
     pub(crate) chain: Chain,
     pub(crate) clock: CallClock,
+    max_timers: usize,
+    /// Set only under `wasmwire fuzz`: checks what the guest asks of the host and injects
+    /// errors. `None` in a real host, where it costs one branch per host call.
+    pub(crate) audit: Option<Box<Audit>>,
+}
+
+/// What a fuzzing run watches in host calls, and the error it injects into the next one.
+#[derive(Default)]
+pub struct Audit {
+    /// Every session id the host handed this instance.
+    pub given: std::collections::HashSet<SessionId>,
+    /// Broken host-side rules, in the order seen.
+    pub violations: Vec<String>,
+    /// The error the next `send`, `connect` or `request` returns instead of its own answer.
+    pub fault: Option<WitError>,
 }
 
 impl HostState {
     fn base(
         name: Arc<str>,
         ticks: Arc<AtomicU64>,
-        memory: u64,
-        call_timeout: Duration,
+        limits: &crate::manifest::Limits,
+        capture: Option<super::guest_log::Captured>,
     ) -> HostState {
         // Nothing granted: no preopened folders, no environment, no arguments, no network.
         // Output goes to the log under the instance's name; clocks and randomness stay.
+        let (stdout, stderr) = match capture {
+            None => (
+                GuestLog::new(name.clone(), Stream::Stdout),
+                GuestLog::new(name.clone(), Stream::Stderr),
+            ),
+            Some(c) => (
+                GuestLog::captured(name.clone(), Stream::Stdout, c.clone()),
+                GuestLog::captured(name.clone(), Stream::Stderr, c),
+            ),
+        };
         let wasi = WasiCtx::builder()
-            .stdout(GuestLog::new(name.clone(), Stream::Stdout))
-            .stderr(GuestLog::new(name.clone(), Stream::Stderr))
+            .stdout(stdout)
+            .stderr(stderr)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -188,7 +213,7 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             limiter: Limiter {
-                memory: memory as usize,
+                memory: limits.memory as usize,
             },
             name,
             me: None,
@@ -198,7 +223,9 @@ impl HostState {
             deferred: VecDeque::new(),
             outbox: Outbox::default(),
             chain: Chain::default(),
-            clock: CallClock::new(ticks, call_timeout),
+            clock: CallClock::new(ticks, limits.call_timeout),
+            max_timers: limits.max_timers as usize,
+            audit: None,
         }
     }
 
@@ -208,12 +235,7 @@ impl HostState {
         registry: Arc<Registry>,
         ticks: Arc<AtomicU64>,
     ) -> HostState {
-        let mut s = HostState::base(
-            me.name.clone(),
-            ticks,
-            me.limits.memory,
-            me.limits.call_timeout,
-        );
+        let mut s = HostState::base(me.name.clone(), ticks, &me.limits, None);
         s.sessions = SessionTable::booked(me.clone(), registry.clone());
         s.me = Some((me, registry));
         s
@@ -221,8 +243,27 @@ impl HostState {
 
     /// State for a throwaway instance with default limits (describe, inspect, fuzz).
     pub fn scratch(name: Arc<str>, ticks: Arc<AtomicU64>) -> HostState {
-        let d = crate::manifest::Limits::default();
-        HostState::base(name, ticks, d.memory, d.call_timeout)
+        HostState::base(name, ticks, &crate::manifest::Limits::default(), None)
+    }
+
+    /// State for an instance driven by the fuzzer: `limits` as a manifest would give them,
+    /// no other services, and an audit of every host call.
+    pub(crate) fn audited(
+        name: Arc<str>,
+        ticks: Arc<AtomicU64>,
+        limits: &crate::manifest::Limits,
+        audit: Audit,
+        capture: super::guest_log::Captured,
+    ) -> HostState {
+        let mut s = HostState::base(name, ticks, limits, Some(capture));
+        s.audit = Some(Box::new(audit));
+        s
+    }
+
+    /// An injected error for this host call, if the fuzzer wants one.
+    #[inline]
+    fn injected(&mut self) -> Option<WitError> {
+        self.audit.as_mut()?.fault.take()
     }
 
     fn node(&self) -> Result<(&Arc<Instance>, &Arc<Registry>), CallError> {
@@ -587,6 +628,16 @@ impl host::Host for HostState {
         kind: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
+        if let Some(audit) = &mut self.audit {
+            if !audit.given.contains(&session) {
+                audit.violations.push(format!(
+                    "the guest sent a {kind:?} message on session {session}, which it was never given"
+                ));
+            }
+            if let Some(e) = self.injected() {
+                return Ok(Err(e));
+            }
+        }
         let Some(end) = self.sessions.get(&session) else {
             return Ok(Err(WitError::NoSuchSession));
         };
@@ -624,6 +675,9 @@ impl host::Host for HostState {
         peer: Option<String>,
         service: String,
     ) -> wasmtime::Result<Result<SessionId, WitError>> {
+        if let Some(e) = self.injected() {
+            return Ok(Err(e));
+        }
         let r = match peer {
             Some(peer) => self.connect_remote(&peer, &service).await,
             None => self.connect_local(&service).await,
@@ -637,6 +691,9 @@ impl host::Host for HostState {
         event: String,
         params: String,
     ) -> wasmtime::Result<Result<String, WitError>> {
+        if let Some(e) = self.injected() {
+            return Ok(Err(e));
+        }
         // `PEERID/name` or `*/name` is a service on another host; a bare name is local.
         let r = match service.split_once('/') {
             Some((peer, name)) => self.request_remote(peer, name, &event, params).await,
@@ -651,10 +708,7 @@ impl host::Host for HostState {
                 "a timer period must be at least 1 ms".into(),
             )));
         }
-        let max = self
-            .me
-            .as_ref()
-            .map_or(0, |(m, _)| m.limits.max_timers as usize);
+        let max = self.max_timers;
         if self.timers.len() >= max {
             return Ok(Err(WitError::Denied(format!(
                 "{} has its limit of {max} timers",

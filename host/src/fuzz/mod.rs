@@ -1,0 +1,708 @@
+//! `wasmwire fuzz`: drives a service's exports through the real host runtime — the same
+//! `HostState` and host imports, the same memory limiter and CPU deadline, the same actor
+//! rules (one call at a time; wake on demand; `on-connect`/`on-disconnect` after host calls
+//! that open or close sessions; undeclared kinds and events refused before the guest; timers
+//! only while awake; sleep only without sessions) — with random but well-formed sequences
+//! of steps ([`step`]), chosen by the generator (`generate.rs`).
+//!
+//! A run stops at the first finding: a trap, a limit hit (CPU deadline, memory), `wakeup`
+//! failing, or a broken host-side rule (the guest sent on a session it was never given,
+//! `describe` changed). The failing sequence is then shrunk — steps are removed while the
+//! same kind of finding in the same export still happens — and written as a replay file.
+
+mod generate;
+pub mod step;
+
+use crate::manifest::Limits;
+use crate::runtime::bindings::{Service, SessionInfo, WitError};
+use crate::runtime::session::{ClientEvent, Route, SessionEnd};
+use crate::runtime::state::{Audit, Deferred, HostState, new_store};
+use crate::runtime::{Class, CpuDeadline, LoadError, MemoryLimit, Runtime, RuntimeConfig};
+use generate::{Generator, View};
+use rand::{RngExt, SeedableRng};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+pub use step::{Fault, Replay, Step};
+use tokio::sync::mpsc;
+use wasmtime::Store;
+
+/// Why fuzzing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FuzzError {
+    /// The engine could not be built.
+    #[error("cannot start the wasm engine: {0}")]
+    Engine(String),
+    /// The component could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// A loaded service component, ready to be fuzzed.
+pub struct Target {
+    runtime: Runtime,
+    class: Class,
+    name: Arc<str>,
+}
+
+impl Target {
+    /// Compiles and type-checks `path`, and asks its `describe`.
+    pub async fn load(path: &Path, limits: &Limits) -> Result<Target, FuzzError> {
+        let runtime = Runtime::new(&RuntimeConfig {
+            max_awake: 4,
+            max_memory: limits.memory,
+            cache_dir: None,
+        })
+        .map_err(|e| FuzzError::Engine(format!("{e:#}")))?;
+        let class = runtime.load(path).await?;
+        let name = path
+            .file_stem()
+            .map_or("service".into(), |s| s.to_string_lossy().into_owned());
+        Ok(Target {
+            runtime,
+            class,
+            name: Arc::from(name.as_str()),
+        })
+    }
+
+    /// Message kinds it declares.
+    pub fn messages(&self) -> &[String] {
+        &self.class.messages
+    }
+
+    /// Events it declares.
+    pub fn events(&self) -> &[String] {
+        &self.class.events
+    }
+}
+
+/// How a fuzzing session runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Options handed to `wakeup`, as JSON text.
+    pub options: String,
+    /// Seeds everything: the same seed gives the same runs (for a deterministic guest).
+    pub seed: u64,
+    /// Stop after this many runs.
+    pub runs: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Steps per run at most.
+    pub max_steps: usize,
+    /// The instance's limits.
+    pub limits: Limits,
+}
+
+/// What kind of problem a run found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An export trapped (a panic, an unreachable, a bad access).
+    Trap,
+    /// An export ran past its CPU deadline.
+    Cpu,
+    /// An export grew memory past the limit.
+    Memory,
+    /// `wakeup` returned an error for the given options.
+    Wakeup,
+    /// A host-side rule was broken.
+    Invariant,
+}
+
+impl Kind {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Trap => "trap",
+            Kind::Cpu => "cpu-deadline",
+            Kind::Memory => "memory-limit",
+            Kind::Wakeup => "wakeup-error",
+            Kind::Invariant => "invariant",
+        }
+    }
+}
+
+/// A problem found, at step `step` of its sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Index of the step during which it happened.
+    pub step: usize,
+    /// What kind of problem.
+    pub kind: Kind,
+    /// The export that was running (or the host call, for invariants).
+    pub export: &'static str,
+    /// What happened, in one line.
+    pub cause: String,
+}
+
+impl Finding {
+    fn same_as(&self, other: &Finding) -> bool {
+        self.kind == other.kind && self.export == other.export
+    }
+}
+
+/// A failing sequence, shrunk.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The finding, as the shrunk sequence reproduces it.
+    pub finding: Finding,
+    /// The seed of the run that found it.
+    pub run_seed: u64,
+    /// Steps in the sequence as found.
+    pub found_steps: usize,
+    /// The shrunk sequence.
+    pub replay: Replay,
+}
+
+/// What a fuzzing session did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The session's seed.
+    pub seed: u64,
+    /// Runs made.
+    pub runs: u64,
+    /// Export calls made.
+    pub calls: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Messages and events the host refused before the guest (undeclared, too large).
+    pub refused: u64,
+    /// Calls of `on-message` per declared kind.
+    pub messages: Vec<(String, u64)>,
+    /// Calls of `on-event` per declared event.
+    pub events: Vec<(String, u64)>,
+    /// The first problem found, shrunk.
+    pub failure: Option<Failure>,
+}
+
+impl Report {
+    /// Export calls per second.
+    pub fn calls_per_second(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+struct Live {
+    store: Store<HostState>,
+    service: Service,
+}
+
+/// Runs one sequence against fresh instances of the target.
+struct Harness<'t> {
+    target: &'t Target,
+    settings: &'t Settings,
+    live: Option<Live>,
+    out_tx: mpsc::Sender<ClientEvent>,
+    out_rx: mpsc::Receiver<ClientEvent>,
+    pending_fault: Option<Fault>,
+    /// What the guest last wrote to stdout/stderr.
+    output: crate::runtime::guest_log::Captured,
+    calls: u64,
+    refused: u64,
+    messages: Vec<u64>,
+    events: Vec<u64>,
+}
+
+fn wit_error(f: Fault) -> WitError {
+    match f {
+        Fault::Busy => WitError::Busy,
+        Fault::Closed => WitError::Closed,
+        Fault::Timeout => WitError::Timeout,
+        Fault::Denied => WitError::Denied("injected by the fuzzer".into()),
+    }
+}
+
+fn classify(error: &wasmtime::Error) -> Kind {
+    if error.downcast_ref::<CpuDeadline>().is_some() {
+        Kind::Cpu
+    } else if error.downcast_ref::<MemoryLimit>().is_some() {
+        Kind::Memory
+    } else {
+        Kind::Trap
+    }
+}
+
+/// Calls an export of the live instance with a fresh CPU budget, as the actor does.
+macro_rules! call {
+    ($h:expr, $export:literal, $method:ident $(, $arg:expr)*) => {{
+        match $h.live.as_mut() {
+            None => Ok(None),
+            Some(live) => {
+                let first = live.store.data_mut().clock.start();
+                live.store.set_epoch_deadline(first);
+                $h.calls += 1;
+                let r = live
+                    .service
+                    .wasmwire_service_lifecycle()
+                    .$method(&mut live.store $(, $arg)*)
+                    .await;
+                match r {
+                    Ok(v) => Ok(Some(v)),
+                    Err(e) => Err($h.crashed($export, e)),
+                }
+            }
+        }
+    }};
+}
+
+impl<'t> Harness<'t> {
+    fn new(target: &'t Target, settings: &'t Settings) -> Harness<'t> {
+        let (out_tx, out_rx) = mpsc::channel(crate::runtime::session::CLIENT_QUEUE);
+        Harness {
+            target,
+            settings,
+            live: None,
+            out_tx,
+            out_rx,
+            pending_fault: None,
+            output: Default::default(),
+            calls: 0,
+            refused: 0,
+            messages: vec![0; target.class.messages.len()],
+            events: vec![0; target.class.events.len()],
+        }
+    }
+
+    fn crashed(&mut self, export: &'static str, error: wasmtime::Error) -> Finding {
+        // After a trap the instance cannot be entered again: drop it, as the host does.
+        self.live = None;
+        let mut cause = crate::runtime::describe_error(&error);
+        // A Rust guest prints "panicked at FILE:LINE:COL:" and then its message.
+        if let Ok(lines) = self.output.lock()
+            && let Some(i) = lines.iter().rposition(|l| l.contains("panicked at"))
+        {
+            let said: Vec<&str> = lines
+                .iter()
+                .skip(i)
+                .take(2)
+                .map(|l| l.trim())
+                .filter(|l| !l.is_empty())
+                .collect();
+            cause = format!("{cause}; the guest said: {}", said.join(" "));
+        }
+        Finding {
+            step: 0,
+            kind: classify(&error),
+            export,
+            cause,
+        }
+    }
+
+    fn view_ids(&self) -> (Vec<u64>, Vec<u32>) {
+        match &self.live {
+            None => (Vec::new(), Vec::new()),
+            Some(l) => {
+                let mut s: Vec<u64> = l.store.data().sessions.iter().map(|(id, _)| *id).collect();
+                s.sort_unstable();
+                let t = l.store.data().timers.iter().map(|t| t.id).collect();
+                (s, t)
+            }
+        }
+    }
+
+    async fn wake(&mut self) -> Result<(), Finding> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let t = self.target;
+        let state = HostState::audited(
+            t.name.clone(),
+            t.runtime.ticks(),
+            &self.settings.limits,
+            Audit {
+                fault: self.pending_fault.take().map(wit_error),
+                ..Audit::default()
+            },
+            self.output.clone(),
+        );
+        let mut store = new_store(t.runtime.engine(), state);
+        let service = match t.class.pre.instantiate_async(&mut store).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Err(Finding {
+                    step: 0,
+                    kind: classify(&e),
+                    export: "instantiate",
+                    cause: crate::runtime::describe_error(&e),
+                });
+            }
+        };
+        self.live = Some(Live { store, service });
+        let options = self.settings.options.clone();
+        match call!(self, "wakeup", call_wakeup, &options)? {
+            Some(Err(text)) => {
+                self.live = None;
+                Err(Finding {
+                    step: 0,
+                    kind: Kind::Wakeup,
+                    export: "wakeup",
+                    cause: format!("wakeup returned an error: {text}"),
+                })
+            }
+            _ => self.settle().await,
+        }
+    }
+
+    /// After a call: the `on-connect`/`on-disconnect` calls it queued, the host-side rules,
+    /// and what it sent.
+    async fn settle(&mut self) -> Result<(), Finding> {
+        loop {
+            let next = self
+                .live
+                .as_mut()
+                .and_then(|l| l.store.data_mut().deferred.pop_front());
+            match next {
+                None => break,
+                Some(Deferred::Connected(info)) => {
+                    call!(self, "on-connect", call_on_connect, &info)?;
+                }
+                Some(Deferred::Disconnected(id)) => {
+                    call!(self, "on-disconnect", call_on_disconnect, id)?;
+                }
+            }
+        }
+        if let Some(l) = self.live.as_mut()
+            && let Some(a) = l.store.data_mut().audit.as_mut()
+            && let Some(v) = a.violations.first().cloned()
+        {
+            return Err(Finding {
+                step: 0,
+                kind: Kind::Invariant,
+                export: "send",
+                cause: v,
+            });
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, generator: &mut Option<&mut Generator>) {
+        while let Ok(e) = self.out_rx.try_recv() {
+            if let (ClientEvent::Message { payload, .. }, Some(g)) = (e, generator.as_mut()) {
+                g.learn(&payload);
+            }
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        step: &Step,
+        generator: &mut Option<&mut Generator>,
+    ) -> Result<(), Finding> {
+        let class = &self.target.class;
+        let limits = &self.settings.limits;
+        match step {
+            Step::Wake => self.wake().await?,
+            Step::Sleep => {
+                let idle = self
+                    .live
+                    .as_ref()
+                    .is_some_and(|l| l.store.data().sessions.is_empty());
+                if idle {
+                    call!(self, "sleep", call_sleep)?;
+                    self.live = None;
+                }
+            }
+            Step::Connect { id, caller } => {
+                self.wake().await?;
+                let Some(l) = self.live.as_mut() else {
+                    return Ok(());
+                };
+                let data = l.store.data_mut();
+                if data.sessions.contains_key(id)
+                    || data.sessions.len() >= limits.max_sessions as usize
+                {
+                    return Ok(());
+                }
+                if let Some(a) = data.audit.as_mut() {
+                    a.given.insert(*id);
+                }
+                data.sessions.insert(
+                    *id,
+                    SessionEnd {
+                        route: Route::Client {
+                            to: self.out_tx.clone(),
+                        },
+                        service: Arc::from(caller.as_str()),
+                        peer: None,
+                        channel: 1,
+                    },
+                );
+                let info = SessionInfo {
+                    id: *id,
+                    peer: None,
+                    service: caller.clone(),
+                    channel: 1,
+                };
+                call!(self, "on-connect", call_on_connect, &info)?;
+                self.settle().await?;
+            }
+            Step::Disconnect { id } => {
+                let removed = self
+                    .live
+                    .as_mut()
+                    .and_then(|l| l.store.data_mut().sessions.remove(id));
+                if removed.is_some() {
+                    call!(self, "on-disconnect", call_on_disconnect, *id)?;
+                    self.settle().await?;
+                }
+            }
+            Step::Message { id, kind, payload } => {
+                // The host checks kind and size at the sender; the guest never sees these.
+                let Some(index) = class.message_index(kind) else {
+                    self.refused += 1;
+                    return Ok(());
+                };
+                if payload.len() as u64 > limits.max_message {
+                    self.refused += 1;
+                    return Ok(());
+                }
+                let open = self
+                    .live
+                    .as_ref()
+                    .is_some_and(|l| l.store.data().sessions.contains_key(id));
+                if open {
+                    self.messages[index as usize] += 1;
+                    call!(self, "on-message", call_on_message, *id, kind, payload)?;
+                    self.settle().await?;
+                }
+            }
+            Step::Event { name, params } => {
+                let Some(index) = class.event_index(name) else {
+                    self.refused += 1;
+                    return Ok(());
+                };
+                if params.len() as u64 > limits.max_message {
+                    self.refused += 1;
+                    return Ok(());
+                }
+                self.wake().await?;
+                self.events[index as usize] += 1;
+                if let Some(Ok(reply)) = call!(self, "on-event", call_on_event, None, name, params)?
+                    && let Some(g) = generator.as_mut()
+                {
+                    g.learn(reply.as_bytes());
+                }
+                self.settle().await?;
+            }
+            Step::Timer { id } => {
+                let set = self
+                    .live
+                    .as_ref()
+                    .is_some_and(|l| l.store.data().timers.iter().any(|t| t.id == *id));
+                if set {
+                    call!(self, "on-timer", call_on_timer, *id)?;
+                    self.settle().await?;
+                }
+            }
+            Step::Fault(f) => match self
+                .live
+                .as_mut()
+                .and_then(|l| l.store.data_mut().audit.as_mut())
+            {
+                Some(a) => a.fault = Some(wit_error(*f)),
+                None => self.pending_fault = Some(*f),
+            },
+            Step::Describe => {
+                if let Some(d) = call!(self, "describe", call_describe)?
+                    && (d.messages[..] != class.messages[..] || d.events[..] != class.events[..])
+                {
+                    return Err(Finding {
+                        step: 0,
+                        kind: Kind::Invariant,
+                        export: "describe",
+                        cause: format!(
+                            "describe changed: it first declared messages {:?} and events {:?}, now {:?} and {:?}",
+                            class.messages, class.events, d.messages, d.events
+                        ),
+                    });
+                }
+            }
+        }
+        self.drain(generator);
+        Ok(())
+    }
+
+    /// Ends a run as a host ends an instance's life: `sleep()` if it is awake.
+    async fn finish(&mut self) -> Result<(), Finding> {
+        call!(self, "sleep", call_sleep)?;
+        self.live = None;
+        Ok(())
+    }
+}
+
+/// Runs `steps` once on fresh instances; returns the first finding and the calls made.
+pub async fn replay(
+    target: &Target,
+    settings: &Settings,
+    steps: &[Step],
+) -> (Option<Finding>, u64) {
+    let mut h = Harness::new(target, settings);
+    let mut none = None;
+    for (i, s) in steps.iter().enumerate() {
+        if let Err(mut f) = h.apply(s, &mut none).await {
+            f.step = i;
+            return (Some(f), h.calls);
+        }
+    }
+    let r = h.finish().await.err().map(|mut f| {
+        f.step = steps.len();
+        f
+    });
+    (r, h.calls)
+}
+
+/// Removes steps from a failing sequence while it still fails the same way.
+pub async fn shrink(
+    target: &Target,
+    settings: &Settings,
+    steps: Vec<Step>,
+    finding: &Finding,
+) -> (Vec<Step>, Finding) {
+    let mut cur = steps;
+    cur.truncate(finding.step + 1);
+    let mut best = finding.clone();
+    let mut chunk = cur.len().div_ceil(2).max(1);
+    let mut tries = 0;
+    loop {
+        let mut removed = false;
+        let mut i = 0;
+        while i < cur.len() && tries < 2000 {
+            tries += 1;
+            let mut candidate = cur.clone();
+            candidate.drain(i..(i + chunk).min(cur.len()));
+            match replay(target, settings, &candidate).await.0 {
+                Some(f) if f.same_as(finding) => {
+                    candidate.truncate(f.step + 1);
+                    cur = candidate;
+                    best = f;
+                    removed = true;
+                }
+                _ => i += chunk,
+            }
+        }
+        if tries >= 2000 || (chunk == 1 && !removed) {
+            break;
+        }
+        if !removed {
+            chunk = chunk.div_ceil(2);
+        }
+    }
+    (cur, best)
+}
+
+/// Progress of a fuzzing session, for a display.
+pub struct Progress<'a> {
+    /// Runs so far.
+    pub runs: u64,
+    /// Export calls so far.
+    pub calls: u64,
+    /// Time so far.
+    pub elapsed: Duration,
+    /// Declared kinds reached (called at least once) so far, of all.
+    pub kinds: (usize, usize),
+    /// Declared events reached so far, of all.
+    pub events: (usize, usize),
+    /// The target.
+    pub target: &'a Target,
+}
+
+/// Fuzzes `target` until the runs or the time run out, or a problem is found.
+pub async fn fuzz(
+    target: &Target,
+    settings: &Settings,
+    mut progress: impl FnMut(&Progress<'_>),
+) -> Report {
+    let started = Instant::now();
+    let mut seeds = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(settings.seed);
+    let mut generator = Generator::new(settings.seed, &settings.options);
+    let mut report = Report {
+        seed: settings.seed,
+        runs: 0,
+        calls: 0,
+        elapsed: Duration::ZERO,
+        refused: 0,
+        messages: target
+            .class
+            .messages
+            .iter()
+            .map(|k| (k.clone(), 0))
+            .collect(),
+        events: target.class.events.iter().map(|k| (k.clone(), 0)).collect(),
+        failure: None,
+    };
+    let mut last_progress = Instant::now();
+    let max_steps = settings.max_steps.max(1);
+    loop {
+        if settings.runs.is_some_and(|r| report.runs >= r)
+            || settings.duration.is_some_and(|d| started.elapsed() >= d)
+        {
+            break;
+        }
+        let run_seed: u64 = seeds.random();
+        generator.reseed(run_seed);
+        let length = 1 + (run_seed % max_steps as u64) as usize;
+        let mut h = Harness::new(target, settings);
+        let mut steps = Vec::with_capacity(length);
+        let mut found = None;
+        for i in 0..length {
+            let (sessions, timers) = h.view_ids();
+            let view = View {
+                awake: h.live.is_some(),
+                sessions: &sessions,
+                timers: &timers,
+                messages: &target.class.messages,
+                events: &target.class.events,
+            };
+            let step = generator.step(&view);
+            steps.push(step);
+            let mut g = Some(&mut generator);
+            if let Err(mut f) = h.apply(&steps[i], &mut g).await {
+                f.step = i;
+                found = Some(f);
+                break;
+            }
+        }
+        if found.is_none()
+            && let Err(mut f) = h.finish().await
+        {
+            f.step = steps.len();
+            found = Some(f);
+        }
+        report.runs += 1;
+        report.calls += h.calls;
+        report.refused += h.refused;
+        for (i, n) in h.messages.iter().enumerate() {
+            report.messages[i].1 += n;
+        }
+        for (i, n) in h.events.iter().enumerate() {
+            report.events[i].1 += n;
+        }
+        if let Some(f) = found {
+            let found_steps = f.step + 1;
+            let (steps, finding) = shrink(target, settings, steps, &f).await;
+            report.failure = Some(Failure {
+                finding,
+                run_seed,
+                found_steps,
+                replay: Replay {
+                    options: settings.options.clone(),
+                    steps,
+                },
+            });
+            break;
+        }
+        if last_progress.elapsed() >= Duration::from_millis(250) {
+            last_progress = Instant::now();
+            let reached = |v: &[(String, u64)]| (v.iter().filter(|(_, n)| *n > 0).count(), v.len());
+            progress(&Progress {
+                runs: report.runs,
+                calls: report.calls,
+                elapsed: started.elapsed(),
+                kinds: reached(&report.messages),
+                events: reached(&report.events),
+                target,
+            });
+        }
+    }
+    report.elapsed = started.elapsed();
+    report
+}

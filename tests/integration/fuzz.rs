@@ -1,0 +1,145 @@
+//! `wasmwire fuzz`: it finds a planted three-step bug and shrinks it to those three steps,
+//! its replay file reproduces the trap, host-side rules are checked, the same seed gives
+//! the same runs, and the sample services survive a short fuzzing.
+
+use std::process::Command;
+use std::time::Duration;
+use wasmwire::fuzz::{self, Kind, Replay, Settings, Step, Target};
+use wasmwire_tests::{scratch_dir, service, test_guest, wasmwire_bin};
+
+fn settings(options: &str, seed: u64, runs: u64) -> Settings {
+    Settings {
+        options: options.into(),
+        seed,
+        runs: Some(runs),
+        duration: None,
+        max_steps: 32,
+        limits: Default::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_planted_bug_is_found_shrunk_to_three_steps_and_replayed() {
+    let path = test_guest("planted");
+    let s = settings(r#"{"level": 5}"#, 20_241_123, 20_000);
+    let target = Target::load(&path, &s.limits).await.unwrap();
+    let report = fuzz::fuzz(&target, &s, |_| {}).await;
+    let failure = report
+        .failure
+        .expect("the planted bug is found within 20 000 runs");
+    assert_eq!(failure.finding.kind, Kind::Trap);
+    assert_eq!(failure.finding.export, "on-event");
+    assert!(
+        failure.finding.cause.contains("planted bug"),
+        "{}",
+        failure.finding.cause
+    );
+    let steps = &failure.replay.steps;
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    let id = match &steps[0] {
+        Step::Connect { id, .. } => *id,
+        other => panic!("first step {other:?}"),
+    };
+    match &steps[1] {
+        Step::Message {
+            id: on,
+            kind,
+            payload,
+        } => {
+            assert_eq!((*on, kind.as_str()), (id, "set"));
+            let level = serde_json::from_slice::<serde_json::Value>(payload).unwrap()["level"]
+                .as_i64()
+                .unwrap();
+            assert!(level > 100, "{level}");
+        }
+        other => panic!("second step {other:?}"),
+    }
+    assert!(matches!(&steps[2], Step::Event { name, .. } if name == "check"));
+    eprintln!(
+        "planted bug found after {} runs ({} steps, shrunk to 3)",
+        report.runs, failure.found_steps
+    );
+
+    // The replay file, through the real CLI, reproduces it (exit 1, "reproduced").
+    let file = scratch_dir("fuzz").join("planted.replay");
+    std::fs::write(&file, failure.replay.to_text(&["test".into()])).unwrap();
+    assert_eq!(
+        Replay::parse(&std::fs::read_to_string(&file).unwrap()).unwrap(),
+        failure.replay
+    );
+    let out = Command::new(wasmwire_bin())
+        .args([
+            "fuzz",
+            path.to_str().unwrap(),
+            "--replay",
+            file.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.starts_with("reproduced: trap in on-event at step 3 of 3"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_on_a_session_never_given_breaks_a_host_rule() {
+    let s = settings("{}", 1, 1);
+    let target = Target::load(&service("spec"), &s.limits).await.unwrap();
+    let bad = Replay::parse(
+        "event \"send\" \"{\\\"session\\\": 999, \\\"kind\\\": \\\"note\\\", \\\"text\\\": \\\"x\\\"}\"\n",
+    )
+    .unwrap();
+    let (finding, _) = fuzz::replay(&target, &s, &bad.steps).await;
+    let f = finding.expect("a finding");
+    assert_eq!((f.kind, f.export), (Kind::Invariant, "send"));
+    assert!(f.cause.contains("never given"), "{}", f.cause);
+    // On a session it was given, the same send is fine.
+    let good = Replay::parse(
+        "connect 1 \"fuzz-1\"\nevent \"send\" \"{\\\"session\\\": 1, \\\"kind\\\": \\\"note\\\", \\\"text\\\": \\\"x\\\"}\"\n",
+    )
+    .unwrap();
+    assert_eq!(fuzz::replay(&target, &s, &good.steps).await.0, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_gives_the_same_runs() {
+    let s = settings(r#"{"start": 3}"#, 99, 200);
+    let target = Target::load(&service("counter"), &s.limits).await.unwrap();
+    let a = fuzz::fuzz(&target, &s, |_| {}).await;
+    let b = fuzz::fuzz(&target, &s, |_| {}).await;
+    assert_eq!((a.runs, a.calls, a.refused), (b.runs, b.calls, b.refused));
+    assert_eq!(a.events, b.events);
+    assert!(
+        a.refused > 0,
+        "undeclared kinds and events are tried, and refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_services_survive_fuzzing() {
+    for (name, options) in [
+        ("echo", "{}"),
+        ("counter", r#"{"start": 100}"#),
+        ("chat", r#"{"room": "lobby"}"#),
+        ("ticker", r#"{"every_ms": 1000}"#),
+        ("spec", "{}"),
+    ] {
+        let mut s = settings(options, 7, 0);
+        s.runs = None;
+        s.duration = Some(Duration::from_secs(2));
+        let target = Target::load(&service(name), &s.limits).await.unwrap();
+        let r = fuzz::fuzz(&target, &s, |_| {}).await;
+        assert!(r.failure.is_none(), "{name}: {:?}", r.failure);
+        assert!(r.runs > 10 && r.calls > 100, "{name}: {} runs", r.runs);
+        eprintln!(
+            "{name}: {} runs, {} calls, {:.0} calls/s",
+            r.runs,
+            r.calls,
+            r.calls_per_second()
+        );
+    }
+}
