@@ -234,11 +234,14 @@ async fn a_killed_peer_is_noticed_within_the_idle_timeout_and_redialled_when_bac
     })
     .await;
     let noticed = killed.elapsed();
+    eprintln!("on-disconnect on A {noticed:?} after B was killed (peer_timeout 1.5 s)");
     assert!(noticed < Duration::from_millis(3000), "{noticed:?}");
 
     // B comes back on the same address with the same key: A dials it again by itself.
     let _b2 = HostProcess::start(&path, &dir.join("b2.log"));
+    let back = Instant::now();
     wait_connected(&a, b_id, Duration::from_secs(20)).await;
+    eprintln!("A reconnected {:?} after B was started again", back.elapsed());
     let r = a
         .request(
             "alice",
