@@ -241,7 +241,10 @@ async fn a_killed_peer_is_noticed_within_the_idle_timeout_and_redialled_when_bac
     let _b2 = HostProcess::start(&path, &dir.join("b2.log"));
     let back = Instant::now();
     wait_connected(&a, b_id, Duration::from_secs(20)).await;
-    eprintln!("A reconnected {:?} after B was started again", back.elapsed());
+    eprintln!(
+        "A reconnected {:?} after B was started again",
+        back.elapsed()
+    );
     let r = a
         .request(
             "alice",

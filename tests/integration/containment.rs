@@ -221,3 +221,72 @@ async fn a_crash_loop_hits_the_restart_limit_and_stays_down() {
     witness_still_answers(&node).await;
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_flood_is_cut_to_the_rate_limit_and_the_neighbour_keeps_its_pace() {
+    let node = wasmwire_tests::start(
+        r#"
+[host]
+max_awake = 8
+threads = 2
+cache_dir = "{cache}"
+
+[[service]]
+name = "flooder"
+component = "{guest:misbehave}"
+channel = 1
+call_timeout = "10s"
+
+[[service]]
+name = "neighbour"
+component = "{service:counter}"
+channel = 2
+"#
+        .replace(
+            "{cache}",
+            &wasmwire_tests::root()
+                .join("target/test-cache")
+                .display()
+                .to_string(),
+        )
+        .as_str(),
+    )
+    .await;
+    async fn rate(node: &wasmwire::node::Node, n: u32) -> f64 {
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            node.request("neighbour", "incr", "null").await.unwrap();
+        }
+        f64::from(n) / started.elapsed().as_secs_f64()
+    }
+    rate(&node, 200).await; // warm
+    let quiet = rate(&node, 2000).await;
+    let flooder = node.instance("flooder").unwrap().clone();
+    let flooding = {
+        let node_requests = async {
+            let mut floods = 0;
+            for event in ["logflood", "printflood", "logflood", "printflood"] {
+                let r = node.request("flooder", event, "null").await;
+                assert_eq!(r.as_deref(), Ok("\"flooded\""), "{event}");
+                floods += 1;
+            }
+            floods
+        };
+        let measured = async {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            rate(&node, 2000).await
+        };
+        tokio::join!(node_requests, measured)
+    };
+    let (floods, loud) = flooding;
+    assert_eq!(floods, 4);
+    let dropped = flooder.dropped_log_lines();
+    // 400 000 lines offered in a few seconds: all but a few hundred a second are dropped.
+    assert!(dropped > 350_000, "{dropped} lines dropped");
+    let ratio = loud / quiet;
+    eprintln!(
+        "log flood: {dropped} of 400000 lines dropped; neighbour {loud:.0} req/s during vs {quiet:.0} req/s before: ratio {ratio:.2}"
+    );
+    assert!(ratio > 0.3, "neighbour slowed to {ratio:.2} of its pace");
+    node.shutdown().await;
+}

@@ -26,6 +26,76 @@ pub struct GuestLog {
     /// Under the fuzzer: the last lines are kept here (and logged at debug only), so a
     /// finding can quote the guest's own panic message.
     capture: Option<Captured>,
+    budget: Arc<LogBudget>,
+}
+
+/// Lines an instance may write per second — its `log` calls and its stdout/stderr lines
+/// together — with a burst of twice that. Past it, lines are dropped and counted, and one
+/// warning a second says how many: a guest cannot flood the host's log within its CPU budget.
+pub const LOG_LINES_PER_SECOND: u32 = 200;
+
+/// One instance's log budget (a token bucket), kept across its awake periods.
+pub struct LogBudget {
+    state: std::sync::Mutex<Bucket>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+    unreported: u64,
+    reported: std::time::Instant,
+}
+
+impl Default for LogBudget {
+    fn default() -> Self {
+        let now = std::time::Instant::now();
+        LogBudget {
+            state: std::sync::Mutex::new(Bucket {
+                tokens: f64::from(LOG_LINES_PER_SECOND * 2),
+                at: now,
+                unreported: 0,
+                reported: now,
+            }),
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl LogBudget {
+    /// Whether one more line may be logged now; counts it as dropped if not.
+    pub fn admit(&self, instance: &str) -> bool {
+        let Ok(mut b) = self.state.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        let rate = f64::from(LOG_LINES_PER_SECOND);
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate * 2.0);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return true;
+        }
+        self.dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        b.unreported += 1;
+        if now.duration_since(b.reported) >= std::time::Duration::from_secs(1) {
+            let n = std::mem::take(&mut b.unreported);
+            b.reported = now;
+            tracing::warn!(
+                target: "wasmwire::guest",
+                instance,
+                dropped = n,
+                "log lines dropped: over {LOG_LINES_PER_SECOND} lines a second"
+            );
+        }
+        false
+    }
+
+    /// Lines dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The last lines a guest wrote, newest last.
@@ -36,11 +106,12 @@ const CAPTURED_LINES: usize = 16;
 
 impl GuestLog {
     /// A log sink for `instance`'s `stream`.
-    pub fn new(instance: Arc<str>, stream: Stream) -> Self {
+    pub fn new(instance: Arc<str>, stream: Stream, budget: Arc<LogBudget>) -> Self {
         GuestLog {
             instance,
             stream,
             capture: None,
+            budget,
         }
     }
 
@@ -50,6 +121,7 @@ impl GuestLog {
             instance,
             stream,
             capture: Some(capture),
+            budget: Arc::default(),
         }
     }
 }
@@ -91,6 +163,10 @@ impl LineWriter {
                 }
                 c.push_back(text.to_string());
             }
+            self.line.clear();
+            return;
+        }
+        if !self.sink.budget.admit(instance) {
             self.line.clear();
             return;
         }

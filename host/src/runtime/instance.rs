@@ -237,6 +237,8 @@ pub struct Instance {
     queued: AtomicUsize,
     status: AtomicU8,
     last_wake_ns: AtomicU64,
+    /// Its log rate limit, across awake periods.
+    pub(crate) log_budget: Arc<super::guest_log::LogBudget>,
 }
 
 /// The receiving ends an actor owns.
@@ -281,6 +283,7 @@ impl Instance {
             queued: AtomicUsize::new(0),
             status: AtomicU8::new(Status::Asleep as u8),
             last_wake_ns: AtomicU64::new(0),
+            log_budget: Arc::default(),
         });
         (
             instance,
@@ -312,6 +315,11 @@ impl Instance {
     pub(crate) fn set_last_wake(&self, d: std::time::Duration) {
         self.last_wake_ns
             .store(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Log lines dropped so far for going over the log rate limit.
+    pub fn dropped_log_lines(&self) -> u64 {
+        self.log_budget.dropped()
     }
 
     /// Messages and events waiting now.

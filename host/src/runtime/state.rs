@@ -167,6 +167,8 @@ pub struct HostState {
     pub(crate) chain: Chain,
     pub(crate) clock: CallClock,
     max_timers: usize,
+    /// This instance's log rate limit, shared with its stdout/stderr.
+    log_budget: Arc<super::guest_log::LogBudget>,
     /// Set only under `wasmwire fuzz`: checks what the guest asks of the host and injects
     /// errors. `None` in a real host, where it costs one branch per host call.
     pub(crate) audit: Option<Box<Audit>>,
@@ -189,13 +191,14 @@ impl HostState {
         ticks: Arc<AtomicU64>,
         limits: &crate::manifest::Limits,
         capture: Option<super::guest_log::Captured>,
+        budget: Arc<super::guest_log::LogBudget>,
     ) -> HostState {
         // Nothing granted: no preopened folders, no environment, no arguments, no network.
         // Output goes to the log under the instance's name; clocks and randomness stay.
         let (stdout, stderr) = match capture {
             None => (
-                GuestLog::new(name.clone(), Stream::Stdout),
-                GuestLog::new(name.clone(), Stream::Stderr),
+                GuestLog::new(name.clone(), Stream::Stdout, budget.clone()),
+                GuestLog::new(name.clone(), Stream::Stderr, budget.clone()),
             ),
             Some(c) => (
                 GuestLog::captured(name.clone(), Stream::Stdout, c.clone()),
@@ -226,6 +229,7 @@ impl HostState {
             clock: CallClock::new(ticks, limits.call_timeout),
             max_timers: limits.max_timers as usize,
             audit: None,
+            log_budget: budget,
         }
     }
 
@@ -235,7 +239,13 @@ impl HostState {
         registry: Arc<Registry>,
         ticks: Arc<AtomicU64>,
     ) -> HostState {
-        let mut s = HostState::base(me.name.clone(), ticks, &me.limits, None);
+        let mut s = HostState::base(
+            me.name.clone(),
+            ticks,
+            &me.limits,
+            None,
+            me.log_budget.clone(),
+        );
         s.sessions = SessionTable::booked(me.clone(), registry.clone());
         s.me = Some((me, registry));
         s
@@ -243,7 +253,13 @@ impl HostState {
 
     /// State for a throwaway instance with default limits (describe, inspect, fuzz).
     pub fn scratch(name: Arc<str>, ticks: Arc<AtomicU64>) -> HostState {
-        HostState::base(name, ticks, &crate::manifest::Limits::default(), None)
+        HostState::base(
+            name,
+            ticks,
+            &crate::manifest::Limits::default(),
+            None,
+            Arc::default(),
+        )
     }
 
     /// State for an instance driven by the fuzzer: `limits` as a manifest would give them,
@@ -255,7 +271,7 @@ impl HostState {
         audit: Audit,
         capture: super::guest_log::Captured,
     ) -> HostState {
-        let mut s = HostState::base(name, ticks, limits, Some(capture));
+        let mut s = HostState::base(name, ticks, limits, Some(capture), Arc::default());
         s.audit = Some(Box::new(audit));
         s
     }
@@ -612,6 +628,9 @@ impl host::Host for HostState {
             message.truncate(cut);
         }
         let instance = &*self.name;
+        if !self.log_budget.admit(instance) {
+            return Ok(());
+        }
         match level {
             Level::Trace => tracing::trace!(target: "wasmwire::guest", instance, "{message}"),
             Level::Debug => tracing::debug!(target: "wasmwire::guest", instance, "{message}"),

@@ -1,7 +1,8 @@
 //! A service that misbehaves on demand, for the containment tests.
 //!
 //! Events: `ok` (answers "fine"), `spin` (loops forever), `bomb` (allocates until the
-//! memory limit stops it), `panic` (traps), `wakeups` (how many times this instance woke).
+//! memory limit stops it), `panic` (traps), `wakeups` (how many times this instance woke),
+//! `logflood` (100 000 `log` calls) and `printflood` (100 000 lines on stderr).
 //! Messages: `boom` traps in `on-message`, `fine` is ignored, `slow` takes 5 ms.
 //! Options: `{ "trap_wakeup": true }` makes `wakeup` trap.
 
@@ -19,7 +20,8 @@ struct MisbehaveOptions {
 
 impl Service for Misbehave {
     const MESSAGES: &'static [&'static str] = &["boom", "fine", "slow"];
-    const EVENTS: &'static [&'static str] = &["ok", "spin", "bomb", "panic"];
+    const EVENTS: &'static [&'static str] =
+        &["ok", "spin", "bomb", "panic", "logflood", "printflood"];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
         if options.parse::<MisbehaveOptions>()?.trap_wakeup {
@@ -59,6 +61,18 @@ impl Service for Misbehave {
                 }
             }
             "panic" => panic!("told to panic"),
+            "logflood" => {
+                for i in 0..100_000 {
+                    wasmwire_guest::log(wasmwire_guest::Level::Info, &format!("flood {i}"));
+                }
+                Reply::json("flooded")
+            }
+            "printflood" => {
+                for i in 0..100_000 {
+                    eprintln!("flood {i}");
+                }
+                Reply::json("flooded")
+            }
             other => Reply::error(format!("unknown event {other}")),
         }
     }
