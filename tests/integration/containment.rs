@@ -235,7 +235,8 @@ cache_dir = "{cache}"
 name = "flooder"
 component = "{guest:misbehave}"
 channel = 1
-call_timeout = "10s"
+call_timeout = "30s"
+request_timeout = "120s"
 
 [[service]]
 name = "neighbour"
@@ -265,7 +266,7 @@ channel = 2
     let flooding = {
         let node_requests = async {
             let mut floods = 0;
-            for event in ["logflood", "printflood", "logflood", "printflood"] {
+            for event in ["logflood", "printflood"] {
                 let r = node.request("flooder", event, "null").await;
                 assert_eq!(r.as_deref(), Ok("\"flooded\""), "{event}");
                 floods += 1;
@@ -279,13 +280,14 @@ channel = 2
         tokio::join!(node_requests, measured)
     };
     let (floods, loud) = flooding;
-    assert_eq!(floods, 4);
+    assert_eq!(floods, 2);
     let dropped = flooder.dropped_log_lines();
-    // 400 000 lines offered in a few seconds: all but a few hundred a second are dropped.
-    assert!(dropped > 350_000, "{dropped} lines dropped");
+    // 200 000 lines offered within seconds: all but a few hundred a second are dropped.
+    let offered = 200_000u64;
+    assert!(dropped > offered * 8 / 10, "{dropped} lines dropped");
     let ratio = loud / quiet;
     eprintln!(
-        "log flood: {dropped} of 400000 lines dropped; neighbour {loud:.0} req/s during vs {quiet:.0} req/s before: ratio {ratio:.2}"
+        "log flood: {dropped} of {offered} lines dropped; neighbour {loud:.0} req/s during vs {quiet:.0} req/s before: ratio {ratio:.2}"
     );
     assert!(ratio > 0.3, "neighbour slowed to {ratio:.2} of its pace");
     node.shutdown().await;
