@@ -12,7 +12,7 @@ GUEST       := wasm32-wasip2
 GUEST_DIR   := target/guests
 GUEST_OUT   := $(GUEST_DIR)/$(GUEST)/release
 SERVICES    := echo counter ticker chat spec
-TEST_GUESTS := misbehave bench not-a-service planted
+TEST_GUESTS := misbehave bench not-a-service planted giant
 MANIFEST    ?= wasmwire.toml
 
 .PHONY: all setup services test-guests build run test lint bench demo clean

@@ -292,3 +292,36 @@ channel = 2
     assert!(ratio > 0.3, "neighbour slowed to {ratio:.2} of its pace");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_overflow_is_a_trap_of_that_instance_only() {
+    let node = start(HOST).await;
+    let (r, witnessed) = while_witness_counts(&node, node.request("bad", "recurse", "null")).await;
+    match r {
+        Err(CallError::Unavailable(m)) => assert!(m.contains("bad crashed"), "{m}"),
+        other => panic!("expected the overflow to be stopped, got {other:?}"),
+    }
+    assert!(witnessed >= 1);
+    witness_still_answers(&node).await;
+    assert_eq!(
+        node.request("bad", "ok", "null").await.map(|r| json(&r)),
+        Ok(serde_json::json!("fine"))
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_giant_describe_is_refused_at_load_with_the_reason() {
+    let m = wasmwire_tests::load_manifest(
+        "[[service]]\nname = \"giant\"\ncomponent = \"{guest:giant}\"\nchannel = 1\n",
+    );
+    let e = match Node::start(&m).await {
+        Ok(_) => panic!("a 300-kind describe must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("field `service[1].component`")
+            && e.contains("it declares 300 message kinds; at most 256 are allowed"),
+        "{e}"
+    );
+}

@@ -65,6 +65,35 @@ pub enum LoadError {
     },
 }
 
+/// Most message kinds, and most events, a service may declare.
+pub const MAX_DECLARED: usize = 256;
+
+/// Longest kind or event name, in bytes (a kind's length is one byte on the wire).
+pub const MAX_NAME: usize = 255;
+
+/// Checks what `describe` declared: bounded lists of distinct, non-empty, short names.
+fn check_names(what: &str, names: &[String]) -> Result<(), String> {
+    if names.len() > MAX_DECLARED {
+        return Err(format!(
+            "it declares {} {what}; at most {MAX_DECLARED} are allowed",
+            names.len()
+        ));
+    }
+    for (i, n) in names.iter().enumerate() {
+        if n.is_empty() || n.len() > MAX_NAME {
+            let shown: String = n.chars().take(40).collect();
+            return Err(format!(
+                "its {what} must be 1 to {MAX_NAME} bytes long; {shown:?}... is {}",
+                n.len()
+            ));
+        }
+        if names[..i].contains(n) {
+            return Err(format!("it declares {what} {n:?} twice"));
+        }
+    }
+    Ok(())
+}
+
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -218,6 +247,12 @@ impl Runtime {
             .call_describe(&mut store)
             .await
             .map_err(failed)?;
+        for (what, names) in [("message kinds", &d.messages), ("events", &d.events)] {
+            check_names(what, names).map_err(|reason| LoadError::Describe {
+                path: path.to_path_buf(),
+                reason,
+            })?;
+        }
         Ok(Class {
             path: path.to_path_buf(),
             pre,

@@ -2,7 +2,8 @@
 //!
 //! Events: `ok` (answers "fine"), `spin` (loops forever), `bomb` (allocates until the
 //! memory limit stops it), `panic` (traps), `wakeups` (how many times this instance woke),
-//! `logflood` (100 000 `log` calls) and `printflood` (100 000 lines on stderr).
+//! `logflood` (100 000 `log` calls), `printflood` (100 000 lines on stderr) and `recurse`
+//! (recursion without end: a stack overflow).
 //! Messages: `boom` traps in `on-message`, `fine` is ignored, `slow` takes 5 ms.
 //! Options: `{ "trap_wakeup": true }` makes `wakeup` trap.
 
@@ -20,8 +21,15 @@ struct MisbehaveOptions {
 
 impl Service for Misbehave {
     const MESSAGES: &'static [&'static str] = &["boom", "fine", "slow"];
-    const EVENTS: &'static [&'static str] =
-        &["ok", "spin", "bomb", "panic", "logflood", "printflood"];
+    const EVENTS: &'static [&'static str] = &[
+        "ok",
+        "spin",
+        "bomb",
+        "panic",
+        "logflood",
+        "printflood",
+        "recurse",
+    ];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
         if options.parse::<MisbehaveOptions>()?.trap_wakeup {
@@ -61,6 +69,7 @@ impl Service for Misbehave {
                 }
             }
             "panic" => panic!("told to panic"),
+            "recurse" => Reply::json(&deeper(std::hint::black_box(1))),
             "logflood" => {
                 for i in 0..100_000 {
                     wasmwire_guest::log(wasmwire_guest::Level::Info, &format!("flood {i}"));
@@ -76,6 +85,13 @@ impl Service for Misbehave {
             other => Reply::error(format!("unknown event {other}")),
         }
     }
+}
+
+/// Recursion that never ends (the frame is kept alive so it cannot become a loop).
+#[allow(unconditional_recursion)] // the point: a stack overflow
+fn deeper(n: u64) -> u64 {
+    let frame = std::hint::black_box([n; 16]);
+    deeper(frame[0].wrapping_add(1)).wrapping_add(frame[15])
 }
 
 export_service!(Misbehave);
