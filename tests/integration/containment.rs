@@ -325,3 +325,92 @@ async fn a_giant_describe_is_refused_at_load_with_the_reason() {
         "{e}"
     );
 }
+
+/// The number in a reply like `Ok("9999")`.
+fn count(result: &str) -> u64 {
+    result
+        .trim_start_matches("Ok(\"")
+        .trim_end_matches("\")")
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Requests the witness answers per second over `window`.
+async fn witness_rate(node: &Node, window: Duration) -> f64 {
+    let started = Instant::now();
+    let mut n = 0u32;
+    while started.elapsed() < window {
+        node.request("witness", "incr", "null")
+            .await
+            .expect("the witness keeps answering");
+        n += 1;
+    }
+    f64::from(n) / started.elapsed().as_secs_f64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_are_refused_or_stopped_while_the_neighbour_keeps_its_pace() {
+    let node = start(&format!(
+        "{HOST}\n[[service]]\nname = \"sleeper\"\ncomponent = \"{{guest:misbehave}}\"\nchannel = 5\noptions = {{ spin_sleep = true }}\ncall_timeout = \"150ms\"\n"
+    ))
+    .await;
+    let window = Duration::from_millis(400);
+    witness_rate(&node, window).await; // warm up
+    // The flooder gets a session to flood, from a client that never reads.
+    let _victim = node.open_session("bad", "victim").await.unwrap();
+    let mut ratios = Vec::new();
+    for attack in [
+        "sendflood",
+        "foreign",
+        "connectloop",
+        "timerstorm",
+        "selfrequest",
+        "sleep",
+    ] {
+        let quiet = witness_rate(&node, window).await;
+        let run = async {
+            if attack == "sleep" {
+                node.wake("sleeper").await.unwrap();
+                // `sleep` never returns: the CPU deadline stops it and the instance is dropped.
+                let slept = node.sleep("sleeper").await;
+                return format!("{slept:?}");
+            }
+            let started = Instant::now();
+            let mut last = String::new();
+            // Repeat the attack for the whole window.
+            while started.elapsed() < window {
+                last = format!("{:?}", node.request("bad", attack, "null").await);
+            }
+            last
+        };
+        let (result, loud) = tokio::join!(run, witness_rate(&node, window));
+        let ratio = loud / quiet;
+        eprintln!("{attack}: {result}; neighbour {loud:.0} vs {quiet:.0} req/s: ratio {ratio:.2}");
+        match attack {
+            "sendflood" => assert!(result.starts_with("Ok(\"["), "{result}"),
+            "foreign" => assert!(count(&result) >= 9_990, "{result}"),
+            // Each refused connect is cheap, but not free: refused, or stopped by the CPU
+            // deadline, both are contained.
+            "connectloop" => assert!(
+                result == "Ok(\"10000\")" || result.contains("cpu deadline exceeded"),
+                "{result}"
+            ),
+            // At most `max_timers` (16) are set; every 0 ms one and the rest are refused.
+            "timerstorm" => assert!(count(&result) >= 10_000 - 16, "{result}"),
+            // Not in its own `uses`: denied (with itself in `uses` it is a `cycle`, see
+            // sessions.rs); either way refused at once, never a deadlock.
+            "selfrequest" => assert!(
+                result.contains("may not use bad") || result.contains("request cycle"),
+                "{result}"
+            ),
+            _ => assert_eq!(result, "Ok(true)"),
+        }
+        ratios.push((attack, ratio));
+        witness_still_answers(&node).await;
+    }
+    assert_eq!(node.instance("sleeper").unwrap().status(), Status::Asleep);
+    for (attack, ratio) in ratios {
+        assert!(ratio > 0.3, "{attack}: the neighbour slowed to {ratio:.2}");
+    }
+    node.shutdown().await;
+}

@@ -3,20 +3,27 @@
 //! Events: `ok` (answers "fine"), `spin` (loops forever), `bomb` (allocates until the
 //! memory limit stops it), `panic` (traps), `wakeups` (how many times this instance woke),
 //! `logflood` (100 000 `log` calls), `printflood` (100 000 lines on stderr) and `recurse`
-//! (recursion without end: a stack overflow).
+//! (recursion without end: a stack overflow), `sendflood` (sends on every session until
+//! refused), `foreign` (`send` and `close` on 10 000 session ids it does not own),
+//! `connectloop` (10 000 `connect`s), `timerstorm` (10 000 `set-timer`s, a third of 0 ms),
+//! `selfrequest` (a `request` to itself).
 //! Messages: `boom` traps in `on-message`, `fine` is ignored, `slow` takes 5 ms.
-//! Options: `{ "trap_wakeup": true }` makes `wakeup` trap.
+//! Options: `{ "trap_wakeup": true }` makes `wakeup` trap; `{ "spin_sleep": true }` makes
+//! `sleep` never return.
 
 use serde::Deserialize;
 use wasmwire_guest::{Event, Message, Options, Reply, Service, SessionId, export_service};
 
 #[derive(Default)]
-struct Misbehave;
+struct Misbehave {
+    spin_sleep: bool,
+}
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct MisbehaveOptions {
     trap_wakeup: bool,
+    spin_sleep: bool,
 }
 
 impl Service for Misbehave {
@@ -29,13 +36,29 @@ impl Service for Misbehave {
         "logflood",
         "printflood",
         "recurse",
+        "sendflood",
+        "foreign",
+        "connectloop",
+        "timerstorm",
+        "selfrequest",
     ];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
-        if options.parse::<MisbehaveOptions>()?.trap_wakeup {
+        let o = options.parse::<MisbehaveOptions>()?;
+        if o.trap_wakeup {
             panic!("told to trap in wakeup");
         }
+        self.spin_sleep = o.spin_sleep;
         Ok(())
+    }
+
+    fn sleep(&mut self) {
+        if self.spin_sleep {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
     }
 
     fn on_message(&mut self, _session: SessionId, message: Message<'_>) {
@@ -70,6 +93,53 @@ impl Service for Misbehave {
             }
             "panic" => panic!("told to panic"),
             "recurse" => Reply::json(&deeper(std::hint::black_box(1))),
+            "sendflood" => {
+                let (mut sent, mut refused) = (0u64, 0u64);
+                for s in wasmwire_guest::sessions() {
+                    for _ in 0..1_000_000 {
+                        match wasmwire_guest::send(s.id, "fine", b"x") {
+                            Ok(()) => sent += 1,
+                            Err(_) => {
+                                refused += 1;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Reply::json(&(sent, refused))
+            }
+            "foreign" => {
+                let mine: Vec<SessionId> = wasmwire_guest::sessions()
+                    .into_iter()
+                    .map(|s| s.id)
+                    .collect();
+                let mut refused = 0u64;
+                for id in (0..10_000u64).filter(|id| !mine.contains(id)) {
+                    if wasmwire_guest::send(id, "fine", b"x").is_err() {
+                        refused += 1;
+                    }
+                    wasmwire_guest::close(id);
+                }
+                Reply::json(&refused)
+            }
+            "connectloop" => {
+                let refused = (0..10_000)
+                    .filter(|_| wasmwire_guest::connect(None, "witness").is_err())
+                    .count();
+                Reply::json(&refused)
+            }
+            "timerstorm" => {
+                let refused = (0..10_000u64)
+                    .filter(|i| wasmwire_guest::set_timer(i % 3).is_err())
+                    .count();
+                Reply::json(&refused)
+            }
+            "selfrequest" => {
+                match wasmwire_guest::request(&wasmwire_guest::instance_name(), "ok", "null") {
+                    Ok(r) => Reply::json(&r),
+                    Err(e) => Reply::json(&e.to_string()),
+                }
+            }
             "logflood" => {
                 for i in 0..100_000 {
                     wasmwire_guest::log(wasmwire_guest::Level::Info, &format!("flood {i}"));
