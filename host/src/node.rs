@@ -286,31 +286,8 @@ impl Node {
         params: &str,
     ) -> Result<String, CallError> {
         let target = self.find(service)?;
-        let Some(index) = target.class.event_index(event) else {
-            return Err(CallError::Invalid(format!(
-                "{service} has no event {event:?}; it declares {:?}",
-                target.class.events
-            )));
-        };
-        if params.len() as u64 > target.limits.max_message {
-            return Err(CallError::TooLarge {
-                size: params.len(),
-                limit: target.limits.max_message,
-            });
-        }
-        let (reply, rx) = oneshot::channel();
-        target.post(Envelope::Event {
-            caller: None,
-            event: index,
-            params: params.to_string(),
-            chain: Default::default(),
-            reply,
-        })?;
-        match tokio::time::timeout(target.limits.request_timeout, rx).await {
-            Err(_) => Err(CallError::Timeout),
-            Ok(Err(_)) => Err(CallError::Closed),
-            Ok(Ok(r)) => r,
-        }
+        let rx = target.post_event(event, params.to_string(), None, Default::default())?;
+        crate::runtime::instance::reply_within(rx, target.limits.request_timeout).await
     }
 
     /// Opens a session to `service` as the client `client`.

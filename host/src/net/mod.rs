@@ -17,7 +17,7 @@ use crate::broker::{
 };
 use crate::manifest::{PeerSpec, Transport};
 use crate::runtime::instance::{
-    CallError, Chain, Envelope, Peers, PeersFuture, Registry, RemoteSession, SessionId, Status,
+    CallError, Chain, Peers, PeersFuture, Registry, RemoteSession, SessionId, Status,
 };
 use crate::runtime::session::ClientEvent;
 use crate::wire::{
@@ -1081,31 +1081,9 @@ async fn request_local(
             "no exposed service named {service:?} on this host"
         )));
     };
-    let Some(index) = target.class.event_index(event) else {
-        return Err(CallError::Invalid(format!(
-            "{service} has no event {event:?}; it declares {:?}",
-            target.class.events
-        )));
-    };
-    if params.len() as u64 > target.limits.max_message {
-        return Err(CallError::TooLarge {
-            size: params.len(),
-            limit: target.limits.max_message,
-        });
-    }
-    let (reply, rx) = oneshot::channel();
-    target.post(Envelope::Event {
-        caller,
-        event: index,
-        params,
-        chain: Chain::from_wire(chain, &shared.me_text, registry),
-        reply,
-    })?;
-    match tokio::time::timeout(timeout, rx).await {
-        Err(_) => Err(CallError::Timeout),
-        Ok(Err(_)) => Err(CallError::Closed),
-        Ok(Ok(r)) => r,
-    }
+    let chain = Chain::from_wire(chain, &shared.me_text, registry);
+    let rx = target.post_event(event, params, caller, chain)?;
+    crate::runtime::instance::reply_within(rx, timeout).await
 }
 
 async fn ask_on(

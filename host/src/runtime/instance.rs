@@ -197,6 +197,18 @@ impl Envelope {
     }
 }
 
+/// Where the reply to a posted event arrives.
+pub(crate) type ReplyRx = oneshot::Receiver<Result<String, CallError>>;
+
+/// Waits up to `timeout` for an event's reply.
+pub(crate) async fn reply_within(rx: ReplyRx, timeout: Duration) -> Result<String, CallError> {
+    match tokio::time::timeout(timeout, rx).await {
+        Err(_) => Err(CallError::Timeout),
+        Ok(Err(_)) => Err(CallError::Closed),
+        Ok(Ok(r)) => r,
+    }
+}
+
 /// Orders handled before any mailbox work (a busy mailbox never delays shutdown).
 pub(crate) enum Control {
     /// Put the instance to sleep and stop the actor.
@@ -334,6 +346,39 @@ impl Instance {
             self.reserve()?;
         }
         self.mailbox.send(envelope).map_err(|_| CallError::Closed)
+    }
+
+    /// Checks an event against what this instance declares and accepts, and queues it; the
+    /// reply comes on the returned receiver. Every caller (a guest's `request`, a client, a
+    /// peer) goes through here, so the checks are the same for all.
+    pub(crate) fn post_event(
+        &self,
+        event: &str,
+        params: String,
+        caller: Option<SessionId>,
+        chain: Chain,
+    ) -> Result<ReplyRx, CallError> {
+        let Some(index) = self.class.event_index(event) else {
+            return Err(CallError::Invalid(format!(
+                "{} has no event {event:?}; it declares {:?}",
+                self.name, self.class.events
+            )));
+        };
+        if params.len() as u64 > self.limits.max_message {
+            return Err(CallError::TooLarge {
+                size: params.len(),
+                limit: self.limits.max_message,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.post(Envelope::Event {
+            caller,
+            event: index,
+            params,
+            chain,
+            reply,
+        })?;
+        Ok(rx)
     }
 
     /// Takes one place in the mailbox for an envelope delivered later with `deliver`.

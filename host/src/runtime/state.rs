@@ -534,18 +534,6 @@ impl HostState {
         params: String,
     ) -> Result<String, CallError> {
         let (target, _) = self.target(service)?;
-        let Some(event) = target.class.event_index(event) else {
-            return Err(CallError::Invalid(format!(
-                "{service} has no event {event:?}; it declares {:?}",
-                target.class.events
-            )));
-        };
-        if params.len() as u64 > target.limits.max_message {
-            return Err(CallError::TooLarge {
-                size: params.len(),
-                limit: target.limits.max_message,
-            });
-        }
         let chain = self.chain_to(&target)?;
         let timeout = self.node()?.0.limits.request_timeout;
         // If this instance has a session with the target, the target sees the request as
@@ -554,14 +542,7 @@ impl HostState {
             Route::Instance { to, end } if to.index == target.index => Some(*end),
             _ => None,
         });
-        let (reply, rx) = oneshot::channel();
-        target.post(Envelope::Event {
-            caller,
-            event,
-            params,
-            chain,
-            reply,
-        })?;
+        let rx = target.post_event(event, params, caller, chain)?;
         self.wait(rx, timeout).await
     }
 }
