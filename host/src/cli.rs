@@ -451,15 +451,21 @@ impl Client {
     }
 }
 
+/// Connects, asks one thing, closes.
+async fn ask_once(to: &HostArgs, ask: Ask) -> Result<Control> {
+    let client = Client::connect(to).await?;
+    let answer = client.ask(ask).await;
+    client.close().await;
+    answer
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 async fn services(to: &HostArgs) -> Result<()> {
-    let client = Client::connect(to).await?;
-    let answer = client.ask(Ask::ListServices).await;
-    client.close().await;
+    let answer = ask_once(to, Ask::ListServices).await;
     let Control::Services { services, .. } = answer? else {
         bail!("the host answered list-services with something else");
     };
@@ -493,9 +499,7 @@ fn dash_list(v: &[String]) -> String {
 }
 
 async fn sessions(to: &HostArgs) -> Result<()> {
-    let client = Client::connect(to).await?;
-    let answer = client.ask(Ask::ListSessions).await;
-    client.close().await;
+    let answer = ask_once(to, Ask::ListSessions).await;
     let Control::Sessions {
         sessions, total, ..
     } = answer?
@@ -527,9 +531,7 @@ async fn sessions(to: &HostArgs) -> Result<()> {
 }
 
 async fn peers(to: &HostArgs) -> Result<()> {
-    let client = Client::connect(to).await?;
-    let answer = client.ask(Ask::GetPeers).await;
-    client.close().await;
+    let answer = ask_once(to, Ask::GetPeers).await;
     let Control::Peers { peers, .. } = answer? else {
         bail!("the host answered get-peers with something else");
     };
@@ -552,18 +554,18 @@ async fn call(to: &HostArgs, service: &str, event: &str, params: &str) -> Result
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(params) {
         bail!("the parameters are not JSON: {e}");
     }
-    let client = Client::connect(to).await?;
-    let answer = client
-        .ask(Ask::Request {
+    let answer = ask_once(
+        to,
+        Ask::Request {
             service: service.to_string(),
             event: event.to_string(),
             params: params.to_string(),
             chain: Vec::new(),
             caller: Some("cli".into()),
             session: None,
-        })
-        .await;
-    client.close().await;
+        },
+    )
+    .await;
     match answer? {
         Control::Response { result, .. } => {
             println!("{result}");

@@ -399,9 +399,9 @@ async fn wrong_ids_alpn_and_hello_mismatches_end_the_connection() {
     b.shutdown().await;
 }
 
-/// Opens a raw connection with a valid identity, writes `first` as the first control frame
-/// and returns the reason the host closed the connection with.
-async fn raw_hello(addr: &str, first: &str) -> String {
+/// A raw QUIC connection to `addr` with a fresh valid identity and the right ALPN, for
+/// writing bytes the real client never would.
+async fn raw_connection(addr: &str) -> (quinn::Endpoint, quinn::Connection) {
     use std::sync::Arc;
     let identity = wasmwire::net::identity::Identity::generate().unwrap();
     let tls = wasmwire::net::identity::client_config(
@@ -418,6 +418,13 @@ async fn raw_hello(addr: &str, first: &str) -> String {
         .unwrap()
         .await
         .unwrap();
+    (endpoint, conn)
+}
+
+/// Opens a raw connection with a valid identity, writes `first` as the first control frame
+/// and returns the reason the host closed the connection with.
+async fn raw_hello(addr: &str, first: &str) -> String {
+    let (endpoint, conn) = raw_connection(addr).await;
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     let mut frame = bytes::BytesMut::new();
     wasmwire::wire::put_frame(&mut frame, first.as_bytes());
@@ -487,26 +494,8 @@ async fn a_slow_remote_receiver_makes_its_sender_busy_with_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_stream_whose_header_never_completes_is_reset() {
-    use std::sync::Arc;
     let b = start_peer(&[], "", ECHO).await;
-    let identity = wasmwire::net::identity::Identity::generate().unwrap();
-    let tls = wasmwire::net::identity::client_config(
-        &identity,
-        Arc::new(Default::default()),
-        wasmwire::wire::ALPN,
-    )
-    .unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = endpoint
-        .connect_with(
-            quinn::ClientConfig::new(Arc::new(crypto)),
-            addr_of(&b).parse().unwrap(),
-            "wasmwire",
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    let (endpoint, conn) = raw_connection(&addr_of(&b)).await;
     let (mut control, _control_in) = conn.open_bi().await.unwrap();
     let mut frame = bytes::BytesMut::new();
     wasmwire::wire::put_json(
