@@ -69,6 +69,22 @@ impl Drop for HostProcess {
     }
 }
 
+/// Starts `wasmwire run` on a free port with `SERVICES` and `extra` `[host]` lines; returns
+/// its address, key file, process (ready) and manifest path.
+async fn host_process(
+    tag: &str,
+    extra: &str,
+) -> (String, std::path::PathBuf, HostProcess, std::path::PathBuf) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (manifest, key) = peer_manifest_with_key(&addr, &[], extra, SERVICES);
+    let dir = scratch_dir(tag);
+    let path = dir.join("wasmwire.toml");
+    std::fs::write(&path, manifest).unwrap();
+    let host = HostProcess::start(&path, &dir.join("host.log"));
+    host.ready().await;
+    (addr, key, host, path)
+}
+
 fn cli(args: &[&str]) -> Output {
     Command::new(wasmwire_bin())
         .args(args)
@@ -83,14 +99,7 @@ fn text(b: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_reaches_a_running_host() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let (manifest, key) = peer_manifest_with_key(&addr, &[], "", SERVICES);
-    let dir = scratch_dir("cli");
-    let path = dir.join("wasmwire.toml");
-    std::fs::write(&path, manifest).unwrap();
-    let mut host = HostProcess::start(&path, &dir.join("host.log"));
-    host.ready().await;
+    let (addr, key, mut host, _) = host_process("cli", "").await;
 
     let out = cli(&["services", &addr]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -154,14 +163,7 @@ async fn a_stranger_is_refused_at_the_handshake_and_named_in_the_log() {
     let friend = Identity::create(&friend_key).unwrap().id;
     let stranger_key = dir.join("stranger.key");
     let stranger = Identity::create(&stranger_key).unwrap().id;
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let (manifest, _) =
-        peer_manifest_with_key(&addr, &[], &format!("allow = [\"{friend}\"]"), SERVICES);
-    let path = dir.join("wasmwire.toml");
-    std::fs::write(&path, manifest).unwrap();
-    let host = HostProcess::start(&path, &dir.join("host.log"));
-    host.ready().await;
+    let (addr, _, host, _) = host_process("allow-host", &format!("allow = [\"{friend}\"]")).await;
     let out = cli(&[
         "call",
         &addr,
@@ -191,14 +193,8 @@ async fn a_stranger_is_refused_at_the_handshake_and_named_in_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_peer_is_noticed_within_the_idle_timeout_and_redialled_when_back() {
-    let port = free_port();
-    let b_addr = format!("127.0.0.1:{port}");
-    let (manifest, key) = peer_manifest_with_key(&b_addr, &[], "", SERVICES);
-    let dir = scratch_dir("kill");
-    let path = dir.join("b.toml");
-    std::fs::write(&path, manifest).unwrap();
-    let mut b = HostProcess::start(&path, &dir.join("b1.log"));
-    b.ready().await;
+    let (b_addr, key, mut b, path) = host_process("kill", "").await;
+    let dir = path.parent().unwrap().to_path_buf();
     let b_id = Identity::load(&key).unwrap().id;
 
     let a = start_peer(

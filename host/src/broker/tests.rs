@@ -185,6 +185,16 @@ impl Sim {
         std::mem::take(&mut self.nodes[i].events)
     }
 
+    /// The ready connections node `i` keeps.
+    fn kept(&self, i: usize) -> Vec<ConnId> {
+        self.nodes[i]
+            .broker
+            .ready_connections()
+            .into_iter()
+            .map(|(c, _, _)| c)
+            .collect()
+    }
+
     fn ready(&self, i: usize) -> Vec<PeerId> {
         self.nodes[i]
             .broker
@@ -426,18 +436,7 @@ fn simultaneous_dials_keep_exactly_one_connection_on_both_sides() {
         let x = sim.connect(first, 1 - first, None);
         let y = sim.connect(1 - first, first, None);
         sim.drive();
-        let kept0: Vec<ConnId> = sim.nodes[0]
-            .broker
-            .ready_connections()
-            .into_iter()
-            .map(|(c, _, _)| c)
-            .collect();
-        let kept1: Vec<ConnId> = sim.nodes[1]
-            .broker
-            .ready_connections()
-            .into_iter()
-            .map(|(c, _, _)| c)
-            .collect();
+        let (kept0, kept1) = (sim.kept(0), sim.kept(1));
         assert_eq!(kept0.len(), 1, "{kept0:?}");
         assert_eq!(kept0, kept1, "both sides keep the same connection");
         // The lower id (node 0, ids are sorted) dialled the survivor.
@@ -667,18 +666,7 @@ fn a_double_dial_from_one_side_keeps_the_same_connection_on_both_sides() {
             sim.connect(dialler, 1 - dialler, None);
             sim.connect(dialler, 1 - dialler, None);
             sim.drive();
-            let kept0: Vec<ConnId> = sim.nodes[0]
-                .broker
-                .ready_connections()
-                .into_iter()
-                .map(|(c, _, _)| c)
-                .collect();
-            let kept1: Vec<ConnId> = sim.nodes[1]
-                .broker
-                .ready_connections()
-                .into_iter()
-                .map(|(c, _, _)| c)
-                .collect();
+            let (kept0, kept1) = (sim.kept(0), sim.kept(1));
             assert_eq!(kept0.len(), 1, "{kept0:?}");
             assert_eq!(kept0, kept1);
         }
