@@ -3,6 +3,7 @@
 #   make test   build everything and run every test
 #   make bench  release-build benchmarks, each beside a baseline from the same run
 #   make demo   two hosts on loopback, a chat room on each, messages crossing hosts
+#   make fuzz   each cargo-fuzz target for FUZZ_SECONDS (600) — see tests/fuzz/
 #
 # Guests are wasm32-wasip2 components built here, once per run, in their own cargo
 # workspaces (never from build.rs); the host and tests are the root workspace.
@@ -15,7 +16,28 @@ SERVICES    := echo counter ticker chat spec
 TEST_GUESTS := misbehave bench not-a-service planted giant
 MANIFEST    ?= wasmwire.toml
 
-.PHONY: all setup services test-guests build run test lint bench demo clean
+.PHONY: all setup services test-guests build run test lint bench demo clean \
+	fuzz-setup fuzz-build fuzz fuzz-smoke
+
+# cargo-fuzz (libFuzzer) needs a nightly toolchain. The sanitizer is off by default: the
+# host's own code is safe Rust (its two `unsafe` blocks load compiled components, which no
+# target reaches), so AddressSanitizer would find nothing of ours and triple the build.
+# `make fuzz FUZZ_SANITIZER=address` turns it on.
+FUZZ_TOOLCHAIN ?= nightly
+FUZZ_SANITIZER ?= none
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TARGETS := manifest wire_data wire_control broker guest
+FUZZ_SECONDS ?= 600
+SMOKE_SECONDS ?= 20
+FUZZ := $(CARGO) +$(FUZZ_TOOLCHAIN) fuzz
+FUZZ_FLAGS = --fuzz-dir tests/fuzz -s $(FUZZ_SANITIZER) -O
+# Seed inputs per target (directories; libFuzzer reads them and writes new finds to the
+# first one, tests/fuzz/corpus/TARGET). Crashes land in tests/fuzz/artifacts/TARGET.
+SEEDS_manifest := tests/manifests examples
+SEEDS_wire_data := tests/fuzz/seeds/wire_data
+SEEDS_wire_control := tests/fuzz/seeds/wire_control
+SEEDS_broker := tests/fuzz/seeds/broker
+SEEDS_guest :=
 
 all: build
 
@@ -46,11 +68,45 @@ test: services test-guests
 	$(CARGO) build --locked -p wasmwire --bins   # the CLI tests run the real binary
 	$(CARGO) test --workspace --locked
 	$(MAKE) lint
+	$(MAKE) fuzz-smoke
+
+# Installs the nightly toolchain and cargo-fuzz when they are missing, as `setup` does for
+# the pinned toolchain.
+fuzz-setup: setup
+	@rustup run $(FUZZ_TOOLCHAIN) rustc --version >/dev/null 2>&1 || rustup toolchain install $(FUZZ_TOOLCHAIN) --profile minimal
+	@cargo-fuzz --version 2>/dev/null | grep -q $(CARGO_FUZZ_VERSION) || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+
+fuzz-build: fuzz-setup services
+	$(FUZZ) build $(FUZZ_FLAGS)
+
+# One target for FUZZ_SECONDS. libFuzzer's running commentary goes to a log beside the
+# crashes; its closing lines (executions, coverage) are printed; a crash prints the tail
+# and stops make.
+define fuzz_one
+	@mkdir -p tests/fuzz/corpus/$(1) tests/fuzz/artifacts/$(1)
+	@echo "== fuzz $(1) for $(FUZZ_SECONDS) s"
+	@$(FUZZ) run $(FUZZ_FLAGS) $(1) tests/fuzz/corpus/$(1) $(SEEDS_$(1)) -- \
+	  -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 > tests/fuzz/artifacts/$(1)/run.log 2>&1 \
+	  || { tail -n 40 tests/fuzz/artifacts/$(1)/run.log; exit 1; }
+	@grep -E "^#[0-9]+[[:space:]]+DONE|^stat::(number_of_executed_units|average_exec_per_sec)" tests/fuzz/artifacts/$(1)/run.log
+
+endef
+
+# Every target for FUZZ_SECONDS each; stops at the first crash (its input is saved in
+# tests/fuzz/artifacts/TARGET/, and `cargo +nightly fuzz run --fuzz-dir tests/fuzz -s none
+# -O TARGET FILE` replays it).
+fuzz: fuzz-build
+	$(foreach t,$(FUZZ_TARGETS),$(call fuzz_one,$(t)))
+
+# The same for SMOKE_SECONDS each: part of `make test`.
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=$(SMOKE_SECONDS)
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	cd sample-services && $(CARGO) fmt --all -- --check
 	cd tests/guests && $(CARGO) fmt --all -- --check
+	rustfmt --edition 2024 --check tests/fuzz/fuzz_targets/*.rs
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd sample-services && $(CARGO) clippy --release --locked --target $(GUEST) --target-dir ../$(GUEST_DIR) -- -D warnings
 	cd tests/guests && $(CARGO) clippy --release --locked --target $(GUEST) --target-dir ../../$(GUEST_DIR) -- -D warnings

@@ -75,8 +75,11 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
         /// Steps per run at most.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 64)]
         max_steps: usize,
+        /// Worker threads (default: one per core). With 1, the seed alone fixes every run.
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Re-run a replay file exactly instead of fuzzing.
         #[arg(long)]
         replay: Option<PathBuf>,
@@ -199,6 +202,7 @@ pub fn main() -> ExitCode {
                 runs,
                 duration,
                 max_steps,
+                jobs,
                 replay,
                 out,
                 json,
@@ -219,6 +223,9 @@ pub fn main() -> ExitCode {
                     },
                     max_steps,
                     limits: Default::default(),
+                    jobs: jobs.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    }),
                 };
                 // Exit 1 when a problem was found (or reproduced), like a failing test.
                 fuzz(&component, settings, replay.as_deref(), out, json)
@@ -664,7 +671,6 @@ async fn fuzz(
     json: bool,
 ) -> Result<bool> {
     use crate::fuzz::{Replay, Target};
-    use std::io::{IsTerminal, Write};
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&settings.options) {
         bail!("--options is not JSON: {e}");
     }
@@ -691,26 +697,45 @@ async fn fuzz(
         }
         return Ok(finding.is_some());
     }
-    let show = !json && std::io::stderr().is_terminal();
-    let report = crate::fuzz::fuzz(&target, &settings, |p| {
-        if show {
-            eprint!(
-                "\r{} runs  {:.0} calls/s  kinds {}/{}  events {}/{}  {:.0}s   ",
+    // A live line on a terminal (indicatif hides itself when stderr is not one).
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let (bar, template) = match settings.runs {
+            Some(runs) => (
+                indicatif::ProgressBar::new(runs),
+                "{bar:24} {pos}/{len} runs  {msg}",
+            ),
+            None => (
+                indicatif::ProgressBar::new(settings.duration.map_or(0, |d| d.as_secs())),
+                "{bar:24} {pos}/{len} s  {msg}",
+            ),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let target_name = component.display().to_string();
+    let report = tokio::task::block_in_place(|| {
+        crate::fuzz::fuzz(&target, &settings, |p| {
+            bar.set_position(match settings.runs {
+                Some(_) => p.runs,
+                None => p.elapsed.as_secs(),
+            });
+            bar.set_message(format!(
+                "{target_name}: {} runs, {:.0} calls/s, kinds {}/{} and events {}/{} reached",
                 p.runs,
                 p.calls as f64 / p.elapsed.as_secs_f64().max(1e-9),
                 p.kinds.0,
                 p.kinds.1,
                 p.events.0,
                 p.events.1,
-                p.elapsed.as_secs_f64()
-            );
-            let _ = std::io::stderr().flush();
-        }
-    })
-    .await;
-    if show {
-        eprintln!();
-    }
+            ));
+        })
+    });
+    bar.finish_and_clear();
     let name = component
         .file_stem()
         .map_or("service".into(), |s| s.to_string_lossy().into_owned());

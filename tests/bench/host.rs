@@ -8,7 +8,9 @@
 //! (b) session messages per second between two instances;
 //! (c) waking a sleeping instance (instantiate + `wakeup`) vs a bare instantiate;
 //! (d) host memory per awake instance with 1 000 awake;
-//! (e) a `request` round trip between two instances, p50 and p99, vs a bare `on-event` call.
+//! (e) a `request` round trip between two instances, p50 and p99, vs a bare `on-event` call;
+//! (f) `wasmwire fuzz` on the sample `echo`, export calls per second on one worker and on
+//!     one per core, vs the rate of the bare typed call of (a), alternated in rounds.
 //!
 //! `BENCH_ONE_THREAD=1` runs everything on one thread (shows what thread hand-offs cost);
 //! `BENCH_DETAIL=1` adds break-downs (store set-up, how far the receiver kept up in (b)).
@@ -384,4 +386,64 @@ channel = 5
         "report",
     );
     node.shutdown().await;
+
+    // (f) fuzzing throughput. Bare dispatch and the fuzzer alternate in rounds (the machine
+    // is noisy); the best of each is kept.
+    let runtime = Runtime::new(&RuntimeConfig {
+        max_awake: 4,
+        max_memory: 64 << 20,
+        cache_dir: Some(root().join("target/test-cache")),
+    })
+    .unwrap();
+    let class = runtime.load(&bench_wasm).await.unwrap();
+    let echo = root().join("target/services/echo.wasm");
+    let target = wasmwire::fuzz::Target::load(&echo, &Default::default())
+        .await
+        .expect("run `make services` first (make bench does)");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (mut bare_rate, mut one_rate, mut all_rate) = (0f64, 0f64, 0f64);
+    for round in 0..ROUNDS as u64 {
+        let mut store = runtime.scratch_store(Arc::from("bare"));
+        let service = class.pre.instantiate_async(&mut store).await.unwrap();
+        let lc = service.wasmwire_service_lifecycle();
+        lc.call_wakeup(&mut store, "{}").await.unwrap().unwrap();
+        let n = 200_000;
+        let t = Instant::now();
+        for _ in 0..n {
+            lc.call_on_message(&mut store, 1, "data", &payload)
+                .await
+                .unwrap();
+        }
+        bare_rate = bare_rate.max(n as f64 / t.elapsed().as_secs_f64());
+        for (jobs, best) in [(1, &mut one_rate), (cores, &mut all_rate)] {
+            let settings = wasmwire::fuzz::Settings {
+                options: "{}".into(),
+                seed: round,
+                runs: None,
+                duration: Some(Duration::from_millis(1500)),
+                max_steps: 64,
+                limits: Default::default(),
+                jobs,
+            };
+            // Blocks this thread (the fuzzer's workers have their own runtimes): nothing
+            // else runs on this one now.
+            let report = wasmwire::fuzz::fuzz(&target, &settings, |_| {});
+            assert!(report.failure.is_none(), "{:?}", report.failure);
+            *best = best.max(report.calls_per_second());
+        }
+    }
+    row(
+        "(f) wasmwire fuzz echo, calls/s, 1 worker",
+        format!("{:.0} k/s", one_rate / 1e3),
+        format!("{:.0} k/s bare", bare_rate / 1e3),
+        format!("{:.2}x", one_rate / bare_rate),
+        ">= 0.5x",
+    );
+    row(
+        &format!("(f) wasmwire fuzz echo, calls/s, {cores} workers"),
+        format!("{:.0} k/s", all_rate / 1e3),
+        format!("{:.0} k/s bare", bare_rate / 1e3),
+        format!("{:.2}x", all_rate / bare_rate),
+        ">= 0.5x",
+    );
 }

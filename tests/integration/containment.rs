@@ -359,13 +359,19 @@ async fn hostile_guests_are_refused_or_stopped_while_the_neighbour_keeps_its_pac
     // The flooder gets a session to flood, from a client that never reads.
     let _victim = node.open_session("bad", "victim").await.unwrap();
     let mut ratios = Vec::new();
+    let rss_before = wasmwire_tests::rss();
     for attack in [
         "sendflood",
         "foreign",
         "connectloop",
         "timerstorm",
         "selfrequest",
+        "bigreply",
+        "bigsend",
+        "biglog",
         "sleep",
+        // Last: it grows memory to the limit in every call until the restart limit stops it.
+        "bomb",
     ] {
         let quiet = witness_rate(&node, window).await;
         let run = async {
@@ -405,12 +411,28 @@ async fn hostile_guests_are_refused_or_stopped_while_the_neighbour_keeps_its_pac
                 result.contains("may not use bad") || result.contains("request cycle"),
                 "{result}"
             ),
+            // 3 MiB across the boundary: the reply is over `max_message` (the caller gets
+            // an error), the payload is refused at the receiver's limit, the log line cut.
+            "bigreply" => assert!(result.contains("over its max_message"), "{result}"),
+            "bigsend" => assert_eq!(result, "Ok(\"1\")"),
+            "biglog" => assert!(result.contains("logged"), "{result}"),
+            // Each call grows memory until the limit traps it; restarts until the restart
+            // limit, then the instance is stopped and calls are refused with the reason.
+            "bomb" => assert!(
+                result.contains("crashed") || result.contains("stopped"),
+                "{result}"
+            ),
             _ => assert_eq!(result, "Ok(true)"),
         }
         ratios.push((attack, ratio));
         witness_still_answers(&node).await;
     }
     assert_eq!(node.instance("sleeper").unwrap().status(), Status::Asleep);
+    // Host memory stays bounded: the 3 MiB strings were copied once each and dropped, the
+    // bomb's 16 MiB instance memory went back to the pool.
+    let grew = wasmwire_tests::rss().saturating_sub(rss_before) >> 20;
+    eprintln!("host RSS grew {grew} MiB over the attacks");
+    assert!(grew < 128, "host RSS grew {grew} MiB");
     // Never starved. (The ratios are printed; on this shared 2-core machine they swing
     // between about 0.2 and 3 from run to run, so a tighter bound would test the machine.)
     for (attack, ratio) in ratios {

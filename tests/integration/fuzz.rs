@@ -14,6 +14,7 @@ fn settings(options: &str, seed: u64, runs: u64) -> Settings {
         runs: Some(runs),
         duration: None,
         max_steps: 32,
+        jobs: 1,
         limits: Default::default(),
     }
 }
@@ -23,7 +24,7 @@ async fn the_planted_bug_is_found_shrunk_to_three_steps_and_replayed() {
     let path = test_guest("planted");
     let s = settings(r#"{"level": 5}"#, 20_241_123, 20_000);
     let target = Target::load(&path, &s.limits).await.unwrap();
-    let report = fuzz::fuzz(&target, &s, |_| {}).await;
+    let report = fuzz::fuzz(&target, &s, |_| {});
     let failure = report
         .failure
         .expect("the planted bug is found within 20 000 runs");
@@ -109,8 +110,8 @@ async fn a_send_on_a_session_never_given_breaks_a_host_rule() {
 async fn the_same_seed_gives_the_same_runs() {
     let s = settings(r#"{"start": 3}"#, 99, 200);
     let target = Target::load(&service("counter"), &s.limits).await.unwrap();
-    let a = fuzz::fuzz(&target, &s, |_| {}).await;
-    let b = fuzz::fuzz(&target, &s, |_| {}).await;
+    let a = fuzz::fuzz(&target, &s, |_| {});
+    let b = fuzz::fuzz(&target, &s, |_| {});
     assert_eq!((a.runs, a.calls, a.refused), (b.runs, b.calls, b.refused));
     assert_eq!(a.events, b.events);
     assert!(
@@ -132,7 +133,7 @@ async fn the_sample_services_survive_fuzzing() {
         s.runs = None;
         s.duration = Some(Duration::from_secs(2));
         let target = Target::load(&service(name), &s.limits).await.unwrap();
-        let r = fuzz::fuzz(&target, &s, |_| {}).await;
+        let r = fuzz::fuzz(&target, &s, |_| {});
         assert!(r.failure.is_none(), "{name}: {:?}", r.failure);
         assert!(r.runs > 10 && r.calls > 100, "{name}: {} runs", r.runs);
         eprintln!(

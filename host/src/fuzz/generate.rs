@@ -5,11 +5,21 @@
 
 use super::step::{Fault, Step};
 use rand::rngs::Xoshiro256PlusPlus;
-use rand::{RngExt, SeedableRng};
+use rand::{Rng, RngExt, SeedableRng};
 use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 
 /// JSON values seen so far, kept bounded.
 const CORPUS: usize = 256;
+
+/// Replies longer than this are not learned: parsing them costs more than their shape adds.
+const LEARN_MAX: usize = 4096;
+
+/// Once the corpus is full, one reply in this many is parsed to replace an entry. A
+/// service's replies repeat (an echo returns what it was sent): parsing each would cost
+/// more than the call that produced it.
+const LEARN_FULL_ONE_IN: u32 = 32;
 
 /// What the generator may look at when choosing the next step.
 pub struct View<'a> {
@@ -29,6 +39,12 @@ pub struct View<'a> {
 pub struct Generator {
     rng: Xoshiro256PlusPlus,
     corpus: Vec<Value>,
+    /// The same values as text, for cheap byte-level mutations.
+    texts: Vec<Vec<u8>>,
+    /// Hashes of the texts already learned, so a repeated reply is not parsed again.
+    learned: HashSet<u64>,
+    /// Fixed keys: the same seed must make the same runs in every process.
+    hasher: BuildHasherDefault<DefaultHasher>,
     next_session: u64,
 }
 
@@ -38,6 +54,9 @@ impl Generator {
         let mut g = Generator {
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             corpus: Vec::new(),
+            texts: Vec::new(),
+            learned: HashSet::new(),
+            hasher: BuildHasherDefault::default(),
             next_session: 1,
         };
         g.learn(options.as_bytes());
@@ -52,15 +71,33 @@ impl Generator {
 
     /// Remembers a JSON value the service showed (a reply, a message it sent).
     pub fn learn(&mut self, bytes: &[u8]) {
+        let full = self.corpus.len() >= CORPUS;
+        // Sampling by the text's hash, not `rng`: learning must not shift the random
+        // choices of the steps that follow.
+        if bytes.len() > LEARN_MAX || bytes.is_empty() {
+            return;
+        }
+        let hash = self.hasher.hash_one(bytes);
+        if full && !hash.is_multiple_of(u64::from(LEARN_FULL_ONE_IN)) {
+            return;
+        }
+        if !self.learned.insert(hash) {
+            return;
+        }
         if let Ok(v) = serde_json::from_slice::<Value>(bytes)
             && !v.is_null()
         {
-            if self.corpus.len() >= CORPUS {
-                let i = self.rng.random_range(0..CORPUS);
+            if full {
+                let i = (hash >> 32) as usize % CORPUS;
                 self.corpus[i] = v;
-            } else if !self.corpus.contains(&v) {
+                self.texts[i] = bytes.to_vec();
+            } else {
                 self.corpus.push(v);
+                self.texts.push(bytes.to_vec());
             }
+        }
+        if self.learned.len() > 16 * CORPUS {
+            self.learned.clear();
         }
     }
 
@@ -128,6 +165,7 @@ impl Generator {
 
     fn payload(&mut self) -> Vec<u8> {
         match self.rng.random_range(0..100u32) {
+            0..35 if !self.texts.is_empty() => self.tweaked(),
             0..55 => self.shaped().to_string().into_bytes(),
             55..80 => self.value(3).to_string().into_bytes(),
             _ => {
@@ -136,18 +174,77 @@ impl Generator {
                 } else {
                     self.rng.random_range(0..64)
                 };
-                (0..len).map(|_| self.rng.random::<u8>()).collect()
+                let mut bytes = vec![0; len];
+                self.rng.fill_bytes(&mut bytes);
+                bytes
             }
         }
     }
 
     fn params(&mut self) -> String {
         match self.rng.random_range(0..100u32) {
+            // `tweaked` keeps UTF-8 text UTF-8 (it only touches ASCII bytes).
+            0..35 if !self.texts.is_empty() => {
+                String::from_utf8(self.tweaked()).unwrap_or_else(|_| "null".into())
+            }
             0..60 => self.shaped().to_string(),
             60..75 => "null".into(),
             75..95 => self.value(3).to_string(),
             _ => self.word(),
         }
+    }
+
+    /// A text from the corpus with one to three byte-level changes, as byte fuzzers make
+    /// them: a number swapped for an edge value, a byte for a JSON delimiter, a byte
+    /// inserted or removed, the text cut short. Much cheaper than a structured mutation
+    /// (no parse, no tree, no serializing), so most payloads are made this way. Only ASCII
+    /// bytes are touched, so UTF-8 text stays UTF-8.
+    fn tweaked(&mut self) -> Vec<u8> {
+        const EDGES: [&[u8]; 10] = [
+            b"0",
+            b"-1",
+            b"1",
+            b"100",
+            b"101",
+            b"127",
+            b"255",
+            b"256",
+            b"65536",
+            b"9223372036854775807",
+        ];
+        const DELIMITERS: &[u8] = b"\"{}[],:-\\0e.tnfx ";
+        let i = self.rng.random_range(0..self.texts.len());
+        let mut t = self.texts[i].clone();
+        for _ in 0..self.rng.random_range(1..=3) {
+            if t.is_empty() {
+                t.push(b'0');
+                continue;
+            }
+            let at = self.rng.random_range(0..t.len());
+            if !t[at].is_ascii() {
+                continue;
+            }
+            match self.rng.random_range(0..8u32) {
+                0..3 if t[at].is_ascii_digit() => {
+                    let (mut a, mut b) = (at, at);
+                    while a > 0 && (t[a - 1].is_ascii_digit() || t[a - 1] == b'-') {
+                        a -= 1;
+                    }
+                    while b < t.len() && t[b].is_ascii_digit() {
+                        b += 1;
+                    }
+                    let edge = EDGES[self.rng.random_range(0..EDGES.len())];
+                    t.splice(a..b, edge.iter().copied());
+                }
+                0..5 => t[at] = DELIMITERS[self.rng.random_range(0..DELIMITERS.len())],
+                5 => t.insert(at, DELIMITERS[self.rng.random_range(0..DELIMITERS.len())]),
+                6 => {
+                    t.remove(at);
+                }
+                _ => t.truncate(at),
+            }
+        }
+        t
     }
 
     /// A value from the corpus, mutated.

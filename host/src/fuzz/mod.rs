@@ -19,9 +19,9 @@ use crate::runtime::session::{ClientEvent, Route, SessionEnd};
 use crate::runtime::state::{Audit, Deferred, HostState, new_store};
 use crate::runtime::{Class, CpuDeadline, LoadError, MemoryLimit, Runtime, RuntimeConfig};
 use generate::{Generator, View};
-use rand::{RngExt, SeedableRng};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 pub use step::{Fault, Replay, Step};
 use tokio::sync::mpsc;
@@ -49,7 +49,7 @@ impl Target {
     /// Compiles and type-checks `path`, and asks its `describe`.
     pub async fn load(path: &Path, limits: &Limits) -> Result<Target, FuzzError> {
         let runtime = Runtime::new(&RuntimeConfig {
-            max_awake: 4,
+            max_awake: max_jobs() as u32,
             max_memory: limits.memory,
             cache_dir: None,
         })
@@ -76,6 +76,12 @@ impl Target {
     }
 }
 
+/// Workers a target can serve at once (each holds one instance at a time): the machine's
+/// cores, and at least four.
+fn max_jobs() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| n.get().max(4))
+}
+
 /// How a fuzzing session runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -91,6 +97,10 @@ pub struct Settings {
     pub max_steps: usize,
     /// The instance's limits.
     pub limits: Limits,
+    /// Worker threads, each fuzzing its own instances. With one, the seed alone fixes
+    /// every run; with more, each run still comes from the seed but what the generator has
+    /// learned depends on which worker made it.
+    pub jobs: usize,
 }
 
 /// What kind of problem a run found.
@@ -287,15 +297,15 @@ impl<'t> Harness<'t> {
         }
     }
 
-    fn view_ids(&self) -> (Vec<u64>, Vec<u32>) {
-        match &self.live {
-            None => (Vec::new(), Vec::new()),
-            Some(l) => {
-                let mut s: Vec<u64> = l.store.data().sessions.iter().map(|(id, _)| *id).collect();
-                s.sort_unstable();
-                let t = l.store.data().timers.iter().map(|t| t.id).collect();
-                (s, t)
-            }
+    /// The open sessions (sorted: the map's order is random) and timers, into buffers
+    /// reused for every step.
+    fn view_ids(&self, sessions: &mut Vec<u64>, timers: &mut Vec<u32>) {
+        sessions.clear();
+        timers.clear();
+        if let Some(l) = &self.live {
+            sessions.extend(l.store.data().sessions.iter().map(|(id, _)| *id));
+            sessions.sort_unstable();
+            timers.extend(l.store.data().timers.iter().map(|t| t.id));
         }
     }
 
@@ -605,46 +615,148 @@ pub struct Progress<'a> {
     pub target: &'a Target,
 }
 
-/// Fuzzes `target` until the runs or the time run out, or a problem is found.
-pub async fn fuzz(
+/// Counters the workers add to after each run, read by the progress display.
+struct Shared {
+    next_run: AtomicU64,
+    stop: AtomicBool,
+    runs: AtomicU64,
+    calls: AtomicU64,
+    refused: AtomicU64,
+    messages: Vec<AtomicU64>,
+    events: Vec<AtomicU64>,
+}
+
+impl Shared {
+    fn reached(v: &[AtomicU64]) -> (usize, usize) {
+        let n = v.iter().filter(|c| c.load(Ordering::Relaxed) > 0).count();
+        (n, v.len())
+    }
+
+    fn counts(names: &[String], v: &[AtomicU64]) -> Vec<(String, u64)> {
+        names
+            .iter()
+            .zip(v)
+            .map(|(k, c)| (k.clone(), c.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+/// The seed of run `index` of a session seeded with `seed` (SplitMix64): the same for
+/// whichever worker makes the run.
+fn run_seed(seed: u64, index: u64) -> u64 {
+    let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Fuzzes `target` until the runs or the time run out, or a problem is found, on
+/// `settings.jobs` worker threads (each with its own single-threaded async runtime and its
+/// own instances). Blocks the calling thread, which calls `progress` about four times a
+/// second.
+pub fn fuzz(
     target: &Target,
     settings: &Settings,
     mut progress: impl FnMut(&Progress<'_>),
 ) -> Report {
     let started = Instant::now();
-    let mut seeds = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(settings.seed);
-    let mut generator = Generator::new(settings.seed, &settings.options);
-    let mut report = Report {
-        seed: settings.seed,
-        runs: 0,
-        calls: 0,
-        elapsed: Duration::ZERO,
-        refused: 0,
+    let jobs = settings.jobs.clamp(1, max_jobs());
+    let shared = Shared {
+        next_run: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        runs: AtomicU64::new(0),
+        calls: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
         messages: target
             .class
             .messages
             .iter()
-            .map(|k| (k.clone(), 0))
+            .map(|_| AtomicU64::new(0))
             .collect(),
-        events: target.class.events.iter().map(|k| (k.clone(), 0)).collect(),
-        failure: None,
+        events: target
+            .class
+            .events
+            .iter()
+            .map(|_| AtomicU64::new(0))
+            .collect(),
     };
-    let mut last_progress = Instant::now();
+    let failure = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs)
+            .map(|w| {
+                let shared = &shared;
+                scope.spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()?;
+                    rt.block_on(worker(target, settings, w as u64, shared, started))
+                })
+            })
+            .collect();
+        let mut last_progress = Instant::now();
+        while !workers.iter().all(|w| w.is_finished()) {
+            std::thread::sleep(Duration::from_millis(10));
+            if last_progress.elapsed() >= Duration::from_millis(250) {
+                last_progress = Instant::now();
+                progress(&Progress {
+                    runs: shared.runs.load(Ordering::Relaxed),
+                    calls: shared.calls.load(Ordering::Relaxed),
+                    elapsed: started.elapsed(),
+                    kinds: Shared::reached(&shared.messages),
+                    events: Shared::reached(&shared.events),
+                    target,
+                });
+            }
+        }
+        // The first worker to find a problem stops the others; it alone reports it.
+        workers
+            .into_iter()
+            .filter_map(|w| w.join().ok().flatten())
+            .next()
+    });
+    Report {
+        seed: settings.seed,
+        runs: shared.runs.load(Ordering::Relaxed),
+        calls: shared.calls.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        refused: shared.refused.load(Ordering::Relaxed),
+        messages: Shared::counts(&target.class.messages, &shared.messages),
+        events: Shared::counts(&target.class.events, &shared.events),
+        failure,
+    }
+}
+
+/// One worker: claims run numbers until the runs or the time run out or any worker found a
+/// problem; returns the problem it found, shrunk.
+async fn worker(
+    target: &Target,
+    settings: &Settings,
+    w: u64,
+    shared: &Shared,
+    started: Instant,
+) -> Option<Failure> {
+    let mut generator = Generator::new(settings.seed ^ w, &settings.options);
     let max_steps = settings.max_steps.max(1);
+    let (mut sessions, mut timers) = (Vec::new(), Vec::new());
+    let mut steps = Vec::with_capacity(max_steps);
     loop {
-        if settings.runs.is_some_and(|r| report.runs >= r)
+        if shared.stop.load(Ordering::Relaxed)
             || settings.duration.is_some_and(|d| started.elapsed() >= d)
         {
-            break;
+            return None;
         }
-        let run_seed: u64 = seeds.random();
+        let index = shared.next_run.fetch_add(1, Ordering::Relaxed);
+        if settings.runs.is_some_and(|r| index >= r) {
+            return None;
+        }
+        let run_seed = run_seed(settings.seed, index);
         generator.reseed(run_seed);
         let length = 1 + (run_seed % max_steps as u64) as usize;
         let mut h = Harness::new(target, settings);
-        let mut steps = Vec::with_capacity(length);
+        steps.clear();
         let mut found = None;
         for i in 0..length {
-            let (sessions, timers) = h.view_ids();
+            h.view_ids(&mut sessions, &mut timers);
             let view = View {
                 awake: h.live.is_some(),
                 sessions: &sessions,
@@ -667,19 +779,22 @@ pub async fn fuzz(
             f.step = steps.len();
             found = Some(f);
         }
-        report.runs += 1;
-        report.calls += h.calls;
-        report.refused += h.refused;
-        for (i, n) in h.messages.iter().enumerate() {
-            report.messages[i].1 += n;
+        shared.runs.fetch_add(1, Ordering::Relaxed);
+        shared.calls.fetch_add(h.calls, Ordering::Relaxed);
+        shared.refused.fetch_add(h.refused, Ordering::Relaxed);
+        for (c, n) in shared.messages.iter().zip(&h.messages) {
+            c.fetch_add(*n, Ordering::Relaxed);
         }
-        for (i, n) in h.events.iter().enumerate() {
-            report.events[i].1 += n;
+        for (c, n) in shared.events.iter().zip(&h.events) {
+            c.fetch_add(*n, Ordering::Relaxed);
         }
         if let Some(f) = found {
+            if shared.stop.swap(true, Ordering::Relaxed) {
+                return None; // another worker found one first
+            }
             let found_steps = f.step + 1;
-            let (steps, finding) = shrink(target, settings, steps, &f).await;
-            report.failure = Some(Failure {
+            let (steps, finding) = shrink(target, settings, std::mem::take(&mut steps), &f).await;
+            return Some(Failure {
                 finding,
                 run_seed,
                 found_steps,
@@ -688,21 +803,6 @@ pub async fn fuzz(
                     steps,
                 },
             });
-            break;
-        }
-        if last_progress.elapsed() >= Duration::from_millis(250) {
-            last_progress = Instant::now();
-            let reached = |v: &[(String, u64)]| (v.iter().filter(|(_, n)| *n > 0).count(), v.len());
-            progress(&Progress {
-                runs: report.runs,
-                calls: report.calls,
-                elapsed: started.elapsed(),
-                kinds: reached(&report.messages),
-                events: reached(&report.events),
-                target,
-            });
         }
     }
-    report.elapsed = started.elapsed();
-    report
 }

@@ -28,6 +28,9 @@ struct Awake {
     service: Service,
 }
 
+/// An error text from `on-event` is cut to this many bytes (it is for people, not data).
+const MAX_ERROR_TEXT: usize = 4096;
+
 /// Owns one instance's store and runs its lifecycle.
 pub(crate) struct InstanceActor {
     me: Arc<Instance>,
@@ -235,11 +238,35 @@ impl InstanceActor {
                 let name = &self.me.class.events[event as usize];
                 let result = guest_call!(*a, call_on_event, caller, name, &params);
                 a.store.data_mut().chain.clear();
+                // A reply is a message back: bounded by the same `max_message`, so a
+                // guest cannot push its whole memory onto the caller (or the wire).
+                let max = self.me.limits.max_message;
                 match result {
+                    Ok(Ok(json)) if json.len() as u64 > max => {
+                        tracing::warn!(
+                            instance = %self.me.name,
+                            "on-event {name} replied {} bytes, over max_message ({max}); the caller gets an error",
+                            json.len()
+                        );
+                        let _ = reply.send(Err(CallError::Failed(format!(
+                            "{} replied {} bytes to {name}, over its max_message of {max}",
+                            self.me.name,
+                            json.len()
+                        ))));
+                    }
                     Ok(Ok(json)) => {
                         let _ = reply.send(Ok(json));
                     }
-                    Ok(Err(text)) => {
+                    Ok(Err(mut text)) => {
+                        if text.len() > MAX_ERROR_TEXT {
+                            let n = text.len();
+                            let mut cut = MAX_ERROR_TEXT;
+                            while !text.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            text.truncate(cut);
+                            text.push_str(&format!("… ({n} bytes in all)"));
+                        }
                         let _ = reply.send(Err(CallError::Failed(text)));
                     }
                     Err(e) => {

@@ -6,7 +6,8 @@
 //! (recursion without end: a stack overflow), `sendflood` (sends on every session until
 //! refused), `foreign` (`send` and `close` on 10 000 session ids it does not own),
 //! `connectloop` (10 000 `connect`s), `timerstorm` (10 000 `set-timer`s, a third of 0 ms),
-//! `selfrequest` (a `request` to itself).
+//! `selfrequest` (a `request` to itself), `bigreply` (a 3 MiB reply), `bigsend` (a 3 MiB
+//! payload on every session), `biglog` (one 3 MiB log line).
 //! Messages: `boom` traps in `on-message`, `fine` is ignored, `slow` takes 5 ms.
 //! Options: `{ "trap_wakeup": true }` makes `wakeup` trap; `{ "spin_sleep": true }` makes
 //! `sleep` never return.
@@ -41,6 +42,9 @@ impl Service for Misbehave {
         "connectloop",
         "timerstorm",
         "selfrequest",
+        "bigreply",
+        "bigsend",
+        "biglog",
     ];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
@@ -140,6 +144,19 @@ impl Service for Misbehave {
                     Err(e) => Reply::json(&e.to_string()),
                 }
             }
+            "bigreply" => Reply::json(&"x".repeat(BIG)),
+            "bigsend" => {
+                let payload = vec![b'x'; BIG];
+                let refused = wasmwire_guest::sessions()
+                    .iter()
+                    .filter(|s| wasmwire_guest::send(s.id, "fine", &payload).is_err())
+                    .count();
+                Reply::json(&refused)
+            }
+            "biglog" => {
+                wasmwire_guest::log(wasmwire_guest::Level::Info, &"x".repeat(BIG));
+                Reply::json("logged")
+            }
             "logflood" => {
                 for i in 0..100_000 {
                     wasmwire_guest::log(wasmwire_guest::Level::Info, &format!("flood {i}"));
@@ -156,6 +173,9 @@ impl Service for Misbehave {
         }
     }
 }
+
+/// Bytes of the huge strings and payloads handed to the host.
+const BIG: usize = 3 << 20;
 
 /// Recursion that never ends (the frame is kept alive so it cannot become a loop).
 #[allow(unconditional_recursion)] // the point: a stack overflow
