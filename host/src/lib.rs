@@ -8,8 +8,17 @@
 //! ## Layout
 //! Dependencies point down only.
 //! - [`cli`]: the `wasmwire` command line.
+//! - [`fuzz`]: `wasmwire fuzz` — drives a service's exports through the runtime with
+//!   generated step sequences on worker threads, shrinks a failure, reads and writes replay
+//!   files.
 //! - [`node`]: a running host — loads the components of a manifest, starts one actor per
-//!   instance, serves client requests and sessions, shuts down cleanly.
+//!   instance, serves client requests and sessions, starts the network, shuts down cleanly.
+//! - [`net`]: the QUIC side — one quinn endpoint, TLS with raw public keys, the task that
+//!   drives the broker, session streams between hosts.
+//! - [`broker`]: the channel-0 state machine, sans-IO (inputs `handle_*`, outputs `poll_*`,
+//!   time passed in): hellos, requests and answers, peer exchange, one connection per pair.
+//! - [`wire`]: the codecs — frames, control messages and session headers, data frames,
+//!   peer ids. Pure functions, fuzzed by the targets in `tests/fuzz/`.
 //! - [`runtime`]: the wasmtime side — engine, compiled-component cache, generated bindings
 //!   (`runtime::bindings`, the only `bindgen!`), per-instance host state and imports,
 //!   sessions and routes, the instance actor, the restart policy.

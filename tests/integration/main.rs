@@ -5,6 +5,7 @@ mod cache;
 mod cli;
 mod containment;
 mod fuzz;
+mod hostile_peers;
 mod lifecycle;
 mod manifests;
 mod peers;

@@ -8,7 +8,7 @@ use wasmwire::runtime::instance::CallError;
 use wasmwire::runtime::session::ClientEvent;
 use wasmwire_tests::{addr_of, json, start_peer, wait_connected, wait_until};
 
-const WITHIN: Duration = Duration::from_secs(10);
+pub(crate) const WITHIN: Duration = Duration::from_secs(10);
 
 /// Host B: an exposed counter and an unexposed one.
 const COUNTERS: &str = r#"
@@ -124,9 +124,9 @@ async fn remote_requests_reach_exposed_services_only_and_obey_uses() {
 }
 
 /// A client connection for tests: a `Net` with role client, dialled to a host.
-struct TestClient {
-    net: wasmwire::net::Net,
-    conn: wasmwire::broker::ConnId,
+pub(crate) struct TestClient {
+    pub(crate) net: wasmwire::net::Net,
+    pub(crate) conn: wasmwire::broker::ConnId,
 }
 
 impl TestClient {
@@ -143,12 +143,15 @@ impl TestClient {
         }
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         self.net.shutdown(Duration::from_millis(200)).await;
     }
 }
 
-fn client_net(identity: wasmwire::net::identity::Identity, alpn: &[u8]) -> wasmwire::net::Net {
+pub(crate) fn client_net(
+    identity: wasmwire::net::identity::Identity,
+    alpn: &[u8],
+) -> wasmwire::net::Net {
     wasmwire::net::Net::start(
         wasmwire::net::NetConfig {
             role: wasmwire::wire::Role::Client,
@@ -165,7 +168,7 @@ fn client_net(identity: wasmwire::net::identity::Identity, alpn: &[u8]) -> wasmw
     .unwrap()
 }
 
-async fn client_of(host: &wasmwire::node::Node) -> TestClient {
+pub(crate) async fn client_of(host: &wasmwire::node::Node) -> TestClient {
     let net = client_net(
         wasmwire::net::identity::Identity::generate().unwrap(),
         wasmwire::wire::ALPN,
@@ -401,7 +404,7 @@ async fn wrong_ids_alpn_and_hello_mismatches_end_the_connection() {
 
 /// A raw QUIC connection to `addr` with a fresh valid identity and the right ALPN, for
 /// writing bytes the real client never would.
-async fn raw_connection(addr: &str) -> (quinn::Endpoint, quinn::Connection) {
+pub(crate) async fn raw_connection(addr: &str) -> (quinn::Endpoint, quinn::Connection) {
     use std::sync::Arc;
     let identity = wasmwire::net::identity::Identity::generate().unwrap();
     let tls = wasmwire::net::identity::client_config(

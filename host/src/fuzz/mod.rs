@@ -430,6 +430,7 @@ impl<'t> Harness<'t> {
                     SessionEnd {
                         route: Route::Client {
                             to: self.out_tx.clone(),
+                            max_message: limits.max_message,
                         },
                         service: Arc::from(caller.as_str()),
                         peer: None,

@@ -117,6 +117,7 @@ enum Input {
         peer: PeerId,
         dialled: Option<DialTo>,
         control: mpsc::Sender<bytes::Bytes>,
+        window: Arc<tokio::sync::Semaphore>,
     },
     Control {
         conn: ConnId,
@@ -179,6 +180,8 @@ struct Shared {
     open: std::sync::atomic::AtomicUsize,
     handshake_timeout: Duration,
     runtime: tokio::runtime::Handle,
+    /// Requests one peer may have waiting for answers (`BrokerLimits::max_incoming`).
+    window: usize,
 }
 
 /// A running network endpoint: a host's (listening, dialling its peers, serving its exposed
@@ -232,6 +235,7 @@ impl Net {
             .unwrap_or_default();
         let me = config.identity.id;
         let now = Instant::now();
+        let window = config.limits.max_incoming.max(1);
         let broker = Broker::new(
             BrokerConfig {
                 me,
@@ -260,6 +264,7 @@ impl Net {
             open: std::sync::atomic::AtomicUsize::new(0),
             handshake_timeout: config.transport.peer_timeout.max(Duration::from_secs(2)),
             runtime: tokio::runtime::Handle::current(),
+            window,
         });
         tokio::spawn(drive(shared.clone(), broker, rx, stopped.clone()));
         if config.role == Role::Host {
@@ -552,12 +557,14 @@ async fn run_connection(
         }
     };
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let window = Arc::new(tokio::sync::Semaphore::new(shared.window));
     let connected = Input::Connected {
         conn,
         connection: connection.clone(),
         peer,
         dialled,
         control,
+        window: window.clone(),
     };
     if shared.input.send(connected).await.is_err() {
         return;
@@ -571,6 +578,7 @@ async fn run_connection(
         conn,
         shared.input.clone(),
         connection.clone(),
+        window,
     ));
     // Sessions are served only once hello has settled who the peer is.
     let streams = tokio::spawn({
@@ -616,11 +624,18 @@ async fn write_control(mut send: quinn::SendStream, mut rx: mpsc::Receiver<bytes
     let _ = send.finish();
 }
 
+/// Reads a connection's control stream and hands each message to the broker task.
+///
+/// A peer's requests are admitted through its window: once `window` requests wait for
+/// answers, this reader stops reading until one is answered, so a peer that asks faster
+/// than it is answered is slowed by QUIC flow control on its own stream — it cannot fill
+/// the broker task's queue, which every connection shares.
 async fn read_control(
     mut recv: quinn::RecvStream,
     conn: ConnId,
     input: mpsc::Sender<Input>,
     connection: quinn::Connection,
+    window: Arc<tokio::sync::Semaphore>,
 ) {
     let mut buf = BytesMut::with_capacity(4 << 10);
     loop {
@@ -630,6 +645,19 @@ async fn read_control(
                 Ok(Some(frame)) => wire::control::decode_control(&frame),
                 Err(e) => Err(wire::Undecodable::Malformed(e.to_string())),
             };
+            // Everything the broker answers takes a permit; `carry_out` returns it when
+            // the answer is written.
+            let asks = match &message {
+                Ok(m) => !m.is_answer() && !matches!(m, Control::Hello(_)),
+                Err(wire::Undecodable::UnknownType { id, .. }) => id.is_some(),
+                Err(wire::Undecodable::Malformed(_)) => false,
+            };
+            if asks {
+                match window.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return,
+                }
+            }
             let stop = matches!(message, Err(wire::Undecodable::Malformed(_)));
             if input.send(Input::Control { conn, message }).await.is_err() || stop {
                 return;
@@ -689,6 +717,9 @@ struct Link {
     /// Encoded control frames for the connection's writer task.
     control: mpsc::Sender<bytes::Bytes>,
     peer: PeerId,
+    /// The peer's request window: its control reader takes a permit per request, each
+    /// answer written gives one back.
+    window: Arc<tokio::sync::Semaphore>,
 }
 
 /// The broker task: feeds the broker and carries out what it says.
@@ -737,6 +768,7 @@ fn handle(
             peer,
             dialled,
             control,
+            window,
         } => {
             let remote = connection.remote_address();
             links.insert(
@@ -745,6 +777,7 @@ fn handle(
                     connection,
                     control,
                     peer,
+                    window,
                 },
             );
             broker.handle_connected(conn, peer, remote, dialled, now);
@@ -890,6 +923,9 @@ fn carry_out(
                     reason: failure.reason,
                 };
                 wire::put_json(&mut frame, &error);
+            }
+            if message.is_answer() && link.window.available_permits() < shared.window {
+                link.window.add_permits(1);
             }
             if let Err(mpsc::error::TrySendError::Full(_)) = link.control.try_send(frame.freeze()) {
                 broker.close(

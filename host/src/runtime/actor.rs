@@ -549,7 +549,11 @@ pub(crate) async fn open_client_session(
             service: Arc::from(client),
             peer: None,
         },
-        back: Route::Client { to },
+        // A client takes what the service itself would take.
+        back: Route::Client {
+            to,
+            max_message: instance.limits.max_message,
+        },
         chain: Default::default(),
         reply,
     })?;

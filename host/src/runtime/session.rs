@@ -44,8 +44,15 @@ pub enum ClientEvent {
 pub(crate) enum Route {
     /// An instance on this host, at its end `end`.
     Instance { to: Arc<Instance>, end: SessionId },
-    /// A client of this host in the same process (a test, an embedding program).
-    Client { to: mpsc::Sender<ClientEvent> },
+    /// A client of this host in the same process (a test, an embedding program). Its queue
+    /// is bounded in messages and each message in bytes (`max_message`), so what a guest
+    /// can park in host memory for a client that does not read is bounded too.
+    Client {
+        /// The client's queue.
+        to: mpsc::Sender<ClientEvent>,
+        /// The largest payload it takes.
+        max_message: u64,
+    },
     /// The other end is on another host, across a QUIC stream.
     Remote(Arc<dyn RemoteSink>),
 }
@@ -71,15 +78,22 @@ impl Route {
                 );
                 Ok(())
             }
-            Route::Client { to } => to
-                .try_send(ClientEvent::Message {
+            Route::Client { to, max_message } => {
+                if payload.len() as u64 > *max_message {
+                    return Err(CallError::TooLarge {
+                        size: payload.len(),
+                        limit: *max_message,
+                    });
+                }
+                to.try_send(ClientEvent::Message {
                     kind: kind.to_string(),
                     payload,
                 })
                 .map_err(|e| match e {
                     mpsc::error::TrySendError::Full(_) => CallError::Busy,
                     mpsc::error::TrySendError::Closed(_) => CallError::Closed,
-                }),
+                })
+            }
             Route::Remote(sink) => sink.send(kind, payload),
         }
     }
@@ -107,7 +121,7 @@ impl Route {
             Route::Instance { to, end } => {
                 let _ = to.post(Envelope::Disconnect { end: *end });
             }
-            Route::Client { to } => {
+            Route::Client { to, .. } => {
                 if let Err(mpsc::error::TrySendError::Full(closed)) =
                     to.try_send(ClientEvent::Closed)
                 {
