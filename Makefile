@@ -4,6 +4,7 @@
 #   make bench  release-build benchmarks, each beside a baseline from the same run
 #   make demo   two hosts on loopback, a chat room on each, messages crossing hosts
 #   make fuzz   each cargo-fuzz target for FUZZ_SECONDS (600) — see tests/fuzz/
+#   make sim    the broker network simulation at 100 to 10 000 virtual hosts (docs/scaling.md)
 #
 # Guests are wasm32-wasip2 components built here, once per run, in their own cargo
 # workspaces (never from build.rs); the host and tests are the root workspace.
@@ -17,7 +18,7 @@ TEST_GUESTS := misbehave bench not-a-service planted giant
 MANIFEST    ?= wasmwire.toml
 
 .PHONY: all setup services test-guests build run test lint bench demo clean \
-	fuzz-setup fuzz-build fuzz fuzz-smoke
+	fuzz-setup fuzz-build fuzz fuzz-smoke sim
 
 # cargo-fuzz (libFuzzer) needs a nightly toolchain. The sanitizer is off by default: the
 # host's own code is safe Rust (its two `unsafe` blocks load compiled components, which no
@@ -113,6 +114,9 @@ lint: setup
 
 bench: services test-guests
 	$(CARGO) bench --locked -p wasmwire-tests --bench host
+
+sim: setup
+	$(CARGO) bench --locked -p wasmwire-tests --bench sim
 
 demo: build
 	bash examples/two-hosts/demo.sh

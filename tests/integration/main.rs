@@ -11,3 +11,4 @@ mod manifests;
 mod peers;
 mod samples;
 mod sessions;
+mod sim;

@@ -1,6 +1,8 @@
 //! Helpers for the integration tests and benchmarks: where the built guests are, and a
 //! way to start a real host from manifest text.
 
+pub mod sim;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

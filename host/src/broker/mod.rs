@@ -1015,7 +1015,39 @@ impl Broker {
                 } else {
                     limits.peers_per_answer
                 };
-                let peers = self.peer_list(client, Some(asker), max);
+                let peers = if client {
+                    self.peer_list(true, Some(asker), max)
+                } else {
+                    // A random sample, not the oldest connections: every host answering
+                    // with the same first few would make those few the hubs everyone dials
+                    // (found by the network simulation, `make sim`).
+                    let mut all: Vec<(PeerId, u64, Option<SocketAddr>)> = self
+                        .conns
+                        .values()
+                        .filter_map(|c| match &c.state {
+                            ConnState::Ready(a) if a.role == Role::Host && c.peer != asker => {
+                                Some((c.peer, c.opened, advertised(a.listen, c.remote)))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    // One ready host connection per peer (the tie-break keeps one), so no
+                    // dedup; sorted by age only so that the sample depends on the seed alone.
+                    all.sort_unstable_by_key(|(_, opened, _)| *opened);
+                    let n = all.len().min(max);
+                    for i in 0..n {
+                        let j = i + (self.next_random() % (all.len() - i) as u64) as usize;
+                        all.swap(i, j);
+                    }
+                    all.truncate(n);
+                    all.into_iter()
+                        .map(|(p, _, addr)| PeerEntry {
+                            peer: p.to_string(),
+                            addr: addr.map(|a| a.to_string()),
+                            connected: true,
+                        })
+                        .collect()
+                };
                 self.transmits
                     .push_back(reply(Control::Peers { id, peers }));
             }
