@@ -75,7 +75,7 @@ pub enum Command {
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
         /// Steps per run at most.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 128)]
         max_steps: usize,
         /// Worker threads (default: one per core). With 1, the seed alone fixes every run.
         #[arg(long)]

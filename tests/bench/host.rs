@@ -421,7 +421,7 @@ channel = 5
                 seed: round,
                 runs: None,
                 duration: Some(Duration::from_millis(1500)),
-                max_steps: 64,
+                max_steps: 128,
                 limits: Default::default(),
                 jobs,
             };

@@ -45,6 +45,8 @@ pub struct Generator {
     learned: HashSet<u64>,
     /// Fixed keys: the same seed must make the same runs in every process.
     hasher: BuildHasherDefault<DefaultHasher>,
+    /// Replies offered since the corpus filled.
+    seen: u64,
     next_session: u64,
 }
 
@@ -57,6 +59,7 @@ impl Generator {
             texts: Vec::new(),
             learned: HashSet::new(),
             hasher: BuildHasherDefault::default(),
+            seen: 0,
             next_session: 1,
         };
         g.learn(options.as_bytes());
@@ -72,15 +75,24 @@ impl Generator {
     /// Remembers a JSON value the service showed (a reply, a message it sent).
     pub fn learn(&mut self, bytes: &[u8]) {
         let full = self.corpus.len() >= CORPUS;
-        // Sampling by the text's hash, not `rng`: learning must not shift the random
-        // choices of the steps that follow.
         if bytes.len() > LEARN_MAX || bytes.is_empty() {
             return;
         }
-        let hash = self.hasher.hash_one(bytes);
-        if full && !hash.is_multiple_of(u64::from(LEARN_FULL_ONE_IN)) {
-            return;
+        // Once full, one reply in LEARN_FULL_ONE_IN is looked at, counted (not drawn from
+        // `rng`: learning must not shift the random choices of the steps that follow).
+        if full {
+            self.seen = self.seen.wrapping_add(1);
+            if !self.seen.is_multiple_of(u64::from(LEARN_FULL_ONE_IN)) {
+                return;
+            }
         }
+        // The length and both ends tell texts apart well enough for a corpus, and cost the
+        // same for a 4 KiB reply as for a short one.
+        let ends = (
+            &bytes[..bytes.len().min(64)],
+            &bytes[bytes.len().saturating_sub(64)..],
+        );
+        let hash = self.hasher.hash_one((bytes.len(), ends));
         if !self.learned.insert(hash) {
             return;
         }

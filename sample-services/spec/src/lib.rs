@@ -25,10 +25,18 @@ fn note(line: String) {
     RECORD.with(|r| r.borrow_mut().push(line));
 }
 
+/// The largest payload `flood` makes.
+const MAX_FLOOD_SIZE: usize = 1 << 20;
+
 #[derive(Default)]
 struct Spec {
     /// Where to send the record when put to sleep (option `report_to`, a service in `uses`).
     report_to: Option<String>,
+    /// Every session id the host ever gave this instance (in `on-connect`). `send` and
+    /// `flood` act only on these: an id taken from a caller's parameters is never trusted
+    /// (`wasmwire fuzz` found that it was — a caller could make this service send on a
+    /// session it had never seen).
+    given: std::collections::HashSet<SessionId>,
 }
 
 #[derive(Deserialize, Default)]
@@ -100,6 +108,7 @@ impl Service for Spec {
     }
 
     fn on_connect(&mut self, session: Session) {
+        self.given.insert(session.id);
         note(format!("connect {} {}", session.id, session.service));
     }
 
@@ -139,6 +148,9 @@ impl Service for Spec {
                 Err(e) => Reply::error(e),
             },
             "send" => match event.params::<SendOn>() {
+                Ok(s) if !self.given.contains(&s.session) => {
+                    Reply::error(format!("session {} was never mine", s.session))
+                }
                 Ok(s) => wasmwire_guest::send(s.session, &s.kind, s.text.as_bytes())
                     .map(|()| true)
                     .map_err(|e| e.to_string())
@@ -146,6 +158,13 @@ impl Service for Spec {
                 Err(e) => Reply::error(e),
             },
             "flood" => match event.params::<FloodOn>() {
+                Ok(f) if !self.given.contains(&f.session) => {
+                    Reply::error(format!("session {} was never mine", f.session))
+                }
+                // Bounded, so a caller cannot make it allocate without end.
+                Ok(f) if f.size > MAX_FLOOD_SIZE => {
+                    Reply::error(format!("size {} is over {MAX_FLOOD_SIZE}", f.size))
+                }
                 Ok(f) => {
                     let payload = vec![b'x'; f.size];
                     let mut sent = 0u64;
