@@ -374,6 +374,12 @@ async fn hostile_guests_are_refused_or_stopped_while_the_neighbour_keeps_its_pac
         "bomb",
     ] {
         let quiet = witness_rate(&node, window).await;
+        // A session of the instance as it is now: an earlier attack may have crashed it
+        // (a CPU-heavy one past `call_timeout` on a loaded machine), which ends its sessions.
+        let _fresh = match attack {
+            "bigsend" => Some(node.open_session("bad", "victim2").await.unwrap()),
+            _ => None,
+        };
         let run = async {
             if attack == "sleep" {
                 node.wake("sleeper").await.unwrap();
@@ -414,8 +420,9 @@ async fn hostile_guests_are_refused_or_stopped_while_the_neighbour_keeps_its_pac
             // 3 MiB across the boundary: the reply is over `max_message` (the caller gets
             // an error), the payload is refused at the receiver's limit, the log line cut.
             "bigreply" => assert!(result.contains("over its max_message"), "{result}"),
-            // (refused as too large by the client's limit, whether or not its queue is full)
-            "bigsend" => assert_eq!(result, "Ok(\"1\")"),
+            // Refused on every session it has (as too large by the client's limit, whether
+            // or not the client's queue is full).
+            "bigsend" => assert!(count(&result) >= 1, "{result}"),
             "biglog" => assert!(result.contains("logged"), "{result}"),
             // Each call grows memory until the limit traps it; restarts until the restart
             // limit, then the instance is stopped and calls are refused with the reason.
