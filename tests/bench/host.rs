@@ -23,14 +23,14 @@ use wasmwire_tests::{json, load_manifest, root};
 
 const ROUNDS: usize = 3;
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
+/// The runtime the bare baselines call through: 64 MiB instances, the test cache.
+fn bench_runtime(max_awake: u32) -> Runtime {
+    Runtime::new(&RuntimeConfig {
+        max_awake,
+        max_memory: 64 << 20,
+        cache_dir: Some(root().join("target/test-cache")),
+    })
+    .unwrap()
 }
 
 fn row(name: &str, value: String, baseline: String, ratio: String, target: &str) {
@@ -81,12 +81,7 @@ async fn run() {
     );
 
     // Baselines: the same component called directly through the generated bindings.
-    let runtime = Runtime::new(&RuntimeConfig {
-        max_awake: 16,
-        max_memory: 64 << 20,
-        cache_dir: Some(root().join("target/test-cache")),
-    })
-    .unwrap();
+    let runtime = bench_runtime(16);
     let class = runtime.load(&bench_wasm).await.unwrap();
     let payload = vec![7u8; 64];
     let bare_call_ns = {
@@ -373,11 +368,11 @@ channel = 5
     }
     let node = Node::start(&load_manifest(&text)).await.unwrap();
     node.wake("s0").await.unwrap(); // warm the pool's first slot and the code
-    let before = rss_bytes();
+    let before = wasmwire_tests::rss();
     for i in 1..1000 {
         node.wake(&format!("s{i}")).await.unwrap();
     }
-    let per = (rss_bytes().saturating_sub(before)) as f64 / 999.0;
+    let per = (wasmwire_tests::rss().saturating_sub(before)) as f64 / 999.0;
     row(
         "(d) host memory per awake instance (1000)",
         format!("{:.1} KiB", per / 1024.0),
@@ -389,12 +384,7 @@ channel = 5
 
     // (f) fuzzing throughput. Bare dispatch and the fuzzer alternate in rounds (the machine
     // is noisy); the best of each is kept.
-    let runtime = Runtime::new(&RuntimeConfig {
-        max_awake: 4,
-        max_memory: 64 << 20,
-        cache_dir: Some(root().join("target/test-cache")),
-    })
-    .unwrap();
+    let runtime = bench_runtime(4);
     let class = runtime.load(&bench_wasm).await.unwrap();
     let echo = root().join("target/services/echo.wasm");
     let target = wasmwire::fuzz::Target::load(&echo, &Default::default())

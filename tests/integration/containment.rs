@@ -59,6 +59,17 @@ async fn while_witness_counts<T>(
     tokio::join!(bad, witness)
 }
 
+/// After an attack: the witness still counts, `bad` restarts on the next demand, and the
+/// host shuts down cleanly.
+async fn the_neighbour_answers_and_bad_restarts(node: Node) {
+    witness_still_answers(&node).await;
+    assert_eq!(
+        node.request("bad", "ok", "null").await.map(|r| json(&r)),
+        Ok(serde_json::json!("fine"))
+    );
+    node.shutdown().await;
+}
+
 async fn witness_still_answers(node: &Node) {
     let before = json(&node.request("witness", "get", "null").await.unwrap())
         .as_i64()
@@ -99,13 +110,7 @@ async fn an_endless_loop_is_stopped_by_the_cpu_deadline() {
         matches!(crash, LifecycleEvent::Crashed { ref instance, export: "on-event", .. } if &**instance == "bad"),
         "{crash:?}"
     );
-    witness_still_answers(&node).await;
-    // Restarted on the next demand.
-    assert_eq!(
-        node.request("bad", "ok", "null").await.map(|r| json(&r)),
-        Ok(serde_json::json!("fine"))
-    );
-    node.shutdown().await;
+    the_neighbour_answers_and_bad_restarts(node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,12 +127,7 @@ async fn a_memory_bomb_is_stopped_at_the_instance_limit() {
         other => panic!("expected the bomb to be stopped, got {other:?}"),
     }
     assert!(witnessed >= 1);
-    witness_still_answers(&node).await;
-    assert_eq!(
-        node.request("bad", "ok", "null").await.map(|r| json(&r)),
-        Ok(serde_json::json!("fine"))
-    );
-    node.shutdown().await;
+    the_neighbour_answers_and_bad_restarts(node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,12 +189,7 @@ async fn a_trap_in_on_message_closes_its_sessions_and_restarts_on_demand() {
         }
         other => panic!("{other:?}"),
     }
-    witness_still_answers(&node).await;
-    assert_eq!(
-        node.request("bad", "ok", "null").await.map(|r| json(&r)),
-        Ok(serde_json::json!("fine"))
-    );
-    node.shutdown().await;
+    the_neighbour_answers_and_bad_restarts(node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -302,12 +297,7 @@ async fn a_stack_overflow_is_a_trap_of_that_instance_only() {
         other => panic!("expected the overflow to be stopped, got {other:?}"),
     }
     assert!(witnessed >= 1);
-    witness_still_answers(&node).await;
-    assert_eq!(
-        node.request("bad", "ok", "null").await.map(|r| json(&r)),
-        Ok(serde_json::json!("fine"))
-    );
-    node.shutdown().await;
+    the_neighbour_answers_and_bad_restarts(node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
