@@ -5,6 +5,7 @@
 #   make demo   two hosts on loopback, a chat room on each, messages crossing hosts
 #   make fuzz   each cargo-fuzz target for FUZZ_SECONDS (600) — see tests/fuzz/
 #   make sim    the broker network simulation at 100 to 10 000 virtual hosts (docs/scaling.md)
+#   make chaos  hosts behind lossy relays with links cut, every message checked (CHAOS_SECONDS=120)
 #
 # Guests are wasm32-wasip2 components built here, once per run, in their own cargo
 # workspaces (never from build.rs); the host and tests are the root workspace.
@@ -18,7 +19,7 @@ TEST_GUESTS := misbehave bench not-a-service planted giant
 MANIFEST    ?= wasmwire.toml
 
 .PHONY: all setup services test-guests build run test lint bench demo clean \
-	fuzz-setup fuzz-build fuzz fuzz-smoke sim
+	fuzz-setup fuzz-build fuzz fuzz-smoke sim chaos
 
 # cargo-fuzz (libFuzzer) needs a nightly toolchain. The sanitizer is off by default: the
 # host's own code is safe Rust (its two `unsafe` blocks load compiled components, which no
@@ -113,10 +114,15 @@ lint: setup
 	cd tests/guests && $(CARGO) clippy --release --locked --target $(GUEST) --target-dir ../../$(GUEST_DIR) -- -D warnings
 
 bench: services test-guests
+	$(CARGO) build --release --locked -p wasmwire   # (k) starts the real binary
 	$(CARGO) bench --locked -p wasmwire-tests --bench host
+	$(CARGO) bench --locked -p wasmwire-tests --bench net
 
 sim: setup
 	$(CARGO) bench --locked -p wasmwire-tests --bench sim
+
+chaos: services
+	$(CARGO) bench --locked -p wasmwire-tests --bench chaos
 
 demo: build
 	bash examples/two-hosts/demo.sh

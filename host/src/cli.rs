@@ -416,6 +416,7 @@ impl Client {
             NetConfig {
                 role: Role::Client,
                 listen: None,
+                advertise: None,
                 identity,
                 allow: Vec::new(),
                 peers: Vec::new(),

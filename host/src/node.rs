@@ -190,6 +190,7 @@ impl Node {
                     NetConfig {
                         role: Role::Host,
                         listen: Some(listen),
+                        advertise: manifest.host.advertise,
                         identity,
                         allow: manifest.host.allow.clone(),
                         peers: manifest.host.peers.clone(),

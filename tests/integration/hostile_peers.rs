@@ -236,6 +236,35 @@ async fn attack_once(attack: &str, addr: &str) -> String {
             let r = tokio::time::timeout(Duration::from_secs(2), send.write_all(&f)).await;
             format!("wrote: {}", r.is_ok())
         }
+        "bogus-peers" => {
+            // A "host" whose peer-exchange answer is full of peers that do not exist:
+            // unreachable, unroutable, unparsable addresses under fresh ids.
+            let hello = json!({"type": "hello", "role": "host", "major": 1, "minor": 0,
+                               "features": ["peer-exchange"], "listen": "127.0.0.1:9"});
+            let _ = control.write_all(&frame_of(&hello)).await;
+            let got = read_controls(&mut control_in, WITHIN, |g| {
+                g.iter().any(|c| matches!(c, Control::GetPeers { .. }))
+            })
+            .await;
+            let Some(id) = got.iter().find_map(|c| match c {
+                Control::GetPeers { id } => Some(*id),
+                _ => None,
+            }) else {
+                return "no get-peers".into();
+            };
+            let peers: Vec<serde_json::Value> = (0..32)
+                .map(|i| {
+                    let peer = wasmwire::net::identity::Identity::generate().unwrap().id;
+                    let addr =
+                        ["127.0.0.1:9", "192.0.2.1:7400", "not an address", "[::1]:1"][i % 4];
+                    json!({"peer": peer.to_string(), "addr": addr, "connected": true})
+                })
+                .collect();
+            let answer = json!({"type": "peers", "id": id, "peers": peers});
+            let _ = control.write_all(&frame_of(&answer)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            format!("answered get-peers {id} with 32 bogus peers")
+        }
         other => panic!("unknown attack {other}"),
     };
     endpoint.close(0u32.into(), b"");
@@ -285,6 +314,7 @@ async fn hostile_peers_are_cut_off_while_a_good_client_is_served() {
         "query-flood",
         "never-reads",
         "silent-streams",
+        "bogus-peers",
     ] {
         let quiet = good_rate(&good, window).await;
         let run = async {
@@ -322,11 +352,23 @@ async fn hostile_peers_are_cut_off_while_a_good_client_is_served() {
             "query-flood" => !seen.starts_with("0 "),
             "never-reads" => seen.starts_with("wrote: "),
             "silent-streams" => seen.contains("1000 streams") && seen.contains("Reset(2)"),
+            "bogus-peers" => seen.contains("with 32 bogus peers"),
             _ => false,
         };
         assert!(ok, "{attack}: {seen}");
         ratios.push((attack, ratio));
     }
+    // The bogus peers were learned into a bounded table (256), and no more.
+    let learned = b
+        .net()
+        .unwrap()
+        .peers()
+        .await
+        .iter()
+        .filter(|p| !p.connected)
+        .count();
+    eprintln!("learned table after the bogus-peers attack: {learned} entries");
+    assert!((1..=256).contains(&learned), "learned {learned}");
     let grew = wasmwire_tests::rss().saturating_sub(rss_before) >> 20;
     eprintln!("host RSS grew {grew} MiB over the attacks");
     assert!(grew < 128, "host RSS grew {grew} MiB");

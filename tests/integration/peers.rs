@@ -156,6 +156,7 @@ pub(crate) fn client_net(
         wasmwire::net::NetConfig {
             role: wasmwire::wire::Role::Client,
             listen: None,
+            advertise: None,
             identity,
             allow: vec![],
             peers: vec![],

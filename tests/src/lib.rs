@@ -1,6 +1,7 @@
 //! Helpers for the integration tests and benchmarks: where the built guests are, and a
 //! way to start a real host from manifest text.
 
+pub mod chaos;
 pub mod sim;
 
 use std::path::{Path, PathBuf};

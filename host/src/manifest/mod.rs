@@ -32,6 +32,8 @@ pub struct Manifest {
 pub struct HostConfig {
     /// QUIC listen address, if any.
     pub listen: Option<std::net::SocketAddr>,
+    /// The address peers are told to dial (default: `listen`).
+    pub advertise: Option<std::net::SocketAddr>,
     /// The identity key file.
     pub identity: PathBuf,
     /// Peers dialled at start and kept connected.

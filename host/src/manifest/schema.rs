@@ -23,6 +23,8 @@ pub struct ManifestFile {
 pub struct HostSection {
     /// QUIC listen address (`"127.0.0.1:7400"`); used once peers are wired.
     pub listen: Option<Spanned<String>>,
+    /// Address told to peers instead of `listen` (behind a port forward, NAT or relay).
+    pub advertise: Option<Spanned<String>>,
     /// Path of the ed25519 key file, created if missing.
     pub identity: Option<Spanned<String>>,
     /// Peer addresses dialled at start.

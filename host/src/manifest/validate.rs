@@ -169,6 +169,28 @@ impl Validator<'_> {
         self.problems.push(d);
     }
 
+    /// A `host.*` socket address field, or a problem naming it.
+    fn socket_addr(
+        &mut self,
+        field: &Option<Spanned<String>>,
+        name: &str,
+    ) -> Option<std::net::SocketAddr> {
+        let l = field.as_ref()?;
+        match l.get_ref().parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                let msg = format!("{:?} is not a socket address", l.get_ref());
+                self.problem(
+                    l,
+                    name.into(),
+                    msg,
+                    Some("write an address and port, like \"127.0.0.1:7400\"".into()),
+                );
+                None
+            }
+        }
+    }
+
     fn dir(&self) -> PathBuf {
         match self.file.path.parent() {
             Some(p) => p.to_path_buf(),
@@ -179,19 +201,16 @@ impl Validator<'_> {
     fn manifest(&mut self, written: ManifestFile) -> Manifest {
         let dir = self.dir();
         let h = written.host;
-        let listen = h.listen.as_ref().and_then(|l| match l.get_ref().parse() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                let msg = format!("{:?} is not a socket address", l.get_ref());
-                self.problem(
-                    l,
-                    "host.listen".into(),
-                    msg,
-                    Some("write an address and port, like \"127.0.0.1:7400\"".into()),
-                );
-                None
-            }
-        });
+        let listen = self.socket_addr(&h.listen, "host.listen");
+        let advertise = self.socket_addr(&h.advertise, "host.advertise");
+        if let (Some(a), None) = (&h.advertise, &h.listen) {
+            self.problem(
+                a,
+                "host.advertise".into(),
+                "an advertised address without `listen`".into(),
+                Some("`advertise` names where peers reach this host's `listen` address".into()),
+            );
+        }
         let max_awake = self.bounded(
             &h.max_awake,
             "host.max_awake",
@@ -286,6 +305,7 @@ impl Validator<'_> {
         }
         let host = HostConfig {
             listen,
+            advertise,
             identity: dir.join(
                 h.identity
                     .map_or(".wasmwire/host.key".to_string(), Spanned::into_inner),
@@ -579,7 +599,9 @@ mod tests {
 
     #[test]
     fn host_settings_are_range_checked() {
-        let e = errors("[host]\nthreads = 0\nmax_awake = 0\nlisten = \"nowhere\"\n");
+        let e = errors(
+            "[host]\nthreads = 0\nmax_awake = 0\nlisten = \"nowhere\"\nadvertise = \"x:y\"\n",
+        );
         assert!(
             e.contains("m.toml:2:11: field `host.threads`: 0 is out of range"),
             "{e}"
@@ -590,6 +612,15 @@ mod tests {
         );
         assert!(
             e.contains("field `host.listen`: \"nowhere\" is not a socket address"),
+            "{e}"
+        );
+        assert!(
+            e.contains("m.toml:5:13: field `host.advertise`: \"x:y\" is not a socket address"),
+            "{e}"
+        );
+        let e = errors("[host]\nadvertise = \"10.0.0.1:7400\"\n");
+        assert!(
+            e.contains("field `host.advertise`: an advertised address without `listen`"),
             "{e}"
         );
     }

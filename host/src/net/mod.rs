@@ -95,6 +95,8 @@ pub struct NetConfig {
     pub role: Role,
     /// Where to listen (hosts); clients bind an ephemeral port.
     pub listen: Option<SocketAddr>,
+    /// The address peers are told to dial instead of the one bound (hosts).
+    pub advertise: Option<SocketAddr>,
     /// The key.
     pub identity: Identity,
     /// Peers allowed (empty: any).
@@ -220,7 +222,7 @@ impl Net {
         }
         .map_err(|source| NetError::Bind { addr: bind, source })?;
         let listen = match (config.role, endpoint.local_addr()) {
-            (Role::Host, Ok(a)) => Some(a),
+            (Role::Host, Ok(a)) => Some(config.advertise.unwrap_or(a)),
             _ => None,
         };
         let services = registry
@@ -435,7 +437,9 @@ impl ClientStream {
     }
 }
 
-fn transport_config(t: &Transport) -> Result<quinn::TransportConfig, NetError> {
+/// The quinn transport settings of every wasmwire connection (benchmarks use them for
+/// their raw-quinn baselines, so both sides of a ratio run with the same windows).
+pub fn transport_config(t: &Transport) -> Result<quinn::TransportConfig, NetError> {
     let mut c = quinn::TransportConfig::default();
     let idle =
         quinn::IdleTimeout::try_from(t.peer_timeout).map_err(|e| NetError::Quic(e.to_string()))?;

@@ -1,9 +1,10 @@
 //! The benchmark service: counts `data` messages, floods another instance with them, and
 //! times request round trips from inside the guest.
 //!
-//! Events: `count` (messages received so far), `flood {service, n, size}` (connects to
-//! `service` and sends `n` messages of `size` bytes, retrying while the receiver is busy;
-//! returns the number of busy retries), `ping {service, n}` (makes `n` requests of `pong`
+//! Events: `count` (messages received so far), `flood {service, n, size, peer?, sessions?}`
+//! (connects to `service` — on host `peer` if given — `sessions` times (default 1) and
+//! sends `n` messages of `size` bytes round-robin over those sessions, retrying while the
+//! receiver is busy; returns the number of busy retries), `ping {service, n}` (makes `n` requests of `pong`
 //! on `service`; returns the sorted round-trip times in nanoseconds), `pong` (answers 1).
 
 use serde::Deserialize;
@@ -20,6 +21,10 @@ struct Flood {
     service: String,
     n: u64,
     size: usize,
+    #[serde(default)]
+    peer: Option<String>,
+    #[serde(default)]
+    sessions: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -45,13 +50,17 @@ impl Service for Bench {
                     Ok(f) => f,
                     Err(e) => return Reply::error(e),
                 };
-                let session = match wasmwire_guest::connect(None, &f.service) {
-                    Ok(s) => s,
-                    Err(e) => return Reply::error(e.to_string()),
-                };
+                let mut sessions = Vec::new();
+                for _ in 0..f.sessions.unwrap_or(1).max(1) {
+                    match wasmwire_guest::connect(f.peer.as_deref(), &f.service) {
+                        Ok(s) => sessions.push(s),
+                        Err(e) => return Reply::error(e.to_string()),
+                    }
+                }
                 let payload = vec![7u8; f.size];
                 let mut busy: u64 = 0;
-                for _ in 0..f.n {
+                for i in 0..f.n {
+                    let session = sessions[i as usize % sessions.len()];
                     loop {
                         match wasmwire_guest::send(session, "data", &payload) {
                             Ok(()) => break,
@@ -60,7 +69,9 @@ impl Service for Bench {
                         }
                     }
                 }
-                wasmwire_guest::close(session);
+                for s in sessions {
+                    wasmwire_guest::close(s);
+                }
                 Reply::json(&busy)
             }
             "ping" => {
