@@ -5,20 +5,14 @@
 
 use std::time::Duration;
 use wasmwire_tests::chaos::{ChaosConfig, Cut, Faults, run, table};
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use wasmwire_tests::env_or;
 
 fn main() {
-    let hosts: usize = env("CHAOS_HOSTS", 5).max(2);
-    let seconds: u64 = env("CHAOS_SECONDS", 120).max(20);
-    let loss: f64 = env("CHAOS_LOSS", 0.10);
-    let delay = Duration::from_millis(env("CHAOS_DELAY_MS", 30));
-    let mut seed: u64 = env("CHAOS_SEED", 1);
+    let hosts: usize = env_or("CHAOS_HOSTS", 5).max(2);
+    let seconds: u64 = env_or("CHAOS_SECONDS", 120).max(20);
+    let loss: f64 = env_or("CHAOS_LOSS", 0.10);
+    let delay = Duration::from_millis(env_or("CHAOS_DELAY_MS", 30));
+    let mut seed: u64 = env_or("CHAOS_SEED", 1);
     // A cut every 15 s, each 10 s long, on links picked at random (a link may be cut again).
     let mut cuts = Vec::new();
     let mut at = 10;

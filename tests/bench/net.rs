@@ -67,6 +67,17 @@ struct Raw {
     _server: quinn::Endpoint,
 }
 
+impl Raw {
+    /// A fresh connection to the raw server.
+    async fn connect(&self) -> quinn::Connection {
+        self.client
+            .connect_with(self.client_config.clone(), self.addr, "wasmwire")
+            .unwrap()
+            .await
+            .unwrap()
+    }
+}
+
 fn raw_configs() -> (quinn::ServerConfig, quinn::ClientConfig) {
     let transport = Arc::new(wasmwire::net::transport_config(&Transport::default()).unwrap());
     let server_id = Identity::generate().unwrap();
@@ -161,12 +172,7 @@ fn frame() -> Vec<u8> {
 /// `write_all` each, or `batch` frames a write.
 async fn raw_one_way(raw: &Raw, n: usize, streams: usize, batch: usize) -> f64 {
     // Each run on a fresh connection, as each wasmwire round starts with fresh streams.
-    let conn = raw
-        .client
-        .connect_with(raw.client_config.clone(), raw.addr, "wasmwire")
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = raw.connect().await;
     let mut sends = Vec::new();
     for _ in 0..streams {
         let (mut send, recv) = conn.open_bi().await.unwrap();
@@ -570,12 +576,7 @@ async fn startup(raw: &Raw) -> (f64, f64) {
             .status()
             .unwrap();
         assert!(status.success());
-        let conn = raw
-            .client
-            .connect_with(raw.client_config.clone(), raw.addr, "wasmwire")
-            .unwrap()
-            .await
-            .unwrap();
+        let conn = raw.connect().await;
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send.write_all(b"E").await.unwrap();
         send.write_all(&frame()).await.unwrap();

@@ -4,14 +4,8 @@
 //! per minute (default 0.02).
 
 use std::time::Duration;
+use wasmwire_tests::env_or;
 use wasmwire_tests::sim::{SimConfig, run};
-
-fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let sizes: Vec<usize> = std::env::var("SIM_HOSTS")
@@ -19,8 +13,8 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let minutes: u64 = env("SIM_MINUTES", 6);
-    let churn: f64 = env("SIM_CHURN", 0.02);
+    let minutes: u64 = env_or("SIM_MINUTES", 6);
+    let churn: f64 = env_or("SIM_CHURN", 0.02);
     println!(
         "| hosts | run it | full reach after | reach at end | control msgs / host / min | connections mean / max | busiest seed | learned mean / max | wall |"
     );

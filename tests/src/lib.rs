@@ -175,6 +175,15 @@ pub fn wasmwire_bin() -> PathBuf {
     bin
 }
 
+/// An environment variable parsed as `T`, or `default` when it is unset or unparsable (the
+/// knobs of `make sim`, `make chaos`).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The resident set size of this process, in bytes.
 pub fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
