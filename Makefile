@@ -15,7 +15,7 @@ GUEST       := wasm32-wasip2
 GUEST_DIR   := target/guests
 GUEST_OUT   := $(GUEST_DIR)/$(GUEST)/release
 SERVICES    := echo counter ticker chat spec
-TEST_GUESTS := misbehave bench not-a-service planted giant
+TEST_GUESTS := misbehave bench not-a-service planted giant legacy
 MANIFEST    ?= wasmwire.toml
 
 .PHONY: all setup services test-guests build run test lint bench demo clean \
@@ -117,6 +117,7 @@ bench: services test-guests
 	$(CARGO) build --release --locked -p wasmwire   # (k) starts the real binary
 	$(CARGO) bench --locked -p wasmwire-tests --bench host
 	$(CARGO) bench --locked -p wasmwire-tests --bench net
+	$(CARGO) bench --locked -p wasmwire-tests --bench scale
 
 sim: setup
 	$(CARGO) bench --locked -p wasmwire-tests --bench sim

@@ -400,9 +400,18 @@ pub fn cancel_timer(timer: TimerId) {
     host::cancel_timer(timer);
 }
 
-/// This instance's name from the manifest.
+/// This instance's name from the manifest (`room/42` for a key of a keyed class).
 pub fn instance_name() -> String {
     host::instance_name()
+}
+
+/// Who this instance is: its full name, its manifest entry (the class of a keyed
+/// instance), its key, and the host's peer id.
+pub use types::InstanceInfo;
+
+/// This instance's name, class and key, and the host it runs on.
+pub fn self_info() -> InstanceInfo {
+    host::self_info()
 }
 
 /// Exports a [`Service`] type as this component's implementation. Call it once per crate.

@@ -494,6 +494,26 @@ async fn services(to: &HostArgs) -> Result<()> {
             dash_list(&s.messages),
             dash_list(&s.events)
         );
+        if let Some(k) = &s.keyed {
+            let more = k.awake as usize - k.awake_keys.len().min(k.awake as usize);
+            println!(
+                "  keys: {} live, {} awake (max_instances {}){}{}{}",
+                k.live,
+                k.awake,
+                k.max_instances,
+                if k.awake_keys.is_empty() { "" } else { ": " },
+                k.awake_keys
+                    .iter()
+                    .map(|key| format!("{}/{key}", s.name))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     Ok(())
 }

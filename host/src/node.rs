@@ -7,7 +7,8 @@ use crate::net::identity::{Identity, IdentityError};
 use crate::net::{Net, NetConfig, NetError};
 use crate::runtime::actor::{InstanceActor, open_client_session};
 use crate::runtime::instance::{
-    CallError, Control, Envelope, Instance, LifecycleEvent, Registry, SessionId,
+    CallError, Control, Envelope, Instance, Keyed, Kind, LifecycleEvent, Registry, SessionId,
+    Spawner,
 };
 use crate::runtime::session::ClientEvent;
 use crate::runtime::{CacheOutcome, Class, Runtime, RuntimeConfig};
@@ -157,6 +158,10 @@ impl Node {
                 uses,
                 remote_uses,
                 s.expose,
+                match s.keyed {
+                    Some(max) => Kind::Class(Keyed::new(max)),
+                    None => Kind::Plain,
+                },
             );
             instances.push(instance);
             inboxes.push(inbox);
@@ -165,8 +170,23 @@ impl Node {
         let workers = Workers::start(manifest.host.threads as usize)
             .map_err(|e| NodeError::Engine(format!("cannot start worker threads: {e}")))?;
         let placement = place(manifest, workers.len());
+        registry.set_spawner(Spawner {
+            workers: workers.handles(),
+            ticks: runtime.ticks(),
+        });
         let mut tasks = Vec::new();
         for ((instance, inbox), worker) in registry.instances().iter().zip(inboxes).zip(placement) {
+            if let Some(keyed) = instance.keyed() {
+                // A class never runs itself: its keys get actors when they are first used.
+                tracing::info!(
+                    class = %instance.name,
+                    channel = instance.channel,
+                    component = %instance.class.path.display(),
+                    max_instances = keyed.max_instances,
+                    "keyed service"
+                );
+                continue;
+            }
             tracing::info!(
                 instance = %instance.name,
                 channel = instance.channel,
@@ -246,9 +266,14 @@ impl Node {
         &self.registry
     }
 
-    /// The instance of this name.
+    /// The manifest entry of this name (a plain instance, or a keyed class).
     pub fn instance(&self, name: &str) -> Option<&Arc<Instance>> {
         self.registry.by_name(name)
+    }
+
+    /// The live instance of a name, keyed ones (`room/42`) included, without making one.
+    pub fn live(&self, name: &str) -> Option<Arc<Instance>> {
+        self.registry.live(name)
     }
 
     /// The runtime.
@@ -272,10 +297,31 @@ impl Node {
         self.registry.subscribe()
     }
 
-    fn find(&self, service: &str) -> Result<&Arc<Instance>, CallError> {
-        self.registry
-            .by_name(service)
-            .ok_or_else(|| CallError::NoSuchService(service.to_string()))
+    /// The instance of a name, making a keyed one on demand.
+    fn find(&self, service: &str) -> Result<Arc<Instance>, CallError> {
+        self.registry.resolve(service)
+    }
+
+    /// Sends a control order to the instance of a name, looking a keyed one up again if
+    /// it retired in between.
+    async fn order<T>(
+        &self,
+        service: &str,
+        make: impl Fn(oneshot::Sender<T>) -> Control,
+    ) -> Result<T, CallError> {
+        for _ in 0..16 {
+            let target = self.find(service)?;
+            let (reply, rx) = oneshot::channel();
+            if target.control(make(reply))
+                && let Ok(r) = rx.await
+            {
+                return Ok(r);
+            }
+            if !matches!(target.kind, Kind::Key { .. }) {
+                return Err(CallError::Closed);
+            }
+        }
+        Err(CallError::Closed)
     }
 
     /// Calls an event as a client (not bound by any `uses`), waiting up to the callee's
@@ -287,7 +333,13 @@ impl Node {
         params: &str,
     ) -> Result<String, CallError> {
         let target = self.find(service)?;
-        let rx = target.post_event(event, params.to_string(), None, Default::default())?;
+        let rx = self.registry.post_event(
+            &target,
+            event,
+            params.to_string(),
+            None,
+            Default::default(),
+        )?;
         crate::runtime::instance::reply_within(rx, target.limits.request_timeout).await
     }
 
@@ -297,9 +349,9 @@ impl Node {
         service: &str,
         client: &str,
     ) -> Result<ClientSession, CallError> {
-        let target = self.find(service)?.clone();
+        let target = self.find(service)?;
         let (tx, events) = mpsc::channel(crate::runtime::session::CLIENT_QUEUE);
-        let end = open_client_session(&target, &self.registry, client, tx).await?;
+        let (target, end) = open_client_session(&target, &self.registry, client, tx).await?;
         Ok(ClientSession {
             end,
             instance: target,
@@ -309,31 +361,24 @@ impl Node {
 
     /// Wakes an instance now (if it is asleep) and waits until it is awake.
     pub async fn wake(&self, service: &str) -> Result<(), CallError> {
-        let target = self.find(service)?;
-        let (reply, rx) = oneshot::channel();
-        if !target.control(Control::Wake { reply }) {
-            return Err(CallError::Closed);
-        }
-        rx.await.map_err(|_| CallError::Closed)?
+        self.order(service, |reply| Control::Wake { reply }).await?
     }
 
     /// Puts an instance to sleep now if it is awake and has no sessions; says whether it did.
     pub async fn sleep(&self, service: &str) -> Result<bool, CallError> {
-        let target = self.find(service)?;
-        let (reply, rx) = oneshot::channel();
-        if !target.control(Control::Sleep { reply }) {
-            return Err(CallError::Closed);
-        }
-        rx.await.map_err(|_| CallError::Closed)
+        self.order(service, |reply| Control::Sleep { reply }).await
     }
 
     /// Puts every awake instance to sleep (each gets `sleep()`) and stops all actors.
     pub async fn shutdown(self) {
         let mut waits = Vec::new();
-        for instance in self.registry.instances() {
-            let (done, rx) = oneshot::channel();
-            if instance.control(Control::Shutdown { done }) {
-                waits.push(rx);
+        for entry in self.registry.instances() {
+            let keys = entry.keyed().map(Keyed::instances).unwrap_or_default();
+            for instance in std::iter::once(entry).chain(keys.iter()) {
+                let (done, rx) = oneshot::channel();
+                if instance.control(Control::Shutdown { done }) {
+                    waits.push(rx);
+                }
             }
         }
         for w in waits {

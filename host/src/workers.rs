@@ -46,6 +46,11 @@ impl Workers {
         Ok(Workers { handles, stops })
     }
 
+    /// The threads' runtimes, to spawn on later (keyed instances made on demand).
+    pub fn handles(&self) -> Vec<Handle> {
+        self.handles.clone()
+    }
+
     /// How many threads.
     pub fn len(&self) -> usize {
         self.handles.len()

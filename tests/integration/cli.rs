@@ -24,6 +24,15 @@ name = "echo"
 component = "{service:echo}"
 channel = 2
 expose = true
+
+[[service]]
+name = "tally"
+component = "{service:counter}"
+channel = 4
+expose = true
+keyed = true
+max_instances = 2
+options = { start = 100 }
 "#;
 
 /// A host process; killed when dropped.
@@ -119,6 +128,31 @@ async fn the_cli_reaches_a_running_host() {
     }
     let out = cli(&["call", &addr, "counter", "incr", r#"{"by": 10}"#]);
     assert_eq!(text(&out.stdout).trim(), "112");
+    // Keyed: each key its own counter, made by the call; the listing counts keys.
+    for (key, want) in [("tally/a", 101), ("tally/a", 102), ("tally/b", 101)] {
+        let out = cli(&["call", &addr, key, "incr"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), want.to_string());
+    }
+    let out = cli(&["call", &addr, "tally/c", "incr"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("max_instances"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(&["call", &addr, "tally/no way", "incr"]);
+    assert!(
+        text(&out.stderr).contains("bad key"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = cli(&["services", &addr]);
+    assert!(
+        text(&out.stdout).contains("keys: 2 live, 2 awake (max_instances 2): tally/a tally/b"),
+        "{}",
+        text(&out.stdout)
+    );
     // An unknown service: non-zero, the reason on stderr.
     let out = cli(&["call", &addr, "nothing", "incr"]);
     assert!(!out.status.success());

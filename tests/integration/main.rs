@@ -7,6 +7,7 @@ mod cli;
 mod containment;
 mod fuzz;
 mod hostile_peers;
+mod keyed;
 mod lifecycle;
 mod manifests;
 mod peers;

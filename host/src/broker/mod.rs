@@ -16,6 +16,12 @@
 //! re-dialled with jittered, capped exponential back-off, peers learned by exchange in a
 //! bounded table — and `get-peers`/`find-service` answers, rate-limited per connection.
 
+/// The manifest name a service name is found under: `room` for a keyed instance `room/42`
+/// (hosts list keyed classes, not their keys).
+fn class_of(service: &str) -> &str {
+    service.split_once('/').map_or(service, |(c, _)| c)
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -411,7 +417,8 @@ impl Broker {
             .values()
             .filter_map(|c| match &c.state {
                 ConnState::Ready(a)
-                    if a.role == Role::Host && a.services.iter().any(|s| s == service) =>
+                    if a.role == Role::Host
+                        && a.services.iter().any(|s| s == class_of(service)) =>
                 {
                     Some((c.opened, c.peer))
                 }
@@ -1053,7 +1060,7 @@ impl Broker {
             }
             Control::FindService { id, service } => {
                 let mut peers = Vec::new();
-                if self.config.services.contains(&service) {
+                if self.config.services.iter().any(|s| s == class_of(&service)) {
                     peers.push(PeerEntry {
                         peer: self.config.me.to_string(),
                         addr: self.config.listen.map(|a| a.to_string()),

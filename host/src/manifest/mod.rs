@@ -134,9 +134,15 @@ pub struct ServiceConfig {
     pub expose: bool,
     /// Woken at start and kept awake.
     pub autostart: bool,
+    /// For a keyed class (`keyed = true`): its `max_instances`. Its instances are named
+    /// `name/KEY` and made on first demand.
+    pub keyed: Option<u32>,
     /// Per-instance limits.
     pub limits: Limits,
 }
+
+/// `max_instances` of a keyed class when the manifest does not say.
+pub const DEFAULT_MAX_INSTANCES: u32 = 100_000;
 
 /// Per-instance limits (each a manifest field of the same name).
 #[derive(Debug, Clone, PartialEq, Eq)]

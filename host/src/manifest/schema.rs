@@ -73,6 +73,10 @@ pub struct ServiceSection {
     /// Wake at start and keep awake (restarted after a crash) instead of waking on demand.
     #[serde(default)]
     pub autostart: bool,
+    /// A class of instances named `name/KEY`, each made on first demand.
+    pub keyed: Option<Spanned<bool>>,
+    /// Most keys of a keyed class live at once.
+    pub max_instances: Option<Spanned<u32>>,
     /// Put to sleep after this long with no sessions and an empty mailbox.
     pub idle_timeout: Option<Spanned<HumanDuration>>,
     /// Linear memory limit.

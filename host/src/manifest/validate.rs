@@ -3,6 +3,7 @@
 //! duplicate names and channels, `uses` that name no service, files that do not exist,
 //! limits out of range. All problems are collected, not just the first.
 
+use super::DEFAULT_MAX_INSTANCES;
 use super::schema::InstanceName;
 use super::schema::{ManifestFile, ServiceSection};
 use super::{
@@ -491,7 +492,42 @@ impl Validator<'_> {
                 .as_ref()
                 .map_or(d.restart_backoff, |b| b.get_ref().0),
         };
+        let keyed = match (&s.keyed, &s.max_instances) {
+            (Some(k), _) if *k.get_ref() => {
+                if s.autostart {
+                    self.problem(
+                        k,
+                        field("keyed"),
+                        "a keyed class cannot `autostart`: its instances are made on demand".into(),
+                        Some("remove `autostart`, or make this a plain service".into()),
+                    );
+                }
+                Some(self.bounded(
+                    &s.max_instances,
+                    &field("max_instances"),
+                    DEFAULT_MAX_INSTANCES,
+                    |n| *n,
+                    1,
+                    1_000_000,
+                    "1 to 1000000",
+                ))
+            }
+            (_, Some(m)) => {
+                self.problem(
+                    m,
+                    field("max_instances"),
+                    "`max_instances` is for keyed classes".into(),
+                    Some(
+                        "add `keyed = true` to make this a class of instances named NAME/KEY"
+                            .into(),
+                    ),
+                );
+                None
+            }
+            _ => None,
+        };
         ServiceConfig {
+            keyed,
             name,
             component,
             component_at: self.file.location(s.component.span().start),

@@ -21,7 +21,7 @@ use crate::runtime::instance::{
 };
 use crate::runtime::session::ClientEvent;
 use crate::wire::{
-    self, Control, ErrorCode, PeerId, Role, ServiceEntry, SessionEntry, SessionHeader,
+    self, Control, ErrorCode, KeyedEntry, PeerId, Role, ServiceEntry, SessionEntry, SessionHeader,
 };
 use bytes::BytesMut;
 use identity::{ANY_PEER, Allow, Identity};
@@ -1042,18 +1042,31 @@ async fn answer(
                 .instances()
                 .iter()
                 .filter(|i| i.expose)
-                .map(|i| ServiceEntry {
-                    name: i.name.to_string(),
-                    channel: i.channel,
-                    messages: i.class.messages.to_vec(),
-                    events: i.class.events.to_vec(),
-                    state: match i.status() {
-                        Status::Asleep => "asleep",
-                        Status::Awake => "awake",
-                        Status::Down => "down",
+                .map(|i| {
+                    let keyed = i.keyed().map(|k| {
+                        let (awake_keys, awake) = k.awake(crate::wire::control::MAX_LISTED_KEYS);
+                        KeyedEntry {
+                            live: k.live() as u64,
+                            awake: awake as u64,
+                            awake_keys,
+                            max_instances: k.max_instances,
+                        }
+                    });
+                    ServiceEntry {
+                        name: i.name.to_string(),
+                        channel: i.channel,
+                        messages: i.class.messages.to_vec(),
+                        events: i.class.events.to_vec(),
+                        state: match (&keyed, i.status()) {
+                            (Some(_), _) => "keyed",
+                            (None, Status::Asleep | Status::Retired) => "asleep",
+                            (None, Status::Awake) => "awake",
+                            (None, Status::Down) => "down",
+                        }
+                        .into(),
+                        sessions: i.sessions_open(),
+                        keyed,
                     }
-                    .into(),
-                    sessions: i.sessions_open(),
                 })
                 .collect(),
         }),
@@ -1108,7 +1121,7 @@ async fn answer(
 #[allow(clippy::too_many_arguments)]
 async fn request_local(
     shared: &Shared,
-    registry: &Registry,
+    registry: &Arc<Registry>,
     service: &str,
     event: &str,
     params: String,
@@ -1116,13 +1129,9 @@ async fn request_local(
     chain: Vec<String>,
     caller: Option<SessionId>,
 ) -> Result<String, CallError> {
-    let Some(target) = registry.by_name(service).filter(|i| i.expose) else {
-        return Err(CallError::NoSuchService(format!(
-            "no exposed service named {service:?} on this host"
-        )));
-    };
-    let chain = Chain::from_wire(chain, &shared.me_text, registry);
-    let rx = target.post_event(event, params, caller, chain)?;
+    let target = session::exposed(registry, service)?;
+    let chain = Chain::from_wire(chain, &shared.me_text);
+    let rx = registry.post_event(&target, event, params, caller, chain)?;
     crate::runtime::instance::reply_within(rx, timeout).await
 }
 
@@ -1286,6 +1295,7 @@ pub fn failure_of(e: CallError) -> Failure {
         CallError::Closed => (ErrorCode::Closed, "closed".into()),
         CallError::Timeout => (ErrorCode::Timeout, "timed out".into()),
         CallError::Busy => (ErrorCode::Busy, "busy: mailbox full".into()),
+        CallError::Full(s) => (ErrorCode::Busy, s),
         CallError::Cycle => (ErrorCode::Cycle, "request cycle".into()),
         CallError::Invalid(s) => (ErrorCode::Invalid, s),
         CallError::Unavailable(s) => (ErrorCode::Unavailable, s),
@@ -1302,6 +1312,7 @@ pub fn call_error_of(code: ErrorCode, reason: String) -> CallError {
         ErrorCode::TooLarge => CallError::TooLarge { size: 0, limit: 0 },
         ErrorCode::Closed => CallError::Closed,
         ErrorCode::Timeout => CallError::Timeout,
+        ErrorCode::Busy if reason != "busy: mailbox full" => CallError::Full(reason),
         ErrorCode::Busy | ErrorCode::RateLimited => CallError::Busy,
         ErrorCode::Cycle => CallError::Cycle,
         ErrorCode::Invalid | ErrorCode::UnknownType => CallError::Invalid(reason),

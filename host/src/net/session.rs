@@ -466,11 +466,12 @@ pub(crate) async fn accept(
         reject(&mut send, e).await;
         return;
     }
-    let Some(instance) = registry.by_name(&service).filter(|i| i.expose).cloned() else {
-        let e =
-            CallError::NoSuchService(format!("no exposed service named {service:?} on this host"));
-        reject(&mut send, e).await;
-        return;
+    let instance = match exposed(&registry, &service) {
+        Ok(i) => i,
+        Err(e) => {
+            reject(&mut send, e).await;
+            return;
+        }
     };
     if chain.contains(&format!("{me}/{service}")) {
         reject(&mut send, CallError::Cycle).await;
@@ -484,26 +485,31 @@ pub(crate) async fn accept(
         opener_end,
     );
     let (reply, rx) = oneshot::channel();
-    let posted = instance.post(Envelope::Connect {
-        end,
-        from: PeerInfo {
-            service: Arc::from(caller.as_str()),
-            peer: Some(peer.clone()),
-        },
-        back: Route::Remote(sink),
-        chain: Chain::from_wire(chain, &me, &registry),
-        reply,
+    let posted = registry.reserve_on(&instance).inspect(|instance| {
+        instance.deliver(Envelope::Connect {
+            end,
+            from: PeerInfo {
+                service: Arc::from(caller.as_str()),
+                peer: Some(peer.clone()),
+            },
+            back: Route::Remote(sink),
+            chain: Chain::from_wire(chain, &me),
+            reply,
+        });
     });
-    let answer = match posted {
-        Err(e) => Err(e),
-        Ok(()) => match tokio::time::timeout(instance.limits.request_timeout, rx).await {
-            Err(_) => {
-                let _ = instance.post(Envelope::Disconnect { end });
-                Err(CallError::Timeout)
-            }
-            Ok(Err(_)) => Err(CallError::Closed),
-            Ok(Ok(r)) => r,
-        },
+    let (instance, answer) = match posted {
+        Err(e) => (instance, Err(e)),
+        Ok(instance) => {
+            let answer = match tokio::time::timeout(instance.limits.request_timeout, rx).await {
+                Err(_) => {
+                    let _ = instance.post(Envelope::Disconnect { end });
+                    Err(CallError::Timeout)
+                }
+                Ok(Err(_)) => Err(CallError::Closed),
+                Ok(Ok(r)) => r,
+            };
+            (instance, answer)
+        }
     };
     if let Err(e) = answer {
         reject(&mut send, e).await;
@@ -522,6 +528,18 @@ pub(crate) async fn accept(
     tokio::spawn(write_loop(send, outgoing));
     let max = instance.limits.max_message;
     read_loop(recv, buf, max, Deliver::Instance { to: instance, end }).await;
+}
+
+/// The instance a peer or client may reach by this name: exposed, and for a keyed class's
+/// key, made on demand.
+pub(crate) fn exposed(registry: &Arc<Registry>, service: &str) -> Result<Arc<Instance>, CallError> {
+    let class = service.split_once('/').map_or(service, |(c, _)| c);
+    if !registry.by_name(class).is_some_and(|i| i.expose) {
+        return Err(CallError::NoSuchService(format!(
+            "no exposed service named {service:?} on this host"
+        )));
+    }
+    registry.resolve(service)
 }
 
 async fn reject(send: &mut SendStream, e: CallError) {

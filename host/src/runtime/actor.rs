@@ -8,8 +8,8 @@
 
 use super::bindings::{Service, SessionInfo};
 use super::instance::{
-    CallError, Control, Envelope, Inbox, Instance, LifecycleEvent, PeerInfo, Registry, SessionId,
-    Status,
+    CallError, Control, Envelope, Inbox, Instance, Kind, LifecycleEvent, PeerInfo, Registry,
+    SessionId, Status,
 };
 use super::session::{Route, SessionEnd};
 use super::state::{CpuDeadline, Deferred, HostState, MemoryLimit, new_store};
@@ -138,7 +138,9 @@ impl InstanceActor {
                 }
                 _ = &mut alarm, if armed.is_some() => {
                     armed = None;
-                    self.on_alarm().await;
+                    if self.on_alarm().await {
+                        return;
+                    }
                 }
             }
         }
@@ -158,10 +160,31 @@ impl InstanceActor {
         } else {
             self.idle_check = None;
         }
-        [timer, self.idle_check, self.restart_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            timer,
+            self.idle_check,
+            self.restart_deadline(),
+            self.retire_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// When an asleep keyed instance leaves its class's table and its actor ends: once it
+    /// has been idle for `idle_timeout` (at once after an idle sleep; a key made by a
+    /// lookup that never sent anything waits that long too) and its last crash has left
+    /// the restart window, so that back-off and `max_restarts` hold for keys as well. A
+    /// key that is down stays, and counts against `max_instances`.
+    fn retire_deadline(&self) -> Option<Instant> {
+        if !matches!(self.me.kind, Kind::Key { .. })
+            || self.awake.is_some()
+            || self.me.status() == Status::Down
+        {
+            return None;
+        }
+        let idle = self.last_activity + self.me.limits.idle_timeout;
+        Some(self.supervisor.quiet_at().map_or(idle, |q| q.max(idle)))
     }
 
     /// Whether the instance is one that sleeps when idle and has nothing keeping it awake.
@@ -174,7 +197,8 @@ impl InstanceActor {
         }
     }
 
-    async fn on_alarm(&mut self) {
+    /// Handles what is due; true when the actor should end (a keyed instance retired).
+    async fn on_alarm(&mut self) -> bool {
         let now = Instant::now();
         if self
             .awake
@@ -192,6 +216,9 @@ impl InstanceActor {
         if self.restart_deadline().is_some_and(|t| t <= now) {
             let _ = self.ensure_awake().await;
         }
+        self.retire_deadline().is_some_and(|t| t <= now)
+            && self.inbox.mailbox.is_empty()
+            && self.me.try_retire(&self.registry)
     }
 
     /// When a crashed autostart instance starts again by itself.
@@ -534,16 +561,19 @@ pub fn describe(error: &wasmtime::Error) -> String {
     s
 }
 
-/// Opens a session from a client to `instance`; the client hears from it on `to`.
+/// Opens a session from a client to `instance`; the client hears from it on `to`. Returns
+/// the instance that accepted (a keyed instance may have been made again in between) and
+/// its end.
 pub(crate) async fn open_client_session(
     instance: &Arc<Instance>,
-    registry: &Registry,
+    registry: &Arc<Registry>,
     client: &str,
     to: tokio::sync::mpsc::Sender<super::session::ClientEvent>,
-) -> Result<SessionId, CallError> {
+) -> Result<(Arc<Instance>, SessionId), CallError> {
     let end = registry.next_session();
     let (reply, rx) = tokio::sync::oneshot::channel();
-    instance.post(Envelope::Connect {
+    let instance = registry.reserve_on(instance)?;
+    instance.deliver(Envelope::Connect {
         end,
         from: PeerInfo {
             service: Arc::from(client),
@@ -556,13 +586,13 @@ pub(crate) async fn open_client_session(
         },
         chain: Default::default(),
         reply,
-    })?;
+    });
     match tokio::time::timeout(instance.limits.request_timeout, rx).await {
         Err(_) => {
             let _ = instance.post(Envelope::Disconnect { end });
             Err(CallError::Timeout)
         }
         Ok(Err(_)) => Err(CallError::Closed),
-        Ok(Ok(r)) => r.map(|()| end),
+        Ok(Ok(r)) => r.map(|()| (instance, end)),
     }
 }

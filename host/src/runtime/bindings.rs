@@ -16,4 +16,4 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::wasmwire::service::lifecycle::Description;
-pub use wasmwire::service::types::{Error as WitError, Level, SessionInfo};
+pub use wasmwire::service::types::{Error as WitError, InstanceInfo, Level, SessionInfo};

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::runtime::Handle;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Names one end of a session; allocated from a host-wide counter, never reused in a run.
@@ -47,6 +48,10 @@ pub enum CallError {
     /// The receiver's mailbox is full.
     #[error("busy: mailbox full")]
     Busy,
+    /// Busy for another reason than a full mailbox (a keyed class at `max_instances`);
+    /// guests see it as `busy`, clients and peers get the text.
+    #[error("busy: {0}")]
+    Full(String),
     /// The request would wait on itself.
     #[error("request cycle")]
     Cycle,
@@ -73,6 +78,9 @@ pub enum Status {
     Awake = 1,
     /// Crashed past its restart limit; refuses all work until the host restarts.
     Down = 2,
+    /// A keyed instance that went to sleep and left its class's table: its actor is gone,
+    /// and demand for its key makes a new one.
+    Retired = 3,
 }
 
 /// A lifecycle change, broadcast to whoever subscribes (tests, introspection).
@@ -108,17 +116,18 @@ pub(crate) struct PeerInfo {
 /// hosts.
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
-    /// Instances of this host that wait, by registry index.
-    pub local: Vec<u32>,
+    /// Instances of this host that wait, by name (a keyed instance is its key's name, so
+    /// a key that slept and woke again is still the same waiter).
+    pub local: Vec<Arc<str>>,
     /// Everyone that waits, as `PEERID/name`, when the chain came from another host (this
     /// host's own waiters included); empty for a chain that never left this host.
     pub remote: Vec<String>,
 }
 
 impl Chain {
-    /// Whether instance `index` of this host is waiting.
-    pub fn contains(&self, index: u32) -> bool {
-        self.local.contains(&index)
+    /// Whether the instance named `name` of this host is waiting.
+    pub fn contains(&self, name: &str) -> bool {
+        self.local.iter().any(|n| &**n == name)
     }
 
     /// Forgets everything.
@@ -128,10 +137,10 @@ impl Chain {
     }
 
     /// The chain as the wire carries it: every waiter as `PEERID/name`, this host's as `me`.
-    pub fn to_wire(&self, me: &str, registry: &Registry) -> Vec<String> {
+    pub fn to_wire(&self, me: &str) -> Vec<String> {
         let mut out = self.remote.clone();
-        for &i in &self.local {
-            let entry = format!("{me}/{}", registry.get(i).name);
+        for name in &self.local {
+            let entry = format!("{me}/{name}");
             if !out.contains(&entry) {
                 out.push(entry);
             }
@@ -139,13 +148,13 @@ impl Chain {
         out
     }
 
-    /// A chain received from another host: this host's entries become local indexes.
-    pub fn from_wire(wire: Vec<String>, me: &str, registry: &Registry) -> Chain {
+    /// A chain received from another host: this host's entries become local names.
+    pub fn from_wire(wire: Vec<String>, me: &str) -> Chain {
         let local = wire
             .iter()
             .filter_map(|e| {
                 let (peer, name) = e.split_once('/')?;
-                (peer == me).then(|| registry.by_name(name).map(|i| i.index))?
+                (peer == me).then(|| Arc::from(name))
             })
             .collect();
         Chain {
@@ -243,6 +252,8 @@ pub struct Instance {
     pub(crate) remote_uses: Box<[RemoteUse]>,
     /// Reachable from other hosts.
     pub expose: bool,
+    /// A plain instance, a keyed class, or one key of a class.
+    pub kind: Kind,
     sessions_open: AtomicU32,
     mailbox: mpsc::UnboundedSender<Envelope>,
     control: mpsc::UnboundedSender<Control>,
@@ -251,6 +262,82 @@ pub struct Instance {
     last_wake_ns: AtomicU64,
     /// Its log rate limit, across awake periods.
     pub(crate) log_budget: Arc<super::guest_log::LogBudget>,
+}
+
+/// What a registry entry is.
+pub enum Kind {
+    /// One instance, named in the manifest.
+    Plain,
+    /// A keyed class (`keyed = true`): it never runs itself; each key is an instance of
+    /// its own, made on first demand and dropped when it sleeps.
+    Class(Keyed),
+    /// The instance of one key of the class at this registry index.
+    Key {
+        /// The class's registry index.
+        class: u32,
+    },
+}
+
+/// The live keys of a keyed class. A key that sleeps leaves this table (and its actor
+/// ends), so a class with a hundred thousand keys used once costs nothing once they sleep.
+pub struct Keyed {
+    /// Most keys live (awake, or asleep but not yet retired, or down) at once.
+    pub max_instances: u32,
+    live: Mutex<HashMap<Box<str>, Arc<Instance>>>,
+}
+
+impl Keyed {
+    /// An empty table for a class of at most `max_instances` live keys.
+    pub fn new(max_instances: u32) -> Keyed {
+        Keyed {
+            max_instances,
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Keys live now.
+    pub fn live(&self) -> usize {
+        self.live.lock().map_or(0, |l| l.len())
+    }
+
+    /// Up to `max` live keys that are awake, sorted, and how many are awake in all.
+    pub fn awake(&self, max: usize) -> (Vec<String>, usize) {
+        let Ok(live) = self.live.lock() else {
+            return (Vec::new(), 0);
+        };
+        let mut keys: Vec<&str> = live
+            .iter()
+            .filter(|(_, i)| i.status() == Status::Awake)
+            .map(|(k, _)| &**k)
+            .collect();
+        let n = keys.len();
+        keys.sort_unstable();
+        keys.truncate(max);
+        (keys.into_iter().map(str::to_string).collect(), n)
+    }
+
+    /// Every live instance (for shutdown).
+    pub fn instances(&self) -> Vec<Arc<Instance>> {
+        self.live
+            .lock()
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Longest key of a keyed instance, in bytes.
+pub const MAX_KEY: usize = 128;
+
+/// Checks a key: 1 to 128 bytes of ASCII letters, digits and `-_.:@+=`.
+pub fn check_key(class: &str, key: &str) -> Result<(), CallError> {
+    let ok = |c: u8| c.is_ascii_alphanumeric() || b"-_.:@+=".contains(&c);
+    if key.is_empty() || key.len() > MAX_KEY || !key.bytes().all(ok) {
+        let shown: String = key.chars().take(40).collect();
+        return Err(CallError::Invalid(format!(
+            "bad key {shown:?} for {class}: a key is 1 to {MAX_KEY} ASCII letters, digits or -_.:@+= (like {class}/lobby)"
+        )));
+    }
+    Ok(())
 }
 
 /// The receiving ends an actor owns.
@@ -273,6 +360,7 @@ impl Instance {
         uses: Box<[(Box<str>, u32)]>,
         remote_uses: Box<[RemoteUse]>,
         expose: bool,
+        kind: Kind,
     ) -> (Arc<Instance>, Inbox) {
         // The mailbox is unbounded as a channel but bounded by `queued`: messages and events
         // count, disconnects do not, so closing a session can never fail for lack of room.
@@ -289,6 +377,7 @@ impl Instance {
             uses,
             remote_uses,
             expose,
+            kind,
             sessions_open: AtomicU32::new(0),
             mailbox,
             control,
@@ -308,15 +397,57 @@ impl Instance {
 
     /// Where it is in its lifecycle.
     pub fn status(&self) -> Status {
-        match self.status.load(Ordering::Acquire) {
+        match self.status.load(Ordering::SeqCst) {
             1 => Status::Awake,
             2 => Status::Down,
+            3 => Status::Retired,
             _ => Status::Asleep,
         }
     }
 
     pub(crate) fn set_status(&self, s: Status) {
-        self.status.store(s as u8, Ordering::Release);
+        self.status.store(s as u8, Ordering::SeqCst);
+    }
+
+    /// The class and key of a keyed instance (`room`, `42` for `room/42`).
+    pub fn key(&self) -> Option<(&str, &str)> {
+        match self.kind {
+            Kind::Key { .. } => self.name.split_once('/'),
+            _ => None,
+        }
+    }
+
+    /// The live keys, if this is a keyed class.
+    pub fn keyed(&self) -> Option<&Keyed> {
+        match &self.kind {
+            Kind::Class(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    /// Leaves the class's table if nothing waits for this keyed instance: the actor calls
+    /// it when the instance is asleep. Whoever reserves a place (see `reserve`) at the
+    /// same moment either is seen here (and the instance stays) or sees `Retired` (and
+    /// looks the key up again): both sides write first and read second, in `SeqCst`.
+    pub(crate) fn try_retire(&self, registry: &Registry) -> bool {
+        let Kind::Key { class } = self.kind else {
+            return false;
+        };
+        let Some(keyed) = registry.get(class).keyed() else {
+            return false;
+        };
+        let Ok(mut live) = keyed.live.lock() else {
+            return false;
+        };
+        self.set_status(Status::Retired);
+        if self.queued.load(Ordering::SeqCst) > 0 || self.sessions_open() > 0 {
+            self.set_status(Status::Asleep);
+            return false;
+        }
+        if let Some((_, key)) = self.name.split_once('/') {
+            live.remove(key);
+        }
+        true
     }
 
     /// How long the last wake took inside the actor (instantiate + `wakeup`), in nanoseconds.
@@ -348,50 +479,42 @@ impl Instance {
         self.mailbox.send(envelope).map_err(|_| CallError::Closed)
     }
 
-    /// Checks an event against what this instance declares and accepts, and queues it; the
-    /// reply comes on the returned receiver. Every caller (a guest's `request`, a client, a
-    /// peer) goes through here, so the checks are the same for all.
-    pub(crate) fn post_event(
-        &self,
-        event: &str,
-        params: String,
-        caller: Option<SessionId>,
-        chain: Chain,
-    ) -> Result<ReplyRx, CallError> {
+    /// Checks an event against what this instance declares and accepts: its number.
+    pub(crate) fn check_event(&self, event: &str, params_len: usize) -> Result<u16, CallError> {
         let Some(index) = self.class.event_index(event) else {
             return Err(CallError::Invalid(format!(
                 "{} has no event {event:?}; it declares {:?}",
                 self.name, self.class.events
             )));
         };
-        if params.len() as u64 > self.limits.max_message {
+        if params_len as u64 > self.limits.max_message {
             return Err(CallError::TooLarge {
-                size: params.len(),
+                size: params_len,
                 limit: self.limits.max_message,
             });
         }
-        let (reply, rx) = oneshot::channel();
-        self.post(Envelope::Event {
-            caller,
-            event: index,
-            params,
-            chain,
-            reply,
-        })?;
-        Ok(rx)
+        Ok(index)
     }
 
     /// Takes one place in the mailbox for an envelope delivered later with `deliver`.
     #[inline]
     pub(crate) fn reserve(&self) -> Result<(), CallError> {
-        if self.status() == Status::Down {
-            return Err(self.down_error());
-        }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limits.mailbox as usize {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.limits.mailbox as usize {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(CallError::Busy);
         }
-        Ok(())
+        match self.status() {
+            Status::Down => {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(self.down_error())
+            }
+            Status::Retired => {
+                // The caller looks the key up again (see `Registry::reserve_on`).
+                self.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(CallError::Closed)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Delivers an envelope whose place was reserved (or that is not counted).
@@ -429,9 +552,11 @@ impl Instance {
     /// Which peers this instance may reach `service` on: `Ok(None)` for any peer,
     /// `Ok(Some(ids))` for those only, an error naming the fix if none.
     pub(crate) fn remote_uses(&self, service: &str) -> Result<Option<Vec<&str>>, CallError> {
+        // `*/room` covers every key of a keyed class: `room/42` is checked as `room`.
+        let class = service.split_once('/').map_or(service, |(c, _)| c);
         let mut ids = Vec::new();
         for (peer, name) in self.remote_uses.iter() {
-            if &**name != service {
+            if &**name != class {
                 continue;
             }
             match peer {
@@ -460,10 +585,20 @@ impl Instance {
 /// Every instance of a host, by index and name, and the host-wide session counter.
 pub struct Registry {
     instances: Vec<Arc<Instance>>,
+    names: HashMap<Box<str>, u32>,
     next_session: AtomicU64,
     events: broadcast::Sender<LifecycleEvent>,
     book: Mutex<HashMap<SessionId, SessionRecord>>,
     peers: OnceLock<Arc<dyn Peers>>,
+    spawner: OnceLock<Spawner>,
+}
+
+/// Where the actors of keyed instances made on demand run.
+pub(crate) struct Spawner {
+    /// The worker threads' runtimes; keys are spread over them by hash.
+    pub workers: Vec<Handle>,
+    /// The epoch tick counter every actor reads.
+    pub ticks: Arc<AtomicU64>,
 }
 
 /// One open session end on this host, as introspection lists it.
@@ -533,13 +668,156 @@ pub trait Peers: Send + Sync {
 
 impl Registry {
     pub(crate) fn new(instances: Vec<Arc<Instance>>) -> Registry {
+        let names = instances
+            .iter()
+            .map(|i| (Box::from(&*i.name), i.index))
+            .collect();
         Registry {
             instances,
+            names,
             next_session: AtomicU64::new(1),
             events: broadcast::channel(1024).0,
             book: Mutex::new(HashMap::new()),
             peers: OnceLock::new(),
+            spawner: OnceLock::new(),
         }
+    }
+
+    /// Where keyed instances' actors run (set once, when the worker threads start).
+    pub(crate) fn set_spawner(&self, spawner: Spawner) {
+        let _ = self.spawner.set(spawner);
+    }
+
+    /// The instance of a name: a plain instance, or `class/key` of a keyed class — made
+    /// now, with the class's options and limits, if the key is not live. Refused with
+    /// `invalid` for a bad key or a keyed class named without a key, and with `busy`
+    /// when the class has `max_instances` keys live.
+    pub fn resolve(self: &Arc<Self>, name: &str) -> Result<Arc<Instance>, CallError> {
+        let (class_name, key) = match name.split_once('/') {
+            Some((c, k)) => (c, Some(k)),
+            None => (name, None),
+        };
+        let Some(entry) = self.by_name(class_name) else {
+            return Err(CallError::NoSuchService(name.to_string()));
+        };
+        match (&entry.kind, key) {
+            (Kind::Class(keyed), Some(key)) => self.key_of(entry, keyed, key),
+            (Kind::Class(_), None) => Err(CallError::Invalid(format!(
+                "{name} is keyed: name one of its instances, like {name}/lobby"
+            ))),
+            (_, None) => Ok(entry.clone()),
+            (_, Some(_)) => Err(CallError::NoSuchService(format!(
+                "{name}: {class_name} is not keyed (add `keyed = true` to it in the manifest)"
+            ))),
+        }
+    }
+
+    /// The live instance of a name, without making one (for introspection and tests).
+    pub fn live(&self, name: &str) -> Option<Arc<Instance>> {
+        match name.split_once('/') {
+            None => self.by_name(name).cloned(),
+            Some((class, key)) => {
+                let keyed = self.by_name(class)?.keyed()?;
+                keyed.live.lock().ok()?.get(key).cloned()
+            }
+        }
+    }
+
+    fn key_of(
+        self: &Arc<Self>,
+        class: &Arc<Instance>,
+        keyed: &Keyed,
+        key: &str,
+    ) -> Result<Arc<Instance>, CallError> {
+        let mut live = keyed
+            .live
+            .lock()
+            .map_err(|_| CallError::Unavailable("the key table is poisoned".into()))?;
+        if let Some(i) = live.get(key) {
+            return Ok(i.clone());
+        }
+        check_key(&class.name, key)?;
+        if live.len() >= keyed.max_instances as usize {
+            return Err(CallError::Full(format!(
+                "{} has its limit of {} live instances (max_instances); {key:?} waits until one sleeps",
+                class.name, keyed.max_instances
+            )));
+        }
+        let Some(spawner) = self.spawner.get() else {
+            return Err(CallError::Unavailable("the host is not running".into()));
+        };
+        let (instance, inbox) = Instance::new(
+            &format!("{}/{key}", class.name),
+            u32::MAX,
+            class.channel,
+            class.class.clone(),
+            class.limits.clone(),
+            &class.options_json,
+            false,
+            class.uses.clone(),
+            class.remote_uses.clone(),
+            class.expose,
+            Kind::Key { class: class.index },
+        );
+        live.insert(Box::from(key), instance.clone());
+        drop(live);
+        let worker = {
+            use std::hash::{BuildHasher, BuildHasherDefault};
+            let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(key);
+            (h % spawner.workers.len().max(1) as u64) as usize
+        };
+        let actor = super::actor::InstanceActor::new(
+            instance.clone(),
+            self.clone(),
+            spawner.ticks.clone(),
+            inbox,
+        );
+        spawner.workers[worker].spawn(actor.run());
+        Ok(instance)
+    }
+
+    /// Takes one place in `target`'s mailbox; when `target` is a keyed instance that just
+    /// retired, in the mailbox of its key's new instance. Returns the instance that holds
+    /// the place: deliver the envelope there.
+    pub(crate) fn reserve_on(
+        self: &Arc<Self>,
+        target: &Arc<Instance>,
+    ) -> Result<Arc<Instance>, CallError> {
+        let mut t = target.clone();
+        // A key retires at most once per idle period, so a retry or two always finds it.
+        for _ in 0..16 {
+            match t.reserve() {
+                Ok(()) => return Ok(t),
+                Err(_) if t.status() == Status::Retired => t = self.resolve(&t.name)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(CallError::Busy)
+    }
+
+    /// Checks and queues an event for `target` (see `reserve_on`); the reply comes on the
+    /// returned receiver. Every caller (a guest's `request`, a client, a peer) goes
+    /// through here, so the checks are the same for all.
+    pub(crate) fn post_event(
+        self: &Arc<Self>,
+        target: &Arc<Instance>,
+        event: &str,
+        params: String,
+        caller: Option<SessionId>,
+        chain: Chain,
+    ) -> Result<ReplyRx, CallError> {
+        let index = target.check_event(event, params.len())?;
+        let target = self.reserve_on(target)?;
+        let (reply, rx) = oneshot::channel();
+        target.deliver(Envelope::Event {
+            caller,
+            event: index,
+            params,
+            chain,
+            reply,
+        });
+        Ok(rx)
     }
 
     /// Connects this host to its peers (once).
@@ -596,9 +874,9 @@ impl Registry {
         &self.instances[index as usize]
     }
 
-    /// The instance of this name.
+    /// The manifest entry of this name (a plain instance or a keyed class).
     pub fn by_name(&self, name: &str) -> Option<&Arc<Instance>> {
-        self.instances.iter().find(|i| &*i.name == name)
+        self.names.get(name).map(|&i| &self.instances[i as usize])
     }
 
     /// A fresh session id.

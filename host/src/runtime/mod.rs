@@ -48,7 +48,7 @@ pub enum LoadError {
         reason: String,
     },
     /// The component does not implement the `wasmwire:service` world.
-    #[error("{} does not implement the wasmwire:service@0.1.0 world: {reason}", path.display())]
+    #[error("{} does not implement the wasmwire:service@0.1 world: {reason}", path.display())]
     WrongWorld {
         /// The component file.
         path: PathBuf,
@@ -274,11 +274,25 @@ impl Drop for Runtime {
     }
 }
 
+/// Largest pool whose memory slots reserve 4 GiB each (bounds checks elided): 4 096
+/// instances × 2 memories × 4 GiB is 32 TiB of address space.
+pub const ELIDED_CHECKS_UP_TO: u32 = 4096;
+
 fn engine_config(config: &RuntimeConfig) -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
     c.epoch_interruption(true);
     let instances = config.max_awake.max(1);
+    let max_memory = config.max_memory.max(1 << 20);
+    // Each linear-memory slot of the pool is reserved up front (address space only,
+    // `PROT_NONE`): by default 4 GiB plus a 32 MiB guard, which lets compiled code skip
+    // bounds checks. Two slots per instance of a 10 000-instance pool would be 80 TiB, more
+    // than the 47-bit address space leaves. So past `ELIDED_CHECKS_UP_TO` awake instances a
+    // slot is only as large as the largest `memory` limit, and compiled code checks bounds
+    // explicitly (the cost is in the README's "Scale" section).
+    if instances > ELIDED_CHECKS_UP_TO {
+        c.memory_reservation(max_memory);
+    }
     let mut pool = PoolingAllocationConfig::new();
     // A Rust wasm32-wasip2 component holds a handful of core instances (the program, the
     // WASI adapter, shims); the limits below leave room for larger toolchains' output.
@@ -290,7 +304,7 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .total_tables((instances + 1) * 4)
         .max_tables_per_component(4)
         .total_stacks(instances + 1)
-        .max_memory_size(config.max_memory.max(1 << 20) as usize)
+        .max_memory_size(max_memory as usize)
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20)
         // Keeping a little of each freed slot resident makes the next wake cheaper.

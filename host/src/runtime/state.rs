@@ -290,37 +290,47 @@ impl HostState {
     }
 
     /// Finds a service this instance may use, with the error the guest should see otherwise.
+    /// `uses = ["room"]` covers every key of a keyed class: `room/lobby`, `room/42`, ...
     fn target(&self, service: &str) -> Result<(Arc<Instance>, Arc<Registry>), CallError> {
         let (me, registry) = self.node()?;
-        match me.uses(service) {
-            Some(i) => Ok((registry.get(i).clone(), registry.clone())),
-            None if registry.by_name(service).is_none() => {
+        let class = service.split_once('/').map_or(service, |(c, _)| c);
+        match me.uses(class) {
+            Some(_) => Ok((registry.resolve(service)?, registry.clone())),
+            None if registry.by_name(class).is_none() => {
                 Err(CallError::NoSuchService(service.to_string()))
             }
             None => Err(CallError::Denied(format!(
-                "{} may not use {service}: add it to `uses` of {} in the manifest",
+                "{} may not use {class}: add it to `uses` of {} in the manifest",
                 me.name, me.name
             ))),
         }
     }
 
+    /// Whether `name` is a keyed class of this host (so `name/KEY` is local).
+    fn keyed_class(&self, name: &str) -> bool {
+        self.me
+            .as_ref()
+            .and_then(|(_, r)| r.by_name(name))
+            .is_some_and(|e| e.keyed().is_some())
+    }
+
     /// The chain a call made now would carry, or `cycle` if it would reach `target`.
     fn chain_to(&self, target: &Instance) -> Result<Chain, CallError> {
         let (me, _) = self.node()?;
-        if me.index == target.index || self.chain.contains(target.index) {
+        if me.name == target.name || self.chain.contains(&target.name) {
             return Err(CallError::Cycle);
         }
         let mut chain = self.chain.clone();
-        chain.local.push(me.index);
+        chain.local.push(me.name.clone());
         Ok(chain)
     }
 
     /// The chain a call to another host made now would carry, as the wire carries it.
     fn wire_chain(&self, peers: &dyn super::instance::Peers) -> Result<Vec<String>, CallError> {
-        let (me, registry) = self.node()?;
+        let (me, _) = self.node()?;
         let mut chain = self.chain.clone();
-        chain.local.push(me.index);
-        Ok(chain.to_wire(peers.me(), registry))
+        chain.local.push(me.name.clone());
+        Ok(chain.to_wire(peers.me()))
     }
 
     /// Where a call to `service` on `peer` may go: the peer (`None`: any) and the peers
@@ -486,7 +496,8 @@ impl HostState {
         let (mine, theirs) = (registry.next_session(), registry.next_session());
         self.outbox.flush();
         let (reply, rx) = oneshot::channel();
-        target.post(Envelope::Connect {
+        let target = registry.reserve_on(&target)?;
+        target.deliver(Envelope::Connect {
             end: theirs,
             from: PeerInfo {
                 service: me.name.clone(),
@@ -498,7 +509,7 @@ impl HostState {
             },
             chain,
             reply,
-        })?;
+        });
         if let Err(e) = self.wait(rx, me.limits.request_timeout).await {
             // The target may still accept later: make sure its end does not dangle.
             target.post(Envelope::Disconnect { end: theirs }).ok();
@@ -533,16 +544,16 @@ impl HostState {
         event: &str,
         params: String,
     ) -> Result<String, CallError> {
-        let (target, _) = self.target(service)?;
+        let (target, registry) = self.target(service)?;
         let chain = self.chain_to(&target)?;
         let timeout = self.node()?.0.limits.request_timeout;
         // If this instance has a session with the target, the target sees the request as
         // coming from that session (its end of it).
         let caller = self.sessions.iter().find_map(|(_, s)| match &s.route {
-            Route::Instance { to, end } if to.index == target.index => Some(*end),
+            Route::Instance { to, end } if to.name == target.name => Some(*end),
             _ => None,
         });
-        let rx = target.post_event(event, params, caller, chain)?;
+        let rx = registry.post_event(&target, event, params, caller, chain)?;
         self.wait(rx, timeout).await
     }
 }
@@ -588,7 +599,7 @@ impl From<CallError> for WitError {
             CallError::TooLarge { .. } => WitError::TooLarge,
             CallError::Closed => WitError::Closed,
             CallError::Timeout => WitError::Timeout,
-            CallError::Busy => WitError::Busy,
+            CallError::Busy | CallError::Full(_) => WitError::Busy,
             CallError::Cycle => WitError::Cycle,
             CallError::Invalid(s) => WitError::Invalid(s),
             CallError::Unavailable(s) => WitError::Unavailable(s),
@@ -694,8 +705,13 @@ impl host::Host for HostState {
         if let Some(e) = self.injected() {
             return Ok(Err(e));
         }
-        // `PEERID/name` or `*/name` is a service on another host; a bare name is local.
+        // `PEERID/name` or `*/name` is a service on another host; a bare name is local, and
+        // so is `class/KEY` of one of this host's keyed classes (`PEERID/class/KEY` is a key
+        // on another host).
         let r = match service.split_once('/') {
+            Some((first, _)) if self.keyed_class(first) => {
+                self.request_local(&service, &event, params).await
+            }
             Some((peer, name)) => self.request_remote(peer, name, &event, params).await,
             None => self.request_local(&service, &event, params).await,
         };
@@ -733,5 +749,23 @@ impl host::Host for HostState {
 
     fn instance_name(&mut self) -> wasmtime::Result<String> {
         Ok(self.name.to_string())
+    }
+
+    fn self_info(&mut self) -> wasmtime::Result<super::bindings::InstanceInfo> {
+        let (service, key) = match self.me.as_ref().and_then(|(i, _)| i.key()) {
+            Some((class, key)) => (class.to_string(), Some(key.to_string())),
+            None => (self.name.to_string(), None),
+        };
+        let host = self
+            .me
+            .as_ref()
+            .and_then(|(_, r)| r.peers())
+            .map(|p| p.me().to_string());
+        Ok(super::bindings::InstanceInfo {
+            name: self.name.to_string(),
+            service,
+            key,
+            host,
+        })
     }
 }

@@ -41,6 +41,12 @@ impl Supervisor {
         }
     }
 
+    /// When the last crash leaves the window (`None`: no crash in it). A keyed instance
+    /// keeps its actor, and so its crash history, until then.
+    pub fn quiet_at(&self) -> Option<Instant> {
+        self.crashes.back().map(|&t| t + self.window)
+    }
+
     /// Records a crash at `now` and says what follows.
     pub fn crashed(&mut self, now: Instant) -> Verdict {
         while self

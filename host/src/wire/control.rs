@@ -88,7 +88,27 @@ pub struct ServiceEntry {
     pub state: String,
     /// Sessions open to it now.
     pub sessions: u32,
+    /// For a keyed class (state `keyed`): how many keys are live and awake, and some of
+    /// the awake ones. Absent for a plain service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyed: Option<KeyedEntry>,
 }
+
+/// What `list-services` says of a keyed class: counts, and at most 64 awake keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedEntry {
+    /// Keys with an instance now (awake, or asleep and about to leave).
+    pub live: u64,
+    /// Keys awake now.
+    pub awake: u64,
+    /// The first awake keys, sorted (at most 64).
+    pub awake_keys: Vec<String>,
+    /// The class's `max_instances`.
+    pub max_instances: u32,
+}
+
+/// Most awake keys `list-services` names per keyed class.
+pub const MAX_LISTED_KEYS: usize = 64;
 
 /// One open session, as `list-sessions` answers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,8 +18,8 @@ pub mod peer_id;
 pub use peer_id::{BadPeerId, PeerId};
 
 pub use control::{
-    Control, ErrorCode, Hello, PeerEntry, Role, ServiceEntry, SessionEntry, SessionHeader,
-    Undecodable,
+    Control, ErrorCode, Hello, KeyedEntry, PeerEntry, Role, ServiceEntry, SessionEntry,
+    SessionHeader, Undecodable,
 };
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};

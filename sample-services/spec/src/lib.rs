@@ -6,7 +6,8 @@
 //! text}`, `flood {session, kind, count, size}` (sends until the first error; returns how many
 //! went and that error), `close {session}`, `request {service, event, params}`,
 //! `timer {every_ms}`, `sessions` (a list of `[id, service, peer]`), `caller` (the session
-//! the event arrived on, as `on-event` saw it, or null).
+//! the event arrived on, as `on-event` saw it, or null), `name` and `self` (what
+//! `instance-name` and `self-info` say).
 //! With `options = { report_to = "other" }` it hands its record to `other`'s `append`
 //! event from `sleep`, so the end of an awake period can be asserted too.
 
@@ -88,7 +89,7 @@ impl Service for Spec {
     const MESSAGES: &'static [&'static str] = &["note"];
     const EVENTS: &'static [&'static str] = &[
         "record", "append", "connect", "send", "flood", "close", "request", "timer", "sessions",
-        "name", "caller",
+        "name", "self", "caller",
     ];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
@@ -212,6 +213,15 @@ impl Service for Spec {
                 Reply::json(&list)
             }
             "name" => Reply::json(&wasmwire_guest::instance_name()),
+            "self" => {
+                let me = wasmwire_guest::self_info();
+                Reply::json(&serde_json::json!({
+                    "name": me.name,
+                    "service": me.service,
+                    "key": me.key,
+                    "host": me.host,
+                }))
+            }
             "caller" => Reply::json(&caller),
             other => Reply::error(format!("unknown event {other}")),
         }

@@ -201,6 +201,7 @@ fn build(m: Built) -> Control {
                     events: vec![],
                     state: "awake".into(),
                     sessions: 0,
+                    keyed: None,
                 })
                 .collect(),
         },
