@@ -200,19 +200,9 @@ async fn keys_are_reached_from_another_host_and_listed_by_count() {
 
     // The listing names the class with counts and awake keys, not every key.
     let client = crate::peers::client_of(&a).await;
-    let listed = match client
-        .net
-        .ask(
-            client.conn,
-            wasmwire::broker::Ask::ListServices,
-            Duration::from_secs(5),
-        )
+    let entry = client
+        .services()
         .await
-    {
-        Ok(wasmwire::wire::Control::Services { services, .. }) => services,
-        other => panic!("{other:?}"),
-    };
-    let entry = listed
         .into_iter()
         .find(|s| s.name == "room")
         .expect("room listed");

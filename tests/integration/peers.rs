@@ -131,14 +131,21 @@ pub(crate) struct TestClient {
 
 impl TestClient {
     async fn list(&self) -> Vec<(String, String)> {
+        self.services()
+            .await
+            .into_iter()
+            .map(|s| (s.name, s.state))
+            .collect()
+    }
+
+    /// What `list-services` answers, whole.
+    pub(crate) async fn services(&self) -> Vec<wasmwire::wire::ServiceEntry> {
         match self
             .net
             .ask(self.conn, wasmwire::broker::Ask::ListServices, WITHIN)
             .await
         {
-            Ok(wasmwire::wire::Control::Services { services, .. }) => {
-                services.into_iter().map(|s| (s.name, s.state)).collect()
-            }
+            Ok(wasmwire::wire::Control::Services { services, .. }) => services,
             other => panic!("{other:?}"),
         }
     }

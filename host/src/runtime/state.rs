@@ -550,7 +550,8 @@ impl HostState {
         // If this instance has a session with the target, the target sees the request as
         // coming from that session (its end of it).
         let caller = self.sessions.iter().find_map(|(_, s)| match &s.route {
-            Route::Instance { to, end } if to.name == target.name => Some(*end),
+            // The same instance, not just the same name: a key with a session never retires.
+            Route::Instance { to, end } if Arc::ptr_eq(to, &target) => Some(*end),
             _ => None,
         });
         let rx = registry.post_event(&target, event, params, caller, chain)?;
