@@ -354,6 +354,7 @@ async fn check(path: &Path) -> Result<()> {
 
 async fn inspect(path: &Path) -> Result<()> {
     let config = RuntimeConfig {
+        keep_resident: 0,
         max_awake: 4,
         max_memory: 64 << 20,
         cache_dir: None,

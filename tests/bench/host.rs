@@ -28,6 +28,7 @@ fn bench_runtime(max_awake: u32) -> Runtime {
     Runtime::new(&RuntimeConfig {
         max_awake,
         max_memory: 64 << 20,
+        keep_resident: wasmwire::manifest::DEFAULT_KEEP_RESIDENT,
         cache_dir: Some(root().join("target/test-cache")),
     })
     .unwrap()

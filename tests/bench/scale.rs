@@ -3,14 +3,19 @@
 //!
 //! (l) 100 000 distinct keys touched once each (made, woken, one event, asleep, retired),
 //!     keys per second with 64 callers, vs a bare instantiate + `wakeup` + `on-event` +
-//!     drop on one thread; host RSS at the start, at the end (every key retired) and the
-//!     largest in between;
-//! (m) 10 000 keys awake at once: host RSS per awake instance, vs the same component held
-//!     awake 1 000 times in bare stores of the same engine;
+//!     drop on one thread; host RSS at the start, at the end (every key retired, the heap
+//!     trim finished) and the largest in between; then the same with `keep_resident =
+//!     "256KiB"` (freed slots keep their pages: faster, and RSS stays up);
+//! (m) 10 000 keys awake at once: host RSS per awake instance, split into the wasmtime
+//!     pool's pages (linear memories, stacks) and the rest (heap, mostly), vs the same
+//!     component held awake 1 000 times in bare stores of an engine set up the same way;
+//!     `SCALE_EXIT_AWAKE=1` exits right there, so that `heaptrack` lists what the awake
+//!     instances hold as leaks;
 //! (n) wake (instantiate + `wakeup`, in the actor) p50 / p99 while 10 000 are awake, vs a
 //!     bare instantiate + `wakeup`;
 //! (o) event dispatch (clients' `request`s, 64 in flight: time per event) with 10 000
-//!     awake — all to one key, and spread over every key — ÷ the same with 1 awake;
+//!     awake, all to one key ÷ the same with 1 awake; and spread over all 10 000 keys ÷
+//!     spread over 64 keys with 64 awake;
 //! (p) event dispatch with 1 awake ÷ a bare *synchronous* typed call of `on-event` of the
 //!     same component (no async, no fibers, default allocator);
 //! (q) `wasmwire run` warm start (compiled cache warm) of 20 and of 1 000 services: from
@@ -21,10 +26,13 @@ use std::io::BufRead;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmwire::node::Node;
-use wasmwire::runtime::{Runtime, RuntimeConfig};
+use wasmwire::runtime::{Runtime, RuntimeConfig, heap};
 use wasmwire_tests::{env_or, load_manifest, root, rss, scratch_dir, wasmwire_bin};
 
 const ROUNDS: usize = 3;
+
+/// Keys awake before the many: the spread-dispatch baseline of (o).
+const SMALL: usize = 64;
 
 fn row(name: &str, value: String, baseline: String, ratio: String, target: &str) {
     println!("{name:<48} {value:>16} {baseline:>20} {ratio:>9}   {target}");
@@ -52,6 +60,62 @@ fn keyed_manifest(max_awake: u32, idle: &str) -> String {
          component = \"{{guest:bench}}\"\nchannel = 1\nkeyed = true\nidle_timeout = {idle:?}\n",
         cache_line()
     )
+}
+
+/// Bench (l) in one host: keys per second and host RSS in MiB.
+struct Touch {
+    rate: f64,
+    start: f64,
+    peak: f64,
+    end: f64,
+    trims: u64,
+}
+
+/// Touches `keys` distinct keys once each from 64 callers, in a host with `max_awake` 1 024
+/// and `keep_resident` (the default when `None`); RSS "after" is read once every key has
+/// retired and the heap trim it set off has finished.
+async fn touch_keys(keys: usize, keep_resident: Option<&str>) -> Touch {
+    let mut manifest = keyed_manifest(1024, "2ms");
+    if let Some(k) = keep_resident {
+        manifest = manifest.replacen("[host]\n", &format!("[host]\nkeep_resident = {k:?}\n"), 1);
+    }
+    let node = Arc::new(Node::start(&load_manifest(&manifest)).await.unwrap());
+    node.request("k/warm", "pong", "null").await.unwrap();
+    wait_retired(&node).await;
+    let (trims_before, _) = heap::trims();
+    let start = rss();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(start));
+    let t = Instant::now();
+    let p = peak.clone();
+    fan_out(&node, keys, 64, move |node, i| {
+        let p = p.clone();
+        async move {
+            node.request(&format!("k/{i}"), "pong", "null")
+                .await
+                .unwrap();
+            if i % 1000 == 0 {
+                p.fetch_max(rss(), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    })
+    .await;
+    let took = t.elapsed().as_secs_f64();
+    wait_retired(&node).await;
+    while heap::trims().1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let end = rss();
+    if let Ok(node) = Arc::try_unwrap(node) {
+        node.shutdown().await;
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    Touch {
+        rate: keys as f64 / took,
+        start: mib(start),
+        peak: mib(peak.load(std::sync::atomic::Ordering::Relaxed)),
+        end: mib(end),
+        trims: heap::trims().0 - trims_before,
+    }
 }
 
 /// Time per event of `n` `pong` requests from 64 concurrent callers (pipelined: the
@@ -114,6 +178,7 @@ async fn run() {
 
     // Baselines on the host's own engine settings (pooling allocator, async, epochs).
     let runtime = Runtime::new(&RuntimeConfig {
+        keep_resident: 0,
         max_awake: 1024,
         max_memory: 64 << 20,
         cache_dir: Some(root().join("target/test-cache")),
@@ -147,95 +212,38 @@ async fn run() {
     wake_bare.sort_unstable();
     let bare_wake_p50 = wake_bare[wake_bare.len() / 2] as f64 / 1e3;
     let bare_wake_p99 = wake_bare[wake_bare.len() * 99 / 100] as f64 / 1e3;
-    let bare_instance_kib = {
-        let mut held = Vec::new();
-        let before = rss();
-        for _ in 0..1000 {
-            let mut store = runtime.scratch_store(Arc::from("bare"));
-            let s = class.pre.instantiate_async(&mut store).await.unwrap();
-            held.push((store, s));
-        }
-        let kib = rss().saturating_sub(before) as f64 / 1000.0 / 1024.0;
-        drop(held);
-        kib
-    };
-    let bare_awake_kib = {
-        let mut held = Vec::new();
-        let mut store = runtime.scratch_store(Arc::from("bare"));
-        store.set_epoch_deadline(u64::MAX / 2);
-        let s = class.pre.instantiate_async(&mut store).await.unwrap();
-        held.push((store, s));
-        let before = rss();
-        for _ in 0..1000 {
-            let mut store = runtime.scratch_store(Arc::from("bare"));
-            store.set_epoch_deadline(u64::MAX / 2);
-            let s = class.pre.instantiate_async(&mut store).await.unwrap();
-            s.wasmwire_service_lifecycle()
-                .call_wakeup(&mut store, "{}")
-                .await
-                .unwrap()
-                .unwrap();
-            held.push((store, s));
-        }
-        let kib = rss().saturating_sub(before) as f64 / 1000.0 / 1024.0;
-        drop(held);
-        kib
-    };
     drop(class);
     drop(runtime);
+    let (bare_made, bare_awake) = {
+        let w = bench_wasm.clone();
+        tokio::spawn(async move { bare_footprint(&w, awake as u32 + 16).await })
+            .await
+            .unwrap()
+    };
     let sync_call_ns = sync_call_ns(&bench_wasm);
 
-    // (l) touching many keys once each.
-    let node = Arc::new(
-        Node::start(&load_manifest(&keyed_manifest(1024, "2ms")))
-            .await
-            .unwrap(),
-    );
-    node.request("k/warm", "pong", "null").await.unwrap();
-    wait_retired(&node).await;
-    let start_rss = rss();
-    let peak = Arc::new(std::sync::atomic::AtomicU64::new(start_rss));
-    let t = Instant::now();
-    let p = peak.clone();
-    fan_out(&node, keys, 64, move |node, i| {
-        let p = p.clone();
-        async move {
-            node.request(&format!("k/{i}"), "pong", "null")
-                .await
-                .unwrap();
-            if i % 1000 == 0 {
-                p.fetch_max(rss(), std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    })
-    .await;
-    let took = t.elapsed().as_secs_f64();
-    wait_retired(&node).await;
-    let end_rss = rss();
-    row(
-        &format!("(l) {keys} keys touched once (64 callers)"),
-        format!("{:.0} keys/s", keys as f64 / took),
-        format!("{:.0}/s bare, 1 thr", 1e6 / bare_touch_us),
-        format!("{:.2}x", (keys as f64 / took) / (1e6 / bare_touch_us)),
-        "report",
-    );
-    row(
-        "    host RSS start / largest / after (MiB)",
-        format!(
-            "{:.1} / {:.1} / {:.1}",
-            start_rss as f64 / 1048576.0,
-            peak.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1048576.0,
-            end_rss as f64 / 1048576.0
-        ),
-        "-".into(),
-        format!(
-            "{:+.1} MiB",
-            (end_rss as f64 - start_rss as f64) / 1048576.0
-        ),
-        "after near start",
-    );
-    if let Ok(node) = Arc::try_unwrap(node) {
-        node.shutdown().await;
+    // (l) touching many keys once each, with the default `keep_resident` (0) and with
+    // freed slots' pages kept.
+    for (keep, note) in [(None, "after near start"), (Some("256KiB"), "report")] {
+        let l = touch_keys(keys, keep).await;
+        let label = match keep {
+            None => format!("(l) {keys} keys touched once (64 callers)"),
+            Some(k) => format!("    same, keep_resident = {k:?}"),
+        };
+        row(
+            &label,
+            format!("{:.0} keys/s", l.rate),
+            format!("{:.0}/s bare, 1 thr", 1e6 / bare_touch_us),
+            format!("{:.2}x", l.rate / (1e6 / bare_touch_us)),
+            "report",
+        );
+        row(
+            "    host RSS start / largest / after (MiB)",
+            format!("{:.1} / {:.1} / {:.1}", l.start, l.peak, l.end),
+            format!("{} heap trims", l.trims),
+            format!("{:+.1} MiB", l.end - l.start),
+            note,
+        );
     }
 
     // (m)-(o) many awake at once.
@@ -246,13 +254,22 @@ async fn run() {
     );
     node.wake("k/0").await.unwrap();
     let one_awake_ns = dispatch_ns(&node, 1, 100_000).await;
+    // Events spread over distinct keys cannot be batched (one actor wake-up each): the
+    // baseline for spreading over all keys at 10 000 awake is spreading over 64 at 64.
+    fan_out(&node, SMALL, 64, |node, i| async move {
+        node.wake(&format!("k/{i}")).await.unwrap();
+    })
+    .await;
+    let small_spread_ns = dispatch_ns(&node, SMALL, 100_000).await;
     let before = rss();
+    let maps_before = maps();
+    let pools = Footprint::pools();
+    let fp_before = Footprint::now(&pools);
     let t = Instant::now();
     // The last 1 000 are woken one by one below, timing each (n).
     let first = awake - 1000;
-    let maps_before = maps();
     fan_out(&node, first, 64, |node, i| async move {
-        if i > 0 {
+        if i >= SMALL {
             node.wake(&format!("k/{i}")).await.unwrap();
         }
     })
@@ -265,19 +282,30 @@ async fn run() {
         wakes.push(node.live(&key).unwrap().last_wake_ns());
     }
     assert_eq!(live(&node), awake);
-    let per_kib = rss().saturating_sub(before) as f64 / (awake - 1) as f64 / 1024.0;
-    let maps_per = (maps() - maps_before) as f64 / (awake - 1) as f64;
+    let per_kib = rss().saturating_sub(before) as f64 / (awake - SMALL) as f64 / 1024.0;
+    let host = Footprint::now(&pools).per(fp_before, awake - SMALL);
+    let maps_per = (maps() - maps_before) as f64 / (awake - SMALL) as f64;
     row(
         &format!("(m) host RSS per awake instance ({awake} awake)"),
         format!("{per_kib:.1} KiB"),
-        format!("{bare_awake_kib:.1} KiB bare"),
-        format!("{:.2}x", per_kib / bare_awake_kib),
+        format!("{:.1} KiB bare", bare_awake.total()),
+        format!("{:.2}x", per_kib / bare_awake.total()),
         "<= 35 KiB",
     );
     row(
+        "    of which pool (resident / private), rest",
+        format!(
+            "{:.1} / {:.1}, {:.1} KiB",
+            host.pool_rss, host.pool_private, host.rest
+        ),
+        "-".into(),
+        "-".into(),
+        "report",
+    );
+    row(
         "    bare instance before / after wakeup",
-        format!("{bare_instance_kib:.1} KiB"),
-        format!("{bare_awake_kib:.1} KiB"),
+        format!("{:.1} KiB", bare_made.total()),
+        format!("{:.1} KiB", bare_awake.total()),
         "-".into(),
         "report",
     );
@@ -295,6 +323,9 @@ async fn run() {
         "-".into(),
         "report",
     );
+    if std::env::var_os("SCALE_EXIT_AWAKE").is_some() {
+        std::process::exit(0);
+    }
     wakes.sort_unstable();
     let (p50, p99) = (
         wakes[wakes.len() / 2] as f64 / 1e3,
@@ -310,10 +341,17 @@ async fn run() {
     let many_awake_ns = dispatch_ns(&node, 1, 100_000).await;
     let other_ns = dispatch_ns(&node, awake, 100_000).await;
     row(
-        &format!("(o) dispatch, {awake} awake (1 key / all) vs 1"),
-        format!("{:.2} / {:.2} us", many_awake_ns / 1e3, other_ns / 1e3),
+        &format!("(o) dispatch, {awake} awake, to 1 key"),
+        format!("{:.2} us", many_awake_ns / 1e3),
         format!("{:.2} us 1 awake", one_awake_ns / 1e3),
-        format!("{:.2}x", many_awake_ns.max(other_ns) / one_awake_ns),
+        format!("{:.2}x", many_awake_ns / one_awake_ns),
+        "<= 1.3x",
+    );
+    row(
+        &format!("    spread over all {awake} keys"),
+        format!("{:.2} us", other_ns / 1e3),
+        format!("{:.2} us {SMALL} of {SMALL}", small_spread_ns / 1e3),
+        format!("{:.2}x", other_ns / small_spread_ns),
         "<= 1.3x",
     );
     row(
@@ -353,6 +391,45 @@ async fn run() {
             target,
         );
     }
+}
+
+/// What 1 000 bare instances of `wasm` cost each, held in stores of a fresh engine set up
+/// as a host's with `max_awake` (fresh slots, like the host's): (instantiated, after
+/// `wakeup`).
+async fn bare_footprint(wasm: &std::path::Path, max_awake: u32) -> (Footprint, Footprint) {
+    const N: usize = 1000;
+    let runtime = Runtime::new(&RuntimeConfig {
+        max_awake,
+        max_memory: 64 << 20,
+        keep_resident: 0,
+        cache_dir: Some(root().join("target/test-cache")),
+    })
+    .unwrap();
+    let class = runtime.load(wasm).await.unwrap();
+    let pools = Footprint::pools();
+    let instantiate = || async {
+        let mut store = runtime.scratch_store(Arc::from("bare"));
+        store.set_epoch_deadline(u64::MAX / 2);
+        let s = class.pre.instantiate_async(&mut store).await.unwrap();
+        (store, s)
+    };
+    // One awake first, so what every instance shares (code pages touched, the first
+    // allocations of each arena) is in `before`.
+    let (mut store, s) = instantiate().await;
+    let lc = s.wasmwire_service_lifecycle();
+    lc.call_wakeup(&mut store, "{}").await.unwrap().unwrap();
+    let before = Footprint::now(&pools);
+    let mut held = vec![(store, s)];
+    for _ in 0..N {
+        held.push(instantiate().await);
+    }
+    let made = Footprint::now(&pools).per(before, N);
+    for (store, s) in &mut held[1..] {
+        let lc = s.wasmwire_service_lifecycle();
+        lc.call_wakeup(&mut *store, "{}").await.unwrap().unwrap();
+    }
+    let awake = Footprint::now(&pools).per(before, N);
+    (made, awake)
 }
 
 /// Memory mappings of this process now.
@@ -464,4 +541,89 @@ fn warm_start(services: usize) -> f64 {
         }
     }
     best
+}
+
+/// Where this process's resident memory is, in KiB, from `/proc/self/smaps`: inside the
+/// wasmtime pool's reservations (linear memories, stacks: every mapping of at least 1 GiB
+/// when [`Footprint::pools`] looked), and everywhere else (the malloc heap, mostly).
+#[derive(Clone, Copy, Default)]
+struct Footprint {
+    /// Resident pages in the pool, shared image pages included (RSS counts a page each
+    /// time it is mapped: the copy-on-write image of a memory is one physical copy).
+    pool_rss: f64,
+    /// Pages in the pool written by this process alone.
+    pool_private: f64,
+    /// Resident pages outside the pool.
+    rest: f64,
+}
+
+impl Footprint {
+    /// The address ranges of the pool's reservations now (call after the engine exists,
+    /// before instances touch them: a touched slot splits its reservation's mapping).
+    fn pools() -> Vec<(u64, u64)> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        maps.lines()
+            .filter_map(|l| {
+                let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+                let (a, b) = (
+                    u64::from_str_radix(a, 16).ok()?,
+                    u64::from_str_radix(b, 16).ok()?,
+                );
+                (b - a >= 1 << 30).then_some((a, b))
+            })
+            .collect()
+    }
+
+    /// Resident memory now, split by `pools`.
+    fn now(pools: &[(u64, u64)]) -> Footprint {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+        let mut f = Footprint::default();
+        let mut in_pool = false;
+        for line in smaps.lines() {
+            let kib = |v: &str| {
+                v.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap_or(0.0)
+            };
+            if let Some(v) = line.strip_prefix("Rss:") {
+                if in_pool {
+                    f.pool_rss += kib(v);
+                } else {
+                    f.rest += kib(v);
+                }
+            } else if let Some(v) = line.strip_prefix("Private_Dirty:") {
+                if in_pool {
+                    f.pool_private += kib(v);
+                }
+            } else if let Some((a, _)) = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+            {
+                // A mapping's header line: `start-end perms ...` (field lines have no `-`
+                // in their first word).
+                if let Ok(a) = u64::from_str_radix(a, 16) {
+                    in_pool = pools.iter().any(|&(s, e)| a >= s && a < e);
+                }
+            }
+        }
+        f
+    }
+
+    /// All resident memory.
+    fn total(self) -> f64 {
+        self.pool_rss + self.rest
+    }
+
+    /// What grew from `before` to `self`, per one of `n` instances.
+    fn per(self, before: Footprint, n: usize) -> Footprint {
+        let n = n as f64;
+        Footprint {
+            pool_rss: (self.pool_rss - before.pool_rss) / n,
+            pool_private: (self.pool_private - before.pool_private) / n,
+            rest: (self.rest - before.rest) / n,
+        }
+    }
 }

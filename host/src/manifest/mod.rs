@@ -27,6 +27,9 @@ pub struct Manifest {
     pub services: Vec<ServiceConfig>,
 }
 
+/// `[host] keep_resident` when not written and no service is keyed.
+pub const DEFAULT_KEEP_RESIDENT: u64 = 256 << 10;
+
 /// Host-wide settings with defaults applied and paths resolved.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -44,6 +47,9 @@ pub struct HostConfig {
     pub transport: Transport,
     /// Size of the instance pool: most instances awake at once.
     pub max_awake: u32,
+    /// Bytes of each freed pool slot's linear memory kept resident (written pages reset in
+    /// place) instead of given back to the system: faster next wakes, memory held.
+    pub keep_resident: u64,
     /// Folder of the compiled-component cache.
     pub cache_dir: PathBuf,
     /// Worker threads that run the instances.

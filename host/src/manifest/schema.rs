@@ -35,6 +35,8 @@ pub struct HostSection {
     pub allow: Vec<Spanned<String>>,
     /// Most instances awake at once (the size of the instance pool).
     pub max_awake: Option<Spanned<u32>>,
+    /// Bytes of a freed instance's memory kept resident for the next one in its slot.
+    pub keep_resident: Option<Spanned<ByteSize>>,
     /// Where compiled components are cached.
     pub cache_dir: Option<Spanned<String>>,
     /// Worker threads that run the instances (default: one per core).

@@ -221,6 +221,25 @@ impl Validator<'_> {
             100_000,
             "1 to 100000",
         );
+        // Kept pages make wakes cheap but are never given back (see `runtime/mod.rs`): a
+        // host of keyed classes, whose bursts touch many slots, keeps none by default.
+        let keyed = written
+            .service
+            .iter()
+            .any(|s| s.keyed.as_ref().is_some_and(|k| *k.get_ref()));
+        let keep_resident = self.bounded(
+            &h.keep_resident,
+            "host.keep_resident",
+            if keyed {
+                0
+            } else {
+                super::DEFAULT_KEEP_RESIDENT
+            },
+            |b| b.0,
+            0,
+            64 << 20,
+            "0 to 64MiB",
+        );
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let threads = self.bounded(
             &h.threads,
@@ -315,6 +334,7 @@ impl Validator<'_> {
             allow,
             transport,
             max_awake,
+            keep_resident,
             cache_dir: dir.join(
                 h.cache_dir
                     .map_or(".wasmwire/cache".to_string(), Spanned::into_inner),
@@ -636,7 +656,12 @@ mod tests {
     #[test]
     fn host_settings_are_range_checked() {
         let e = errors(
-            "[host]\nthreads = 0\nmax_awake = 0\nlisten = \"nowhere\"\nadvertise = \"x:y\"\n",
+            "[host]\nthreads = 0\nmax_awake = 0\nlisten = \"nowhere\"\nadvertise = \"x:y\"\n\
+             keep_resident = \"1GiB\"\n",
+        );
+        assert!(
+            e.contains("m.toml:6:17: field `host.keep_resident`: 1073741824 is out of range"),
+            "{e}"
         );
         assert!(
             e.contains("m.toml:2:11: field `host.threads`: 0 is out of range"),

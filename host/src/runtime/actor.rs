@@ -83,7 +83,9 @@ impl InstanceActor {
         if self.me.autostart {
             let _ = self.ensure_awake().await;
         }
-        let mut batch = Vec::with_capacity(BATCH);
+        // Grows to the largest batch this actor has taken: reserving `BATCH` envelopes up
+        // front would hold 15 KiB in every awake instance, most of which never see a burst.
+        let mut batch = Vec::new();
         // One timer for timers, idle and restart deadlines, re-armed only when the earliest
         // deadline moves: registering a timer per loop would cost more than a message.
         let alarm = sleep_until(Instant::now());
@@ -414,12 +416,20 @@ impl InstanceActor {
         }
     }
 
-    /// Wakes the instance if it is asleep: instantiate from the pre-linked component, then
-    /// `wakeup(options)`. Waits out a restart back-off first.
+    /// Wakes the instance if it is asleep (see [`Self::wake`]).
     async fn ensure_awake(&mut self) -> Result<(), CallError> {
         if self.awake.is_some() {
             return Ok(());
         }
+        // Boxed, like `put_to_sleep`'s body: the instantiate and `wakeup` futures are
+        // large and cold, and inline they would sit in every actor's task for its life
+        // (the task is allocated at the size of its largest await).
+        Box::pin(self.wake()).await
+    }
+
+    /// Instantiates from the pre-linked component, then calls `wakeup(options)`. Waits out
+    /// a restart back-off first.
+    async fn wake(&mut self) -> Result<(), CallError> {
         if self.me.status() == Status::Down {
             return Err(self.me.down_error());
         }
@@ -469,6 +479,13 @@ impl InstanceActor {
 
     /// Calls `sleep()` and drops the instance.
     async fn put_to_sleep(&mut self, reason: &'static str) {
+        if self.awake.is_some() {
+            Box::pin(self.sleep(reason)).await;
+        }
+    }
+
+    /// [`Self::put_to_sleep`]'s body, boxed there (cold).
+    async fn sleep(&mut self, reason: &'static str) {
         let Some(mut a) = self.awake.take() else {
             return;
         };

@@ -56,11 +56,16 @@ pub fn load(
         return Ok((Component::new(engine, bytes)?, CacheOutcome::Compiled));
     };
     let file = dir.join(key(engine, bytes));
-    if file.is_file() {
+    // Read into memory rather than mapped (`deserialize_file`): a mapped file's pages stay
+    // backed by the file, and memory images of instances are mapped from them, so a cache
+    // file truncated or rewritten in place while the host runs (by hand, by another
+    // program) would kill the host with SIGBUS at the next touch of such a page — and with
+    // `keep_resident = 0` every wake touches them afresh (seen in the cache test).
+    if let Ok(compiled) = std::fs::read(&file) {
         // SAFETY: the file is in the host's own cache folder and was written by
         // `precompile_component` below for this engine's settings (its name says so);
         // wasmtime still checks its header and version before using it.
-        match unsafe { Component::deserialize_file(engine, &file) } {
+        match unsafe { Component::deserialize(engine, &compiled) } {
             Ok(c) => return Ok((c, CacheOutcome::Hit)),
             Err(e) => {
                 tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cache entry")
