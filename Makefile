@@ -18,7 +18,26 @@ SERVICES    := echo counter ticker chat spec
 TEST_GUESTS := misbehave bench not-a-service planted giant legacy
 MANIFEST    ?= wasmwire.toml
 
-.PHONY: all setup services test-guests build run test lint bench demo clean \
+# Sample services in other languages, built from wit/ alone (no SDK). Their toolchains are
+# pinned here (Python) or in sample-services/greeter-js/package-lock.json (JavaScript) and
+# installed on first use into target/toolchains/ — nothing global. Needs python3 (with
+# venv) and npm (with node); each service is rebuilt only when its sources, wit/ or its
+# toolchain change.
+PY_SERVICES := greeter-py
+JS_SERVICES := greeter-js
+PYTHON      ?= python3
+NPM         ?= npm
+COMPONENTIZE_PY_VERSION := 0.25.1
+TOOLCHAINS  := target/toolchains
+PY_TOOLCHAIN := $(TOOLCHAINS)/python
+PY_STAMP    := $(PY_TOOLCHAIN)/.componentize-py-$(COMPONENTIZE_PY_VERSION)
+JS_TOOLCHAIN := $(TOOLCHAINS)/js
+JS_PACKAGE  := sample-services/greeter-js
+JS_STAMP    := $(JS_TOOLCHAIN)/.npm-ci
+WIT_FILES   := $(wildcard wit/*.wit)
+POLYGLOT    := $(PY_SERVICES:%=target/services/%.wasm) $(JS_SERVICES:%=target/services/%.wasm)
+
+.PHONY: all setup services toolchains polyglot test-guests build run test lint bench demo clean \
 	fuzz-setup fuzz-build fuzz fuzz-smoke sim chaos
 
 # cargo-fuzz (libFuzzer) needs a nightly toolchain. The sanitizer is off by default: the
@@ -50,10 +69,57 @@ setup:
 	@rustup toolchain install >/dev/null 2>&1 || rustup toolchain install
 	@rustup target list --installed | grep -qx $(GUEST) || rustup target add $(GUEST)
 
-services: setup
+services: setup polyglot
 	cd sample-services && $(CARGO) build --release --locked --target $(GUEST) --target-dir ../$(GUEST_DIR)
 	@mkdir -p target/services
 	@for s in $(SERVICES); do cp $(GUEST_OUT)/$$s.wasm target/services/$$s.wasm; done
+
+toolchains: $(PY_STAMP) $(JS_STAMP)
+
+polyglot: $(POLYGLOT)
+
+# componentize-py into a venv of its own; the stamp names the version, so a new pin reinstalls.
+$(PY_STAMP):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) is needed to build $(PY_SERVICES) (install Python 3 with venv, or set PYTHON=...)"; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "error: $(PYTHON) cannot make a venv (on Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
+	$(PYTHON) -m venv $(PY_TOOLCHAIN)
+	$(PY_TOOLCHAIN)/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+	@rm -f $(PY_TOOLCHAIN)/.componentize-py-*
+	@touch $@
+
+# ComponentizeJS exactly as the lockfile says, into target/toolchains/js/node_modules.
+# package.json pins @bytecodealliance/jco (ComponentizeJS's own dependency, ^1.15.1) to
+# 1.25.2 with `overrides`: newer jco pulls in optional platform packages that were never
+# published, which leaves the lockfile incomplete and `npm ci` refusing it.
+$(JS_STAMP): $(JS_PACKAGE)/package.json $(JS_PACKAGE)/package-lock.json
+	@command -v $(NPM) >/dev/null 2>&1 && command -v node >/dev/null 2>&1 || { echo "error: npm and node are needed to build $(JS_SERVICES) (install Node.js 20 or later, or set NPM=...)"; exit 1; }
+	@mkdir -p $(JS_TOOLCHAIN)
+	cp $(JS_PACKAGE)/package.json $(JS_PACKAGE)/package-lock.json $(JS_TOOLCHAIN)/
+	cd $(JS_TOOLCHAIN) && $(NPM) ci --no-audit --no-fund
+	@touch $@
+
+# A Python service is sample-services/NAME/app.py (and any *.py beside it); componentize-py
+# makes the bindings for the `service` world in a temporary folder at each build. It runs
+# from a copy in target/polyglot/ because the guest CPython that pre-initializes the app
+# writes __pycache__ beside the sources.
+define py_service
+target/services/$(1).wasm: $(wildcard sample-services/$(1)/*.py) $(WIT_FILES) $(PY_STAMP)
+	@mkdir -p target/services
+	@rm -rf target/polyglot/$(1) && mkdir -p target/polyglot/$(1) && cp -R sample-services/$(1)/. target/polyglot/$(1)/
+	$(PY_TOOLCHAIN)/bin/componentize-py -d wit -w service componentize -p target/polyglot/$(1) app -o $$@.tmp
+	@mv $$@.tmp $$@
+endef
+$(foreach s,$(PY_SERVICES),$(eval $(call py_service,$(s))))
+
+# A JavaScript service is sample-services/NAME/app.js (ES modules beside it may be imported).
+# wasi:http is left out (`-d http fetch-event`): the host links no wasi:http.
+define js_service
+target/services/$(1).wasm: $(wildcard sample-services/$(1)/*.js) $(WIT_FILES) $(JS_STAMP)
+	@mkdir -p target/services
+	$(JS_TOOLCHAIN)/node_modules/.bin/componentize-js --wit wit --world-name service -d http fetch-event -o $$@.tmp sample-services/$(1)/app.js
+	@mv $$@.tmp $$@
+endef
+$(foreach s,$(JS_SERVICES),$(eval $(call js_service,$(s))))
 
 test-guests: setup
 	cd tests/guests && $(CARGO) build --release --locked --target $(GUEST) --target-dir ../../$(GUEST_DIR)

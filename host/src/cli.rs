@@ -1,5 +1,5 @@
 //! The `wasmwire` command line: `run`, `check` and `inspect`; `keygen` and `id` for host
-//! keys; and the client commands `services`, `sessions`, `peers`, `call` and `send`, which
+//! keys; and the client commands `services`, `sessions`, `peers`, `top`, `call` and `send`, which
 //! reach a running host over QUIC like any peer (with role `client`). Errors go to stderr
 //! with a non-zero exit; logs go through `tracing` (`RUST_LOG`, `--log-format json`).
 
@@ -46,6 +46,11 @@ pub enum Command {
         /// The manifest.
         #[arg(default_value = "wasmwire.toml")]
         manifest: PathBuf,
+        /// The address peers are told to dial, overriding `[host] advertise`: `IP:PORT`, or
+        /// an IP alone for `listen`'s port (`--advertise $POD_IP` in a pod of a StatefulSet,
+        /// whose pods share one manifest).
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Validate a manifest and type-check every component it names.
     Check {
@@ -90,6 +95,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a new service in a folder of its own: its sources, a Makefile (`make` builds
+    /// NAME.wasm) and a wasmwire.toml that runs it.
+    New {
+        /// The service name (the folder, package and manifest entry).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value_t = crate::scaffold::Lang::Rust)]
+        lang: crate::scaffold::Lang,
+        /// The folder to create (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The wasmwire-guest SDK a Rust service depends on (default: guest-sdk/ of the
+        /// checkout this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Make a new host key (never overwrites one) and print its peer id.
     Keygen {
         /// Where to write it.
@@ -111,6 +132,19 @@ pub enum Command {
     Sessions {
         #[command(flatten)]
         to: HostArgs,
+    },
+    /// Watch a running host live: each instance's state, calls per second, errors, traps,
+    /// restarts, mailbox and memory; each connection's round-trip time and traffic.
+    Top {
+        #[command(flatten)]
+        to: HostArgs,
+        /// Time between two samples.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        every: Duration,
+        /// Print one frame as text (two samples `--every` apart) and exit; with `--json`,
+        /// the host's figures as JSON.
+        #[arg(long)]
+        once: bool,
     },
     /// List a host's connected and learned peers.
     Peers {
@@ -192,7 +226,12 @@ pub fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Run { manifest } => run(&manifest).await.map(|()| ExitCode::SUCCESS),
+            Command::Run {
+                manifest,
+                advertise,
+            } => run(&manifest, advertise.as_deref())
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Check { manifest } => check(&manifest).await.map(|()| ExitCode::SUCCESS),
             Command::Inspect { component } => inspect(&component).await.map(|()| ExitCode::SUCCESS),
             Command::Fuzz {
@@ -238,11 +277,20 @@ pub fn main() -> ExitCode {
                         }
                     })
             }
+            Command::New {
+                name,
+                lang,
+                dir,
+                sdk,
+            } => new_service(&name, lang, dir, sdk).map(|()| ExitCode::SUCCESS),
             Command::Keygen { path } => keygen(&path).map(|()| ExitCode::SUCCESS),
             Command::Id { path } => id(&path).map(|()| ExitCode::SUCCESS),
             Command::Services { to } => services(&to).await.map(|()| ExitCode::SUCCESS),
             Command::Sessions { to } => sessions(&to).await.map(|()| ExitCode::SUCCESS),
             Command::Peers { to } => peers(&to).await.map(|()| ExitCode::SUCCESS),
+            Command::Top { to, every, once } => {
+                top(&to, every, once).await.map(|()| ExitCode::SUCCESS)
+            }
             Command::Call {
                 to,
                 service,
@@ -284,8 +332,14 @@ fn init_logging(format: LogFormat, default: &str) {
     }
 }
 
-async fn run(path: &Path) -> Result<()> {
-    let manifest = manifest::load(path)?;
+async fn run(path: &Path, advertise: Option<&str>) -> Result<()> {
+    let mut manifest = manifest::load(path)?;
+    if let Some(a) = advertise {
+        let Some(listen) = manifest.host.listen else {
+            bail!("--advertise needs `listen` in [host]: it names where peers reach that address");
+        };
+        manifest.host.advertise = Some(advertised(a, listen.port())?);
+    }
     let node = Node::start(&manifest).await?;
     tracing::info!(manifest = %path.display(), services = manifest.services.len(), "wasmwire is running; Ctrl-C to stop");
     shutdown_signal().await;
@@ -293,6 +347,34 @@ async fn run(path: &Path) -> Result<()> {
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn new_service(
+    name: &str,
+    lang: crate::scaffold::Lang,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+) -> Result<()> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let sdk = sdk.unwrap_or_else(crate::scaffold::default_sdk);
+    let files = crate::scaffold::scaffold(name, lang, &dir, &sdk)?;
+    let shown = dir.display();
+    println!("created {shown}/: {}", files.join(", "));
+    println!("build it:  cd {shown} && make");
+    println!("run it:    cd {shown} && wasmwire run");
+    println!("call it:   wasmwire call 127.0.0.1:7400 {name} hello '{{\"name\": \"ann\"}}'");
+    Ok(())
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or a bare IP that takes `port`.
+fn advertised(text: &str, port: u16) -> Result<std::net::SocketAddr> {
+    if let Ok(a) = text.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    match text.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(std::net::SocketAddr::new(ip, port)),
+        Err(_) => bail!("--advertise {text:?} is not an IP address or IP:PORT"),
+    }
 }
 
 async fn shutdown_signal() {
@@ -424,6 +506,7 @@ impl Client {
                 transport: Default::default(),
                 limits: Default::default(),
                 alpn: wire::ALPN.to_vec(),
+                resolver: None,
             },
             None,
         )?;
@@ -525,6 +608,38 @@ fn dash_list(v: &[String]) -> String {
     } else {
         v.join(",")
     }
+}
+
+async fn top(to: &HostArgs, every: Duration, once: bool) -> Result<()> {
+    let client = Client::connect(to).await?;
+    let ask = || async {
+        match client.ask(Ask::Stats).await? {
+            Control::Stats { stats, .. } => Ok(stats),
+            _ => bail!("the host answered get-stats with something else"),
+        }
+    };
+    let result = if once {
+        let first = ask().await?;
+        tokio::time::sleep(every).await;
+        let second = ask().await?;
+        if to.json {
+            print_json(&second)
+        } else {
+            let (instances, peers) = (second.instances.len(), second.peers.len());
+            let mut view = crate::top::View::new(&to.addr);
+            view.update(first);
+            view.update(second);
+            let height = 1 + (3 + instances) + (peers.clamp(1, 8) + 3) + 1;
+            for line in crate::top::render_text(&view, 100, height as u16) {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    } else {
+        crate::top::run(&to.addr, every, ask).await
+    };
+    client.close().await;
+    result
 }
 
 async fn sessions(to: &HostArgs) -> Result<()> {
@@ -870,4 +985,19 @@ async fn fuzz(
         }
     }
     Ok(report.failure.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advertised;
+
+    #[test]
+    fn advertise_takes_an_address_or_an_ip_for_the_listen_port() {
+        let a = |s: &str| advertised(s, 7400).map(|a| a.to_string());
+        assert_eq!(a("10.1.2.3:7401").unwrap(), "10.1.2.3:7401");
+        assert_eq!(a("10.1.2.3").unwrap(), "10.1.2.3:7400");
+        assert_eq!(a("fd00::5").unwrap(), "[fd00::5]:7400");
+        assert_eq!(a("[fd00::5]").unwrap(), "[fd00::5]:7400");
+        assert!(a("pod-0.wasmwire").is_err());
+    }
 }

@@ -35,6 +35,9 @@ pub enum NodeError {
     /// The network could not start.
     #[error("network: {0}")]
     Net(#[from] NetError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Loads every distinct component of a manifest once, reporting failures against the
@@ -103,6 +106,8 @@ pub struct Node {
     tasks: Vec<JoinHandle<()>>,
     classes: HashMap<PathBuf, Arc<Class>>,
     net: Option<Net>,
+    /// The Prometheus endpoint, if `[host] metrics` is set (stops when dropped).
+    metrics: Option<crate::metrics::Endpoint>,
     /// Dropped last: stops the worker threads.
     workers: Workers,
 }
@@ -162,6 +167,7 @@ impl Node {
                     Some(max) => Kind::Class(Keyed::new(max)),
                     None => Kind::Plain,
                 },
+                Arc::default(),
             );
             instances.push(instance);
             inboxes.push(inbox);
@@ -217,6 +223,7 @@ impl Node {
                         transport: manifest.host.transport.clone(),
                         limits: Default::default(),
                         alpn: wire::ALPN.to_vec(),
+                        resolver: None,
                     },
                     Some(registry.clone()),
                 )?;
@@ -236,12 +243,22 @@ impl Node {
                 Some(net)
             }
         };
+        let metrics = match manifest.host.metrics {
+            None => None,
+            Some(addr) => {
+                let source = crate::metrics::Source::new(registry.clone(), net.clone());
+                let endpoint = crate::metrics::Endpoint::start(addr, source).await?;
+                tracing::info!(addr = %endpoint.local_addr(), "metrics at http://{}/metrics", endpoint.local_addr());
+                Some(endpoint)
+            }
+        };
         Ok(Node {
             runtime,
             registry,
             tasks,
             classes,
             net,
+            metrics,
             workers,
         })
     }
@@ -254,6 +271,13 @@ impl Node {
     /// Where this host listens, if it has a network.
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
         self.net.as_ref().and_then(Net::local_addr)
+    }
+
+    /// Where the Prometheus endpoint listens, if it runs.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics
+            .as_ref()
+            .map(crate::metrics::Endpoint::local_addr)
     }
 
     /// The network endpoint, if any.

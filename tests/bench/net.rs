@@ -288,6 +288,7 @@ fn client_net() -> Net {
             transport: Transport::default(),
             limits: Default::default(),
             alpn: wire::ALPN.to_vec(),
+            resolver: None,
         },
         None,
     )

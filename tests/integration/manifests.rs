@@ -71,3 +71,28 @@ fn the_default_manifest_checks_clean() {
         "{stdout}"
     );
 }
+
+/// The Kubernetes example's manifest (examples/kubernetes/, the ConfigMap's source) checks
+/// clean, with its in-image paths pointed at the components built here.
+#[test]
+fn the_kubernetes_example_manifest_checks_clean() {
+    let root = wasmwire_tests::root();
+    let text = std::fs::read_to_string(root.join("examples/kubernetes/wasmwire.toml")).unwrap();
+    for p in ["/opt/wasmwire/services/", "/var/lib/wasmwire/"] {
+        assert!(text.contains(p), "the example no longer uses {p}");
+    }
+    let dir = wasmwire_tests::scratch_dir("k8s");
+    let text = text
+        .replace(
+            "/opt/wasmwire/services/",
+            &format!("{}/", root.join("target/services").display()),
+        )
+        .replace("/var/lib/wasmwire/", &format!("{}/", dir.display()));
+    let path = dir.join("wasmwire.toml");
+    std::fs::write(&path, text).unwrap();
+    let (ok, stdout, stderr) = check(path.to_str().unwrap());
+    assert!(ok && stdout.contains("all valid"), "{stderr}{stdout}");
+    // The ConfigMap is generated from that very file, so the two cannot drift.
+    let k = std::fs::read_to_string(root.join("examples/kubernetes/kustomization.yaml")).unwrap();
+    assert!(k.contains("configMapGenerator") && k.contains("- wasmwire.toml"));
+}

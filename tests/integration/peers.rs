@@ -170,6 +170,7 @@ pub(crate) fn client_net(
             transport: Default::default(),
             limits: Default::default(),
             alpn: alpn.to_vec(),
+            resolver: None,
         },
         None,
     )

@@ -284,6 +284,10 @@ impl Net {
                             sessions: vec![],
                             total: 0,
                         },
+                        Incoming::Stats => Control::Stats {
+                            id,
+                            stats: Default::default(),
+                        },
                         Incoming::Request { .. } => Control::Response {
                             id,
                             result: "null".into(),

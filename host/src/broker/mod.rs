@@ -102,19 +102,37 @@ pub struct BrokerConfig {
     pub seed: u64,
 }
 
-/// Who may connect: the `allow` list (empty: anyone).
+/// Who may connect: the `allow` list (empty: anyone), and how many handshakes the key
+/// checks refused (the TLS verifiers that consult the list count them here).
 #[derive(Debug, Default)]
-pub struct Allow(HashSet<PeerId>);
+pub struct Allow {
+    ids: HashSet<PeerId>,
+    refused: std::sync::atomic::AtomicU64,
+}
 
 impl Allow {
     /// An allow list of these ids; empty allows every peer.
     pub fn new(ids: impl IntoIterator<Item = PeerId>) -> Allow {
-        Allow(ids.into_iter().collect())
+        Allow {
+            ids: ids.into_iter().collect(),
+            refused: Default::default(),
+        }
     }
 
     /// Whether `peer` may connect.
     pub fn permits(&self, peer: &PeerId) -> bool {
-        self.0.is_empty() || self.0.contains(peer)
+        self.ids.is_empty() || self.ids.contains(peer)
+    }
+
+    /// Counts one refused handshake.
+    pub fn count_refusal(&self) {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Handshakes refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -147,6 +165,8 @@ pub enum Incoming {
     ListServices,
     /// `list-sessions`.
     ListSessions,
+    /// `get-stats`.
+    Stats,
     /// `request`.
     Request {
         /// Instance name.
@@ -173,6 +193,8 @@ pub enum Ask {
     ListServices,
     /// `list-sessions`.
     ListSessions,
+    /// `get-stats`.
+    Stats,
     /// `find-service`.
     FindService(String),
     /// `request`.
@@ -826,6 +848,7 @@ impl Broker {
         let message = match ask {
             Ask::ListServices => Control::ListServices { id },
             Ask::ListSessions => Control::ListSessions { id },
+            Ask::Stats => Control::GetStats { id },
             Ask::FindService(service) => Control::FindService { id, service },
             Ask::Request {
                 service,
@@ -1086,6 +1109,7 @@ impl Broker {
             }
             m @ (Control::ListServices { .. }
             | Control::ListSessions { .. }
+            | Control::GetStats { .. }
             | Control::Request { .. }) => {
                 if c.incoming >= limits.max_incoming {
                     let max = limits.max_incoming;
@@ -1120,6 +1144,7 @@ impl Broker {
                 let request = match m {
                     Control::ListServices { .. } => Incoming::ListServices,
                     Control::ListSessions { .. } => Incoming::ListSessions,
+                    Control::GetStats { .. } => Incoming::Stats,
                     Control::Request {
                         service,
                         event,

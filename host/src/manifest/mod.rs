@@ -37,6 +37,8 @@ pub struct HostConfig {
     pub listen: Option<std::net::SocketAddr>,
     /// The address peers are told to dial (default: `listen`).
     pub advertise: Option<std::net::SocketAddr>,
+    /// Where the Prometheus endpoint listens, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
     /// The identity key file.
     pub identity: PathBuf,
     /// Peers dialled at start and kept connected.

@@ -25,6 +25,8 @@ pub struct HostSection {
     pub listen: Option<Spanned<String>>,
     /// Address told to peers instead of `listen` (behind a port forward, NAT or relay).
     pub advertise: Option<Spanned<String>>,
+    /// Address of the Prometheus endpoint (`"127.0.0.1:9464"`); none by default.
+    pub metrics: Option<Spanned<String>>,
     /// Path of the ed25519 key file, created if missing.
     pub identity: Option<Spanned<String>>,
     /// Peer addresses dialled at start.

@@ -1,6 +1,7 @@
 //! Human units in the manifest: durations (`"30s"`, `"250ms"`) and sizes (`"64MiB"`).
 //! Each is a newtype parsed with `serde(try_from = "String")`, so a bad value is reported by
-//! the TOML parser with its line and a message that says what to write instead.
+//! the TOML parser with its line and a message that says what to write instead. The parsing
+//! itself is `humantime`'s and `bytesize`'s; the newtypes add the messages and our rules.
 
 use serde::Deserialize;
 use std::fmt;
@@ -14,29 +15,23 @@ pub struct HumanDuration(pub Duration);
 impl TryFrom<String> for HumanDuration {
     type Error = String;
 
+    /// Parsed by `humantime` (`"250ms"`, `"1.5s"`, `"5m"`, `"1h 30m"`); a bare number is
+    /// refused, since a unit-less duration is a guess at best.
     fn try_from(text: String) -> Result<Self, String> {
-        let t = text.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (number, unit) = t.split_at(split);
         let hint = || {
             format!(
                 "invalid duration {text:?}: write a number and a unit, like \"250ms\", \"30s\", \"5m\" or \"1h\""
             )
         };
-        let n: f64 = number.parse().map_err(|_| hint())?;
-        let secs = match unit.trim() {
-            "ms" => n / 1000.0,
-            "s" => n,
-            "m" | "min" => n * 60.0,
-            "h" => n * 3600.0,
-            _ => return Err(hint()),
-        };
-        if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        let t = text.trim();
+        if t.is_empty() || t.starts_with('-') {
             return Err(hint());
         }
-        Ok(HumanDuration(Duration::from_secs_f64(secs)))
+        let d = humantime::parse_duration(t).map_err(|_| hint())?;
+        if d > Duration::from_secs(1_000_000_000) {
+            return Err(hint());
+        }
+        Ok(HumanDuration(d))
     }
 }
 
@@ -54,30 +49,36 @@ pub struct ByteSize(pub u64);
 impl TryFrom<String> for ByteSize {
     type Error = String;
 
+    /// Parsed by `bytesize` (`"512KiB"`, `"64 MiB"`, `"100"` bytes), with two rules of
+    /// ours on top: whole numbers only, and binary units only — `"64MB"` would be 64 000 000
+    /// bytes to `bytesize` and 64 MiB to most readers, so it is refused with the fix.
     fn try_from(text: String) -> Result<Self, String> {
         let t = text.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (number, unit) = t.split_at(split);
         let hint = || {
             format!(
                 "invalid size {text:?}: write a whole number and a unit, like \"512KiB\", \"64MiB\" or \"1GiB\""
             )
         };
-        let n: u64 = number.parse().map_err(|_| hint())?;
-        let scale: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "KB" | "MB" | "GB" | "kb" | "mb" | "gb" => {
-                return Err(format!(
-                    "invalid size {text:?}: sizes use binary units; write \"{n}{}iB\"",
-                    unit[..1].to_uppercase()
-                ));
-            }
-            _ => return Err(hint()),
-        };
-        n.checked_mul(scale).map(ByteSize).ok_or_else(hint)
+        let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (number, unit) = (&t[..digits], t[digits..].trim());
+        if number.is_empty() || unit.starts_with('.') {
+            return Err(hint());
+        }
+        let decimal = !unit.is_empty()
+            && !unit.eq_ignore_ascii_case("b")
+            && !unit.to_ascii_lowercase().contains('i');
+        let size: bytesize::ByteSize = t.parse().map_err(|_| hint())?;
+        if decimal {
+            return Err(format!(
+                "invalid size {text:?}: sizes use binary units; write \"{number}{}iB\"",
+                unit[..1].to_uppercase()
+            ));
+        }
+        // `bytesize` saturates on overflow; a size of 2^64 - 1 bytes is never meant.
+        if size.as_u64() == u64::MAX {
+            return Err(hint());
+        }
+        Ok(ByteSize(size.as_u64()))
     }
 }
 
@@ -110,6 +111,8 @@ mod tests {
         assert_eq!(d("1h"), Ok(Duration::from_secs(3600)));
         assert!(d("30").unwrap_err().contains("write a number and a unit"));
         assert!(d("thirty s").is_err());
+        assert!(d("-5s").is_err());
+        assert_eq!(d("1h 30m"), Ok(Duration::from_secs(5400)));
     }
 
     #[test]
@@ -120,6 +123,10 @@ mod tests {
         assert_eq!(b("100"), Ok(100));
         assert!(b("64MB").unwrap_err().contains("write \"64MiB\""));
         assert!(b("lots").is_err());
+        assert!(b("1.5MiB").unwrap_err().contains("whole number"));
+        assert!(b("64kb").unwrap_err().contains("write \"64KiB\""));
+        assert_eq!(b("64 MiB"), Ok(64 << 20));
+        assert!(b("99999999999GiB").is_err());
         assert_eq!(ByteSize(64 << 20).to_string(), "64MiB");
     }
 }

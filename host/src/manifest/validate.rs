@@ -204,6 +204,7 @@ impl Validator<'_> {
         let h = written.host;
         let listen = self.socket_addr(&h.listen, "host.listen");
         let advertise = self.socket_addr(&h.advertise, "host.advertise");
+        let metrics = self.socket_addr(&h.metrics, "host.metrics");
         if let (Some(a), None) = (&h.advertise, &h.listen) {
             self.problem(
                 a,
@@ -326,6 +327,7 @@ impl Validator<'_> {
         let host = HostConfig {
             listen,
             advertise,
+            metrics,
             identity: dir.join(
                 h.identity
                     .map_or(".wasmwire/host.key".to_string(), Spanned::into_inner),

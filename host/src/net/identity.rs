@@ -250,6 +250,14 @@ struct PeerVerifier {
     algorithms: WebPkiSupportedAlgorithms,
 }
 
+impl PeerVerifier {
+    /// Logs and counts a refused handshake.
+    fn refuse(&self, reason: String) -> rustls::Error {
+        self.allow.count_refusal();
+        refuse(reason)
+    }
+}
+
 fn refuse(reason: String) -> rustls::Error {
     tracing::warn!(target: "wasmwire::net", "handshake refused: {reason}");
     rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
@@ -263,23 +271,23 @@ impl PeerVerifier {
         expected: Option<&str>,
     ) -> Result<(), rustls::Error> {
         if !others.is_empty() {
-            return Err(refuse(format!(
+            return Err(self.refuse(format!(
                 "the peer presented {} keys; exactly one is allowed",
                 others.len() + 1
             )));
         }
         let Some(id) = PeerId::from_spki(key) else {
-            return Err(refuse("the peer's key is not an ed25519 public key".into()));
+            return Err(self.refuse("the peer's key is not an ed25519 public key".into()));
         };
         if let Some(want) = expected.filter(|w| *w != ANY_PEER)
             && id.to_string() != want
         {
-            return Err(refuse(format!(
+            return Err(self.refuse(format!(
                 "peer {id} is not the peer dialled: expected {want}"
             )));
         }
         if !self.allow.permits(&id) {
-            return Err(refuse(format!("peer {id} is not in `allow`")));
+            return Err(self.refuse(format!("peer {id} is not in `allow`")));
         }
         Ok(())
     }

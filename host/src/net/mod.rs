@@ -109,6 +109,52 @@ pub struct NetConfig {
     pub limits: BrokerLimits,
     /// The ALPN to offer (tests change it to check a mismatch is refused).
     pub alpn: Vec<u8>,
+    /// How a configured peer's `name:port` becomes addresses; `None`: the system's
+    /// resolver (DNS, `/etc/hosts`). Tests give a table here.
+    pub resolver: Option<Resolver>,
+}
+
+/// A name resolver: every address a `name:port` stands for (a headless Kubernetes
+/// Service's name stands for one address per pod, and each is dialled as a peer).
+pub type Resolver = Arc<dyn Fn(&str) -> Result<Vec<SocketAddr>, String> + Send + Sync>;
+
+/// What crossed one connection, counted by the tasks that read and write its streams (one
+/// relaxed add per frame or per written batch; read by the metrics endpoint and `stats`).
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Session messages received.
+    pub messages_in: AtomicU64,
+    /// Session messages sent.
+    pub messages_out: AtomicU64,
+    /// Control messages (requests, answers, peer exchange) received.
+    pub control_in: AtomicU64,
+    /// Control messages sent.
+    pub control_out: AtomicU64,
+}
+
+/// One ready connection's figures, as [`Net::links`] reports them.
+#[derive(Debug, Clone)]
+pub struct LinkFigures {
+    /// The peer's id.
+    pub peer: PeerId,
+    /// A host or a client (the CLI).
+    pub role: Role,
+    /// The address it is reached at.
+    pub remote: SocketAddr,
+    /// QUIC's smoothed round-trip time.
+    pub rtt: Duration,
+    /// UDP payload bytes received and sent on the connection (QUIC's own count).
+    pub bytes_in: u64,
+    /// See `bytes_in`.
+    pub bytes_out: u64,
+    /// Session messages received.
+    pub messages_in: u64,
+    /// Session messages sent.
+    pub messages_out: u64,
+    /// Control messages received.
+    pub control_in: u64,
+    /// Control messages sent.
+    pub control_out: u64,
 }
 
 /// The inputs of the broker task.
@@ -120,6 +166,7 @@ enum Input {
         dialled: Option<DialTo>,
         control: mpsc::Sender<bytes::Bytes>,
         window: Arc<tokio::sync::Semaphore>,
+        traffic: Arc<Traffic>,
     },
     Control {
         conn: ConnId,
@@ -143,7 +190,7 @@ enum Input {
     },
     Pick {
         target: Target,
-        reply: oneshot::Sender<Result<(PeerId, quinn::Connection), Failure>>,
+        reply: oneshot::Sender<Result<Picked, Failure>>,
     },
     WaitReady {
         conn: ConnId,
@@ -155,7 +202,13 @@ enum Input {
     Connections {
         reply: oneshot::Sender<Vec<(ConnId, PeerId, Role)>>,
     },
+    Links {
+        reply: oneshot::Sender<Vec<LinkFigures>>,
+    },
 }
+
+/// The connection a session goes on, and where its messages are counted.
+type Picked = (PeerId, quinn::Connection, Arc<Traffic>);
 
 /// Which connection a request or session goes on.
 #[derive(Debug, Clone)]
@@ -184,6 +237,14 @@ struct Shared {
     runtime: tokio::runtime::Handle,
     /// Requests one peer may have waiting for answers (`BrokerLimits::max_incoming`).
     window: usize,
+    /// The allow list, which also counts refused handshakes.
+    allow: Arc<Allow>,
+    /// When the endpoint started (for `stats`' uptime).
+    started: Instant,
+    resolver: Option<Resolver>,
+    /// Addresses that turned out to be this host (a DNS name that lists every pod lists
+    /// this one too): skipped by later dials of configured entries.
+    own_addrs: std::sync::Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 /// A running network endpoint: a host's (listening, dialling its peers, serving its exposed
@@ -244,7 +305,7 @@ impl Net {
                 role: config.role,
                 listen,
                 services,
-                allow,
+                allow: allow.clone(),
                 peers: config.peers,
                 limits: config.limits,
                 seed: u64::from_le_bytes(me.0[..8].try_into().unwrap_or_default())
@@ -267,6 +328,10 @@ impl Net {
             handshake_timeout: config.transport.peer_timeout.max(Duration::from_secs(2)),
             runtime: tokio::runtime::Handle::current(),
             window,
+            allow,
+            started: Instant::now(),
+            resolver: config.resolver,
+            own_addrs: Default::default(),
         });
         tokio::spawn(drive(shared.clone(), broker, rx, stopped.clone()));
         if config.role == Role::Host {
@@ -291,7 +356,7 @@ impl Net {
     /// Dials `spec` (every address it resolves to, first success wins) and waits for the
     /// hello exchange; returns the connection and the peer's id.
     pub async fn dial(&self, spec: &PeerSpec) -> Result<(ConnId, PeerId), String> {
-        let addrs = resolve(&spec.addr).await?;
+        let addrs = resolve(&self.shared, &spec.addr).await?;
         let mut last = String::from("no address");
         for addr in addrs {
             match connect(&self.shared, addr, spec.expected).await {
@@ -340,6 +405,25 @@ impl Net {
         rx.await.unwrap_or_default()
     }
 
+    /// Every ready connection's peer, round-trip time and traffic.
+    pub async fn links(&self) -> Vec<LinkFigures> {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Input::Links { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// This host's figures: its instances' (if it runs any) and its connections'.
+    pub async fn stats(&self) -> wire::HostStats {
+        host_stats(&self.shared).await
+    }
+
+    /// Handshakes refused so far (a key not in `allow`, not the peer dialled, malformed).
+    pub fn refused_handshakes(&self) -> u64 {
+        self.shared.allow.refused()
+    }
+
     /// Ready connections: id, peer and its role.
     pub async fn connections(&self) -> Vec<(ConnId, PeerId, Role)> {
         let (reply, rx) = oneshot::channel();
@@ -358,7 +442,7 @@ impl Net {
         caller: &str,
         max_message: u64,
     ) -> Result<ClientStream, CallError> {
-        let (_, connection) = pick(&self.shared, Target::Conn(conn)).await?;
+        let (_, connection, traffic) = pick(&self.shared, Target::Conn(conn)).await?;
         let header = SessionHeader::Connect {
             service: service.to_string(),
             session: 0,
@@ -374,13 +458,14 @@ impl Net {
             Arc::from(service),
             accepted.session,
         );
-        tokio::spawn(session::write_loop(send, outgoing));
+        tokio::spawn(session::write_loop(send, outgoing, traffic.clone()));
         let (tx, events) = mpsc::channel(crate::runtime::session::CLIENT_QUEUE);
         tokio::spawn(session::read_loop(
             recv,
             buf,
             max_message,
             session::Deliver::Client(tx),
+            traffic,
         ));
         Ok(ClientStream {
             sink: Some(sink),
@@ -454,12 +539,18 @@ pub fn transport_config(t: &Transport) -> Result<quinn::TransportConfig, NetErro
     Ok(c)
 }
 
-async fn resolve(addr: &str) -> Result<Vec<SocketAddr>, String> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
-        .take(16)
-        .collect();
+/// Most addresses one configured peer entry expands to.
+const MAX_ADDRESSES: usize = 64;
+
+async fn resolve(shared: &Shared, addr: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = match &shared.resolver {
+        Some(r) => r(addr)?.into_iter().take(MAX_ADDRESSES).collect(),
+        None => tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+            .take(MAX_ADDRESSES)
+            .collect(),
+    };
     if addrs.is_empty() {
         return Err(format!("{addr} resolves to no address"));
     }
@@ -562,6 +653,7 @@ async fn run_connection(
     };
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let window = Arc::new(tokio::sync::Semaphore::new(shared.window));
+    let traffic = Arc::new(Traffic::default());
     let connected = Input::Connected {
         conn,
         connection: connection.clone(),
@@ -569,6 +661,7 @@ async fn run_connection(
         dialled,
         control,
         window: window.clone(),
+        traffic: traffic.clone(),
     };
     if shared.input.send(connected).await.is_err() {
         return;
@@ -583,6 +676,7 @@ async fn run_connection(
         shared.input.clone(),
         connection.clone(),
         window,
+        traffic.clone(),
     ));
     // Sessions are served only once hello has settled who the peer is.
     let streams = tokio::spawn({
@@ -596,7 +690,7 @@ async fn run_connection(
                 .is_ok()
                 && let Ok(Ok(_)) = rx.await
             {
-                accept_sessions(shared, connection, peer).await;
+                accept_sessions(shared, connection, peer, traffic).await;
             }
         }
     });
@@ -640,6 +734,7 @@ async fn read_control(
     input: mpsc::Sender<Input>,
     connection: quinn::Connection,
     window: Arc<tokio::sync::Semaphore>,
+    traffic: Arc<Traffic>,
 ) {
     let mut buf = BytesMut::with_capacity(4 << 10);
     loop {
@@ -662,6 +757,7 @@ async fn read_control(
                     Err(_) => return,
                 }
             }
+            traffic.control_in.fetch_add(1, Ordering::Relaxed);
             let stop = matches!(message, Err(wire::Undecodable::Malformed(_)));
             if input.send(Input::Control { conn, message }).await.is_err() || stop {
                 return;
@@ -687,7 +783,12 @@ async fn read_control(
     }
 }
 
-async fn accept_sessions(shared: Arc<Shared>, connection: quinn::Connection, peer: PeerId) {
+async fn accept_sessions(
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+    peer: PeerId,
+    traffic: Arc<Traffic>,
+) {
     let peer_text: Arc<str> = Arc::from(peer.to_string());
     loop {
         let Ok((mut send, mut recv)) = connection.accept_bi().await else {
@@ -705,6 +806,7 @@ async fn accept_sessions(shared: Arc<Shared>, connection: quinn::Connection, pee
             peer_text.clone(),
             shared.me_text.clone(),
             registry,
+            traffic.clone(),
         ));
     }
 }
@@ -724,6 +826,7 @@ struct Link {
     /// The peer's request window: its control reader takes a permit per request, each
     /// answer written gives one back.
     window: Arc<tokio::sync::Semaphore>,
+    traffic: Arc<Traffic>,
 }
 
 /// The broker task: feeds the broker and carries out what it says.
@@ -773,6 +876,7 @@ fn handle(
             dialled,
             control,
             window,
+            traffic,
         } => {
             let remote = connection.remote_address();
             links.insert(
@@ -782,6 +886,7 @@ fn handle(
                     control,
                     peer,
                     window,
+                    traffic,
                 },
             );
             broker.handle_connected(conn, peer, remote, dialled, now);
@@ -833,7 +938,7 @@ fn handle(
             let r = resolve_target(broker, &target).and_then(|conn| {
                 links
                     .get(&conn)
-                    .map(|l| (l.peer, l.connection.clone()))
+                    .map(|l| (l.peer, l.connection.clone(), l.traffic.clone()))
                     .ok_or_else(|| Failure {
                         code: ErrorCode::Closed,
                         reason: "the connection closed".into(),
@@ -856,6 +961,29 @@ fn handle(
         }
         Input::Connections { reply } => {
             let _ = reply.send(broker.ready_connections());
+        }
+        Input::Links { reply } => {
+            let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            let figures = links
+                .iter()
+                .filter_map(|(conn, l)| {
+                    let role = *ready.get(conn)?;
+                    let stats = l.connection.stats();
+                    Some(LinkFigures {
+                        peer: l.peer,
+                        role,
+                        remote: l.connection.remote_address(),
+                        rtt: l.connection.rtt(),
+                        bytes_in: stats.udp_rx.bytes,
+                        bytes_out: stats.udp_tx.bytes,
+                        messages_in: r(&l.traffic.messages_in),
+                        messages_out: r(&l.traffic.messages_out),
+                        control_in: r(&l.traffic.control_in),
+                        control_out: r(&l.traffic.control_out),
+                    })
+                })
+                .collect();
+            let _ = reply.send(figures);
         }
     }
 }
@@ -931,6 +1059,7 @@ fn carry_out(
             if message.is_answer() && link.window.available_permits() < shared.window {
                 link.window.add_permits(1);
             }
+            link.traffic.control_out.fetch_add(1, Ordering::Relaxed);
             if let Err(mpsc::error::TrySendError::Full(_)) = link.control.try_send(frame.freeze()) {
                 broker.close(
                     conn,
@@ -994,7 +1123,7 @@ fn carry_out(
 
 async fn dial(shared: Arc<Shared>, to: DialTo) {
     let (addrs, expected) = match &to {
-        DialTo::Configured { spec, .. } => (resolve(&spec.addr).await, spec.expected),
+        DialTo::Configured { spec, .. } => (resolve(&shared, &spec.addr).await, spec.expected),
         DialTo::Learned { peer, addr } => (Ok(vec![*addr]), Some(*peer)),
         DialTo::Direct(addr) => (Ok(vec![*addr]), None),
     };
@@ -1003,7 +1132,21 @@ async fn dial(shared: Arc<Shared>, to: DialTo) {
         Err(e) => tracing::warn!(target: "wasmwire::net", "cannot dial: {e}"),
         Ok(addrs) => {
             for addr in addrs {
+                if shared.own_addrs.lock().is_ok_and(|own| own.contains(&addr)) {
+                    continue;
+                }
                 match connect(&shared, addr, expected).await {
+                    Ok(connection)
+                        if identity::peer_of(connection.peer_identity()) == Some(shared.me) =>
+                    {
+                        // One of this host's own addresses: remembered, so that it is not
+                        // dialled (and handshaken with) again at every re-dial.
+                        connection.close(close_codes::SELF.into(), b"that is this host");
+                        tracing::debug!(target: "wasmwire::net", %addr, "an address of this host; skipped from now on");
+                        if let Ok(mut own) = shared.own_addrs.lock() {
+                            own.insert(addr);
+                        }
+                    }
                     Ok(connection) => {
                         connected = true;
                         tokio::spawn(run_connection(
@@ -1020,6 +1163,47 @@ async fn dial(shared: Arc<Shared>, to: DialTo) {
     }
     if !connected {
         let _ = shared.input.send(Input::DialFailed(to)).await;
+    }
+}
+
+async fn host_stats(shared: &Shared) -> wire::HostStats {
+    let (instances, total) = shared
+        .registry
+        .as_ref()
+        .map(|r| r.figures(wire::control::MAX_STATS_INSTANCES))
+        .unwrap_or_default();
+    let (reply, rx) = oneshot::channel();
+    let links = match shared.input.send(Input::Links { reply }).await {
+        Ok(()) => rx.await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let mut peers: Vec<wire::PeerFigures> = links
+        .into_iter()
+        .map(|l| wire::PeerFigures {
+            peer: l.peer.to_string(),
+            role: match l.role {
+                Role::Host => "host",
+                Role::Client => "client",
+            }
+            .into(),
+            addr: l.remote.to_string(),
+            rtt_us: l.rtt.as_micros() as u64,
+            messages_in: l.messages_in,
+            messages_out: l.messages_out,
+            control_in: l.control_in,
+            control_out: l.control_out,
+            bytes_in: l.bytes_in,
+            bytes_out: l.bytes_out,
+        })
+        .collect();
+    peers.sort_by(|a, b| (&a.role, &a.peer).cmp(&(&b.role, &b.peer)));
+    wire::HostStats {
+        host: shared.me_text.to_string(),
+        uptime_ms: shared.started.elapsed().as_millis() as u64,
+        instances,
+        total_instances: total as u64,
+        peers,
+        refused_handshakes: shared.allow.refused(),
     }
 }
 
@@ -1069,6 +1253,10 @@ async fn answer(
                     }
                 })
                 .collect(),
+        }),
+        Incoming::Stats => Ok(Control::Stats {
+            id,
+            stats: host_stats(shared).await,
         }),
         Incoming::ListSessions => {
             let (list, total) = registry.sessions(2048);
@@ -1159,7 +1347,7 @@ async fn ask_on(
     rx.await.map_err(|_| closed())?
 }
 
-async fn pick(shared: &Shared, target: Target) -> Result<(PeerId, quinn::Connection), CallError> {
+async fn pick(shared: &Shared, target: Target) -> Result<Picked, CallError> {
     let (reply, rx) = oneshot::channel();
     shared
         .input
@@ -1246,7 +1434,7 @@ impl Peers for Net {
         Box::pin(async move {
             let target = parse_target(peer, allowed, &service)?;
             let open = async {
-                let (peer, connection) = pick(&shared, target).await?;
+                let (peer, connection, traffic) = pick(&shared, target).await?;
                 let header = SessionHeader::Connect {
                     service: service.clone(),
                     session: end,
@@ -1256,9 +1444,9 @@ impl Peers for Net {
                     max_message: from.limits.max_message,
                 };
                 let (send, recv, buf, accepted) = session::open(&connection, header).await?;
-                Ok::<_, CallError>((peer, send, recv, buf, accepted))
+                Ok::<_, CallError>((peer, send, recv, buf, accepted, traffic))
             };
-            let (peer, send, recv, buf, accepted) = tokio::time::timeout(timeout, open)
+            let (peer, send, recv, buf, accepted, traffic) = tokio::time::timeout(timeout, open)
                 .await
                 .map_err(|_| CallError::Timeout)??;
             let (sink, outgoing) = session::StreamSink::new(
@@ -1269,12 +1457,15 @@ impl Peers for Net {
             );
             let max_message = from.limits.max_message;
             // Stream tasks run on the host's main runtime, not on the instance's worker.
-            shared.runtime.spawn(session::write_loop(send, outgoing));
+            shared
+                .runtime
+                .spawn(session::write_loop(send, outgoing, traffic.clone()));
             shared.runtime.spawn(session::read_loop(
                 recv,
                 buf,
                 max_message,
                 session::Deliver::Instance { to: from, end },
+                traffic,
             ));
             Ok(RemoteSession {
                 sink,

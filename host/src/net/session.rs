@@ -8,7 +8,7 @@
 //! writer back when the receiver does not read; the receiver reads only while the target
 //! mailbox has room. Nothing buffers without bound.
 
-use super::failure_of;
+use super::{Traffic, failure_of};
 use crate::runtime::instance::{
     CallError, Chain, Envelope, Instance, PeerInfo, Registry, SessionId,
 };
@@ -166,7 +166,7 @@ fn encode(buf: &mut BytesMut, batch: &mut Vec<Out>, kinds: Option<&[String]>) {
 
 /// Writes what a session end queues, batch by batch, until the end is dropped or closed;
 /// then finishes the stream.
-pub(crate) async fn write_loop(mut send: SendStream, mut out: Outgoing) {
+pub(crate) async fn write_loop(mut send: SendStream, mut out: Outgoing, traffic: Arc<Traffic>) {
     let mut batch = Vec::with_capacity(QUEUE);
     let mut buf = BytesMut::with_capacity(16 << 10);
     let kinds = out.shared.kinds.as_deref();
@@ -177,6 +177,7 @@ pub(crate) async fn write_loop(mut send: SendStream, mut out: Outgoing) {
                 if n == 0 {
                     break; // the session end is gone
                 }
+                traffic.messages_out.fetch_add(n as u64, Ordering::Relaxed);
                 encode(&mut buf, &mut batch, kinds);
                 if send.write_all(&buf).await.is_err() {
                     out.shared.closing.store(true, Ordering::Relaxed);
@@ -189,6 +190,7 @@ pub(crate) async fn write_loop(mut send: SendStream, mut out: Outgoing) {
                 while let Ok(o) = out.rx.try_recv() {
                     batch.push(o);
                 }
+                traffic.messages_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 encode(&mut buf, &mut batch, kinds);
                 let _ = send.write_all(&buf).await;
                 break;
@@ -214,8 +216,9 @@ pub(crate) async fn read_loop(
     mut buf: BytesMut,
     max_message: u64,
     to: Deliver,
+    traffic: Arc<Traffic>,
 ) {
-    if let Err(e) = read_frames(&mut recv, &mut buf, max_message, &to).await {
+    if let Err(e) = read_frames(&mut recv, &mut buf, max_message, &to, &traffic).await {
         tracing::debug!(target: "wasmwire::net", error = %e, "session stream ended with an error");
         let _ = recv.stop(VarInt::from_u32(codes::MALFORMED));
     }
@@ -245,12 +248,14 @@ async fn read_frames(
     buf: &mut BytesMut,
     max_message: u64,
     to: &Deliver,
+    traffic: &Traffic,
 ) -> Result<(), ReadError> {
     let limit = data::frame_limit(max_message);
     let mut batch: Vec<Envelope> = Vec::new();
     loop {
         while let Some(frame) = wire::split_frame(buf, limit)? {
             let (kind, payload) = data::parse_message(&frame)?;
+            traffic.messages_in.fetch_add(1, Ordering::Relaxed);
             if payload.len() as u64 > max_message {
                 return Err(ReadError::Refused(format!(
                     "a payload of {} bytes is over max_message ({max_message})",
@@ -419,6 +424,7 @@ pub(crate) async fn accept(
     peer: Arc<str>,
     me: Arc<str>,
     registry: Arc<Registry>,
+    traffic: Arc<Traffic>,
 ) {
     let mut buf = BytesMut::new();
     let header = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv, &mut buf)).await
@@ -525,9 +531,10 @@ pub(crate) async fn accept(
         let _ = instance.post(Envelope::Disconnect { end });
         return;
     }
-    tokio::spawn(write_loop(send, outgoing));
+    tokio::spawn(write_loop(send, outgoing, traffic.clone()));
     let max = instance.limits.max_message;
-    read_loop(recv, buf, max, Deliver::Instance { to: instance, end }).await;
+    let to = Deliver::Instance { to: instance, end };
+    read_loop(recv, buf, max, to, traffic).await;
 }
 
 /// The instance a peer or client may reach by this name: exposed, and for a keyed class's

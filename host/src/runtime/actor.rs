@@ -13,6 +13,7 @@ use super::instance::{
 };
 use super::session::{Route, SessionEnd};
 use super::state::{CpuDeadline, Deferred, HostState, MemoryLimit, new_store};
+use super::stats::InstanceStats;
 use super::supervisor::{Supervisor, Verdict};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -26,6 +27,8 @@ const BATCH: usize = 128;
 struct Awake {
     store: Store<HostState>,
     service: Service,
+    /// The instance's counters, held here so that `guest_call!` reaches them directly.
+    stats: Arc<InstanceStats>,
 }
 
 /// An error text from `on-event` is cut to this many bytes (it is for people, not data).
@@ -42,12 +45,15 @@ pub(crate) struct InstanceActor {
     last_activity: Instant,
     /// When to look whether the instance has been idle for `idle_timeout`.
     idle_check: Option<Instant>,
+    /// It crashed since it last woke: the next wake is a restart.
+    crashed: bool,
 }
 
 /// Runs an export call on `$a.service` with a fresh CPU budget, then flushes its outbox.
 macro_rules! guest_call {
     ($a:expr, $method:ident $(, $arg:expr)*) => {{
         let a = &mut $a;
+        InstanceStats::bump(&a.stats.calls);
         let first_deadline = a.store.data_mut().clock.start();
         a.store.set_epoch_deadline(first_deadline);
         let r = a.service.wasmwire_service_lifecycle().$method(&mut a.store $(, $arg)*).await;
@@ -75,6 +81,7 @@ impl InstanceActor {
             supervisor,
             last_activity: Instant::now(),
             idle_check: None,
+            crashed: false,
         }
     }
 
@@ -259,6 +266,7 @@ impl InstanceActor {
                 reply,
             } => {
                 if let Err(e) = self.ensure_awake().await {
+                    InstanceStats::bump(&self.me.stats.errors);
                     let _ = reply.send(Err(e));
                     return;
                 }
@@ -267,6 +275,10 @@ impl InstanceActor {
                 let name = &self.me.class.events[event as usize];
                 let result = guest_call!(*a, call_on_event, caller, name, &params);
                 a.store.data_mut().chain.clear();
+                if !matches!(result, Ok(Ok(ref json)) if json.len() as u64 <= self.me.limits.max_message)
+                {
+                    InstanceStats::bump(&self.me.stats.errors);
+                }
                 // A reply is a message back: bounded by the same `max_message`, so a
                 // guest cannot push its whole memory onto the caller (or the wire).
                 let max = self.me.limits.max_message;
@@ -450,7 +462,11 @@ impl InstanceActor {
                 )));
             }
         };
-        let mut a = Awake { store, service };
+        let mut a = Awake {
+            store,
+            service,
+            stats: self.me.stats.clone(),
+        };
         let options = self.me.options_json.clone();
         let r = guest_call!(a, call_wakeup, &options);
         self.awake = Some(a);
@@ -469,6 +485,10 @@ impl InstanceActor {
             )));
         }
         self.me.set_last_wake(started.elapsed());
+        InstanceStats::bump(&self.me.stats.wakes);
+        if std::mem::take(&mut self.crashed) {
+            InstanceStats::bump(&self.me.stats.restarts);
+        }
         self.me.set_status(Status::Awake);
         self.last_activity = Instant::now();
         tracing::info!(instance = %self.me.name, "awake");
@@ -497,6 +517,7 @@ impl InstanceActor {
             end.route.disconnect();
         }
         drop(a);
+        InstanceStats::bump(&self.me.stats.sleeps);
         self.me.set_status(Status::Asleep);
         tracing::info!(instance = %self.me.name, reason, "asleep");
         self.registry
@@ -507,6 +528,8 @@ impl InstanceActor {
     /// applies the restart policy. Returns the one-line cause.
     async fn crash(&mut self, export: &'static str, error: wasmtime::Error) -> String {
         let cause = describe(&error);
+        InstanceStats::bump(&self.me.stats.traps);
+        self.crashed = true;
         if let Some(mut a) = self.awake.take() {
             for (_, end) in a.store.data_mut().sessions.drain() {
                 end.route.disconnect();

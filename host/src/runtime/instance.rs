@@ -83,6 +83,17 @@ pub enum Status {
     Retired = 3,
 }
 
+impl Status {
+    /// How `list-services`, `stats` and the metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Asleep | Status::Retired => "asleep",
+            Status::Awake => "awake",
+            Status::Down => "down",
+        }
+    }
+}
+
 /// A lifecycle change, broadcast to whoever subscribes (tests, introspection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LifecycleEvent {
@@ -262,6 +273,8 @@ pub struct Instance {
     last_wake_ns: AtomicU64,
     /// Its log rate limit, across awake periods.
     pub(crate) log_budget: Arc<super::guest_log::LogBudget>,
+    /// What it has done (shared by the keys of a keyed class with their class).
+    pub stats: Arc<super::stats::InstanceStats>,
 }
 
 /// What a registry entry is.
@@ -365,6 +378,7 @@ impl Instance {
         remote_uses: Box<[RemoteUse]>,
         expose: bool,
         kind: Kind,
+        stats: Arc<super::stats::InstanceStats>,
     ) -> (Arc<Instance>, Inbox) {
         // The mailbox is unbounded as a channel but bounded by `queued`: messages and events
         // count, disconnects do not, so closing a session can never fail for lack of room.
@@ -389,6 +403,7 @@ impl Instance {
             status: AtomicU8::new(Status::Asleep as u8),
             last_wake_ns: AtomicU64::new(0),
             log_budget: Arc::default(),
+            stats,
         });
         (
             instance,
@@ -768,6 +783,7 @@ impl Registry {
             class.remote_uses.clone(),
             class.expose,
             Kind::Key { class: class.index },
+            class.stats.clone(),
         );
         live.insert(Box::from(key), instance.clone());
         keyed.peak.fetch_max(live.len(), Ordering::Relaxed);
@@ -873,6 +889,53 @@ impl Registry {
         let total = v.len();
         v.truncate(max);
         (v, total)
+    }
+
+    /// Each manifest entry's figures, in manifest order (at most `max`), and how many
+    /// entries there are. A keyed class's figures add up its live keys (its counters are
+    /// shared by its keys already; awake keys, mailboxes and sessions are summed here).
+    pub fn figures(&self, max: usize) -> (Vec<crate::wire::InstanceFigures>, usize) {
+        let list = self
+            .instances
+            .iter()
+            .take(max)
+            .map(|i| {
+                let f = i.stats.read();
+                let mut out = crate::wire::InstanceFigures {
+                    name: i.name.to_string(),
+                    state: String::new(),
+                    awake: 0,
+                    live: 0,
+                    calls: f.calls,
+                    errors: f.errors,
+                    traps: f.traps,
+                    restarts: f.restarts,
+                    wakes: f.wakes,
+                    sleeps: f.sleeps,
+                    mailbox: i.queued() as u64,
+                    memory: f.memory,
+                    sessions: u64::from(i.sessions_open()),
+                };
+                match i.keyed() {
+                    Some(k) => {
+                        out.state = "keyed".into();
+                        for key in k.instances() {
+                            out.live += 1;
+                            out.awake += u64::from(key.status() == Status::Awake);
+                            out.mailbox += key.queued() as u64;
+                            out.sessions += u64::from(key.sessions_open());
+                        }
+                    }
+                    None => {
+                        let status = i.status();
+                        out.awake = u64::from(status == Status::Awake);
+                        out.state = status.as_str().into();
+                    }
+                }
+                out
+            })
+            .collect();
+        (list, self.instances.len())
     }
 
     /// All instances, in manifest order.

@@ -11,6 +11,7 @@ pub mod heap;
 pub mod instance;
 pub mod session;
 pub(crate) mod state;
+pub mod stats;
 pub mod supervisor;
 
 use crate::manifest::HostConfig;

@@ -37,15 +37,20 @@ pub struct MemoryLimit {
     pub limit: usize,
 }
 
-/// Enforces the instance's memory limit, turning a refused growth into a clear trap.
+/// Enforces the instance's memory limit, turning a refused growth into a clear trap, and
+/// keeps the instance's memory figure (growth is rare: a few times per wake at most).
 pub(crate) struct Limiter {
     memory: usize,
+    /// Bytes of linear memory this store has grown to, all memories together.
+    held: u64,
+    /// Where `held` is added up across instances (and given back when the store drops).
+    stats: Option<Arc<super::stats::InstanceStats>>,
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -54,6 +59,11 @@ impl ResourceLimiter for Limiter {
                 desired,
                 limit: self.memory,
             }));
+        }
+        let grown = desired.saturating_sub(current) as u64;
+        self.held += grown;
+        if let Some(s) = &self.stats {
+            s.memory.fetch_add(grown, Ordering::Relaxed);
         }
         Ok(true)
     }
@@ -65,6 +75,14 @@ impl ResourceLimiter for Limiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 1 << 20)
+    }
+}
+
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        if let Some(s) = &self.stats {
+            s.memory.fetch_sub(self.held, Ordering::Relaxed);
+        }
     }
 }
 
@@ -217,6 +235,8 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: Limiter {
                 memory: limits.memory as usize,
+                held: 0,
+                stats: None,
             },
             name,
             me: None,
@@ -247,6 +267,7 @@ impl HostState {
             me.log_budget.clone(),
         );
         s.sessions = SessionTable::booked(me.clone(), registry.clone());
+        s.limiter.stats = Some(me.stats.clone());
         s.me = Some((me, registry));
         s
     }

@@ -142,6 +142,83 @@ pub struct PeerEntry {
     pub connected: bool,
 }
 
+/// A host's figures at one moment, as `stats` answers them (`wasmwire top` shows them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStats {
+    /// The answering host's peer id.
+    pub host: String,
+    /// Milliseconds since it started.
+    pub uptime_ms: u64,
+    /// Its manifest entries, in manifest order (at most [`MAX_STATS_INSTANCES`]).
+    pub instances: Vec<InstanceFigures>,
+    /// How many manifest entries there are in all.
+    pub total_instances: u64,
+    /// Its connections to other hosts and clients.
+    pub peers: Vec<PeerFigures>,
+    /// Handshakes refused (key not allowed, not the peer dialled, malformed).
+    pub refused_handshakes: u64,
+}
+
+/// Most manifest entries a `stats` answer carries.
+pub const MAX_STATS_INSTANCES: usize = 2048;
+
+/// One manifest entry's figures; a keyed class's are the sums over its keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceFigures {
+    /// Instance (or keyed class) name.
+    pub name: String,
+    /// `awake`, `asleep`, `down`, or `keyed` for a class.
+    pub state: String,
+    /// Instances awake now (0 or 1; for a class, its awake keys).
+    pub awake: u64,
+    /// Keys with an instance now (a class only; 0 otherwise).
+    #[serde(default)]
+    pub live: u64,
+    /// Export calls made into the guest so far.
+    pub calls: u64,
+    /// Events answered with an error so far.
+    pub errors: u64,
+    /// Traps and limit hits so far.
+    pub traps: u64,
+    /// Wakes after a crash so far.
+    pub restarts: u64,
+    /// Wakes so far.
+    pub wakes: u64,
+    /// Sleeps so far.
+    pub sleeps: u64,
+    /// Messages and events waiting in the mailbox now.
+    pub mailbox: u64,
+    /// Bytes of linear memory held now.
+    pub memory: u64,
+    /// Sessions open now.
+    pub sessions: u64,
+}
+
+/// One connection's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerFigures {
+    /// The peer's id.
+    pub peer: String,
+    /// `host` or `client`.
+    pub role: String,
+    /// The address it is reached at.
+    pub addr: String,
+    /// QUIC's smoothed round-trip time, in microseconds.
+    pub rtt_us: u64,
+    /// Session messages received.
+    pub messages_in: u64,
+    /// Session messages sent.
+    pub messages_out: u64,
+    /// Control messages received.
+    pub control_in: u64,
+    /// Control messages sent.
+    pub control_out: u64,
+    /// UDP payload bytes received.
+    pub bytes_in: u64,
+    /// UDP payload bytes sent.
+    pub bytes_out: u64,
+}
+
 /// A control message. Requests carry an `id` chosen by the sender; the answer carries the
 /// same `id`, and answers may come in any order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +320,18 @@ pub enum Control {
         /// Peers (at most 32 per answer to another host).
         peers: Vec<PeerEntry>,
     },
+    /// Asks for the host's figures (`wasmwire top`).
+    GetStats {
+        /// Request id.
+        id: u64,
+    },
+    /// Answers `get-stats`.
+    Stats {
+        /// Request id.
+        id: u64,
+        /// The figures.
+        stats: HostStats,
+    },
     /// Liveness and round-trip probe.
     Ping {
         /// Request id.
@@ -269,6 +358,8 @@ pub const CONTROL_TYPES: &[&str] = &[
     "response",
     "get-peers",
     "peers",
+    "get-stats",
+    "stats",
     "ping",
     "pong",
 ];
@@ -289,6 +380,8 @@ impl Control {
             | Control::Response { id, .. }
             | Control::GetPeers { id }
             | Control::Peers { id, .. }
+            | Control::GetStats { id }
+            | Control::Stats { id, .. }
             | Control::Ping { id }
             | Control::Pong { id } => *id,
         }
@@ -304,6 +397,7 @@ impl Control {
                 | Control::Found { .. }
                 | Control::Response { .. }
                 | Control::Peers { .. }
+                | Control::Stats { .. }
                 | Control::Pong { .. }
         )
     }

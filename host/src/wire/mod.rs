@@ -18,8 +18,8 @@ pub mod peer_id;
 pub use peer_id::{BadPeerId, PeerId};
 
 pub use control::{
-    Control, ErrorCode, Hello, KeyedEntry, PeerEntry, Role, ServiceEntry, SessionEntry,
-    SessionHeader, Undecodable,
+    Control, ErrorCode, Hello, HostStats, InstanceFigures, KeyedEntry, PeerEntry, PeerFigures,
+    Role, ServiceEntry, SessionEntry, SessionHeader, Undecodable,
 };
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};

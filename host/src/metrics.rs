@@ -1,0 +1,527 @@
+//! The Prometheus endpoint (`[host] metrics = "127.0.0.1:9464"`): on each scrape, the
+//! host's figures (see [`crate::wire::HostStats`], the same ones `wasmwire top` reads over
+//! channel 0) are encoded in the OpenMetrics text format by `prometheus-client`.
+//!
+//! Nothing is registered or looked up on the per-call path: instances bump plain atomics
+//! they own ([`crate::runtime::stats`]), connections bump theirs ([`crate::net::Traffic`]),
+//! and a scrape reads them all once, into a registry made for that scrape.
+//!
+//! The HTTP side is one small HTTP/1.1 responder (GET only, one request per connection,
+//! the request head bounded and timed): a scrape endpoint needs nothing more, and the host
+//! does not otherwise speak HTTP.
+
+use crate::net::Net;
+use crate::runtime::instance::Registry;
+use crate::wire::{HostStats, InstanceFigures, PeerFigures};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// The content type of the OpenMetrics text format, which Prometheus asks for and reads.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Longest request head read before answering 431.
+const MAX_HEAD: usize = 8 << 10;
+
+/// How long a scraper has to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The address could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        /// The `metrics` address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Where the figures come from: the registry (always) and the network (if the host has one).
+#[derive(Clone)]
+pub struct Source {
+    registry: Arc<Registry>,
+    net: Option<Net>,
+    started: Instant,
+}
+
+impl Source {
+    /// Figures of this registry, and of this network's connections if given.
+    pub fn new(registry: Arc<Registry>, net: Option<Net>) -> Source {
+        Source {
+            registry,
+            net,
+            started: Instant::now(),
+        }
+    }
+
+    /// The figures now.
+    pub async fn stats(&self) -> HostStats {
+        match &self.net {
+            Some(net) => net.stats().await,
+            None => {
+                let (instances, total) = self
+                    .registry
+                    .figures(crate::wire::control::MAX_STATS_INSTANCES);
+                HostStats {
+                    host: String::new(),
+                    uptime_ms: self.started.elapsed().as_millis() as u64,
+                    instances,
+                    total_instances: total as u64,
+                    peers: Vec::new(),
+                    refused_handshakes: 0,
+                }
+            }
+        }
+    }
+}
+
+/// A running metrics endpoint.
+pub struct Endpoint {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+}
+
+impl Endpoint {
+    /// Binds `addr` and serves scrapes of `source` until dropped.
+    pub async fn start(addr: SocketAddr, source: Source) -> Result<Endpoint, MetricsError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| MetricsError::Bind { addr, source })?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, source, stopped));
+        Ok(Endpoint { addr: bound, stop })
+    }
+
+    /// The address bound (the port is filled in when `:0` was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn serve(listener: TcpListener, source: Source, mut stopped: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.changed() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let source = source.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = answer(stream, &source).await {
+                        tracing::debug!(target: "wasmwire::metrics", "scrape failed: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of descriptors, most likely: wait a little rather than spin.
+                tracing::warn!(target: "wasmwire::metrics", "cannot accept a scrape: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Asked {
+    Metrics,
+    Index,
+    NotFound,
+    BadMethod,
+    Malformed,
+}
+
+/// Reads the request line of a complete head (`GET /metrics HTTP/1.1`).
+fn parse_head(head: &[u8]) -> Asked {
+    let Some(line) = head.split(|b| *b == b'\r' || *b == b'\n').next() else {
+        return Asked::Malformed;
+    };
+    let Ok(line) = std::str::from_utf8(line) else {
+        return Asked::Malformed;
+    };
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Asked::Malformed;
+    };
+    if !version.starts_with("HTTP/1.") {
+        return Asked::Malformed;
+    }
+    if method != "GET" && method != "HEAD" {
+        return Asked::BadMethod;
+    }
+    match target.split('?').next() {
+        Some("/metrics") => Asked::Metrics,
+        Some("/") => Asked::Index,
+        _ => Asked::NotFound,
+    }
+}
+
+async fn answer(mut stream: TcpStream, source: &Source) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let complete = tokio::time::timeout(HEAD_TIMEOUT, async {
+        loop {
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Ok(true);
+            }
+            if head.len() >= MAX_HEAD {
+                return Ok(false);
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let asked = match complete {
+        Err(_) => return Ok(()), // too slow: just close
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(false)) if head.len() >= MAX_HEAD => {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request head too large\n",
+            )
+            .await;
+        }
+        Ok(Ok(false)) => return Ok(()),
+        Ok(Ok(true)) => parse_head(&head),
+    };
+    match asked {
+        Asked::Metrics => {
+            let text = encode(&source.stats().await);
+            respond(&mut stream, "200 OK", CONTENT_TYPE, &text).await
+        }
+        Asked::Index => {
+            respond(
+                &mut stream,
+                "200 OK",
+                "text/plain; charset=utf-8",
+                "wasmwire: metrics at /metrics\n",
+            )
+            .await
+        }
+        Asked::NotFound => {
+            respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain",
+                "not found: try /metrics\n",
+            )
+            .await
+        }
+        Asked::BadMethod => {
+            respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain",
+                "only GET\n",
+            )
+            .await
+        }
+        Asked::Malformed => {
+            respond(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                "malformed request\n",
+            )
+            .await
+        }
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Encodes figures in the OpenMetrics text format (counters end in `_total`).
+pub fn encode(stats: &HostStats) -> String {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("wasmwire");
+    registry.register_collector(Box::new(Figures(stats.clone())));
+    let mut text = String::with_capacity(4096);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+    text
+}
+
+/// A metric's name, help text, and how to read it from one entry's figures.
+type Described<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+/// One scrape's figures, as a collector.
+#[derive(Debug)]
+struct Figures(HostStats);
+
+/// Writes one metric family: its descriptor, then one sample per label set.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    samples: impl Iterator<Item = (Vec<(&'static str, String)>, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut samples = samples.peekable();
+    let Some((first_labels, first)) = samples.peek() else {
+        return Ok(());
+    };
+    let (kind, plain) = (first.metric_type(), first_labels.is_empty());
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    if plain {
+        // One sample without labels: written as `name value`, not `name{} value`.
+        if let Some((_, value)) = samples.next() {
+            value.encode(metric)?;
+        }
+        return Ok(());
+    }
+    for (labels, value) in samples {
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Figures {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let one = |v: u64| std::iter::once((Vec::new(), ConstGauge::new(v)));
+        family(
+            &mut e,
+            "uptime_seconds",
+            "Seconds since the host started.",
+            std::iter::once((Vec::new(), ConstGauge::new(s.uptime_ms as f64 / 1000.0))),
+        )?;
+        family(
+            &mut e,
+            "awake_instances",
+            "Instances awake now, every service together.",
+            one(s.instances.iter().map(|i| i.awake).sum()),
+        )?;
+        family(
+            &mut e,
+            "handshakes_refused",
+            "Handshakes refused: a key not in `allow`, not the peer dialled, or malformed.",
+            std::iter::once((Vec::new(), ConstCounter::new(s.refused_handshakes))),
+        )?;
+        let by_instance = |f: fn(&InstanceFigures) -> u64| {
+            s.instances
+                .iter()
+                .map(move |i| (vec![("instance", i.name.clone())], f(i)))
+        };
+        let counters: [Described<InstanceFigures>; 6] = [
+            ("instance_calls", "Export calls made into the guest.", |i| {
+                i.calls
+            }),
+            ("instance_errors", "Events answered with an error.", |i| {
+                i.errors
+            }),
+            (
+                "instance_traps",
+                "Calls that trapped or hit a limit (crashes).",
+                |i| i.traps,
+            ),
+            ("instance_restarts", "Wakes after a crash.", |i| i.restarts),
+            ("instance_wakes", "Wakes (instantiate + wakeup).", |i| {
+                i.wakes
+            }),
+            (
+                "instance_sleeps",
+                "Times the instance went to sleep.",
+                |i| i.sleeps,
+            ),
+        ];
+        for (name, help, f) in counters {
+            family(
+                &mut e,
+                name,
+                help,
+                by_instance(f).map(|(l, v)| (l, ConstCounter::new(v))),
+            )?;
+        }
+        let gauges: [Described<InstanceFigures>; 4] = [
+            (
+                "instance_awake",
+                "Instances of this entry awake now (a keyed class: its awake keys).",
+                |i| i.awake,
+            ),
+            (
+                "instance_mailbox_depth",
+                "Messages and events waiting in the mailbox.",
+                |i| i.mailbox,
+            ),
+            (
+                "instance_memory_bytes",
+                "Bytes of linear memory held.",
+                |i| i.memory,
+            ),
+            ("instance_sessions", "Sessions open.", |i| i.sessions),
+        ];
+        for (name, help, f) in gauges {
+            family(
+                &mut e,
+                name,
+                help,
+                by_instance(f).map(|(l, v)| (l, ConstGauge::new(v))),
+            )?;
+        }
+        let by_peer = |f: fn(&PeerFigures) -> u64| {
+            s.peers.iter().map(move |p| {
+                (
+                    vec![("peer", p.peer.clone()), ("role", p.role.clone())],
+                    ConstCounter::new(f(p)),
+                )
+            })
+        };
+        let peer_counters: [Described<PeerFigures>; 6] = [
+            (
+                "peer_messages_received",
+                "Session messages received from the peer.",
+                |p| p.messages_in,
+            ),
+            (
+                "peer_messages_sent",
+                "Session messages sent to the peer.",
+                |p| p.messages_out,
+            ),
+            (
+                "peer_control_received",
+                "Control messages (requests, answers) received.",
+                |p| p.control_in,
+            ),
+            ("peer_control_sent", "Control messages sent.", |p| {
+                p.control_out
+            }),
+            (
+                "peer_received_bytes",
+                "UDP payload bytes received on the connection.",
+                |p| p.bytes_in,
+            ),
+            (
+                "peer_sent_bytes",
+                "UDP payload bytes sent on the connection.",
+                |p| p.bytes_out,
+            ),
+        ];
+        for (name, help, f) in peer_counters {
+            family(&mut e, name, help, by_peer(f))?;
+        }
+        family(
+            &mut e,
+            "peer_rtt_seconds",
+            "QUIC's smoothed round-trip time to the peer.",
+            s.peers.iter().map(|p| {
+                (
+                    vec![("peer", p.peer.clone()), ("role", p.role.clone())],
+                    ConstGauge::new(p.rtt_us as f64 / 1e6),
+                )
+            }),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads_are_read_strictly() {
+        assert_eq!(
+            parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Asked::Metrics
+        );
+        assert_eq!(
+            parse_head(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Asked::Metrics
+        );
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\n\r\n"), Asked::Index);
+        assert_eq!(parse_head(b"GET /x HTTP/1.1\r\n\r\n"), Asked::NotFound);
+        assert_eq!(
+            parse_head(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Asked::BadMethod
+        );
+        assert_eq!(parse_head(b"GET /metrics\r\n\r\n"), Asked::Malformed);
+        assert_eq!(
+            parse_head(b"\xff\xfe /metrics HTTP/1.1\r\n\r\n"),
+            Asked::Malformed
+        );
+        assert_eq!(
+            parse_head(b"GET /metrics SPDY/3 x\r\n\r\n"),
+            Asked::Malformed
+        );
+    }
+
+    #[test]
+    fn figures_encode_as_openmetrics() {
+        let stats = HostStats {
+            host: "h".into(),
+            uptime_ms: 1500,
+            instances: vec![InstanceFigures {
+                name: "counter".into(),
+                state: "awake".into(),
+                awake: 1,
+                calls: 7,
+                traps: 1,
+                memory: 65536,
+                ..Default::default()
+            }],
+            total_instances: 1,
+            peers: vec![PeerFigures {
+                peer: "p".into(),
+                role: "host".into(),
+                rtt_us: 250,
+                messages_in: 3,
+                ..Default::default()
+            }],
+            refused_handshakes: 2,
+        };
+        let text = encode(&stats);
+        for line in [
+            "wasmwire_instance_calls_total{instance=\"counter\"} 7",
+            "wasmwire_instance_traps_total{instance=\"counter\"} 1",
+            "wasmwire_instance_memory_bytes{instance=\"counter\"} 65536",
+            "wasmwire_awake_instances 1",
+            "wasmwire_handshakes_refused_total 2",
+            "wasmwire_peer_messages_received_total{peer=\"p\",role=\"host\"} 3",
+            "wasmwire_peer_rtt_seconds{peer=\"p\",role=\"host\"} 0.00025",
+            "# TYPE wasmwire_instance_calls counter",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in\n{text}"
+            );
+        }
+    }
+}
