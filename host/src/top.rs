@@ -62,13 +62,31 @@ impl View {
     /// Draws the view over the whole frame.
     pub fn render(&self, frame: &mut Frame) {
         let s = &self.stats;
-        let [head, instances, peers, foot] = Layout::vertical([
+        // Blocks as tall as their rows (a tall terminal leaves the rest empty at the bottom).
+        let [head, instances, peers, _, foot] = Layout::vertical([
             Constraint::Length(1),
-            Constraint::Min(3),
+            Constraint::Max(s.instances.len() as u16 + 3),
             Constraint::Length((s.peers.len() as u16).clamp(1, 8) + 3),
+            Constraint::Fill(1),
             Constraint::Length(1),
         ])
         .areas(frame.area());
+        // Name and address columns as wide as their longest entry: on a wide terminal the
+        // figures stay next to the names they belong to.
+        let name_width = s
+            .instances
+            .iter()
+            .map(|i| i.name.len())
+            .max()
+            .unwrap_or(0)
+            .clamp(14, 40) as u16;
+        let addr_width = s
+            .peers
+            .iter()
+            .map(|p| p.addr.len())
+            .max()
+            .unwrap_or(0)
+            .clamp(15, 40) as u16;
 
         let awake: u64 = s.instances.iter().map(|i| i.awake).sum();
         let host = if s.host.is_empty() { "?" } else { &s.host };
@@ -123,7 +141,7 @@ impl View {
             Table::new(
                 rows,
                 [
-                    Constraint::Min(14),
+                    Constraint::Length(name_width),
                     Constraint::Length(9),
                     Constraint::Length(8),
                     Constraint::Length(9),
@@ -136,6 +154,7 @@ impl View {
                 ],
             )
             .header(header)
+            .flex(ratatui::layout::Flex::Start)
             .block(Block::bordered().title(title)),
             instances,
         );
@@ -164,7 +183,7 @@ impl View {
                 [
                     Constraint::Length(13),
                     Constraint::Length(6),
-                    Constraint::Min(15),
+                    Constraint::Length(addr_width),
                     Constraint::Length(9),
                     Constraint::Length(8),
                     Constraint::Length(8),
@@ -173,6 +192,7 @@ impl View {
                 ],
             )
             .header(header)
+            .flex(ratatui::layout::Flex::Start)
             .block(Block::bordered().title(" peers ")),
             peers,
         );
@@ -362,19 +382,19 @@ mod tests {
     const SNAPSHOT: &[&str] = &[
         "wasmwire top — 127.0.0.1:7400 (iwrdtw6ivs63)   up 1h02m   awake 3   refused handshakes 1",
         "┌ instances ───────────────────────────────────────────────────────────────────────────────────────┐",
-        "│INSTANCE            STATE      CALLS/S     CALLS ERRORS TRAPS RESTARTS MAILBOX     MEMORY SESSIONS│",
-        "│counter             awake         25.0       150      0     0        0       0    1.1 MiB        0│",
-        "│echo                asleep         0.0         4      0     0        0       0        0 B        0│",
-        "│bad                 down           0.0         9      3     3        2       0        0 B        0│",
-        "│room                2/3 keys       0.0        30      0     0        0       5    3.0 MiB        4│",
-        "│                                                                                                  │",
-        "│                                                                                                  │",
-        "│                                                                                                  │",
+        "│INSTANCE       STATE      CALLS/S     CALLS ERRORS TRAPS RESTARTS MAILBOX     MEMORY SESSIONS     │",
+        "│counter        awake         25.0       150      0     0        0       0    1.1 MiB        0     │",
+        "│echo           asleep         0.0         4      0     0        0       0        0 B        0     │",
+        "│bad            down           0.0         9      3     3        2       0        0 B        0     │",
+        "│room           2/3 keys       0.0        30      0     0        0       5    3.0 MiB        4     │",
         "└──────────────────────────────────────────────────────────────────────────────────────────────────┘",
         "┌ peers ───────────────────────────────────────────────────────────────────────────────────────────┐",
-        "│PEER          ROLE   ADDRESS                           RTT  MSGS IN MSGS OUT   BYTES IN  BYTES OUT│",
-        "│m2k4fyq7x3xk  host   10.0.0.2:7400                 1.25 ms      120       80   46.9 KiB    2.4 MiB│",
+        "│PEER          ROLE   ADDRESS               RTT  MSGS IN MSGS OUT   BYTES IN  BYTES OUT            │",
+        "│m2k4fyq7x3xk  host   10.0.0.2:7400     1.25 ms      120       80   46.9 KiB    2.4 MiB            │",
         "└──────────────────────────────────────────────────────────────────────────────────────────────────┘",
+        "",
+        "",
+        "",
         "q or Esc quits",
     ];
 }
