@@ -900,22 +900,13 @@ impl Registry {
             .iter()
             .take(max)
             .map(|i| {
-                let f = i.stats.read();
                 let mut out = crate::wire::InstanceFigures {
                     name: i.name.to_string(),
-                    state: String::new(),
-                    awake: 0,
-                    live: 0,
-                    calls: f.calls,
-                    errors: f.errors,
-                    traps: f.traps,
-                    restarts: f.restarts,
-                    wakes: f.wakes,
-                    sleeps: f.sleeps,
                     mailbox: i.queued() as u64,
-                    memory: f.memory,
                     sessions: u64::from(i.sessions_open()),
+                    ..Default::default()
                 };
+                i.stats.read_into(&mut out);
                 match i.keyed() {
                     Some(k) => {
                         out.state = "keyed".into();

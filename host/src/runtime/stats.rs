@@ -36,38 +36,18 @@ impl InstanceStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A consistent-enough copy (each counter read once, relaxed).
-    pub fn read(&self) -> Figures {
+    /// Writes the counters into `out` (each read once, relaxed); the levels an instance
+    /// does not count itself (state, mailbox, sessions) are the caller's.
+    pub fn read_into(&self, out: &mut crate::wire::InstanceFigures) {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Figures {
-            calls: r(&self.calls),
-            errors: r(&self.errors),
-            traps: r(&self.traps),
-            restarts: r(&self.restarts),
-            wakes: r(&self.wakes),
-            sleeps: r(&self.sleeps),
-            memory: r(&self.memory),
-        }
+        out.calls = r(&self.calls);
+        out.errors = r(&self.errors);
+        out.traps = r(&self.traps);
+        out.restarts = r(&self.restarts);
+        out.wakes = r(&self.wakes);
+        out.sleeps = r(&self.sleeps);
+        out.memory = r(&self.memory);
     }
-}
-
-/// The counters of an [`InstanceStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Figures {
-    /// See [`InstanceStats::calls`].
-    pub calls: u64,
-    /// See [`InstanceStats::errors`].
-    pub errors: u64,
-    /// See [`InstanceStats::traps`].
-    pub traps: u64,
-    /// See [`InstanceStats::restarts`].
-    pub restarts: u64,
-    /// See [`InstanceStats::wakes`].
-    pub wakes: u64,
-    /// See [`InstanceStats::sleeps`].
-    pub sleeps: u64,
-    /// See [`InstanceStats::memory`].
-    pub memory: u64,
 }
 
 #[cfg(test)]
@@ -81,7 +61,8 @@ mod tests {
         InstanceStats::bump(&s.calls);
         InstanceStats::bump(&s.traps);
         s.memory.fetch_add(65536, Ordering::Relaxed);
-        let f = s.read();
+        let mut f = crate::wire::InstanceFigures::default();
+        s.read_into(&mut f);
         assert_eq!((f.calls, f.traps, f.errors, f.memory), (2, 1, 0, 65536));
     }
 }
