@@ -79,6 +79,7 @@ impl Source {
                     total_instances: total as u64,
                     peers: Vec::new(),
                     refused_handshakes: 0,
+                    stalls: Default::default(),
                 }
             }
         }
@@ -334,6 +335,20 @@ impl Collector for Figures {
             "Handshakes refused: a key not in `allow`, not the peer dialled, or malformed.",
             std::iter::once((Vec::new(), ConstCounter::new(s.refused_handshakes))),
         )?;
+        let st = &s.stalls;
+        family(
+            &mut e,
+            "stalls",
+            "Sessions or connections with data waiting that made no progress for stall_after, by what they waited on.",
+            [
+                ("stream-credit", st.stream_credit),
+                ("send-blocked", st.send_blocked),
+                ("mailbox-full", st.mailbox_full),
+                ("control-blocked", st.control_blocked),
+            ]
+            .into_iter()
+            .map(|(k, v)| (vec![("kind", k.to_string())], ConstCounter::new(v))),
+        )?;
         let by_instance = |f: fn(&InstanceFigures) -> u64| {
             s.instances
                 .iter()
@@ -505,6 +520,10 @@ mod tests {
                 ..Default::default()
             }],
             refused_handshakes: 2,
+            stalls: crate::wire::StallFigures {
+                mailbox_full: 4,
+                ..Default::default()
+            },
         };
         let text = encode(&stats);
         for line in [
@@ -513,6 +532,8 @@ mod tests {
             "wasmwire_instance_memory_bytes{instance=\"counter\"} 65536",
             "wasmwire_awake_instances 1",
             "wasmwire_handshakes_refused_total 2",
+            "wasmwire_stalls_total{kind=\"mailbox-full\"} 4",
+            "wasmwire_stalls_total{kind=\"stream-credit\"} 0",
             "wasmwire_peer_messages_received_total{peer=\"p\",role=\"host\"} 3",
             "wasmwire_peer_rtt_seconds{peer=\"p\",role=\"host\"} 0.00025",
             "# TYPE wasmwire_instance_calls counter",

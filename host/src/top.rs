@@ -92,12 +92,16 @@ impl View {
         let host = if s.host.is_empty() { "?" } else { &s.host };
         frame.render_widget(
             Paragraph::new(Line::from(format!(
-                "wasmwire top — {} ({})   up {}   awake {}   refused handshakes {}",
+                "wasmwire top — {} ({})   up {}   awake {}   refused handshakes {}   stalls {}",
                 self.addr,
                 short_id(host),
                 uptime(s.uptime_ms),
                 awake,
-                s.refused_handshakes
+                s.refused_handshakes,
+                s.stalls.stream_credit
+                    + s.stalls.send_blocked
+                    + s.stalls.mailbox_full
+                    + s.stalls.control_blocked
             )))
             .style(Style::new().add_modifier(Modifier::BOLD)),
             head,
@@ -357,6 +361,7 @@ mod tests {
                 ..Default::default()
             }],
             refused_handshakes: 1,
+            ..Default::default()
         }
     }
 
@@ -380,7 +385,7 @@ mod tests {
     }
 
     const SNAPSHOT: &[&str] = &[
-        "wasmwire top — 127.0.0.1:7400 (iwrdtw6ivs63)   up 1h02m   awake 3   refused handshakes 1",
+        "wasmwire top — 127.0.0.1:7400 (iwrdtw6ivs63)   up 1h02m   awake 3   refused handshakes 1   stalls 0",
         "┌ instances ───────────────────────────────────────────────────────────────────────────────────────┐",
         "│INSTANCE       STATE      CALLS/S     CALLS ERRORS TRAPS RESTARTS MAILBOX     MEMORY SESSIONS     │",
         "│counter        awake         25.0       150      0     0        0       0    1.1 MiB        0     │",

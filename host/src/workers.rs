@@ -7,7 +7,7 @@
 //! thread for the life of the host: instances linked by `uses` share a thread (their
 //! requests are same-thread hand-offs), unrelated ones are spread over the threads (they
 //! run in parallel). A long guest call still gives its thread back every few milliseconds
-//! (see `runtime::state::SLICE`), so instances sharing a thread all make progress.
+//! (see `runtime::clock::SLICE`), so instances sharing a thread all make progress.
 
 use crate::manifest::Manifest;
 use std::collections::HashMap;

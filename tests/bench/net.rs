@@ -225,55 +225,14 @@ fn us(d: Duration) -> String {
     format!("{:.1} us", d.as_secs_f64() * 1e6)
 }
 
-async fn count(node: &Node) -> u64 {
-    json(&node.request("sink", "count", "null").await.unwrap())
-        .as_u64()
-        .unwrap()
-}
-
 /// wasmwire, one way: the flooder on A sends `n` 64-byte messages to the sink on B over
-/// `sessions` sessions; seconds until the sink has handled them all, or `None` if the sink
-/// stopped counting for 10 s (reported, not hidden: see the README's performance notes).
-async fn flood(a: &Arc<Node>, b: &Node, b_id: &str, n: u64, sessions: usize) -> Option<f64> {
-    let start = count(b).await;
-    let params = serde_json::json!({
-        "service": "sink", "peer": b_id, "n": n, "size": 64, "sessions": sessions
-    })
-    .to_string();
-    let t = Instant::now();
-    let sender = a.clone();
-    let sent = tokio::spawn(async move { sender.request("flooder", "flood", &params).await });
-    let (mut last, mut moved) = (start, Instant::now());
-    loop {
-        let now = count(b).await;
-        if now >= start + n {
-            break;
-        }
-        if now != last {
-            (last, moved) = (now, Instant::now());
-        }
-        if moved.elapsed() > Duration::from_secs(10) {
-            eprintln!(
-                "stalled: the sink stopped at {} of {n} over {sessions} session(s); the flood {}; \
-                 sessions open on A {}, on B {}",
-                now - start,
-                if sent.is_finished() {
-                    "returned"
-                } else {
-                    "was still sending"
-                },
-                a.registry().sessions(5000).0.len(),
-                b.registry().sessions(5000).0.len()
-            );
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+/// `sessions` sessions; seconds until the sink has handled them all. A round in which the
+/// sink stops counting for 10 s fails the bench, with what each side looked like.
+async fn flood(a: &Arc<Node>, b: &Node, b_id: &str, n: u64, sessions: usize) -> f64 {
+    match wasmwire_tests::flood(a, b, b_id, n, sessions, Duration::from_secs(10)).await {
+        Ok(took) => took.as_secs_f64(),
+        Err(stall) => panic!("{stall}"),
     }
-    let s = t.elapsed().as_secs_f64();
-    if let Ok(Err(e)) = sent.await {
-        panic!("the flood failed: {e}");
-    }
-    Some(s)
 }
 
 fn client_net() -> Net {
@@ -361,7 +320,7 @@ request_timeout = "60s"
     for _ in 0..ROUNDS {
         per_frame = per_frame.min(raw_one_way(&raw, n as usize, 1, 1).await);
         batched = batched.min(raw_one_way(&raw, n as usize, 1, 1024).await);
-        ours = ours.min(flood(&a, &b, &b_id, n, 1).await.unwrap_or(f64::INFINITY));
+        ours = ours.min(flood(&a, &b, &b_id, n, 1).await);
     }
     let rate = |s: f64| n as f64 / s / 1e6;
     row(
@@ -476,7 +435,7 @@ request_timeout = "60s"
     let (mut ours, mut raw_many) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..ROUNDS {
         raw_many = raw_many.min(raw_one_way(&raw, n as usize, 1000, 1).await);
-        ours = ours.min(flood(&a, &b, &b_id, n, 1000).await.unwrap_or(f64::INFINITY));
+        ours = ours.min(flood(&a, &b, &b_id, n, 1000).await);
     }
     let rate = |s: f64| n as f64 / s / 1e6;
     row(

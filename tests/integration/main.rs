@@ -10,6 +10,7 @@ mod fuzz;
 mod hostile_peers;
 mod keyed;
 mod lifecycle;
+mod liveness;
 mod manifests;
 mod observe;
 mod peers;

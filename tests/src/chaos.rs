@@ -410,21 +410,11 @@ async fn start_host(
     pt: Duration,
 ) -> Node {
     let extra = format!("advertise = \"{listen_advertise}\"");
-    let dir = crate::scratch_dir("chaos-manifest");
-    let path = dir.join("wasmwire.toml");
     let text = crate::peer_manifest("127.0.0.1:0", peers, &extra, body).replace(
         "peer_timeout = \"1500ms\"",
         &format!("peer_timeout = \"{}ms\"", pt.as_millis()),
     );
-    std::fs::write(&path, text).expect("write manifest");
-    let m = match wasmwire::manifest::load(&path) {
-        Ok(m) => m,
-        Err(e) => panic!("chaos manifest is invalid:\n{e}"),
-    };
-    match Node::start(&m).await {
-        Ok(n) => n,
-        Err(e) => panic!("host did not start:\n{e}"),
-    }
+    crate::start_text(&text).await
 }
 
 async fn connected(node: &Node, peer: PeerId) -> bool {

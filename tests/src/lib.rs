@@ -197,9 +197,15 @@ pub fn rss() -> u64 {
 
 /// Starts a host on the network (see [`peer_manifest`]) on 127.0.0.1 with any free port.
 pub async fn start_peer(peers: &[String], extra: &str, body: &str) -> Node {
+    start_text(&peer_manifest("127.0.0.1:0", peers, extra, body)).await
+}
+
+/// Starts a host from complete manifest text (placeholders already replaced), written to
+/// a scratch folder so that relative paths and diagnostics behave as for a user's file.
+pub async fn start_text(text: &str) -> Node {
     let dir = scratch_dir("peer-manifest");
     let path = dir.join("wasmwire.toml");
-    std::fs::write(&path, peer_manifest("127.0.0.1:0", peers, extra, body)).expect("write");
+    std::fs::write(&path, text).expect("write manifest");
     let m = match manifest::load(&path) {
         Ok(m) => m,
         Err(e) => panic!("test manifest is invalid:\n{e}"),
@@ -247,4 +253,176 @@ pub async fn wait_connected(node: &Node, peer: wasmwire::wire::PeerId, within: D
         }
     })
     .await
+}
+
+/// Threads that keep every core busy until dropped: the noisy neighbour of the liveness
+/// tests (a build beside the host, another tenant).
+pub struct Busy {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Busy {
+    /// `per_core` spinning threads for each core of the machine.
+    pub fn start(per_core: usize) -> Busy {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..cores * per_core)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name(format!("busy-{i}"))
+                    .spawn(move || {
+                        let mut x = 1u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            for _ in 0..10_000 {
+                                x = std::hint::black_box(x.wrapping_mul(6364136223846793005));
+                            }
+                        }
+                    })
+                    .expect("spawn a busy thread")
+            })
+            .collect();
+        Busy { stop, threads }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The sink's count of `data` messages (the bench guest's `count` event).
+pub async fn sink_count(node: &Node, sink: &str) -> u64 {
+    json(&node.request(sink, "count", "null").await.expect("count"))
+        .as_u64()
+        .expect("a count")
+}
+
+/// A flood that stopped moving: what each side looked like when it was given up.
+#[derive(Debug)]
+pub struct Stall {
+    /// Messages the sink had counted of the flood.
+    pub delivered: u64,
+    /// Messages in the flood.
+    pub n: u64,
+    /// Sessions the flood was spread over.
+    pub sessions: usize,
+    /// Whether the flooder's call had returned.
+    pub returned: bool,
+    /// Sessions open on the flooder's host and on the sink's.
+    pub open: (usize, usize),
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stalled: the sink stopped at {} of {} over {} session(s); the flood {}; \
+             sessions open on A {}, on B {}",
+            self.delivered,
+            self.n,
+            self.sessions,
+            if self.returned {
+                "returned"
+            } else {
+                "was still sending"
+            },
+            self.open.0,
+            self.open.1
+        )
+    }
+}
+
+/// The flooder (bench guest) on `a` sends `n` 64-byte messages to `sink` on `b` (peer id
+/// `b_id`) over `sessions` sessions; returns how long until the sink had them all, or the
+/// stall if the sink's count did not move for `patience`.
+pub async fn flood(
+    a: &std::sync::Arc<Node>,
+    b: &Node,
+    b_id: &str,
+    n: u64,
+    sessions: usize,
+    patience: Duration,
+) -> Result<Duration, Stall> {
+    let start = sink_count(b, "sink").await;
+    let params = serde_json::json!({
+        "service": "sink", "peer": b_id, "n": n, "size": 64, "sessions": sessions
+    })
+    .to_string();
+    let t = std::time::Instant::now();
+    let sender = a.clone();
+    let sent = tokio::spawn(async move { sender.request("flooder", "flood", &params).await });
+    let (mut last, mut moved) = (start, std::time::Instant::now());
+    loop {
+        let now = sink_count(b, "sink").await;
+        if now >= start + n {
+            break;
+        }
+        if now != last {
+            (last, moved) = (now, std::time::Instant::now());
+        }
+        if moved.elapsed() > patience {
+            return Err(Stall {
+                delivered: now - start,
+                n,
+                sessions,
+                returned: sent.is_finished(),
+                open: (
+                    a.registry().sessions(1 << 16).0.len(),
+                    b.registry().sessions(1 << 16).0.len(),
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = t.elapsed();
+    match sent.await {
+        Ok(Ok(_)) => Ok(took),
+        Ok(Err(e)) => panic!("the flood failed: {e}"),
+        Err(e) => panic!("the flood task failed: {e}"),
+    }
+}
+
+/// The sink host (B) and flooder host (A) of the flood scenarios: `sink` on B takes up to
+/// 2 048 sessions and a deep mailbox; `flooder` on A may use any peer's `sink`.
+pub async fn flood_pair(sink_extra: &str) -> (Node, std::sync::Arc<Node>) {
+    let b = start_peer(
+        &[],
+        "",
+        &format!(
+            r#"
+[[service]]
+name = "sink"
+component = "{{guest:bench}}"
+channel = 1
+expose = true
+mailbox = 1048576
+max_sessions = 2048
+call_timeout = "60s"
+{sink_extra}
+"#
+        ),
+    )
+    .await;
+    let a = start_peer(
+        &[addr_of(&b)],
+        "",
+        r#"
+[[service]]
+name = "flooder"
+component = "{guest:bench}"
+channel = 1
+uses = ["*/sink"]
+call_timeout = "60s"
+request_timeout = "60s"
+"#,
+    )
+    .await;
+    wait_connected(&a, b.peer_id().expect("an id"), Duration::from_secs(10)).await;
+    (b, std::sync::Arc::new(a))
 }

@@ -70,8 +70,11 @@ pub struct Transport {
     pub stream_window: u64,
     /// Bytes a peer may send on all streams of a connection before the receiver reads.
     pub connection_window: u64,
-    /// Streams (sessions, plus the control stream) a peer may have open at once.
+    /// Sessions a peer may have open to this host at once (plus its control stream).
     pub max_streams: u32,
+    /// How long a session or connection may have data waiting and make no progress before
+    /// it is logged (once) and counted as a stall.
+    pub stall_after: Duration,
 }
 
 impl Default for Transport {
@@ -82,6 +85,7 @@ impl Default for Transport {
             stream_window: 1 << 20,
             connection_window: 8 << 20,
             max_streams: 1024,
+            stall_after: Duration::from_secs(5),
         }
     }
 }

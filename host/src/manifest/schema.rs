@@ -53,6 +53,9 @@ pub struct HostSection {
     pub connection_window: Option<Spanned<ByteSize>>,
     /// Streams a peer may have open at once.
     pub max_streams: Option<Spanned<u32>>,
+    /// How long a session or connection may have data waiting without progress before the
+    /// watchdog logs and counts it.
+    pub stall_after: Option<Spanned<HumanDuration>>,
 }
 
 /// `[[service]]`: one named, configured instance of a component.

@@ -306,6 +306,7 @@ impl Validator<'_> {
                 1 << 20,
                 "1 to 1048576",
             ),
+            stall_after: self.duration(&h.stall_after, "host.stall_after", t.stall_after),
         };
         if let Some((k, field)) = h
             .keep_alive

@@ -258,8 +258,19 @@ impl PeerVerifier {
     }
 }
 
+/// Refused handshakes are logged through one gate for the whole process: a scan of bad
+/// identities must not flood the log (each is still counted in `handshakes_refused`).
+pub(crate) static HANDSHAKE_LOG: super::log_gate::LogGate =
+    super::log_gate::LogGate::new(10, std::time::Duration::from_secs(10));
+
 fn refuse(reason: String) -> rustls::Error {
-    tracing::warn!(target: "wasmwire::net", "handshake refused: {reason}");
+    if let Some(held_back) = HANDSHAKE_LOG.admit() {
+        if held_back > 0 {
+            tracing::warn!(target: "wasmwire::net", held_back, "handshake refused: {reason} (and {held_back} more not logged)");
+        } else {
+            tracing::warn!(target: "wasmwire::net", "handshake refused: {reason}");
+        }
+    }
     rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
 }
 

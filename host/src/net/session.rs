@@ -8,6 +8,7 @@
 //! writer back when the receiver does not read; the receiver reads only while the target
 //! mailbox has room. Nothing buffers without bound.
 
+use super::watchdog::Wait;
 use super::{Traffic, failure_of};
 use crate::runtime::instance::{
     CallError, Chain, Envelope, Instance, PeerInfo, Registry, SessionId,
@@ -179,7 +180,13 @@ pub(crate) async fn write_loop(mut send: SendStream, mut out: Outgoing, traffic:
                 }
                 traffic.messages_out.fetch_add(n as u64, Ordering::Relaxed);
                 encode(&mut buf, &mut batch, kinds);
-                if send.write_all(&buf).await.is_err() {
+                let written = traffic.watchdog.watch(
+                    Wait::SendBlocked,
+                    send.write_all(&buf),
+                    || traffic.peer.to_string(),
+                    "a session stream",
+                );
+                if written.await.is_err() {
                     out.shared.closing.store(true, Ordering::Relaxed);
                     return;
                 }
@@ -192,7 +199,13 @@ pub(crate) async fn write_loop(mut send: SendStream, mut out: Outgoing, traffic:
                 }
                 traffic.messages_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 encode(&mut buf, &mut batch, kinds);
-                let _ = send.write_all(&buf).await;
+                let written = traffic.watchdog.watch(
+                    Wait::SendBlocked,
+                    send.write_all(&buf),
+                    || traffic.peer.to_string(),
+                    "a session stream (closing)",
+                );
+                let _ = written.await;
                 break;
             }
         }
@@ -270,7 +283,7 @@ async fn read_frames(
                             to.name
                         )));
                     };
-                    reserve(to, &mut batch).await?;
+                    reserve(to, &mut batch, traffic).await?;
                     batch.push(Envelope::Message {
                         end: *end,
                         kind,
@@ -300,13 +313,34 @@ async fn read_frames(
 
 /// Takes a place in the instance's mailbox, waiting while it is full: while this waits,
 /// nothing more is read from the stream, so QUIC flow control holds the sender back.
-async fn reserve(to: &Instance, batch: &mut Vec<Envelope>) -> Result<(), ReadError> {
+async fn reserve(
+    to: &Instance,
+    batch: &mut Vec<Envelope>,
+    traffic: &Traffic,
+) -> Result<(), ReadError> {
     let mut pause = Duration::from_micros(200);
+    // When the mailbox was first found full, and whether the watchdog was told.
+    let mut full: Option<(std::time::Instant, bool)> = None;
+    let what = || format!("a session stream into {}", to.name);
     loop {
         match to.reserve() {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                if let Some((since, true)) = full {
+                    traffic
+                        .watchdog
+                        .moving(Wait::MailboxFull, &traffic.peer, &what(), since);
+                }
+                return Ok(());
+            }
             Err(CallError::Busy) => {
                 flush(to, batch);
+                let (since, told) = full.get_or_insert_with(|| (std::time::Instant::now(), false));
+                if !*told && since.elapsed() >= traffic.watchdog.after() {
+                    traffic
+                        .watchdog
+                        .stalled(Wait::MailboxFull, &traffic.peer, &what(), *since);
+                    *told = true;
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(20));
             }
@@ -367,9 +401,15 @@ pub(crate) struct Accepted {
 pub(crate) async fn open(
     connection: &quinn::Connection,
     header: SessionHeader,
+    traffic: &Traffic,
 ) -> Result<(SendStream, RecvStream, BytesMut, Accepted), CallError> {
-    let (mut send, mut recv) = connection
-        .open_bi()
+    let stream = traffic.watchdog.watch(
+        Wait::StreamCredit,
+        connection.open_bi(),
+        || traffic.peer.to_string(),
+        "opening a session",
+    );
+    let (mut send, mut recv) = stream
         .await
         .map_err(|e| CallError::Unavailable(format!("cannot open a stream: {e}")))?;
     write_header(&mut send, &header)
@@ -415,6 +455,40 @@ pub(crate) async fn open(
 const MAX_KINDS: usize = 256;
 const MAX_CALLER: usize = 128;
 
+/// One session stream a peer has open to this host, counted in its connection's
+/// `sessions_in` for as long as this lives.
+pub(crate) struct Held(Arc<Traffic>);
+
+impl Held {
+    /// Counts one more stream on the connection of `traffic`.
+    pub fn take(traffic: Arc<Traffic>) -> Held {
+        traffic.sessions_in.fetch_add(1, Ordering::Relaxed);
+        Held(traffic)
+    }
+
+    /// Streams the peer has open now, this one included.
+    pub fn count(&self) -> u64 {
+        self.0.sessions_in.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.sessions_in.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Refuses a session stream opened past the host's `max_streams`: `busy`, with the limit,
+/// at once (the opener is told, not left waiting).
+pub(crate) async fn refuse(mut send: SendStream, recv: RecvStream, held: Held, max: u64) {
+    let e = CallError::Full(format!(
+        "this peer already has {max} sessions open to this host (its max_streams)"
+    ));
+    reject(&mut send, e).await;
+    drop(recv);
+    drop(held);
+}
+
 /// Serves a session stream a peer opened: reads its header (resetting the stream if none
 /// comes in time), opens the session with the exposed service it names, answers, then
 /// moves messages both ways.
@@ -425,7 +499,10 @@ pub(crate) async fn accept(
     me: Arc<str>,
     registry: Arc<Registry>,
     traffic: Arc<Traffic>,
+    held: Held,
 ) {
+    // Counted until both halves of the stream are done, whichever way this returns.
+    let _held = held;
     let mut buf = BytesMut::new();
     let header = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv, &mut buf)).await
     {
@@ -531,10 +608,12 @@ pub(crate) async fn accept(
         let _ = instance.post(Envelope::Disconnect { end });
         return;
     }
-    tokio::spawn(write_loop(send, outgoing, traffic.clone()));
+    let writer = tokio::spawn(write_loop(send, outgoing, traffic.clone()));
     let max = instance.limits.max_message;
     let to = Deliver::Instance { to: instance, end };
     read_loop(recv, buf, max, to, traffic).await;
+    // The stream is the peer's to count against `max_streams` until both halves are done.
+    let _ = writer.await;
 }
 
 /// The instance a peer or client may reach by this name: exposed, and for a keyed class's

@@ -6,6 +6,7 @@
 pub(crate) mod actor;
 pub mod bindings;
 mod cache;
+pub mod clock;
 pub(crate) mod guest_log;
 pub mod heap;
 pub mod instance;

@@ -4,6 +4,7 @@
 
 use super::bindings::wasmwire::service::{host, types};
 use super::bindings::{Level, SessionInfo, WitError};
+use super::clock::{CallClock, Verdict};
 use super::guest_log::{GuestLog, Stream};
 use super::instance::{CallError, Chain, Envelope, Instance, PeerInfo, Registry, SessionId};
 use super::session::{Outbox, Route, SessionEnd, SessionTable};
@@ -83,73 +84,6 @@ impl Drop for Limiter {
         if let Some(s) = &self.stats {
             s.memory.fetch_sub(self.held, Ordering::Relaxed);
         }
-    }
-}
-
-/// Ticks of guest execution between two yields to the async executor: a long call gives
-/// its worker thread back this often, so one busy instance cannot hold up the others queued
-/// on the same thread.
-pub(crate) const SLICE: u64 = 2;
-
-/// CPU time of the call in progress, in epoch ticks: wall time since the call started minus
-/// the time it spent waiting in `request`/`connect` or yielded to other tasks (waiting is
-/// not computing).
-pub(crate) struct CallClock {
-    ticks: Arc<AtomicU64>,
-    started: u64,
-    waited: u64,
-    /// Ticks spent yielded; written by the yield future, which cannot borrow the store.
-    yielded: Arc<AtomicU64>,
-    /// The instance's `call_timeout` in ticks.
-    pub limit: u64,
-    limit_time: Duration,
-}
-
-impl CallClock {
-    fn new(ticks: Arc<AtomicU64>, limit: Duration) -> Self {
-        let limit_ticks = (limit.as_micros() / super::TICK.as_micros()).max(1) as u64;
-        CallClock {
-            ticks,
-            started: 0,
-            waited: 0,
-            yielded: Arc::new(AtomicU64::new(0)),
-            limit: limit_ticks,
-            limit_time: limit,
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.ticks.load(Ordering::Relaxed)
-    }
-
-    /// Marks the start of a guest call; returns the first epoch deadline to set.
-    #[inline]
-    pub fn start(&mut self) -> u64 {
-        self.started = self.now();
-        self.waited = 0;
-        self.yielded.store(0, Ordering::Relaxed);
-        self.limit.min(SLICE)
-    }
-
-    fn used(&self) -> u64 {
-        self.now()
-            .saturating_sub(self.started)
-            .saturating_sub(self.waited)
-            .saturating_sub(self.yielded.load(Ordering::Relaxed))
-    }
-
-    /// A future that yields to the executor once and credits the time it took.
-    fn yield_now(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-        let ticks = self.ticks.clone();
-        let yielded = self.yielded.clone();
-        Box::pin(async move {
-            let before = ticks.load(Ordering::Relaxed);
-            tokio::task::yield_now().await;
-            yielded.fetch_add(
-                ticks.load(Ordering::Relaxed).saturating_sub(before),
-                Ordering::Relaxed,
-            );
-        })
     }
 }
 
@@ -412,7 +346,7 @@ impl HostState {
         let chain = self.wire_chain(&*peers)?;
         let mine = registry.next_session();
         self.outbox.flush();
-        let before = self.clock.now();
+        self.clock.pause();
         let r = peers
             .connect(
                 peer,
@@ -424,7 +358,7 @@ impl HostState {
                 chain,
             )
             .await;
-        self.clock.waited += self.clock.now().saturating_sub(before);
+        self.clock.resume();
         let remote = r?;
         let info = SessionInfo {
             id: mine,
@@ -469,7 +403,7 @@ impl HostState {
             })
         });
         self.outbox.flush();
-        let before = self.clock.now();
+        self.clock.pause();
         let r = peers
             .request(
                 peer,
@@ -483,7 +417,7 @@ impl HostState {
                 session,
             )
             .await;
-        self.clock.waited += self.clock.now().saturating_sub(before);
+        self.clock.resume();
         r
     }
 
@@ -493,9 +427,9 @@ impl HostState {
         rx: oneshot::Receiver<Result<T, CallError>>,
         timeout: Duration,
     ) -> Result<T, CallError> {
-        let before = self.clock.now();
+        self.clock.pause();
         let r = tokio::time::timeout(timeout, rx).await;
-        self.clock.waited += self.clock.now().saturating_sub(before);
+        self.clock.resume();
         match r {
             Err(_) => Err(CallError::Timeout),
             Ok(Err(_)) => Err(CallError::Closed),
@@ -593,20 +527,16 @@ impl WasiView for HostState {
 pub(crate) fn new_store(engine: &Engine, state: HostState) -> Store<HostState> {
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limiter);
-    store.epoch_deadline_callback(|ctx| {
-        let clock = &ctx.data().clock;
-        let used = clock.used();
-        if used >= clock.limit {
-            return Err(wasmtime::Error::new(CpuDeadline {
+    store.epoch_deadline_callback(|mut ctx| {
+        let clock = &mut ctx.data_mut().clock;
+        match clock.tick() {
+            Verdict::Exceeded => Err(wasmtime::Error::new(CpuDeadline {
                 limit: clock.limit_time,
-            }));
+            })),
+            // Still within budget: give the worker thread back for a moment, then run
+            // another slice.
+            Verdict::Yield(ticks) => Ok(UpdateDeadline::YieldCustom(ticks, clock.yield_now())),
         }
-        // Still within budget (time spent waiting or yielded is credited): give the worker
-        // thread back for a moment, then run another slice.
-        Ok(UpdateDeadline::YieldCustom(
-            (clock.limit - used).min(SLICE),
-            clock.yield_now(),
-        ))
     });
     store.set_epoch_deadline(u64::MAX / 2);
     store

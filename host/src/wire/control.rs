@@ -157,6 +157,24 @@ pub struct HostStats {
     pub peers: Vec<PeerFigures>,
     /// Handshakes refused (key not allowed, not the peer dialled, malformed).
     pub refused_handshakes: u64,
+    /// Stalls the progress watchdog has seen (absent from older hosts: all zero).
+    #[serde(default)]
+    pub stalls: StallFigures,
+}
+
+/// Stalls seen since the host started, by what the stalled party waited on: a session or
+/// connection with data waiting that made no progress for the host's `stall_after`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StallFigures {
+    /// Opening a session stream, waiting for the peer's stream credit.
+    pub stream_credit: u64,
+    /// Writing a session's messages, the peer not reading.
+    pub send_blocked: u64,
+    /// Reading a session's messages, the receiving mailbox full.
+    pub mailbox_full: u64,
+    /// Writing control messages, the peer not reading.
+    pub control_blocked: u64,
 }
 
 /// Most manifest entries a `stats` answer carries.

@@ -19,7 +19,7 @@ pub use peer_id::{BadPeerId, PeerId};
 
 pub use control::{
     Control, ErrorCode, Hello, HostStats, InstanceFigures, KeyedEntry, PeerEntry, PeerFigures,
-    Role, ServiceEntry, SessionEntry, SessionHeader, Undecodable,
+    Role, ServiceEntry, SessionEntry, SessionHeader, StallFigures, Undecodable,
 };
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};

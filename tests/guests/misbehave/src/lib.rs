@@ -7,7 +7,8 @@
 //! refused), `foreign` (`send` and `close` on 10 000 session ids it does not own),
 //! `connectloop` (10 000 `connect`s), `timerstorm` (10 000 `set-timer`s, a third of 0 ms),
 //! `selfrequest` (a `request` to itself), `bigreply` (a 3 MiB reply), `bigsend` (a 3 MiB
-//! payload on every session), `biglog` (one 3 MiB log line).
+//! payload on every session), `biglog` (one 3 MiB log line), `work` (`{"rounds": N}`: a fixed
+//! amount of computing, N × 100 000 steps, the same CPU time however busy the machine is).
 //! Messages: `boom` traps in `on-message`, `fine` is ignored, `slow` takes 5 ms.
 //! Options: `{ "trap_wakeup": true }` makes `wakeup` trap; `{ "spin_sleep": true }` makes
 //! `sleep` never return.
@@ -45,6 +46,7 @@ impl Service for Misbehave {
         "bigreply",
         "bigsend",
         "biglog",
+        "work",
     ];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
@@ -168,6 +170,21 @@ impl Service for Misbehave {
                     eprintln!("flood {i}");
                 }
                 Reply::json("flooded")
+            }
+            "work" => {
+                #[derive(Deserialize)]
+                struct Work {
+                    rounds: u64,
+                }
+                let rounds = match event.params::<Work>() {
+                    Ok(w) => w.rounds,
+                    Err(e) => return Reply::error(e),
+                };
+                let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+                for _ in 0..rounds * 100_000 {
+                    x = std::hint::black_box(x ^ (x << 13) ^ (x >> 7) ^ (x << 17));
+                }
+                Reply::json(&x)
             }
             other => Reply::error(format!("unknown event {other}")),
         }
