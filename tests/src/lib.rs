@@ -316,6 +316,8 @@ pub struct Stall {
     pub returned: bool,
     /// Sessions open on the flooder's host and on the sink's.
     pub open: (usize, usize),
+    /// What each host's progress watchdog had counted (flooder's, sink's).
+    pub stalls: (wasmwire::wire::StallFigures, wasmwire::wire::StallFigures),
 }
 
 impl std::fmt::Display for Stall {
@@ -323,7 +325,7 @@ impl std::fmt::Display for Stall {
         write!(
             f,
             "stalled: the sink stopped at {} of {} over {} session(s); the flood {}; \
-             sessions open on A {}, on B {}",
+             sessions open on A {}, on B {}; watchdog on A {:?}, on B {:?}",
             self.delivered,
             self.n,
             self.sessions,
@@ -333,7 +335,9 @@ impl std::fmt::Display for Stall {
                 "was still sending"
             },
             self.open.0,
-            self.open.1
+            self.open.1,
+            self.stalls.0,
+            self.stalls.1
         )
     }
 }
@@ -376,6 +380,7 @@ pub async fn flood(
                     a.registry().sessions(1 << 16).0.len(),
                     b.registry().sessions(1 << 16).0.len(),
                 ),
+                stalls: (watchdog(a).await, watchdog(b).await),
             });
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -385,6 +390,14 @@ pub async fn flood(
         Ok(Ok(_)) => Ok(took),
         Ok(Err(e)) => panic!("the flood failed: {e}"),
         Err(e) => panic!("the flood task failed: {e}"),
+    }
+}
+
+/// What `node`'s progress watchdog has counted (zeros for a host without a network).
+async fn watchdog(node: &Node) -> wasmwire::wire::StallFigures {
+    match node.net() {
+        Some(net) => net.stats().await.stalls,
+        None => Default::default(),
     }
 }
 
