@@ -44,12 +44,13 @@ impl Drop for Host {
 }
 
 /// This test process holds a socket per client and per scraper: lift its own soft limit
-/// to the hard one (a CI shell's soft limit is often 1 024).
-fn lift_own_fd_limit() {
+/// to the hard one (a CI shell's soft limit is often 1 024). Returns the limit it has.
+fn lift_own_fd_limit() -> Option<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
     limit.current = limit.maximum;
     let _ = setrlimit(Resource::Nofile, limit);
+    getrlimit(Resource::Nofile).current
 }
 
 /// Connects `n` clients, twenty at a time (a debug build beside other work handshakes slowly).
@@ -100,7 +101,13 @@ async fn all_answered(clients: &[TestClient]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_out_of_descriptors_refuses_scrapes_with_a_reason_keeps_its_clients_and_recovers() {
-    lift_own_fd_limit();
+    let own = lift_own_fd_limit();
+    let needed = (CLIENTS + SCRAPERS + 256) as u64;
+    assert!(
+        own.is_none_or(|n| n >= needed),
+        "this test holds a socket per client and per scraper: it needs {needed} descriptors \
+         and may have only {own:?} (raise the hard limit: ulimit -Hn)"
+    );
     let addr = format!("127.0.0.1:{}", free_port());
     let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = scratch_dir("exhaustion");
