@@ -182,6 +182,9 @@ call_timeout = "1s"
     // Stuck in a call that computes until its CPU deadline.
     let spinner = b.clone();
     let spin = tokio::spawn(async move { spinner.request("stuck", "spin", "null").await });
+    // A head start for the spin: the request is posted locally, long before a message
+    // crosses QUIC, so even a late start only means the first messages are handled before
+    // it; the 64 sent here are 16 times the mailbox, and the spin outlasts `stall_after`.
     tokio::time::sleep(Duration::from_millis(50)).await;
     for _ in 0..64 {
         if session.send("fine", b"x".to_vec()).is_err() {

@@ -160,7 +160,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wait_past_the_threshold_is_counted_once_and_a_quick_one_not_at_all() {
-        let w = Watchdog::new(Duration::from_millis(20));
+        let w = Watchdog::new(Duration::from_millis(500));
         assert_eq!(
             w.watch(Wait::SendBlocked, async { 7 }, String::new, "s")
                 .await,
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(w.figures(), StallFigures::default());
         w.watch(
             Wait::StreamCredit,
-            tokio::time::sleep(Duration::from_millis(80)),
+            tokio::time::sleep(Duration::from_millis(600)),
             || "peer".into(),
             "opening a session",
         )
