@@ -6,6 +6,7 @@
 #   make fuzz   each cargo-fuzz target for FUZZ_SECONDS (600) — see tests/fuzz/
 #   make sim    the broker network simulation at 100 to 10 000 virtual hosts (docs/scaling.md)
 #   make chaos  hosts behind lossy relays with links cut, every message checked (CHAOS_SECONDS=120)
+#   make soak   three host processes under mixed load, one killed every 5 min (SOAK_MINUTES=30)
 #
 # Guests are wasm32-wasip2 components built here, once per run, in their own cargo
 # workspaces (never from build.rs); the host and tests are the root workspace.
@@ -38,7 +39,7 @@ WIT_FILES   := $(wildcard wit/*.wit)
 POLYGLOT    := $(PY_SERVICES:%=target/services/%.wasm) $(JS_SERVICES:%=target/services/%.wasm)
 
 .PHONY: all setup services toolchains polyglot test-guests build run test lint bench demo clean \
-	fuzz-setup fuzz-build fuzz fuzz-smoke sim chaos
+	fuzz-setup fuzz-build fuzz fuzz-smoke sim chaos soak
 
 # cargo-fuzz (libFuzzer) needs a nightly toolchain. The sanitizer is off by default: the
 # host's own code is safe Rust (its two `unsafe` blocks load compiled components, which no
@@ -190,6 +191,12 @@ sim: setup
 
 chaos: services
 	$(CARGO) bench --locked -p wasmwire-tests --bench chaos
+
+# The soak runs the release binary (its hosts are real processes, SIGKILLed and restarted).
+SOAK_MINUTES ?= 30
+soak: services
+	$(CARGO) build --release --locked -p wasmwire
+	SOAK_MINUTES=$(SOAK_MINUTES) $(CARGO) bench --locked -p wasmwire-tests --bench soak
 
 demo: build
 	bash examples/two-hosts/demo.sh

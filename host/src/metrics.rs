@@ -80,6 +80,7 @@ impl Source {
                     peers: Vec::new(),
                     refused_handshakes: 0,
                     stalls: Default::default(),
+                    tasks: crate::net::alive_tasks(),
                 }
             }
         }
@@ -335,6 +336,12 @@ impl Collector for Figures {
             "Handshakes refused: a key not in `allow`, not the peer dialled, or malformed.",
             std::iter::once((Vec::new(), ConstCounter::new(s.refused_handshakes))),
         )?;
+        family(
+            &mut e,
+            "tasks",
+            "Tasks alive on the host's async runtime.",
+            one(s.tasks),
+        )?;
         let st = &s.stalls;
         family(
             &mut e,
@@ -524,6 +531,7 @@ mod tests {
                 mailbox_full: 4,
                 ..Default::default()
             },
+            tasks: 12,
         };
         let text = encode(&stats);
         for line in [
@@ -532,6 +540,7 @@ mod tests {
             "wasmwire_instance_memory_bytes{instance=\"counter\"} 65536",
             "wasmwire_awake_instances 1",
             "wasmwire_handshakes_refused_total 2",
+            "wasmwire_tasks 12",
             "wasmwire_stalls_total{kind=\"mailbox-full\"} 4",
             "wasmwire_stalls_total{kind=\"stream-credit\"} 0",
             "wasmwire_peer_messages_received_total{peer=\"p\",role=\"host\"} 3",

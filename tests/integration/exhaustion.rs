@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmwire_tests::{free_port, peer_manifest, scratch_dir, wait_until, wasmwire_bin};
 
-use crate::peers::{TestClient, client_net};
+use wasmwire_tests::client::{TestClient, client_net};
 
 /// The host's descriptor limit.
 const FDS: u32 = 256;

@@ -199,7 +199,7 @@ async fn keys_are_reached_from_another_host_and_listed_by_count() {
     assert_eq!(z.status(), Status::Awake);
 
     // The listing names the class with counts and awake keys, not every key.
-    let client = crate::peers::client_of(&a).await;
+    let client = wasmwire_tests::client::client_of(&a).await;
     let entry = client
         .services()
         .await

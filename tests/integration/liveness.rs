@@ -114,7 +114,7 @@ expose = true
 "#,
     )
     .await;
-    let client = crate::peers::client_of(&b).await;
+    let client = wasmwire_tests::client::client_of(&b).await;
     let mut open = Vec::new();
     for _ in 0..4 {
         open.push(
@@ -173,7 +173,7 @@ call_timeout = "1s"
         )
         .await,
     );
-    let client = crate::peers::client_of(&b).await;
+    let client = wasmwire_tests::client::client_of(&b).await;
     let session = client
         .net
         .open_client_session(client.conn, "stuck", "tester", 1 << 20)

@@ -20,3 +20,4 @@ mod samples;
 mod scaffold;
 mod sessions;
 mod sim;
+mod soak;

@@ -2,12 +2,12 @@
 //! scraped over real HTTP and read with a real Prometheus text parser, and the `stats`
 //! answer on channel 0 that `wasmwire top` reads.
 
-use crate::peers::client_of;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmwire::broker::Ask;
 use wasmwire::wire::Control;
+use wasmwire_tests::client::client_of;
 use wasmwire_tests::start_peer;
 
 const HOST: &str = r#"

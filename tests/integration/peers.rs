@@ -8,7 +8,7 @@ use wasmwire::runtime::instance::CallError;
 use wasmwire::runtime::session::ClientEvent;
 use wasmwire_tests::{addr_of, json, start_peer, wait_connected, wait_until};
 
-pub(crate) const WITHIN: Duration = Duration::from_secs(10);
+use wasmwire_tests::client::{WITHIN, client_net, client_of, raw_connection};
 
 /// Host B: an exposed counter and an unexposed one.
 const COUNTERS: &str = r#"
@@ -121,70 +121,6 @@ async fn remote_requests_reach_exposed_services_only_and_obey_uses() {
     client.close().await;
     a.shutdown().await;
     b.shutdown().await;
-}
-
-/// A client connection for tests: a `Net` with role client, dialled to a host.
-pub(crate) struct TestClient {
-    pub(crate) net: wasmwire::net::Net,
-    pub(crate) conn: wasmwire::broker::ConnId,
-}
-
-impl TestClient {
-    async fn list(&self) -> Vec<(String, String)> {
-        self.services()
-            .await
-            .into_iter()
-            .map(|s| (s.name, s.state))
-            .collect()
-    }
-
-    /// What `list-services` answers, whole.
-    pub(crate) async fn services(&self) -> Vec<wasmwire::wire::ServiceEntry> {
-        match self
-            .net
-            .ask(self.conn, wasmwire::broker::Ask::ListServices, WITHIN)
-            .await
-        {
-            Ok(wasmwire::wire::Control::Services { services, .. }) => services,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    pub(crate) async fn close(self) {
-        self.net.shutdown(Duration::from_millis(200)).await;
-    }
-}
-
-pub(crate) fn client_net(
-    identity: wasmwire::net::identity::Identity,
-    alpn: &[u8],
-) -> wasmwire::net::Net {
-    wasmwire::net::Net::start(
-        wasmwire::net::NetConfig {
-            role: wasmwire::wire::Role::Client,
-            listen: None,
-            advertise: None,
-            identity,
-            allow: vec![],
-            peers: vec![],
-            transport: Default::default(),
-            limits: Default::default(),
-            alpn: alpn.to_vec(),
-            resolver: None,
-        },
-        None,
-    )
-    .unwrap()
-}
-
-pub(crate) async fn client_of(host: &wasmwire::node::Node) -> TestClient {
-    let net = client_net(
-        wasmwire::net::identity::Identity::generate().unwrap(),
-        wasmwire::wire::ALPN,
-    );
-    let spec = addr_of(host).parse().unwrap();
-    let (conn, _) = net.dial(&spec).await.unwrap();
-    TestClient { net, conn }
 }
 
 const ROOM: &str = r#"
@@ -413,26 +349,6 @@ async fn wrong_ids_alpn_and_hello_mismatches_end_the_connection() {
 
 /// A raw QUIC connection to `addr` with a fresh valid identity and the right ALPN, for
 /// writing bytes the real client never would.
-pub(crate) async fn raw_connection(addr: &str) -> (quinn::Endpoint, quinn::Connection) {
-    use std::sync::Arc;
-    let identity = wasmwire::net::identity::Identity::generate().unwrap();
-    let tls = wasmwire::net::identity::client_config(
-        &identity,
-        Arc::new(Default::default()),
-        wasmwire::wire::ALPN,
-    )
-    .unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let config = quinn::ClientConfig::new(Arc::new(crypto));
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = endpoint
-        .connect_with(config, addr.parse().unwrap(), "wasmwire")
-        .unwrap()
-        .await
-        .unwrap();
-    (endpoint, conn)
-}
-
 /// Opens a raw connection with a valid identity, writes `first` as the first control frame
 /// and returns the reason the host closed the connection with.
 async fn raw_hello(addr: &str, first: &str) -> String {

@@ -2,7 +2,10 @@
 //! way to start a real host from manifest text.
 
 pub mod chaos;
+pub mod client;
+pub mod hostile;
 pub mod sim;
+pub mod soak;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1269,7 +1269,13 @@ async fn host_stats(shared: &Shared) -> wire::HostStats {
         peers,
         refused_handshakes: shared.allow.refused(),
         stalls: shared.watchdog.figures(),
+        tasks: alive_tasks(),
     }
+}
+
+/// Tasks alive on the current tokio runtime (0 outside one).
+pub fn alive_tasks() -> u64 {
+    tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks() as u64)
 }
 
 /// Answers a request that needs this host's services.

@@ -1,6 +1,7 @@
 //! `spec`: the seed design's spec service. It records every lifecycle call it receives, in
 //! order, and returns the record on the `record` event, so tests can assert the exact
-//! sequence the host drives. The record is kept per wasm instance: it starts empty at each
+//! sequence the host drives; `take-record` returns it and starts a new one (so a long run
+//! can read it in parts without the instance's memory growing). The record is kept per wasm instance: it starts empty at each
 //! wakeup (a fresh instance) and is gone after sleep.
 //! Other events let a test make it act: `connect {service, peer?}`, `send {session, kind,
 //! text}`, `flood {session, kind, count, size}` (sends until the first error; returns how many
@@ -88,7 +89,7 @@ struct TimerEvery {
 impl Service for Spec {
     const MESSAGES: &'static [&'static str] = &["note"];
     const EVENTS: &'static [&'static str] = &[
-        "record", "append", "connect", "send", "flood", "close", "request", "timer", "sessions",
+        "record", "take-record", "append", "connect", "send", "flood", "close", "request", "timer", "sessions",
         "name", "self", "caller",
     ];
 
@@ -130,11 +131,12 @@ impl Service for Spec {
     }
 
     fn on_event(&mut self, caller: Option<SessionId>, event: Event<'_>) -> Reply {
-        if event.name != "record" {
+        if event.name != "record" && event.name != "take-record" {
             note(format!("event {}", event.name));
         }
         match event.name {
             "record" => RECORD.with(|r| Reply::json(&*r.borrow())),
+            "take-record" => RECORD.with(|r| Reply::json(&std::mem::take(&mut *r.borrow_mut()))),
             "append" => match event.params::<Vec<String>>() {
                 Ok(lines) => {
                     lines.into_iter().for_each(|l| note(format!("> {l}")));
