@@ -108,6 +108,8 @@ pub struct Node {
     net: Option<Net>,
     /// The Prometheus endpoint, if `[host] metrics` is set (stops when dropped).
     metrics: Option<crate::metrics::Endpoint>,
+    /// How long `shutdown` waits for the services to finish the work they accepted.
+    shutdown_timeout: std::time::Duration,
     /// Dropped last: stops the worker threads.
     workers: Workers,
 }
@@ -259,6 +261,7 @@ impl Node {
             classes,
             net,
             metrics,
+            shutdown_timeout: manifest.host.shutdown_timeout,
             workers,
         })
     }
@@ -393,23 +396,44 @@ impl Node {
         self.order(service, |reply| Control::Sleep { reply }).await
     }
 
-    /// Puts every awake instance to sleep (each gets `sleep()`) and stops all actors.
+    /// Stops the host gracefully, in three steps. Every instance refuses new work at once
+    /// (`closed`: a local or remote caller knows), finishes the messages and requests its
+    /// mailbox already holds, and is put to sleep (`sleep()`, its sessions closed, so each
+    /// other end sees `on-disconnect`). Then every connection is closed with a reason.
+    /// Instances still busy after `[host] shutdown_timeout` (a guest in a long call) are
+    /// left where they are, named in a warning: the host stops anyway, and their callers
+    /// see the connection or the actor close.
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        // No new keys from here on: the instances listed below are all there will be.
+        self.registry.close();
         let mut waits = Vec::new();
         for entry in self.registry.instances() {
             let keys = entry.keyed().map(Keyed::instances).unwrap_or_default();
             for instance in std::iter::once(entry).chain(keys.iter()) {
                 let (done, rx) = oneshot::channel();
                 if instance.control(Control::Shutdown { done }) {
-                    waits.push(rx);
+                    waits.push((instance.name.clone(), rx));
                 }
             }
         }
-        for w in waits {
-            let _ = w.await;
+        let mut late = Vec::new();
+        for (name, w) in waits {
+            if tokio::time::timeout_at(deadline, w).await.is_err() {
+                late.push(name);
+            }
         }
-        for t in self.tasks {
-            let _ = t.await;
+        if late.is_empty() {
+            for t in self.tasks {
+                let _ = tokio::time::timeout_at(deadline, t).await;
+            }
+        } else {
+            tracing::warn!(
+                still_busy = late.len(),
+                first = %late[0],
+                shutdown_timeout = ?self.shutdown_timeout,
+                "stopping with services still in a call: they had shutdown_timeout to finish"
+            );
         }
         // Sessions were closed as their instances went to sleep; now every connection is
         // closed with a reason, so peers see it at once rather than at their idle timeout.

@@ -19,5 +19,6 @@ mod polyglot;
 mod samples;
 mod scaffold;
 mod sessions;
+mod shutdown;
 mod sim;
 mod soak;

@@ -56,7 +56,13 @@ pub struct HostConfig {
     pub cache_dir: PathBuf,
     /// Worker threads that run the instances.
     pub threads: u32,
+    /// How long a stopping host (SIGTERM, Ctrl-C) waits for its services to finish the work
+    /// they accepted before it stops them where they are.
+    pub shutdown_timeout: Duration,
 }
+
+/// The default of `[host] shutdown_timeout`.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// QUIC settings (each a `[host]` field of the same name).
 #[derive(Debug, Clone, PartialEq, Eq)]

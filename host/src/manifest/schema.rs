@@ -56,6 +56,8 @@ pub struct HostSection {
     /// How long a session or connection may have data waiting without progress before the
     /// watchdog logs and counts it.
     pub stall_after: Option<Spanned<HumanDuration>>,
+    /// How long a stopping host waits for its services to finish the work they accepted.
+    pub shutdown_timeout: Option<Spanned<HumanDuration>>,
 }
 
 /// `[[service]]`: one named, configured instance of a component.

@@ -343,6 +343,11 @@ impl Validator<'_> {
                     .map_or(".wasmwire/cache".to_string(), Spanned::into_inner),
             ),
             threads,
+            shutdown_timeout: self.duration(
+                &h.shutdown_timeout,
+                "host.shutdown_timeout",
+                super::SHUTDOWN_TIMEOUT,
+            ),
         };
 
         let mut names: HashMap<String, (usize, Location)> = HashMap::new();

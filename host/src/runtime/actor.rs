@@ -3,7 +3,8 @@
 //! demand, puts it to sleep when idle, fires its timers, and handles its crashes.
 //!
 //! The loop polls, in this order (`biased`): control (shutdown is never stuck behind a busy
-//! mailbox, as in lunatic's process loop), the mailbox (taken in batches, so a burst costs
+//! mailbox, as in lunatic's process loop: it refuses new work at once and then finishes what
+//! was queued), the mailbox (taken in batches, so a burst costs
 //! one wake-up), due timers, the idle deadline, and an autostart instance's restart.
 
 use super::bindings::{Service, SessionInfo};
@@ -111,6 +112,13 @@ impl InstanceActor {
                 biased;
                 c = self.inbox.control.recv() => match c {
                     Some(Control::Shutdown { done }) => {
+                        // Refuse new work, then finish what was accepted: every message
+                        // queued is delivered and every request queued answered before the
+                        // instance sleeps (`Node::shutdown` bounds how long this may take).
+                        self.me.close_admission();
+                        while let Ok(envelope) = self.inbox.mailbox.try_recv() {
+                            self.take(envelope).await;
+                        }
                         self.put_to_sleep("shutdown").await;
                         let _ = done.send(());
                         return;
@@ -132,16 +140,7 @@ impl InstanceActor {
                         return;
                     }
                     for envelope in batch.drain(..) {
-                        self.me.taken(&envelope);
-                        if let Envelope::Batch(list) = envelope {
-                            for envelope in list {
-                                self.handle(envelope).await;
-                                self.run_deferred().await;
-                            }
-                        } else {
-                            self.handle(envelope).await;
-                            self.run_deferred().await;
-                        }
+                        self.take(envelope).await;
                     }
                     self.last_activity = Instant::now();
                 }
@@ -152,6 +151,20 @@ impl InstanceActor {
                     }
                 }
             }
+        }
+    }
+
+    /// Handles one envelope taken from the mailbox (each of a batch in turn).
+    async fn take(&mut self, envelope: Envelope) {
+        self.me.taken(&envelope);
+        if let Envelope::Batch(list) = envelope {
+            for envelope in list {
+                self.handle(envelope).await;
+                self.run_deferred().await;
+            }
+        } else {
+            self.handle(envelope).await;
+            self.run_deferred().await;
         }
     }
 

@@ -9,7 +9,7 @@ use crate::manifest::Limits;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::runtime::Handle;
@@ -231,7 +231,8 @@ pub(crate) async fn reply_within(rx: ReplyRx, timeout: Duration) -> Result<Strin
 
 /// Orders handled before any mailbox work (a busy mailbox never delays shutdown).
 pub(crate) enum Control {
-    /// Put the instance to sleep and stop the actor.
+    /// Refuse new work, finish what the mailbox holds, put the instance to sleep and stop
+    /// the actor.
     Shutdown { done: oneshot::Sender<()> },
     /// Wake now (if asleep) and report.
     Wake {
@@ -269,6 +270,9 @@ pub struct Instance {
     mailbox: mpsc::UnboundedSender<Envelope>,
     control: mpsc::UnboundedSender<Control>,
     queued: AtomicUsize,
+    /// Set when the host starts to stop: new work is refused with `closed` while the
+    /// actor finishes what its mailbox holds.
+    closing: AtomicBool,
     status: AtomicU8,
     last_wake_ns: AtomicU64,
     /// Its log rate limit, across awake periods.
@@ -400,6 +404,7 @@ impl Instance {
             mailbox,
             control,
             queued: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
             status: AtomicU8::new(Status::Asleep as u8),
             last_wake_ns: AtomicU64::new(0),
             log_budget: Arc::default(),
@@ -528,6 +533,10 @@ impl Instance {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(CallError::Busy);
         }
+        if self.closing.load(Ordering::Relaxed) {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(CallError::Closed);
+        }
         match self.status() {
             Status::Down => {
                 self.queued.fetch_sub(1, Ordering::SeqCst);
@@ -556,6 +565,11 @@ impl Instance {
         if n > 0 {
             self.queued.fetch_sub(n, Ordering::AcqRel);
         }
+    }
+
+    /// Refuses new work from now on (the host is stopping); what was queued stays.
+    pub(crate) fn close_admission(&self) {
+        self.closing.store(true, Ordering::SeqCst);
     }
 
     pub(crate) fn control(&self, c: Control) -> bool {
@@ -616,6 +630,8 @@ pub struct Registry {
     book: Mutex<HashMap<SessionId, SessionRecord>>,
     peers: OnceLock<Arc<dyn Peers>>,
     spawner: OnceLock<Spawner>,
+    /// Set when the host starts to stop: no new keys are made.
+    closing: AtomicBool,
 }
 
 /// Where the actors of keyed instances made on demand run.
@@ -705,7 +721,14 @@ impl Registry {
             book: Mutex::new(HashMap::new()),
             peers: OnceLock::new(),
             spawner: OnceLock::new(),
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// The host is stopping: from now on no key of a keyed class is made (demand for one
+    /// is refused with `closed`), so the instances being drained are all there are.
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
     }
 
     /// Where keyed instances' actors run (set once, when the worker threads start).
@@ -762,6 +785,9 @@ impl Registry {
             return Ok(i.clone());
         }
         check_key(&class.name, key)?;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(CallError::Closed);
+        }
         if live.len() >= keyed.max_instances as usize {
             return Err(CallError::Full(format!(
                 "{} has its limit of {} live instances (max_instances); {key:?} waits until one sleeps",
