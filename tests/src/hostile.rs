@@ -263,3 +263,38 @@ pub async fn attack_once(attack: &str, addr: &str) -> String {
     endpoint.close(0u32.into(), b"");
     seen
 }
+
+/// A chatty peer: says hello, then writes `frames` control frames of an unknown type and
+/// without an id — none takes a request-window permit — as fast as QUIC lets it, reading
+/// the host's answers as they come (so it is never closed for not reading). Returns how
+/// many answers it read within `within`, and whether its connection was still open.
+pub async fn chatter(addr: &str, frames: usize, within: Duration) -> (usize, bool) {
+    let (endpoint, conn) = raw_connection(addr).await;
+    let (mut control, mut control_in) = conn.open_bi().await.unwrap();
+    let mut out = hello();
+    let one = frame_of(&json!({"type": "chatter"}));
+    for _ in 0..frames {
+        out.extend_from_slice(&one);
+    }
+    let write = async {
+        let _ = control.write_all(&out).await;
+    };
+    let answers = |g: &[Control]| {
+        g.iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    Control::Error {
+                        code: ErrorCode::UnknownType,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let read = read_controls(&mut control_in, within, |g| answers(g) >= frames);
+    let ((), got) = tokio::join!(write, read);
+    let open = conn.close_reason().is_none();
+    endpoint.close(0u32.into(), b"");
+    (answers(&got), open)
+}

@@ -38,6 +38,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// read its control stream is closed rather than buffered for.
 const CONTROL_QUEUE: usize = 1024;
 
+/// Places one connection may hold in the broker task's input queue (which every connection
+/// shares): however fast a peer writes, at most this many of its control messages wait
+/// there, so another connection's message waits behind at most this many of each busy
+/// peer's.
+const INPUT_SHARE: usize = 32;
+
 /// Connections a host keeps open at once (hosts and clients together); past that a new
 /// connection is closed right after its handshake.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -175,6 +181,7 @@ enum Input {
         dialled: Option<DialTo>,
         control: mpsc::Sender<bytes::Bytes>,
         window: Arc<tokio::sync::Semaphore>,
+        share: Arc<tokio::sync::Semaphore>,
         traffic: Arc<Traffic>,
     },
     Control {
@@ -697,6 +704,7 @@ async fn run_connection(
     };
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let window = Arc::new(tokio::sync::Semaphore::new(shared.window));
+    let share = Arc::new(tokio::sync::Semaphore::new(INPUT_SHARE));
     let traffic = Arc::new(Traffic {
         peer: Arc::from(peer.to_string()),
         watchdog: shared.watchdog.clone(),
@@ -709,6 +717,7 @@ async fn run_connection(
         dialled,
         control,
         window: window.clone(),
+        share: share.clone(),
         traffic: traffic.clone(),
     };
     if shared.input.send(connected).await.is_err() {
@@ -723,7 +732,7 @@ async fn run_connection(
         conn,
         shared.input.clone(),
         connection.clone(),
-        window,
+        (window, share),
         traffic.clone(),
     ));
     // Sessions are served only once hello has settled who the peer is.
@@ -786,12 +795,18 @@ async fn write_control(
 /// answers, this reader stops reading until one is answered, so a peer that asks faster
 /// than it is answered is slowed by QUIC flow control on its own stream — it cannot fill
 /// the broker task's queue, which every connection shares.
+///
+/// Every message, a request or not, also takes one of the connection's [`INPUT_SHARE`]
+/// places in that queue, given back when the broker task takes it. A peer that writes as
+/// fast as it can (answers, hellos, frames of unknown types — none of which take a window
+/// permit) holds at most that many places, and when the queue is full tokio serves the
+/// blocked readers in the order they came: each connection gets its turn, round-robin.
 async fn read_control(
     mut recv: quinn::RecvStream,
     conn: ConnId,
     input: mpsc::Sender<Input>,
     connection: quinn::Connection,
-    window: Arc<tokio::sync::Semaphore>,
+    (window, share): (Arc<tokio::sync::Semaphore>, Arc<tokio::sync::Semaphore>),
     traffic: Arc<Traffic>,
 ) {
     let mut buf = BytesMut::with_capacity(4 << 10);
@@ -814,6 +829,10 @@ async fn read_control(
                     Ok(permit) => permit.forget(),
                     Err(_) => return,
                 }
+            }
+            match share.acquire().await {
+                Ok(place) => place.forget(),
+                Err(_) => return,
             }
             traffic.control_in.fetch_add(1, Ordering::Relaxed);
             let stop = matches!(message, Err(wire::Undecodable::Malformed(_)));
@@ -890,6 +909,8 @@ struct Link {
     /// The peer's request window: its control reader takes a permit per request, each
     /// answer written gives one back.
     window: Arc<tokio::sync::Semaphore>,
+    /// Its places in the broker task's input queue (see [`read_control`]).
+    share: Arc<tokio::sync::Semaphore>,
     traffic: Arc<Traffic>,
 }
 
@@ -940,6 +961,7 @@ fn handle(
             dialled,
             control,
             window,
+            share,
             traffic,
         } => {
             let remote = connection.remote_address();
@@ -950,15 +972,21 @@ fn handle(
                     control,
                     peer,
                     window,
+                    share,
                     traffic,
                 },
             );
             broker.handle_connected(conn, peer, remote, dialled, now);
         }
-        Input::Control { conn, message } => match message {
-            Ok(m) => broker.handle_control(conn, m, now),
-            Err(e) => broker.handle_undecodable(conn, e, now),
-        },
+        Input::Control { conn, message } => {
+            if let Some(link) = links.get(&conn) {
+                link.share.add_permits(1);
+            }
+            match message {
+                Ok(m) => broker.handle_control(conn, m, now),
+                Err(e) => broker.handle_undecodable(conn, e, now),
+            }
+        }
         Input::Closed { conn, reason } => {
             if let Some(link) = links.remove(&conn) {
                 match ready.remove(&conn) {
