@@ -116,8 +116,12 @@ async fn a_host_out_of_descriptors_refuses_scrapes_with_a_reason_keeps_its_clien
         &manifest,
         // A generous handshake bound (it is `peer_timeout`): a thousand handshakes in a
         // debug build beside other tests are slow, and slowness is not what this tests.
-        peer_manifest(&addr, &[], &format!("metrics = \"{metrics}\""), SERVICES)
-            .replace("peer_timeout = \"1500ms\"", "peer_timeout = \"30s\""),
+        peer_manifest(
+            &addr,
+            &[],
+            &format!("metrics = \"{metrics}\"\npeer_timeout = \"30s\""),
+            SERVICES,
+        ),
     )
     .unwrap();
     let log = dir.join("host.log");

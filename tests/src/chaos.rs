@@ -409,12 +409,11 @@ async fn start_host(
     body: &str,
     pt: Duration,
 ) -> Node {
-    let extra = format!("advertise = \"{listen_advertise}\"");
-    let text = crate::peer_manifest("127.0.0.1:0", peers, &extra, body).replace(
-        "peer_timeout = \"1500ms\"",
-        &format!("peer_timeout = \"{}ms\"", pt.as_millis()),
+    let extra = format!(
+        "advertise = \"{listen_advertise}\"\npeer_timeout = \"{}ms\"",
+        pt.as_millis()
     );
-    crate::start_text(&text).await
+    crate::start_peer(peers, &extra, body).await
 }
 
 async fn connected(node: &Node, peer: PeerId) -> bool {

@@ -133,7 +133,9 @@ pub fn free_port() -> u16 {
 }
 
 /// Manifest text for a host on the network: listens on `listen`, has its own key in a
-/// scratch folder (or `key`), dials `peers`, and notices a dead peer within 1.5 s.
+/// scratch folder (or `key`), dials `peers`, and notices a dead peer within 1.5 s. `extra`
+/// adds `[host]` fields; one of the defaults written here (`max_awake`, `keep_alive`,
+/// `peer_timeout`) given in `extra` replaces the default.
 pub fn peer_manifest(listen: &str, peers: &[String], extra: &str, body: &str) -> String {
     peer_manifest_with_key(listen, peers, extra, body).0
 }
@@ -148,9 +150,22 @@ pub fn peer_manifest_with_key(
     let dir = scratch_dir("peer");
     let cache = root().join("target/test-cache");
     let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+    let mut defaults = String::new();
+    for (field, value) in [
+        ("max_awake", "32"),
+        ("keep_alive", "\"250ms\""),
+        ("peer_timeout", "\"1500ms\""),
+    ] {
+        let given = extra
+            .lines()
+            .any(|l| l.split('=').next().is_some_and(|k| k.trim() == field));
+        if !given {
+            defaults.push_str(&format!("{field} = {value}\n"));
+        }
+    }
     let head = format!(
-        "[host]\nmax_awake = 32\ncache_dir = {:?}\nlisten = {listen:?}\nidentity = {:?}\n\
-         peers = [{}]\nkeep_alive = \"250ms\"\npeer_timeout = \"1500ms\"\n{extra}\n\n",
+        "[host]\ncache_dir = {:?}\nlisten = {listen:?}\nidentity = {:?}\npeers = [{}]\n\
+         {defaults}{extra}\n\n",
         cache.display().to_string(),
         dir.join("host.key").display().to_string(),
         peers.join(", ")

@@ -641,8 +641,12 @@ pub async fn run(config: SoakConfig) -> SoakReport {
         let peers: Vec<String> = addrs[..i].iter().map(|a| a.to_string()).collect();
         // 32 keys awake at most, in a pool of 128 (the peer manifest's 32 is too small for
         // the other services beside them).
-        let text = crate::peer_manifest(&addrs[i].to_string(), &peers, "", &manifest_body(i, 32))
-            .replace("max_awake = 32", "max_awake = 128");
+        let text = crate::peer_manifest(
+            &addrs[i].to_string(),
+            &peers,
+            "max_awake = 128",
+            &manifest_body(i, 32),
+        );
         let manifest = dir.join(format!("host-{i}.toml"));
         std::fs::write(&manifest, text).expect("write a manifest");
         let mut p = HostProcess {

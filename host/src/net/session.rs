@@ -287,7 +287,8 @@ async fn read_frames(
                     batch.push(Envelope::Message {
                         end: *end,
                         kind,
-                        payload: payload.to_vec(),
+                        // A slice of the frame, not a copy (the frame shares `buf`'s memory).
+                        payload: frame.slice_ref(payload),
                     });
                 }
                 Deliver::Client(tx) => {

@@ -189,7 +189,9 @@ pub(crate) enum Envelope {
     Message {
         end: SessionId,
         kind: u16,
-        payload: Vec<u8>,
+        /// `Bytes`, so that a message read from a peer's stream is a slice of the frame it
+        /// came in, not a copy; a local send hands over its `Vec` without copying.
+        payload: bytes::Bytes,
     },
     /// The other end closed.
     Disconnect { end: SessionId },

@@ -73,7 +73,7 @@ impl Route {
                     Envelope::Message {
                         end: *end,
                         kind,
-                        payload,
+                        payload: payload.into(),
                     },
                 );
                 Ok(())
@@ -106,7 +106,7 @@ impl Route {
                 to.post(Envelope::Message {
                     end: *end,
                     kind,
-                    payload,
+                    payload: payload.into(),
                 })
             }
             Route::Client { .. } | Route::Remote(_) => {
