@@ -46,11 +46,7 @@ fn main() {
         peer_timeout: Duration::from_millis(1500),
         seed,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let report = runtime.block_on(run(config.clone()));
+    let report = wasmwire_tests::block_on(run(config.clone()));
     print!("{}", table(&config, &report));
     if !report.violations.is_empty() {
         std::process::exit(1);

@@ -7,11 +7,7 @@ use wasmwire_tests::soak::{SoakConfig, run, table};
 fn main() {
     let minutes: f64 = env_or("SOAK_MINUTES", 30.0_f64).max(1.0);
     let config = SoakConfig::minutes(minutes);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let report = runtime.block_on(run(config.clone()));
+    let report = wasmwire_tests::block_on(run(config.clone()));
     print!("{}", table(&config, &report));
     if !report.failures.is_empty() {
         std::process::exit(1);

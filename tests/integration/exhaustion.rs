@@ -4,11 +4,11 @@
 //! scrapers (TCP) do, and the host must refuse those it cannot hold with a reason, keep
 //! serving the connections it has, and recover when the scrapers leave.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wasmwire_tests::{free_port, peer_manifest, scratch_dir, wait_until, wasmwire_bin};
+use wasmwire_tests::process::HostProcess;
+use wasmwire_tests::{free_port, peer_manifest, scratch_dir, wait_until};
 
 use wasmwire_tests::client::{TestClient, client_net};
 
@@ -26,22 +26,6 @@ component = "{service:echo}"
 channel = 2
 expose = true
 "#;
-
-/// The host process, killed when dropped.
-struct Host(Child, std::path::PathBuf);
-
-impl Host {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.1).unwrap_or_default()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// This test process holds a socket per client and per scraper: lift its own soft limit
 /// to the hard one (a CI shell's soft limit is often 1 024). Returns the limit it has.
@@ -124,23 +108,8 @@ async fn a_host_out_of_descriptors_refuses_scrapes_with_a_reason_keeps_its_clien
         ),
     )
     .unwrap();
-    let log = dir.join("host.log");
-    let child = Command::new("sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {FDS} && exec \"$0\" run \"$1\""))
-        .arg(wasmwire_bin())
-        .arg(&manifest)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start wasmwire run under ulimit -n");
-    let host = Host(child, log);
-    wait_until(Duration::from_secs(60), "host listening", || {
-        let up = host.log().contains("listening");
-        async move { up.then_some(()) }
-    })
-    .await;
+    let host = HostProcess::start_with(&manifest, &dir.join("host.log"), Some(FDS));
+    host.wait_listening().await;
 
     // A thousand clients on a host with 256 descriptors: QUIC needs none of them.
     let t = std::time::Instant::now();
@@ -177,15 +146,15 @@ async fn a_host_out_of_descriptors_refuses_scrapes_with_a_reason_keeps_its_clien
         Duration::from_secs(60),
         "the host to say it is out of descriptors",
         || {
-            let said = host.log().contains("cannot accept a scrape");
+            let said = host.log_text().contains("cannot accept a scrape");
             async move { said.then_some(()) }
         },
     )
     .await;
     assert!(
-        host.log().contains("Too many open files"),
+        host.log_text().contains("Too many open files"),
         "the reason is named: {}",
-        host.log()
+        host.log_text()
     );
 
     // Out of descriptors, it still serves every connection it has, and takes new clients.

@@ -5,7 +5,6 @@
 //! with `closed` (never hang, never `timeout`), and the process must exit 0 within its
 //! `shutdown_timeout` and a margin, naming the service it had to leave in its call.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +13,8 @@ use wasmwire::runtime::instance::CallError;
 use wasmwire::runtime::session::ClientEvent;
 use wasmwire::wire::{Control, ErrorCode};
 use wasmwire_tests::client::{TestClient, client_net};
-use wasmwire_tests::{free_port, peer_manifest, scratch_dir, wait_until, wasmwire_bin};
+use wasmwire_tests::process::HostProcess;
+use wasmwire_tests::{free_port, peer_manifest, scratch_dir};
 
 const SERVICES: &str = r#"
 [[service]]
@@ -119,21 +119,8 @@ async fn sigterm_under_load_finishes_or_announces_everything_and_exits_0_within_
     let manifest = dir.join("wasmwire.toml");
     let extra = format!("shutdown_timeout = \"{}s\"", BOUND.as_secs());
     std::fs::write(&manifest, peer_manifest(&addr, &[], &extra, SERVICES)).unwrap();
-    let log = dir.join("host.log");
-    let mut child = Command::new(wasmwire_bin())
-        .arg("run")
-        .arg(&manifest)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start wasmwire run");
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_until(Duration::from_secs(60), "host listening", || {
-        let up = read_log().contains("listening");
-        async move { up.then_some(()) }
-    })
-    .await;
+    let mut host = HostProcess::start(&manifest, &dir.join("host.log"));
+    host.wait_listening().await;
 
     let sessions = Arc::new(dial(&addr).await);
     let askers = Arc::new(dial(&addr).await);
@@ -163,19 +150,11 @@ async fn sigterm_under_load_finishes_or_announces_everything_and_exits_0_within_
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let signalled = Instant::now();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::TERM,
-    )
-    .expect("SIGTERM the host");
-    let status = wait_until(Duration::from_secs(60), "the host to exit", || {
-        let s = child.try_wait().expect("wait for the host");
-        async move { s }
-    })
-    .await;
+    host.terminate();
+    let status = host.wait_exit(Duration::from_secs(60)).await;
     let took = signalled.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let log_text = read_log();
+    let log_text = host.log_text();
     eprintln!("exited {status} {took:?} after SIGTERM");
     assert!(status.success(), "exit status {status}; log:\n{log_text}");
     assert!(

@@ -16,6 +16,7 @@
 // addresses): index loops read better here than zipped iterators.
 #![allow(clippy::needless_range_loop)]
 
+use crate::ledger::{check_session, parse_text, splitmix};
 use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -118,14 +119,6 @@ impl RelayShared {
             bytes: bytes.to_vec(),
         });
     }
-}
-
-fn splitmix(s: &mut u64) -> u64 {
-    *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *s;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// A lossy UDP relay in front of one host: clients send to [`Relay::addr`]; each client gets
@@ -626,36 +619,10 @@ pub async fn run(config: ChaosConfig) -> ChaosReport {
                             .get(&j)
                             .is_some_and(|d| d.contains(&rid)),
                 );
-                if got.windows(2).any(|w| w[0] >= w[1]) {
-                    report.violations.push(format!(
-                        "{i}>{j} session {}: duplicated or out of order: {:?}",
-                        s.k,
-                        got.windows(2).find(|w| w[0] >= w[1])
-                    ));
-                }
-                let sent: HashSet<u64> = s.ok.iter().copied().collect();
-                if let Some(x) = got.iter().find(|x| !sent.contains(x)) {
-                    report.violations.push(format!(
-                        "{i}>{j} session {}: message {x} arrived but its send was not accepted",
-                        s.k
-                    ));
-                }
-                let last = got.last().copied().unwrap_or(0);
-                let have: HashSet<u64> = got.iter().copied().collect();
-                let missing: Vec<u64> =
-                    s.ok.iter().copied().filter(|x| !have.contains(x)).collect();
-                p.delivered += (s.ok.len() - missing.len()) as u64;
-                if missing.iter().any(|x| *x < last) {
-                    report.violations.push(format!(
-                        "{i}>{j} session {}: a gap — messages {:?} lost before {last}",
-                        s.k,
-                        missing
-                            .iter()
-                            .filter(|x| **x < last)
-                            .take(5)
-                            .collect::<Vec<_>>()
-                    ));
-                }
+                let check = check_session(&format!("{i}>{j} session {}", s.k), &s.ok, &got);
+                report.violations.extend(check.problems);
+                let missing = check.missing;
+                p.delivered += check.delivered;
                 if !missing.is_empty() && !noticed {
                     report.violations.push(format!(
                         "{i}>{j} session {}: {} accepted messages lost and the sender saw no error \
@@ -720,16 +687,6 @@ fn set_cut(relay: &RelayShared, client: SocketAddr, cut: bool) {
     } else {
         c.remove(&client);
     }
-}
-
-/// `I>J:K:SEQ`.
-fn parse_text(text: &str) -> Option<(usize, usize, u64, u64)> {
-    let (from, rest) = text.split_once('>')?;
-    let mut parts = rest.split(':');
-    let to = parts.next()?.parse().ok()?;
-    let k = parts.next()?.parse().ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    Some((from.parse().ok()?, to, k, seq))
 }
 
 /// An instance's record (the `spec` sample's `record` event).

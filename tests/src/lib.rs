@@ -4,6 +4,8 @@
 pub mod chaos;
 pub mod client;
 pub mod hostile;
+pub mod ledger;
+pub mod process;
 pub mod sim;
 pub mod soak;
 
@@ -200,6 +202,15 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Runs `f` to completion on a fresh multi-threaded runtime (the `main` of a benchmark).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(f)
 }
 
 /// The resident set size of this process, in bytes.

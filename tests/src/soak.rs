@@ -27,12 +27,12 @@
 //! median of the three samples from then).
 
 use crate::client::{TestClient, client_net};
+use crate::ledger::{check_session, parse_text, splitmix};
+use crate::process::HostProcess;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -170,49 +170,6 @@ fn manifest_body(me: usize, keys_awake: u32) -> String {
         );
     }
     body
-}
-
-/// One host process: its manifest, its log, and the child while it runs.
-struct HostProcess {
-    manifest: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl HostProcess {
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("open the host log");
-        let child = Command::new(crate::wasmwire_bin())
-            .arg("run")
-            .arg(&self.manifest)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start wasmwire run");
-        self.child = Some(child);
-    }
-
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// SIGKILL, and reap.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for HostProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// What the harness shares with its loops about each host.
@@ -362,14 +319,6 @@ impl Link {
     }
 }
 
-fn splitmix(s: &mut u64) -> u64 {
-    *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *s;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// One session as its sender lived it.
 #[derive(Debug)]
 struct SentSession {
@@ -452,16 +401,6 @@ struct Records {
     disconnected: HashSet<(usize, u32, u64)>,
     /// Lines that are not what any sender sends.
     garbled: Vec<String>,
-}
-
-/// `I>J:K:SEQ`.
-fn parse_text(text: &str) -> Option<(usize, usize, u64, u64)> {
-    let (from, rest) = text.split_once('>')?;
-    let mut parts = rest.split(':');
-    let to = parts.next()?.parse().ok()?;
-    let k = parts.next()?.parse().ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    Some((from.parse().ok()?, to, k, seq))
 }
 
 /// Takes the records of every `spec` instance on `host` into `records`.
@@ -649,12 +588,7 @@ pub async fn run(config: SoakConfig) -> SoakReport {
         );
         let manifest = dir.join(format!("host-{i}.toml"));
         std::fs::write(&manifest, text).expect("write a manifest");
-        let mut p = HostProcess {
-            manifest,
-            log: dir.join(format!("host-{i}.log")),
-            child: None,
-        };
-        p.spawn();
+        let p = HostProcess::start(&manifest, &dir.join(format!("host-{i}.log")));
         procs.push(p);
     }
     let ids = wait_up(Arc::new(Hosts::new(addrs.clone()))).await;
@@ -873,36 +807,12 @@ fn account(
                 ));
             }
             let got: Vec<u64> = arrivals.iter().map(|a| a.1).collect();
-            if let Some(w) = got.windows(2).find(|w| w[0] >= w[1]) {
-                report.failures.push(format!(
-                    "{i}>{j} session {}: duplicated or out of order: {w:?}",
-                    s.k
-                ));
-            }
-            let accepted: HashSet<u64> = s.ok.iter().copied().collect();
-            if let Some(x) = got.iter().find(|x| !accepted.contains(x)) {
-                report.failures.push(format!(
-                    "{i}>{j} session {}: message {x} arrived but its send was not accepted",
-                    s.k
-                ));
-            }
-            let have: HashSet<u64> = got.iter().copied().collect();
-            let missing: Vec<u64> = s.ok.iter().copied().filter(|x| !have.contains(x)).collect();
-            report.delivered += (s.ok.len() - missing.len()) as u64;
+            let check = check_session(&format!("{i}>{j} session {}", s.k), &s.ok, &got);
+            report.failures.extend(check.problems);
+            report.delivered += check.delivered;
+            let missing = check.missing;
             if missing.is_empty() {
                 continue;
-            }
-            let last = got.last().copied().unwrap_or(0);
-            if missing.iter().any(|x| *x < last) {
-                report.failures.push(format!(
-                    "{i}>{j} session {}: a gap, {:?} lost before {last}",
-                    s.k,
-                    missing
-                        .iter()
-                        .filter(|x| **x < last)
-                        .take(5)
-                        .collect::<Vec<_>>()
-                ));
             }
             // Told: a later send refused, `on-disconnect` on the sender's side, or the
             // sending host killed (the driver that asked lost its connection).
