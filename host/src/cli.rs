@@ -343,7 +343,10 @@ async fn run(path: &Path, advertise: Option<&str>) -> Result<()> {
     let node = Node::start(&manifest).await?;
     tracing::info!(manifest = %path.display(), services = manifest.services.len(), "wasmwire is running; Ctrl-C to stop");
     shutdown_signal().await;
-    tracing::info!("shutting down: putting every awake service to sleep");
+    tracing::info!(
+        shutdown_timeout = ?manifest.host.shutdown_timeout,
+        "shutting down: services refuse new work, finish what they accepted, then sleep"
+    );
     node.shutdown().await;
     tracing::info!("stopped");
     Ok(())
