@@ -80,7 +80,7 @@ impl Source {
                     peers: Vec::new(),
                     refused_handshakes: 0,
                     stalls: Default::default(),
-                    tasks: crate::net::alive_tasks(),
+                    tasks: crate::net::alive_tasks() + self.registry.worker_tasks(),
                 }
             }
         }
@@ -339,7 +339,7 @@ impl Collector for Figures {
         family(
             &mut e,
             "tasks",
-            "Tasks alive on the host's async runtime.",
+            "Tasks alive on the host's async runtimes, the instance actors' included.",
             one(s.tasks),
         )?;
         let st = &s.stalls;

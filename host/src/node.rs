@@ -407,14 +407,22 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         // No new keys from here on: the instances listed below are all there will be.
         self.registry.close();
-        let mut waits = Vec::new();
+        let mut all = Vec::new();
         for entry in self.registry.instances() {
             let keys = entry.keyed().map(Keyed::instances).unwrap_or_default();
-            for instance in std::iter::once(entry).chain(keys.iter()) {
-                let (done, rx) = oneshot::channel();
-                if instance.control(Control::Shutdown { done }) {
-                    waits.push((instance.name.clone(), rx));
-                }
+            all.push(entry.clone());
+            all.extend(keys);
+        }
+        // Every instance refuses new work now, before any actor reads its order: one busy
+        // in a long call must not go on taking work its drain will never reach.
+        for instance in &all {
+            instance.close_admission();
+        }
+        let mut waits = Vec::new();
+        for instance in &all {
+            let (done, rx) = oneshot::channel();
+            if instance.control(Control::Shutdown { done }) {
+                waits.push((instance.name.clone(), rx));
             }
         }
         let mut late = Vec::new();

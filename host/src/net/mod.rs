@@ -181,12 +181,14 @@ enum Input {
         dialled: Option<DialTo>,
         control: mpsc::Sender<bytes::Bytes>,
         window: Arc<tokio::sync::Semaphore>,
-        share: Arc<tokio::sync::Semaphore>,
         traffic: Arc<Traffic>,
     },
     Control {
         conn: ConnId,
         message: Result<Control, wire::Undecodable>,
+        /// The connection's place in this queue, given back when this input is dropped
+        /// (handled, or thrown away with its connection): see [`read_control`].
+        place: tokio::sync::OwnedSemaphorePermit,
     },
     Closed {
         conn: ConnId,
@@ -717,7 +719,6 @@ async fn run_connection(
         dialled,
         control,
         window: window.clone(),
-        share: share.clone(),
         traffic: traffic.clone(),
     };
     if shared.input.send(connected).await.is_err() {
@@ -797,7 +798,9 @@ async fn write_control(
 /// the broker task's queue, which every connection shares.
 ///
 /// Every message, a request or not, also takes one of the connection's [`INPUT_SHARE`]
-/// places in that queue, given back when the broker task takes it. A peer that writes as
+/// places in that queue. The place travels with the message and is given back when the
+/// message is dropped — handled, or thrown away because its connection is gone — so no
+/// path can lose one and leave this reader waiting for ever. A peer that writes as
 /// fast as it can (answers, hellos, frames of unknown types — none of which take a window
 /// permit) holds at most that many places, and when the queue is full tokio serves the
 /// blocked readers in the order they came: each connection gets its turn, round-robin.
@@ -830,13 +833,17 @@ async fn read_control(
                     Err(_) => return,
                 }
             }
-            match share.acquire().await {
-                Ok(place) => place.forget(),
-                Err(_) => return,
-            }
+            let Ok(place) = share.clone().acquire_owned().await else {
+                return;
+            };
             traffic.control_in.fetch_add(1, Ordering::Relaxed);
             let stop = matches!(message, Err(wire::Undecodable::Malformed(_)));
-            if input.send(Input::Control { conn, message }).await.is_err() || stop {
+            let control = Input::Control {
+                conn,
+                message,
+                place,
+            };
+            if input.send(control).await.is_err() || stop {
                 return;
             }
         }
@@ -850,7 +857,15 @@ async fn read_control(
                     }
                     Err(e) => {
                         let message = Err(wire::Undecodable::Malformed(e.to_string()));
-                        let _ = input.send(Input::Control { conn, message }).await;
+                        if let Ok(place) = share.clone().acquire_owned().await {
+                            let _ = input
+                                .send(Input::Control {
+                                    conn,
+                                    message,
+                                    place,
+                                })
+                                .await;
+                        }
                     }
                 }
                 return;
@@ -909,8 +924,6 @@ struct Link {
     /// The peer's request window: its control reader takes a permit per request, each
     /// answer written gives one back.
     window: Arc<tokio::sync::Semaphore>,
-    /// Its places in the broker task's input queue (see [`read_control`]).
-    share: Arc<tokio::sync::Semaphore>,
     traffic: Arc<Traffic>,
 }
 
@@ -961,7 +974,6 @@ fn handle(
             dialled,
             control,
             window,
-            share,
             traffic,
         } => {
             let remote = connection.remote_address();
@@ -972,16 +984,18 @@ fn handle(
                     control,
                     peer,
                     window,
-                    share,
                     traffic,
                 },
             );
             broker.handle_connected(conn, peer, remote, dialled, now);
         }
-        Input::Control { conn, message } => {
-            if let Some(link) = links.get(&conn) {
-                link.share.add_permits(1);
-            }
+        Input::Control {
+            conn,
+            message,
+            place,
+        } => {
+            // The place is given back now: the broker has taken the message.
+            drop(place);
             match message {
                 Ok(m) => broker.handle_control(conn, m, now),
                 Err(e) => broker.handle_undecodable(conn, e, now),
@@ -989,6 +1003,9 @@ fn handle(
         }
         Input::Closed { conn, reason } => {
             if let Some(link) = links.remove(&conn) {
+                // A reader still working through what it had buffered may wait for a
+                // request permit no answer will ever give back: let it end.
+                link.window.close();
                 match ready.remove(&conn) {
                     Some(Role::Host) => {
                         tracing::info!(target: "wasmwire::net", peer = %link.peer, "peer disconnected: {reason}")
@@ -1297,11 +1314,12 @@ async fn host_stats(shared: &Shared) -> wire::HostStats {
         peers,
         refused_handshakes: shared.allow.refused(),
         stalls: shared.watchdog.figures(),
-        tasks: alive_tasks(),
+        tasks: alive_tasks() + shared.registry.as_ref().map_or(0, |r| r.worker_tasks()),
     }
 }
 
-/// Tasks alive on the current tokio runtime (0 outside one).
+/// Tasks alive on the current tokio runtime (0 outside one); the instance actors run on the
+/// worker threads' runtimes, counted by `Registry::worker_tasks`.
 pub fn alive_tasks() -> u64 {
     tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks() as u64)
 }

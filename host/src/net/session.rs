@@ -263,8 +263,32 @@ async fn read_frames(
     to: &Deliver,
     traffic: &Traffic,
 ) -> Result<(), ReadError> {
-    let limit = data::frame_limit(max_message);
     let mut batch: Vec<Envelope> = Vec::new();
+    let read = read_frames_into(recv, buf, max_message, to, traffic, &mut batch).await;
+    // Messages already given a place in the mailbox are delivered even when the stream then
+    // ends in an error: they were valid, and a place never given back would keep the
+    // instance from ever going idle.
+    if let Deliver::Instance { to, .. } = to {
+        flush(to, &mut batch);
+    }
+    read
+}
+
+/// Payloads at least this large are delivered as a slice of the frame they came in; smaller
+/// ones are copied, so that a small message waiting in a mailbox does not hold its stream's
+/// whole read buffer (64 KiB or more) — a thousand sessions each with one message waiting
+/// would hold that much each.
+const SLICE_AT: usize = 16 << 10;
+
+async fn read_frames_into(
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+    max_message: u64,
+    to: &Deliver,
+    traffic: &Traffic,
+    batch: &mut Vec<Envelope>,
+) -> Result<(), ReadError> {
+    let limit = data::frame_limit(max_message);
     loop {
         while let Some(frame) = wire::split_frame(buf, limit)? {
             let (kind, payload) = data::parse_message(&frame)?;
@@ -283,12 +307,17 @@ async fn read_frames(
                             to.name
                         )));
                     };
-                    reserve(to, &mut batch, traffic).await?;
+                    reserve(to, batch, traffic).await?;
                     batch.push(Envelope::Message {
                         end: *end,
                         kind,
-                        // A slice of the frame, not a copy (the frame shares `buf`'s memory).
-                        payload: frame.slice_ref(payload),
+                        // A large payload is a slice of the frame (which shares `buf`'s
+                        // memory), not a copy; see `SLICE_AT`.
+                        payload: if payload.len() >= SLICE_AT {
+                            frame.slice_ref(payload)
+                        } else {
+                            bytes::Bytes::copy_from_slice(payload)
+                        },
                     });
                 }
                 Deliver::Client(tx) => {
@@ -303,7 +332,7 @@ async fn read_frames(
             }
         }
         if let Deliver::Instance { to, .. } = to {
-            flush(to, &mut batch);
+            flush(to, batch);
         }
         match recv.read_chunk(64 << 10, true).await? {
             Some(chunk) => buf.extend_from_slice(&chunk.bytes),

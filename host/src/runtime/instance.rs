@@ -531,11 +531,16 @@ impl Instance {
     /// Takes one place in the mailbox for an envelope delivered later with `deliver`.
     #[inline]
     pub(crate) fn reserve(&self) -> Result<(), CallError> {
+        // Closing first: a host that is stopping answers `closed`, which no caller
+        // retries, even while the mailbox it is draining is still full.
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(CallError::Closed);
+        }
         if self.queued.fetch_add(1, Ordering::SeqCst) >= self.limits.mailbox as usize {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(CallError::Busy);
         }
-        if self.closing.load(Ordering::Relaxed) {
+        if self.closing.load(Ordering::SeqCst) {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(CallError::Closed);
         }
@@ -725,6 +730,16 @@ impl Registry {
             spawner: OnceLock::new(),
             closing: AtomicBool::new(false),
         }
+    }
+
+    /// Tasks alive on the worker threads' runtimes (every instance actor is one).
+    pub fn worker_tasks(&self) -> u64 {
+        self.spawner.get().map_or(0, |s| {
+            s.workers
+                .iter()
+                .map(|h| h.metrics().num_alive_tasks() as u64)
+                .sum()
+        })
     }
 
     /// The host is stopping: from now on no key of a keyed class is made (demand for one

@@ -160,8 +160,9 @@ pub struct HostStats {
     /// Stalls the progress watchdog has seen (absent from older hosts: all zero).
     #[serde(default)]
     pub stalls: StallFigures,
-    /// Tasks alive on the host's async runtime now (absent from older hosts: 0). A figure
-    /// that must level off under steady load: the soak fails when it keeps growing.
+    /// Tasks alive on the host's async runtimes now, its worker threads' (where the instance
+    /// actors run) included (absent from older hosts: 0). A figure that must level off under
+    /// steady load: the soak fails when it keeps growing.
     #[serde(default)]
     pub tasks: u64,
 }
