@@ -89,8 +89,19 @@ struct TimerEvery {
 impl Service for Spec {
     const MESSAGES: &'static [&'static str] = &["note"];
     const EVENTS: &'static [&'static str] = &[
-        "record", "take-record", "append", "connect", "send", "flood", "close", "request", "timer", "sessions",
-        "name", "self", "caller",
+        "record",
+        "take-record",
+        "append",
+        "connect",
+        "send",
+        "flood",
+        "close",
+        "request",
+        "timer",
+        "sessions",
+        "name",
+        "self",
+        "caller",
     ];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
