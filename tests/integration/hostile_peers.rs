@@ -31,6 +31,10 @@ component = "{service:counter}"
 channel = 4
 "#;
 
+/// The two tests here measure a good client's rate against a quiet baseline: run at the
+/// same time, each one's floods would be the other's noise. They take turns.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn good_rate(client: &TestClient, window: Duration) -> f64 {
     let started = Instant::now();
     let mut n = 0u32;
@@ -55,6 +59,7 @@ async fn good_rate(client: &TestClient, window: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_peers_are_cut_off_while_a_good_client_is_served() {
+    let _turn = TURN.lock().await;
     let b = start_peer(&[], "", HOST).await;
     let addr = addr_of(&b);
     let good = client_of(&b).await;
@@ -140,6 +145,7 @@ async fn hostile_peers_are_cut_off_while_a_good_client_is_served() {
 /// depend on the machine: every request answered, some progress, every flood served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chatty_connections_cannot_starve_the_others_in_the_broker() {
+    let _turn = TURN.lock().await;
     const CHATTY: usize = 4;
     const FRAMES: usize = 20_000;
     let b = start_peer(&[], "", HOST).await;
