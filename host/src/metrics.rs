@@ -11,7 +11,7 @@
 //! does not otherwise speak HTTP.
 
 use crate::net::Net;
-use crate::runtime::instance::Registry;
+use crate::runtime::directory::Registry;
 use crate::wire::{HostStats, InstanceFigures, PeerFigures};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -68,21 +68,7 @@ impl Source {
     pub async fn stats(&self) -> HostStats {
         match &self.net {
             Some(net) => net.stats().await,
-            None => {
-                let (instances, total) = self
-                    .registry
-                    .figures(crate::wire::control::MAX_STATS_INSTANCES);
-                HostStats {
-                    host: String::new(),
-                    uptime_ms: self.started.elapsed().as_millis() as u64,
-                    instances,
-                    total_instances: total as u64,
-                    peers: Vec::new(),
-                    refused_handshakes: 0,
-                    stalls: Default::default(),
-                    tasks: crate::net::alive_tasks() + self.registry.worker_tasks(),
-                }
-            }
+            None => self.registry.host_stats(self.started.elapsed()),
         }
     }
 }

@@ -5,12 +5,13 @@
 use crate::manifest::{Diagnostic, Manifest, ManifestError};
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::{Net, NetConfig, NetError};
-use crate::runtime::actor::{InstanceActor, open_client_session};
+use crate::runtime::actor::InstanceActor;
+use crate::runtime::directory::{Opener, Registry, Spawner, reply_within};
 use crate::runtime::instance::{
-    CallError, Control, Envelope, Instance, Keyed, Kind, LifecycleEvent, Registry, SessionId,
-    Spawner,
+    CallError, Control, Envelope, Instance, InstanceSpec, Keyed, Kind, LifecycleEvent, PeerInfo,
+    SessionId,
 };
-use crate::runtime::session::ClientEvent;
+use crate::runtime::session::{ClientEvent, Route};
 use crate::runtime::{CacheOutcome, Class, Runtime, RuntimeConfig};
 use crate::wire::{self, PeerId, Role};
 use crate::workers::{Workers, place};
@@ -152,25 +153,25 @@ impl Node {
             let remote_uses = s
                 .remote_uses
                 .iter()
-                .map(|(p, n)| (p.map(|p| Box::from(p.to_string())), Box::from(n.as_str())))
+                .map(|(p, n)| (*p, Box::from(n.as_str())))
                 .collect();
-            let (instance, inbox) = Instance::new(
-                &s.name,
-                i as u32,
-                s.channel,
-                classes[&s.component].clone(),
-                s.limits.clone(),
-                &s.options_json,
-                s.autostart,
+            let (instance, inbox) = Instance::new(InstanceSpec {
+                name: &s.name,
+                index: i as u32,
+                channel: s.channel,
+                class: classes[&s.component].clone(),
+                limits: s.limits.clone(),
+                options_json: &s.options_json,
+                autostart: s.autostart,
                 uses,
                 remote_uses,
-                s.expose,
-                match s.keyed {
+                expose: s.expose,
+                kind: match s.keyed {
                     Some(max) => Kind::Class(Keyed::new(max)),
                     None => Kind::Plain,
                 },
-                Arc::default(),
-            );
+                stats: Arc::default(),
+            });
             instances.push(instance);
             inboxes.push(inbox);
         }
@@ -367,7 +368,7 @@ impl Node {
             None,
             Default::default(),
         )?;
-        crate::runtime::instance::reply_within(rx, target.limits.request_timeout).await
+        reply_within(rx, target.limits.request_timeout).await
     }
 
     /// Opens a session to `service` as the client `client`.
@@ -378,7 +379,23 @@ impl Node {
     ) -> Result<ClientSession, CallError> {
         let target = self.find(service)?;
         let (tx, events) = mpsc::channel(crate::runtime::session::CLIENT_QUEUE);
-        let (target, end) = open_client_session(&target, &self.registry, client, tx).await?;
+        let opener = Opener {
+            from: PeerInfo {
+                service: Arc::from(client),
+                peer: None,
+            },
+            // A client takes what the service itself would take.
+            back: Route::Client {
+                to: tx,
+                max_message: target.limits.max_message,
+            },
+            chain: Default::default(),
+        };
+        let (target, end) = self
+            .registry
+            .open_session(&target, opener)?
+            .accepted(target.limits.request_timeout)
+            .await?;
         Ok(ClientSession {
             end,
             instance: target,

@@ -150,3 +150,49 @@ async fn the_sample_services_survive_fuzzing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fuzzer_and_a_running_host_refuse_the_same_steps_for_the_same_reasons() {
+    // The same service and limits, driven once by the fuzzer and once through a running
+    // host: each refusal must read the same, because both ask the same checks (kinds,
+    // events, sizes, `max_sessions`) of the same instance core.
+    let mut s = settings("{}", 1, 1);
+    s.limits.max_message = 64;
+    s.limits.max_sessions = 1;
+    let target = Target::load(&service("spec"), &s.limits).await.unwrap();
+    // Two sizes over the limit, so that the two refusals read apart (each reason is kept
+    // once).
+    let (big, bigger) = ("x".repeat(65), "x".repeat(66));
+    let steps = Replay::parse(&format!(
+        "connect 1 \"first\"\n\
+         message 1 \"nope\" \"\"\n\
+         message 1 \"note\" \"{big}\"\n\
+         event \"nope\" \"null\"\n\
+         event \"record\" \"{bigger}\"\n\
+         connect 2 \"second\"\n"
+    ))
+    .unwrap()
+    .steps;
+    let fuzzer = fuzz::refusals(&target, &s, &steps).await;
+
+    // The same steps against a host running `spec` under the same name and limits.
+    let node = wasmwire_tests::start(
+        "[[service]]\nname = \"spec\"\ncomponent = \"{service:spec}\"\nchannel = 1\n\
+         max_message = \"64B\"\nmax_sessions = 1\n",
+    )
+    .await;
+    let first = node.open_session("spec", "first").await.unwrap();
+    let host = [
+        first.send("nope", Vec::new()).unwrap_err(),
+        first.send("note", big.clone().into_bytes()).unwrap_err(),
+        node.request("spec", "nope", "null").await.unwrap_err(),
+        node.request("spec", "record", &bigger).await.unwrap_err(),
+        node.open_session("spec", "second").await.err().unwrap(),
+    ]
+    .map(|e| e.to_string());
+    assert_eq!(
+        fuzzer, host,
+        "the fuzzer refused {fuzzer:#?}, the host {host:#?}"
+    );
+    node.shutdown().await;
+}

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 use wasmwire::runtime::session::ClientEvent;
-use wasmwire_tests::{json, start};
+use wasmwire_tests::{json, start, wait_until};
 
 async fn next(events: &mut tokio::sync::mpsc::Receiver<ClientEvent>) -> (String, Vec<u8>) {
     match tokio::time::timeout(Duration::from_secs(2), events.recv()).await {
@@ -55,8 +55,13 @@ async fn chat_broadcasts_to_everyone_else_in_the_room() {
         "the sender does not hear itself"
     );
     ben.close();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let members = json(&node.request("lobby", "members", "null").await.unwrap());
-    assert_eq!(members, serde_json::json!(["ann", "cid"]));
+    // The close reaches the room as its `on-disconnect`, after the close returns: wait for
+    // the room to say so rather than for a while.
+    let want = serde_json::json!(["ann", "cid"]);
+    wait_until(Duration::from_secs(10), "ben leaves the room", || async {
+        let members = json(&node.request("lobby", "members", "null").await.unwrap());
+        (members == want).then_some(())
+    })
+    .await;
     node.shutdown().await;
 }

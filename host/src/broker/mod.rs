@@ -19,7 +19,7 @@
 /// The manifest name a service name is found under: `room` for a keyed instance `room/42`
 /// (hosts list keyed classes, not their keys).
 fn class_of(service: &str) -> &str {
-    service.split_once('/').map_or(service, |(c, _)| c)
+    wire::LocalName::parse(service).class
 }
 
 #[cfg(test)]
@@ -622,7 +622,7 @@ impl Broker {
         match (ready, message) {
             (false, Control::Hello(hello)) => self.on_hello(conn, hello, now),
             (false, other) => {
-                let reason = format!("expected hello first, got {}", type_name(&other));
+                let reason = format!("expected hello first, got {}", other.type_name());
                 self.close(conn, reason, now);
             }
             (true, Control::Hello(_)) => {
@@ -1123,15 +1123,15 @@ impl Broker {
                 if let Control::Request { service, .. } = &m {
                     // The broker sees the whole chain: a request that would wait on itself
                     // is refused here, at once, instead of timing out somewhere.
-                    let me = format!("{}/{service}", self.config.me);
                     if let Control::Request { chain, .. } = &m
-                        && chain.contains(&me)
+                        && wire::chain_has(chain, &self.config.me, service)
                     {
+                        let me = self.config.me;
                         self.transmits.push_back(reply(Control::Error {
                             id,
                             code: ErrorCode::Cycle,
                             reason: format!(
-                                "request cycle: {me} is already waiting on this request"
+                                "request cycle: {me}/{service} is already waiting on this request"
                             ),
                         }));
                         return;
@@ -1342,11 +1342,4 @@ fn advertised(listen: Option<SocketAddr>, remote: SocketAddr) -> Option<SocketAd
         a.set_ip(remote.ip());
     }
     Some(a)
-}
-
-fn type_name(m: &Control) -> String {
-    serde_json::to_value(m)
-        .ok()
-        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
-        .unwrap_or_else(|| "?".into())
 }

@@ -1,9 +1,10 @@
 //! `wasmwire fuzz`: drives a service's exports through the real host runtime — the same
-//! `HostState` and host imports, the same memory limiter and CPU deadline, the same actor
-//! rules (one call at a time; wake on demand; `on-connect`/`on-disconnect` after host calls
-//! that open or close sessions; undeclared kinds and events refused before the guest; timers
-//! only while awake; sleep only without sessions) — with random but well-formed sequences
-//! of steps ([`step`]), chosen by the generator (`generate.rs`).
+//! instance core the actor drives (`runtime::instance_core`: one call at a time with a
+//! fresh CPU budget, `on-connect`/`on-disconnect` after the host calls that open or close
+//! sessions, `max_sessions`, timers only while set, sleep only without sessions), the same
+//! `HostState` and host imports, the same checks of kinds, events and sizes before the
+//! guest (`session::check_message`, `instance::check_event`) — with random but well-formed
+//! sequences of steps ([`step`]), chosen by the generator (`generate.rs`).
 //!
 //! A run stops at the first finding: a trap, a limit hit (CPU deadline, memory), `wakeup`
 //! failing, or a broken host-side rule (the guest sent on a session it was never given,
@@ -14,9 +15,12 @@ mod generate;
 pub mod step;
 
 use crate::manifest::Limits;
-use crate::runtime::bindings::{Service, SessionInfo, WitError};
-use crate::runtime::session::{ClientEvent, Route, SessionEnd};
-use crate::runtime::state::{Audit, Deferred, HostState, new_store};
+use crate::runtime::bindings::WitError;
+use crate::runtime::instance::{CallError, PeerInfo, check_event};
+use crate::runtime::instance_core::{Core, Crash, WakeError};
+use crate::runtime::session::{ClientEvent, Route, check_message};
+use crate::runtime::state::{Audit, HostState};
+use crate::runtime::stats::InstanceStats;
 use crate::runtime::{Class, CpuDeadline, LoadError, MemoryLimit, Runtime, RuntimeConfig};
 use generate::{Generator, View};
 use std::path::Path;
@@ -25,7 +29,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 pub use step::{Fault, Replay, Step};
 use tokio::sync::mpsc;
-use wasmtime::Store;
 
 /// Why fuzzing could not start.
 #[derive(Debug, thiserror::Error)]
@@ -194,23 +197,21 @@ impl Report {
     }
 }
 
-struct Live {
-    store: Store<HostState>,
-    service: Service,
-}
-
 /// Runs one sequence against fresh instances of the target.
 struct Harness<'t> {
     target: &'t Target,
     settings: &'t Settings,
-    live: Option<Live>,
+    live: Option<Core>,
     out_tx: mpsc::Sender<ClientEvent>,
     out_rx: mpsc::Receiver<ClientEvent>,
     pending_fault: Option<Fault>,
     /// What the guest last wrote to stdout/stderr.
     output: crate::runtime::guest_log::Captured,
-    calls: u64,
+    /// Export calls made, counted by the core as the actor's are.
+    stats: Arc<InstanceStats>,
     refused: u64,
+    /// Why the host refused steps before the guest, each reason once (the first few).
+    refusals: Vec<String>,
     messages: Vec<u64>,
     events: Vec<u64>,
 }
@@ -234,28 +235,8 @@ fn classify(error: &wasmtime::Error) -> Kind {
     }
 }
 
-/// Calls an export of the live instance with a fresh CPU budget, as the actor does.
-macro_rules! call {
-    ($h:expr, $export:literal, $method:ident $(, $arg:expr)*) => {{
-        match $h.live.as_mut() {
-            None => Ok(None),
-            Some(live) => {
-                let first = live.store.data_mut().clock.start();
-                live.store.set_epoch_deadline(first);
-                $h.calls += 1;
-                let r = live
-                    .service
-                    .wasmwire_service_lifecycle()
-                    .$method(&mut live.store $(, $arg)*)
-                    .await;
-                match r {
-                    Ok(v) => Ok(Some(v)),
-                    Err(e) => Err($h.crashed($export, e)),
-                }
-            }
-        }
-    }};
-}
+/// Most distinct refusal reasons a harness keeps.
+const MAX_REFUSALS: usize = 16;
 
 impl<'t> Harness<'t> {
     fn new(target: &'t Target, settings: &'t Settings) -> Harness<'t> {
@@ -268,14 +249,30 @@ impl<'t> Harness<'t> {
             out_rx,
             pending_fault: None,
             output: Default::default(),
-            calls: 0,
+            stats: Arc::default(),
             refused: 0,
+            refusals: Vec::new(),
             messages: vec![0; target.class.messages.len()],
             events: vec![0; target.class.events.len()],
         }
     }
 
-    fn crashed(&mut self, export: &'static str, error: wasmtime::Error) -> Finding {
+    /// Export calls made so far.
+    fn calls(&self) -> u64 {
+        self.stats.calls.load(Ordering::Relaxed)
+    }
+
+    /// The host refused a step before the guest saw it, for this reason.
+    fn refuse(&mut self, why: CallError) {
+        self.refused += 1;
+        let why = why.to_string();
+        if self.refusals.len() < MAX_REFUSALS && !self.refusals.contains(&why) {
+            self.refusals.push(why);
+        }
+    }
+
+    fn crashed(&mut self, crash: Crash) -> Finding {
+        let Crash { export, error } = crash;
         // After a trap the instance cannot be entered again: drop it, as the host does.
         self.live = None;
         let mut cause = crate::runtime::describe_error(&error);
@@ -306,9 +303,9 @@ impl<'t> Harness<'t> {
         sessions.clear();
         timers.clear();
         if let Some(l) = &self.live {
-            sessions.extend(l.store.data().sessions.iter().map(|(id, _)| *id));
+            sessions.extend(l.state().sessions.iter().map(|(id, _)| *id));
             sessions.sort_unstable();
-            timers.extend(l.store.data().timers.iter().map(|t| t.id));
+            timers.extend(l.state().timers.iter().map(|t| t.id));
         }
     }
 
@@ -327,54 +324,43 @@ impl<'t> Harness<'t> {
             },
             self.output.clone(),
         );
-        let mut store = new_store(t.runtime.engine(), state);
-        let service = match t.class.pre.instantiate_async(&mut store).await {
-            Ok(s) => s,
-            Err(e) => {
-                return Err(Finding {
-                    step: 0,
-                    kind: classify(&e),
-                    export: "instantiate",
-                    cause: crate::runtime::describe_error(&e),
-                });
+        let options = &self.settings.options;
+        match Core::wake(&t.class.pre, state, self.stats.clone(), options).await {
+            Ok(core) => {
+                self.live = Some(core);
+                self.audit()
             }
-        };
-        self.live = Some(Live { store, service });
-        let options = self.settings.options.clone();
-        match call!(self, "wakeup", call_wakeup, &options)? {
-            Some(Err(text)) => {
-                self.live = None;
-                Err(Finding {
-                    step: 0,
-                    kind: Kind::Wakeup,
-                    export: "wakeup",
-                    cause: format!("wakeup returned an error: {text}"),
-                })
-            }
-            _ => self.settle().await,
+            Err(WakeError::Instantiate(e)) => Err(Finding {
+                step: 0,
+                kind: classify(&e),
+                export: "instantiate",
+                cause: crate::runtime::describe_error(&e),
+            }),
+            Err(WakeError::Refused(text)) => Err(Finding {
+                step: 0,
+                kind: Kind::Wakeup,
+                export: "wakeup",
+                cause: format!("wakeup returned an error: {text}"),
+            }),
+            Err(WakeError::Crash(crash)) => Err(self.crashed(crash)),
         }
     }
 
-    /// After a call: the `on-connect`/`on-disconnect` calls it queued, the host-side rules,
-    /// and what it sent.
+    /// After a call: the `on-connect`/`on-disconnect` calls it queued, then the host-side
+    /// rules.
     async fn settle(&mut self) -> Result<(), Finding> {
-        loop {
-            let next = self
-                .live
-                .as_mut()
-                .and_then(|l| l.store.data_mut().deferred.pop_front());
-            match next {
-                None => break,
-                Some(Deferred::Connected(info)) => {
-                    call!(self, "on-connect", call_on_connect, &info)?;
-                }
-                Some(Deferred::Disconnected(id)) => {
-                    call!(self, "on-disconnect", call_on_disconnect, id)?;
-                }
-            }
-        }
         if let Some(l) = self.live.as_mut()
-            && let Some(a) = l.store.data_mut().audit.as_mut()
+            && let Err(crash) = l.settle().await
+        {
+            return Err(self.crashed(crash));
+        }
+        self.audit()
+    }
+
+    /// The first host-side rule the guest broke, if any.
+    fn audit(&mut self) -> Result<(), Finding> {
+        if let Some(l) = self.live.as_mut()
+            && let Some(a) = l.state_mut().audit.as_mut()
             && let Some(v) = a.violations.first().cloned()
         {
             return Err(Finding {
@@ -385,6 +371,11 @@ impl<'t> Harness<'t> {
             });
         }
         Ok(())
+    }
+
+    /// What a call into the live instance returned, a crash made a finding.
+    fn check<T>(&mut self, r: Result<T, Crash>) -> Result<T, Finding> {
+        r.map_err(|crash| self.crashed(crash))
     }
 
     fn drain(&mut self, generator: &mut Option<&mut Generator>) {
@@ -400,17 +391,17 @@ impl<'t> Harness<'t> {
         step: &Step,
         generator: &mut Option<&mut Generator>,
     ) -> Result<(), Finding> {
-        let class = &self.target.class;
-        let limits = &self.settings.limits;
+        let (target, settings) = (self.target, self.settings);
+        let class = &target.class;
+        let limits = &settings.limits;
         match step {
             Step::Wake => self.wake().await?,
             Step::Sleep => {
-                let idle = self
-                    .live
-                    .as_ref()
-                    .is_some_and(|l| l.store.data().sessions.is_empty());
-                if idle {
-                    call!(self, "sleep", call_sleep)?;
+                if let Some(l) = self.live.as_mut()
+                    && l.may_sleep()
+                {
+                    let r = l.sleep().await;
+                    self.check(r)?;
                     self.live = None;
                 }
             }
@@ -419,115 +410,118 @@ impl<'t> Harness<'t> {
                 let Some(l) = self.live.as_mut() else {
                     return Ok(());
                 };
-                let data = l.store.data_mut();
-                if data.sessions.contains_key(id)
-                    || data.sessions.len() >= limits.max_sessions as usize
-                {
+                if l.state().sessions.contains_key(id) {
                     return Ok(());
                 }
-                if let Some(a) = data.audit.as_mut() {
+                let from = PeerInfo {
+                    service: Arc::from(caller.as_str()),
+                    peer: None,
+                };
+                let back = Route::Client {
+                    to: self.out_tx.clone(),
+                    max_message: limits.max_message,
+                };
+                let info = match l.accept(*id, from, back, 1) {
+                    Ok(info) => info,
+                    Err(why) => {
+                        self.refuse(why);
+                        return Ok(());
+                    }
+                };
+                if let Some(a) = l.state_mut().audit.as_mut() {
                     a.given.insert(*id);
                 }
-                data.sessions.insert(
-                    *id,
-                    SessionEnd {
-                        route: Route::Client {
-                            to: self.out_tx.clone(),
-                            max_message: limits.max_message,
-                        },
-                        service: Arc::from(caller.as_str()),
-                        peer: None,
-                        channel: 1,
-                    },
-                );
-                let info = SessionInfo {
-                    id: *id,
-                    peer: None,
-                    service: caller.clone(),
-                    channel: 1,
-                };
-                call!(self, "on-connect", call_on_connect, &info)?;
+                let r = l.connected(&info, Default::default()).await;
+                self.check(r)?;
                 self.settle().await?;
             }
             Step::Disconnect { id } => {
-                let removed = self
-                    .live
-                    .as_mut()
-                    .and_then(|l| l.store.data_mut().sessions.remove(id));
-                if removed.is_some() {
-                    call!(self, "on-disconnect", call_on_disconnect, *id)?;
+                if let Some(l) = self.live.as_mut() {
+                    let r = l.disconnected(*id).await;
+                    self.check(r)?;
                     self.settle().await?;
                 }
             }
             Step::Message { id, kind, payload } => {
                 // The host checks kind and size at the sender; the guest never sees these.
-                let Some(index) = class.message_index(kind) else {
-                    self.refused += 1;
-                    return Ok(());
+                let index = match check_message(
+                    &target.name,
+                    class,
+                    limits.max_message,
+                    kind,
+                    payload.len(),
+                ) {
+                    Ok(index) => index,
+                    Err(why) => {
+                        self.refuse(why);
+                        return Ok(());
+                    }
                 };
-                if payload.len() as u64 > limits.max_message {
-                    self.refused += 1;
-                    return Ok(());
-                }
-                let open = self
-                    .live
-                    .as_ref()
-                    .is_some_and(|l| l.store.data().sessions.contains_key(id));
-                if open {
-                    self.messages[index as usize] += 1;
-                    call!(self, "on-message", call_on_message, *id, kind, payload)?;
-                    self.settle().await?;
+                if let Some(l) = self.live.as_mut() {
+                    let r = l.message(*id, kind, payload).await;
+                    if self.check(r)? {
+                        self.messages[index as usize] += 1;
+                        self.settle().await?;
+                    }
                 }
             }
             Step::Event { name, params } => {
-                let Some(index) = class.event_index(name) else {
-                    self.refused += 1;
-                    return Ok(());
+                let index = match check_event(
+                    &target.name,
+                    class,
+                    limits.max_message,
+                    name,
+                    params.len(),
+                ) {
+                    Ok(index) => index,
+                    Err(why) => {
+                        self.refuse(why);
+                        return Ok(());
+                    }
                 };
-                if params.len() as u64 > limits.max_message {
-                    self.refused += 1;
-                    return Ok(());
-                }
                 self.wake().await?;
                 self.events[index as usize] += 1;
-                if let Some(Ok(reply)) = call!(self, "on-event", call_on_event, None, name, params)?
-                    && let Some(g) = generator.as_mut()
-                {
-                    g.learn(reply.as_bytes());
+                if let Some(l) = self.live.as_mut() {
+                    let r = l.event(None, name, params, Default::default()).await;
+                    if let Ok(reply) = self.check(r)?
+                        && let Some(g) = generator.as_mut()
+                    {
+                        g.learn(reply.as_bytes());
+                    }
                 }
                 self.settle().await?;
             }
             Step::Timer { id } => {
-                let set = self
-                    .live
-                    .as_ref()
-                    .is_some_and(|l| l.store.data().timers.iter().any(|t| t.id == *id));
-                if set {
-                    call!(self, "on-timer", call_on_timer, *id)?;
-                    self.settle().await?;
+                if let Some(l) = self.live.as_mut() {
+                    let r = l.timer(*id).await;
+                    if self.check(r)? {
+                        self.settle().await?;
+                    }
                 }
             }
             Step::Fault(f) => match self
                 .live
                 .as_mut()
-                .and_then(|l| l.store.data_mut().audit.as_mut())
+                .and_then(|l| l.state_mut().audit.as_mut())
             {
                 Some(a) => a.fault = Some(wit_error(*f)),
                 None => self.pending_fault = Some(*f),
             },
             Step::Describe => {
-                if let Some(d) = call!(self, "describe", call_describe)?
-                    && (d.messages[..] != class.messages[..] || d.events[..] != class.events[..])
-                {
-                    return Err(Finding {
-                        step: 0,
-                        kind: Kind::Invariant,
-                        export: "describe",
-                        cause: format!(
-                            "describe changed: it first declared messages {:?} and events {:?}, now {:?} and {:?}",
-                            class.messages, class.events, d.messages, d.events
-                        ),
-                    });
+                if let Some(l) = self.live.as_mut() {
+                    let r = l.describe().await;
+                    let d = self.check(r)?;
+                    if d.messages[..] != class.messages[..] || d.events[..] != class.events[..] {
+                        return Err(Finding {
+                            step: 0,
+                            kind: Kind::Invariant,
+                            export: "describe",
+                            cause: format!(
+                                "describe changed: it first declared messages {:?} and events {:?}, now {:?} and {:?}",
+                                class.messages, class.events, d.messages, d.events
+                            ),
+                        });
+                    }
                 }
             }
         }
@@ -537,8 +531,10 @@ impl<'t> Harness<'t> {
 
     /// Ends a run as a host ends an instance's life: `sleep()` if it is awake.
     async fn finish(&mut self) -> Result<(), Finding> {
-        call!(self, "sleep", call_sleep)?;
-        self.live = None;
+        if let Some(mut l) = self.live.take() {
+            let r = l.sleep().await;
+            self.check(r)?;
+        }
         Ok(())
     }
 }
@@ -549,19 +545,34 @@ pub async fn replay(
     settings: &Settings,
     steps: &[Step],
 ) -> (Option<Finding>, u64) {
+    let (finding, h) = run_steps(target, settings, steps).await;
+    (finding, h.calls())
+}
+
+/// Runs `steps` once on fresh instances; returns why the host refused steps before the
+/// guest saw them — each reason once, in the words a client or guest would get.
+pub async fn refusals(target: &Target, settings: &Settings, steps: &[Step]) -> Vec<String> {
+    run_steps(target, settings, steps).await.1.refusals
+}
+
+async fn run_steps<'t>(
+    target: &'t Target,
+    settings: &'t Settings,
+    steps: &[Step],
+) -> (Option<Finding>, Harness<'t>) {
     let mut h = Harness::new(target, settings);
     let mut none = None;
     for (i, s) in steps.iter().enumerate() {
         if let Err(mut f) = h.apply(s, &mut none).await {
             f.step = i;
-            return (Some(f), h.calls);
+            return (Some(f), h);
         }
     }
     let r = h.finish().await.err().map(|mut f| {
         f.step = steps.len();
         f
     });
-    (r, h.calls)
+    (r, h)
 }
 
 /// Removes steps from a failing sequence while it still fails the same way.
@@ -784,7 +795,7 @@ async fn worker(
             found = Some(f);
         }
         shared.runs.fetch_add(1, Ordering::Relaxed);
-        shared.calls.fetch_add(h.calls, Ordering::Relaxed);
+        shared.calls.fetch_add(h.calls(), Ordering::Relaxed);
         shared.refused.fetch_add(h.refused, Ordering::Relaxed);
         for (c, n) in shared.messages.iter().zip(&h.messages) {
             c.fetch_add(*n, Ordering::Relaxed);

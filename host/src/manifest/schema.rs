@@ -149,6 +149,11 @@ impl TryFrom<String> for InstanceName {
                 "invalid instance name {name:?}: use lowercase letters, digits and '-', starting with a letter"
             ));
         }
+        if crate::wire::addr::names_a_host(&name) {
+            return Err(format!(
+                "invalid instance name {name:?}: it reads as a peer id, which names a host in a service address (PEERID/name); choose another name"
+            ));
+        }
         Ok(InstanceName(name))
     }
 }

@@ -411,10 +411,10 @@ impl Validator<'_> {
         let mut remote_uses = Vec::new();
         for u in &s.uses {
             if let Some((peer, service)) = u.get_ref().split_once('/') {
-                let peer = match peer {
-                    "*" => Ok(None),
-                    p => p.parse::<PeerId>().map(Some).map_err(|e| e.to_string()),
-                };
+                let peer = peer
+                    .parse::<crate::wire::PeerSel>()
+                    .map(crate::wire::PeerSel::id)
+                    .map_err(|e| e.to_string());
                 let service = InstanceName::try_from(service.to_string()).map(|n| n.0);
                 match (peer, service) {
                     (Ok(p), Ok(n)) => remote_uses.push((p, n)),

@@ -18,13 +18,13 @@ use crate::broker::{
     Ask, Broker, BrokerConfig, BrokerLimits, ConnId, DialTo, Event, Failure, Incoming,
 };
 use crate::manifest::{PeerSpec, Transport};
-use crate::runtime::instance::{
-    CallError, Chain, Peers, PeersFuture, Registry, RemoteSession, SessionId, Status,
+use crate::runtime::directory::{
+    Peers, PeersFuture, Registry, RemoteConnect, RemoteRequest, RemoteSession, RemoteTarget,
+    alive_tasks, reply_within,
 };
+use crate::runtime::instance::{CallError, Chain, SessionId};
 use crate::runtime::session::ClientEvent;
-use crate::wire::{
-    self, Control, ErrorCode, KeyedEntry, PeerId, Role, ServiceEntry, SessionEntry, SessionHeader,
-};
+use crate::wire::{self, Control, ErrorCode, PeerId, Role, SessionHeader};
 use bytes::BytesMut;
 use identity::{ANY_PEER, Allow, Identity};
 use std::collections::HashMap;
@@ -330,8 +330,7 @@ impl Net {
                 allow: allow.clone(),
                 peers: config.peers,
                 limits: config.limits,
-                seed: u64::from_le_bytes(me.0[..8].try_into().unwrap_or_default())
-                    ^ now.elapsed().as_nanos() as u64,
+                seed: os_seed(),
             },
             now,
         );
@@ -901,7 +900,7 @@ async fn accept_sessions(
             send,
             recv,
             peer_text.clone(),
-            shared.me_text.clone(),
+            shared.me,
             registry,
             traffic.clone(),
             held,
@@ -1276,11 +1275,15 @@ async fn dial(shared: Arc<Shared>, to: DialTo) {
 }
 
 async fn host_stats(shared: &Shared) -> wire::HostStats {
-    let (instances, total) = shared
-        .registry
-        .as_ref()
-        .map(|r| r.figures(wire::control::MAX_STATS_INSTANCES))
-        .unwrap_or_default();
+    let uptime = shared.started.elapsed();
+    let mut stats = match &shared.registry {
+        Some(r) => r.host_stats(uptime),
+        None => wire::HostStats {
+            uptime_ms: uptime.as_millis() as u64,
+            tasks: alive_tasks(),
+            ..Default::default()
+        },
+    };
     let (reply, rx) = oneshot::channel();
     let links = match shared.input.send(Input::Links { reply }).await {
         Ok(()) => rx.await.unwrap_or_default(),
@@ -1306,22 +1309,11 @@ async fn host_stats(shared: &Shared) -> wire::HostStats {
         })
         .collect();
     peers.sort_by(|a, b| (&a.role, &a.peer).cmp(&(&b.role, &b.peer)));
-    wire::HostStats {
-        host: shared.me_text.to_string(),
-        uptime_ms: shared.started.elapsed().as_millis() as u64,
-        instances,
-        total_instances: total as u64,
-        peers,
-        refused_handshakes: shared.allow.refused(),
-        stalls: shared.watchdog.figures(),
-        tasks: alive_tasks() + shared.registry.as_ref().map_or(0, |r| r.worker_tasks()),
-    }
-}
-
-/// Tasks alive on the current tokio runtime (0 outside one); the instance actors run on the
-/// worker threads' runtimes, counted by `Registry::worker_tasks`.
-pub fn alive_tasks() -> u64 {
-    tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks() as u64)
+    stats.host = shared.me_text.to_string();
+    stats.peers = peers;
+    stats.refused_handshakes = shared.allow.refused();
+    stats.stalls = shared.watchdog.figures();
+    stats
 }
 
 /// Answers a request that needs this host's services.
@@ -1339,57 +1331,17 @@ async fn answer(
     match request {
         Incoming::ListServices => Ok(Control::Services {
             id,
-            services: registry
-                .instances()
-                .iter()
-                .filter(|i| i.expose)
-                .map(|i| {
-                    let keyed = i.keyed().map(|k| {
-                        let (awake_keys, awake) = k.awake(crate::wire::control::MAX_LISTED_KEYS);
-                        KeyedEntry {
-                            live: k.live() as u64,
-                            awake: awake as u64,
-                            awake_keys,
-                            max_instances: k.max_instances,
-                        }
-                    });
-                    ServiceEntry {
-                        name: i.name.to_string(),
-                        channel: i.channel,
-                        messages: i.class.messages.to_vec(),
-                        events: i.class.events.to_vec(),
-                        state: match (&keyed, i.status()) {
-                            (Some(_), _) => "keyed",
-                            (None, Status::Asleep | Status::Retired) => "asleep",
-                            (None, Status::Awake) => "awake",
-                            (None, Status::Down) => "down",
-                        }
-                        .into(),
-                        sessions: i.sessions_open(),
-                        keyed,
-                    }
-                })
-                .collect(),
+            services: registry.list_services(),
         }),
         Incoming::Stats => Ok(Control::Stats {
             id,
             stats: host_stats(shared).await,
         }),
         Incoming::ListSessions => {
-            let (list, total) = registry.sessions(2048);
+            let (sessions, total) = registry.list_sessions(2048);
             Ok(Control::Sessions {
                 id,
-                sessions: list
-                    .into_iter()
-                    .map(|(sid, r)| SessionEntry {
-                        id: sid,
-                        service: r.instance.to_string(),
-                        channel: r.channel,
-                        other: r.other.to_string(),
-                        other_id: r.other_id,
-                        peer: r.peer.map(|p| p.to_string()),
-                    })
-                    .collect(),
+                sessions,
                 total: total as u64,
             })
         }
@@ -1434,10 +1386,10 @@ async fn request_local(
     chain: Vec<String>,
     caller: Option<SessionId>,
 ) -> Result<String, CallError> {
-    let target = session::exposed(registry, service)?;
-    let chain = Chain::from_wire(chain, &shared.me_text);
+    let target = registry.exposed(service)?;
+    let chain = Chain::from_wire(chain, shared.me);
     let rx = registry.post_event(&target, event, params, caller, chain)?;
-    crate::runtime::instance::reply_within(rx, timeout).await
+    reply_within(rx, timeout).await
 }
 
 async fn ask_on(
@@ -1477,81 +1429,77 @@ async fn pick(shared: &Shared, target: Target) -> Result<Picked, CallError> {
     }
 }
 
-fn parse_target(
-    peer: Option<String>,
-    allowed: Option<Vec<String>>,
-    service: &str,
-) -> Result<Target, CallError> {
-    match peer {
-        Some(p) => p
-            .parse::<PeerId>()
-            .map(Target::Peer)
-            .map_err(|e| CallError::Invalid(e.to_string())),
-        None => Ok(Target::Any {
-            service: service.to_string(),
-            allowed: allowed.map(|ids| ids.iter().filter_map(|i| i.parse().ok()).collect()),
-        }),
+/// A seed for the broker's generator (re-dial jitter, hello nonces) from the operating
+/// system, so that they differ on every start of the same key (quinn-proto seeds its
+/// endpoint the same way unless a test passes one).
+fn os_seed() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        // No generator in the OS (never seen on Linux): the wall clock still differs
+        // between starts.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return nanos ^ u64::from(std::process::id()).rotate_left(32);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// The broker's target for a service on another host that the directory routed.
+fn target_of(to: RemoteTarget) -> Target {
+    match to.peer.id() {
+        Some(p) => Target::Peer(p),
+        None => Target::Any {
+            service: to.service,
+            allowed: to.allowed,
+        },
     }
 }
 
 impl Peers for Net {
-    fn me(&self) -> &str {
-        &self.shared.me_text
+    fn id(&self) -> PeerId {
+        self.shared.me
     }
 
-    fn request(
-        &self,
-        peer: Option<String>,
-        allowed: Option<Vec<String>>,
-        service: String,
-        event: String,
-        params: String,
-        timeout: Duration,
-        chain: Vec<String>,
-        caller: Arc<str>,
-        session: Option<SessionId>,
-    ) -> PeersFuture<String> {
+    fn request(&self, r: RemoteRequest) -> PeersFuture<String> {
         let shared = self.shared.clone();
         Box::pin(async move {
-            let target = parse_target(peer, allowed, &service)?;
+            let timeout = r.timeout;
             let ask = Ask::Request {
-                service,
-                event,
-                params,
-                chain,
-                caller: Some(caller.to_string()),
-                session,
+                service: r.target.service.clone(),
+                event: r.event,
+                params: r.params,
+                chain: r.chain,
+                caller: Some(r.caller.to_string()),
+                session: r.session,
             };
             // The answer comes from the broker task (running on the host's main runtime);
             // this future only waits for it.
-            match ask_on(&shared, target, ask, timeout).await {
+            match ask_on(&shared, target_of(r.target), ask, timeout).await {
                 Ok(Control::Response { result, .. }) => Ok(result),
                 Ok(other) => Err(CallError::Invalid(format!(
-                    "the peer answered a request with {:?}",
-                    serde_json::to_value(&other)
-                        .ok()
-                        .and_then(|v| v.get("type").cloned())
+                    "the peer answered a request with {}",
+                    other.type_name()
                 ))),
                 Err(f) => Err(call_error_of(f.code, f.reason)),
             }
         })
     }
 
-    fn connect(
-        &self,
-        peer: Option<String>,
-        allowed: Option<Vec<String>>,
-        service: String,
-        from: Arc<crate::runtime::instance::Instance>,
-        end: SessionId,
-        timeout: Duration,
-        chain: Vec<String>,
-    ) -> PeersFuture<RemoteSession> {
+    fn connect(&self, c: RemoteConnect) -> PeersFuture<RemoteSession> {
         let shared = self.shared.clone();
         Box::pin(async move {
-            let target = parse_target(peer, allowed, &service)?;
+            let RemoteConnect {
+                target,
+                from,
+                end,
+                timeout,
+                chain,
+            } = c;
+            let service = target.service.clone();
             let open = async {
-                let (peer, connection, traffic) = pick(&shared, target).await?;
+                let (peer, connection, traffic) = pick(&shared, target_of(target)).await?;
                 let header = SessionHeader::Connect {
                     service: service.clone(),
                     session: end,
@@ -1603,7 +1551,7 @@ pub fn failure_of(e: CallError) -> Failure {
         e @ CallError::TooLarge { .. } => (ErrorCode::TooLarge, e.to_string()),
         CallError::Closed => (ErrorCode::Closed, "closed".into()),
         CallError::Timeout => (ErrorCode::Timeout, "timed out".into()),
-        CallError::Busy => (ErrorCode::Busy, "busy: mailbox full".into()),
+        CallError::Busy => (ErrorCode::Busy, "mailbox full".into()),
         CallError::Full(s) => (ErrorCode::Busy, s),
         CallError::Cycle => (ErrorCode::Cycle, "request cycle".into()),
         CallError::Invalid(s) => (ErrorCode::Invalid, s),
@@ -1613,7 +1561,9 @@ pub fn failure_of(e: CallError) -> Failure {
     Failure { code, reason }
 }
 
-/// The call error a guest or client sees for a wire error.
+/// The call error a guest or client sees for a wire error. A peer's `busy` is `Full` with
+/// the peer's reason (its mailbox, or a limit it names): which one is for people to read,
+/// and both say "wait and ask again".
 pub fn call_error_of(code: ErrorCode, reason: String) -> CallError {
     match code {
         ErrorCode::NoSuchService => CallError::NoSuchService(reason),
@@ -1621,8 +1571,8 @@ pub fn call_error_of(code: ErrorCode, reason: String) -> CallError {
         ErrorCode::TooLarge => CallError::TooLarge { size: 0, limit: 0 },
         ErrorCode::Closed => CallError::Closed,
         ErrorCode::Timeout => CallError::Timeout,
-        ErrorCode::Busy if reason != "busy: mailbox full" => CallError::Full(reason),
-        ErrorCode::Busy | ErrorCode::RateLimited => CallError::Busy,
+        ErrorCode::Busy => CallError::Full(reason),
+        ErrorCode::RateLimited => CallError::Busy,
         ErrorCode::Cycle => CallError::Cycle,
         ErrorCode::Invalid | ErrorCode::UnknownType => CallError::Invalid(reason),
         ErrorCode::Unavailable | ErrorCode::Other => CallError::Unavailable(reason),

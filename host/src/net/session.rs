@@ -10,9 +10,8 @@
 
 use super::watchdog::Wait;
 use super::{Traffic, failure_of};
-use crate::runtime::instance::{
-    CallError, Chain, Envelope, Instance, PeerInfo, Registry, SessionId,
-};
+use crate::runtime::directory::{Opener, Registry};
+use crate::runtime::instance::{CallError, Chain, Envelope, Instance, PeerInfo, SessionId};
 use crate::runtime::session::{ClientEvent, RemoteSink, Route};
 use crate::wire::{self, FrameError, SessionHeader, data};
 use bytes::BytesMut;
@@ -20,7 +19,7 @@ use quinn::{RecvStream, SendStream, VarInt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 
 /// Messages waiting in one stream's send queue at most; past that `send` returns `busy`.
 pub const QUEUE: usize = 256;
@@ -526,7 +525,7 @@ pub(crate) async fn accept(
     mut send: SendStream,
     mut recv: RecvStream,
     peer: Arc<str>,
-    me: Arc<str>,
+    me: wire::PeerId,
     registry: Arc<Registry>,
     traffic: Arc<Traffic>,
     held: Held,
@@ -579,55 +578,44 @@ pub(crate) async fn accept(
         reject(&mut send, e).await;
         return;
     }
-    let instance = match exposed(&registry, &service) {
+    let instance = match registry.exposed(&service) {
         Ok(i) => i,
         Err(e) => {
             reject(&mut send, e).await;
             return;
         }
     };
-    if chain.contains(&format!("{me}/{service}")) {
+    let chain = Chain::from_wire(chain, me);
+    if chain.contains(&service) {
         reject(&mut send, CallError::Cycle).await;
         return;
     }
-    let end = registry.next_session();
     let (sink, outgoing) = StreamSink::new(
         messages,
         max_message,
         Arc::from(caller.as_str()),
         opener_end,
     );
-    let (reply, rx) = oneshot::channel();
-    let posted = registry.reserve_on(&instance).inspect(|instance| {
-        instance.deliver(Envelope::Connect {
-            end,
-            from: PeerInfo {
-                service: Arc::from(caller.as_str()),
-                peer: Some(peer.clone()),
-            },
-            back: Route::Remote(sink),
-            chain: Chain::from_wire(chain, &me),
-            reply,
-        });
-    });
-    let (instance, answer) = match posted {
-        Err(e) => (instance, Err(e)),
-        Ok(instance) => {
-            let answer = match tokio::time::timeout(instance.limits.request_timeout, rx).await {
-                Err(_) => {
-                    let _ = instance.post(Envelope::Disconnect { end });
-                    Err(CallError::Timeout)
-                }
-                Ok(Err(_)) => Err(CallError::Closed),
-                Ok(Ok(r)) => r,
-            };
-            (instance, answer)
+    let opener = Opener {
+        from: PeerInfo {
+            service: Arc::from(caller.as_str()),
+            peer: Some(peer.clone()),
+        },
+        back: Route::Remote(sink),
+        chain,
+    };
+    let timeout = instance.limits.request_timeout;
+    let answer = match registry.open_session(&instance, opener) {
+        Ok(pending) => pending.accepted(timeout).await,
+        Err(e) => Err(e),
+    };
+    let (instance, end) = match answer {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            reject(&mut send, e).await;
+            return;
         }
     };
-    if let Err(e) = answer {
-        reject(&mut send, e).await;
-        return;
-    }
     let accepted = SessionHeader::Accepted {
         session: end,
         messages: instance.class.messages.to_vec(),
@@ -644,18 +632,6 @@ pub(crate) async fn accept(
     read_loop(recv, buf, max, to, traffic).await;
     // The stream is the peer's to count against `max_streams` until both halves are done.
     let _ = writer.await;
-}
-
-/// The instance a peer or client may reach by this name: exposed, and for a keyed class's
-/// key, made on demand.
-pub(crate) fn exposed(registry: &Arc<Registry>, service: &str) -> Result<Arc<Instance>, CallError> {
-    let class = service.split_once('/').map_or(service, |(c, _)| c);
-    if !registry.by_name(class).is_some_and(|i| i.expose) {
-        return Err(CallError::NoSuchService(format!(
-            "no exposed service named {service:?} on this host"
-        )));
-    }
-    registry.resolve(service)
 }
 
 async fn reject(send: &mut SendStream, e: CallError) {

@@ -7,33 +7,20 @@
 //! was queued), the mailbox (taken in batches, so a burst costs
 //! one wake-up), due timers, the idle deadline, and an autostart instance's restart.
 
-use super::bindings::{Service, SessionInfo};
+use super::directory::Registry;
 use super::instance::{
-    CallError, Control, Envelope, Inbox, Instance, Kind, LifecycleEvent, PeerInfo, Registry,
-    SessionId, Status,
+    CallError, Control, Envelope, Inbox, Instance, Kind, LifecycleEvent, Status,
 };
-use super::session::{Route, SessionEnd};
-use super::state::{CpuDeadline, Deferred, HostState, MemoryLimit, new_store};
+use super::instance_core::{Core, Crash, WakeError};
+use super::state::{CpuDeadline, HostState, MemoryLimit};
 use super::stats::InstanceStats;
 use super::supervisor::{Supervisor, Verdict};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::time::{Instant, sleep_until};
-use wasmtime::Store;
 
 /// Most envelopes taken from the mailbox per wake-up.
 const BATCH: usize = 128;
-
-/// The awake part: a live wasm instance and its store.
-struct Awake {
-    store: Store<HostState>,
-    service: Service,
-    /// The instance's counters, held here so that `guest_call!` reaches them directly.
-    stats: Arc<InstanceStats>,
-}
-
-/// An error text from `on-event` is cut to this many bytes (it is for people, not data).
-const MAX_ERROR_TEXT: usize = 4096;
 
 /// Owns one instance's store and runs its lifecycle.
 pub(crate) struct InstanceActor {
@@ -41,27 +28,14 @@ pub(crate) struct InstanceActor {
     registry: Arc<Registry>,
     ticks: Arc<AtomicU64>,
     inbox: Inbox,
-    awake: Option<Awake>,
+    /// The live instance, while it is awake.
+    awake: Option<Core>,
     supervisor: Supervisor,
     last_activity: Instant,
     /// When to look whether the instance has been idle for `idle_timeout`.
     idle_check: Option<Instant>,
     /// It crashed since it last woke: the next wake is a restart.
     crashed: bool,
-}
-
-/// Runs an export call on `$a.service` with a fresh CPU budget, then flushes its outbox.
-macro_rules! guest_call {
-    ($a:expr, $method:ident $(, $arg:expr)*) => {{
-        let a = &mut $a;
-        InstanceStats::bump(&a.stats.calls);
-        let first_deadline = a.store.data_mut().clock.start();
-        a.store.set_epoch_deadline(first_deadline);
-        let r = a.service.wasmwire_service_lifecycle().$method(&mut a.store $(, $arg)*).await;
-        // What the call sent goes out now, in one batch per receiver wake-up.
-        a.store.data_mut().outbox.flush();
-        r
-    }};
 }
 
 impl InstanceActor {
@@ -127,7 +101,7 @@ impl InstanceActor {
                         let _ = reply.send(self.ensure_awake().await);
                     }
                     Some(Control::Sleep { reply }) => {
-                        let idle = self.awake.as_ref().is_some_and(|a| a.store.data().sessions.is_empty());
+                        let idle = self.awake.as_ref().is_some_and(Core::may_sleep);
                         if idle {
                             self.put_to_sleep("asked").await;
                         }
@@ -170,10 +144,7 @@ impl InstanceActor {
 
     /// The earliest of: the next timer, the idle check, an autostart instance's restart.
     fn next_deadline(&mut self) -> Option<Instant> {
-        let timer = self
-            .awake
-            .as_ref()
-            .and_then(|a| a.store.data().timers.iter().map(|t| t.next).min());
+        let timer = self.awake.as_ref().and_then(Core::next_timer);
         // The idle check is armed from the last activity and left alone while work
         // continues; when it fires it looks again (see `on_alarm`).
         if self.idle_eligible() {
@@ -212,9 +183,7 @@ impl InstanceActor {
     /// Whether the instance is one that sleeps when idle and has nothing keeping it awake.
     fn idle_eligible(&self) -> bool {
         match &self.awake {
-            Some(a) => {
-                !self.me.autostart && a.store.data().sessions.is_empty() && self.me.queued() == 0
-            }
+            Some(a) => !self.me.autostart && a.may_sleep() && self.me.queued() == 0,
             None => false,
         }
     }
@@ -225,7 +194,8 @@ impl InstanceActor {
         if self
             .awake
             .as_ref()
-            .is_some_and(|a| a.store.data().timers.iter().any(|t| t.next <= now))
+            .and_then(Core::next_timer)
+            .is_some_and(|t| t <= now)
         {
             self.fire_timers().await;
         }
@@ -263,12 +233,9 @@ impl InstanceActor {
                 // Messages only exist on open sessions, and sessions only while awake: a
                 // message for a closed session (or a crashed instance) is dropped.
                 let Some(a) = self.awake.as_mut() else { return };
-                if !a.store.data().sessions.contains_key(&end) {
-                    return;
-                }
                 let kind = &self.me.class.messages[kind as usize];
-                if let Err(e) = guest_call!(*a, call_on_message, end, kind, &payload) {
-                    self.crash("on-message", e).await;
+                if let Err(crash) = a.message(end, kind, &payload).await {
+                    self.crash(crash).await;
                 }
             }
             Envelope::Event {
@@ -284,47 +251,14 @@ impl InstanceActor {
                     return;
                 }
                 let Some(a) = self.awake.as_mut() else { return };
-                a.store.data_mut().chain = chain;
                 let name = &self.me.class.events[event as usize];
-                let result = guest_call!(*a, call_on_event, caller, name, &params);
-                a.store.data_mut().chain.clear();
-                if !matches!(result, Ok(Ok(ref json)) if json.len() as u64 <= self.me.limits.max_message)
-                {
-                    InstanceStats::bump(&self.me.stats.errors);
-                }
-                // A reply is a message back: bounded by the same `max_message`, so a
-                // guest cannot push its whole memory onto the caller (or the wire).
-                let max = self.me.limits.max_message;
-                match result {
-                    Ok(Ok(json)) if json.len() as u64 > max => {
-                        tracing::warn!(
-                            instance = %self.me.name,
-                            "on-event {name} replied {} bytes, over max_message ({max}); the caller gets an error",
-                            json.len()
-                        );
-                        let _ = reply.send(Err(CallError::Failed(format!(
-                            "{} replied {} bytes to {name}, over its max_message of {max}",
-                            self.me.name,
-                            json.len()
-                        ))));
+                match a.event(caller, name, &params, chain).await {
+                    Ok(answer) => {
+                        let _ = reply.send(answer);
                     }
-                    Ok(Ok(json)) => {
-                        let _ = reply.send(Ok(json));
-                    }
-                    Ok(Err(mut text)) => {
-                        if text.len() > MAX_ERROR_TEXT {
-                            let n = text.len();
-                            let mut cut = MAX_ERROR_TEXT;
-                            while !text.is_char_boundary(cut) {
-                                cut -= 1;
-                            }
-                            text.truncate(cut);
-                            text.push_str(&format!("… ({n} bytes in all)"));
-                        }
-                        let _ = reply.send(Err(CallError::Failed(text)));
-                    }
-                    Err(e) => {
-                        let cause = self.crash("on-event", e).await;
+                    Err(crash) => {
+                        InstanceStats::bump(&self.me.stats.errors);
+                        let cause = self.crash(crash).await;
                         let _ = reply.send(Err(CallError::Unavailable(format!(
                             "{} crashed: {cause}",
                             self.me.name
@@ -344,47 +278,24 @@ impl InstanceActor {
                     return;
                 }
                 let Some(a) = self.awake.as_mut() else { return };
-                let max = self.me.limits.max_sessions as usize;
-                if a.store.data().sessions.len() >= max {
-                    let _ = reply.send(Err(CallError::Denied(format!(
-                        "{} has its limit of {max} sessions open",
-                        self.me.name
-                    ))));
-                    return;
-                }
-                let PeerInfo { service, peer } = from;
-                let info = SessionInfo {
-                    id: end,
-                    peer: peer.as_deref().map(str::to_string),
-                    service: service.to_string(),
-                    channel: self.me.channel,
+                let info = match a.accept(end, from, back, self.me.channel) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
                 };
-                a.store.data_mut().sessions.insert(
-                    end,
-                    SessionEnd {
-                        route: back,
-                        service,
-                        peer,
-                        channel: self.me.channel,
-                    },
-                );
                 if reply.send(Ok(())).is_err() {
                     // The opener gave up waiting; it already sent us a disconnect.
                 }
-                a.store.data_mut().chain = chain;
-                let r = guest_call!(*a, call_on_connect, &info);
-                a.store.data_mut().chain.clear();
-                if let Err(e) = r {
-                    self.crash("on-connect", e).await;
+                if let Err(crash) = a.connected(&info, chain).await {
+                    self.crash(crash).await;
                 }
             }
             Envelope::Disconnect { end } => {
                 let Some(a) = self.awake.as_mut() else { return };
-                if a.store.data_mut().sessions.remove(&end).is_none() {
-                    return;
-                }
-                if let Err(e) = guest_call!(*a, call_on_disconnect, end) {
-                    self.crash("on-disconnect", e).await;
+                if let Err(crash) = a.disconnected(end).await {
+                    self.crash(crash).await;
                 }
             }
         }
@@ -392,49 +303,22 @@ impl InstanceActor {
 
     /// Delivers the `on-connect`/`on-disconnect` calls a host call queued for this instance.
     async fn run_deferred(&mut self) {
-        loop {
-            let Some(a) = self.awake.as_mut() else { return };
-            let Some(d) = a.store.data_mut().deferred.pop_front() else {
-                return;
-            };
-            let (export, r) = match d {
-                Deferred::Connected(info) => {
-                    ("on-connect", guest_call!(*a, call_on_connect, &info))
-                }
-                Deferred::Disconnected(id) => {
-                    ("on-disconnect", guest_call!(*a, call_on_disconnect, id))
-                }
-            };
-            if let Err(e) = r {
-                self.crash(export, e).await;
-            }
+        let Some(a) = self.awake.as_mut() else { return };
+        if let Err(crash) = a.settle().await {
+            self.crash(crash).await;
         }
     }
 
     async fn fire_timers(&mut self) {
-        let now = Instant::now();
-        let due: Vec<u32> = match self.awake.as_mut() {
-            Some(a) => a
-                .store
-                .data_mut()
-                .timers
-                .iter_mut()
-                .filter(|t| t.next <= now)
-                .map(|t| {
-                    // Ticks missed while the instance was busy are skipped, not queued.
-                    t.next = now + t.period;
-                    t.id
-                })
-                .collect(),
+        let due = match self.awake.as_mut() {
+            Some(a) => a.due_timers(Instant::now()),
             None => return,
         };
         for id in due {
+            // A timer cancelled by an earlier tick in this round is not called.
             let Some(a) = self.awake.as_mut() else { return };
-            if !a.store.data().timers.iter().any(|t| t.id == id) {
-                continue; // cancelled by an earlier tick in this round
-            }
-            if let Err(e) = guest_call!(*a, call_on_timer, id) {
-                self.crash("on-timer", e).await;
+            if let Err(crash) = a.timer(id).await {
+                self.crash(crash).await;
                 return;
             }
             self.run_deferred().await;
@@ -463,10 +347,19 @@ impl InstanceActor {
         }
         let started = std::time::Instant::now();
         let state = HostState::new(self.me.clone(), self.registry.clone(), self.ticks.clone());
-        let mut store = new_store(self.me.class.pre.engine(), state);
-        let service = match self.me.class.pre.instantiate_async(&mut store).await {
-            Ok(s) => s,
-            Err(e) => {
+        let woke = Core::wake(
+            &self.me.class.pre,
+            state,
+            self.me.stats.clone(),
+            &self.me.options_json,
+        )
+        .await;
+        let crash = match woke {
+            Ok(core) => {
+                self.awake = Some(core);
+                None
+            }
+            Err(WakeError::Instantiate(e)) => {
                 // Not the guest's fault (no free slot in the pool, most likely): no crash.
                 tracing::warn!(instance = %self.me.name, error = %e, "cannot instantiate");
                 return Err(CallError::Unavailable(format!(
@@ -474,24 +367,14 @@ impl InstanceActor {
                     self.me.name
                 )));
             }
+            Err(WakeError::Refused(text)) => Some(Crash {
+                export: "wakeup",
+                error: wasmtime::Error::msg(format!("wakeup returned an error: {text}")),
+            }),
+            Err(WakeError::Crash(crash)) => Some(crash),
         };
-        let mut a = Awake {
-            store,
-            service,
-            stats: self.me.stats.clone(),
-        };
-        let options = self.me.options_json.clone();
-        let r = guest_call!(a, call_wakeup, &options);
-        self.awake = Some(a);
-        let failure = match r {
-            Ok(Ok(())) => None,
-            Ok(Err(text)) => Some(wasmtime::Error::msg(format!(
-                "wakeup returned an error: {text}"
-            ))),
-            Err(e) => Some(e),
-        };
-        if let Some(e) = failure {
-            let cause = self.crash("wakeup", e).await;
+        if let Some(crash) = crash {
+            let cause = self.crash(crash).await;
             return Err(CallError::Unavailable(format!(
                 "{} failed to wake: {cause}",
                 self.me.name
@@ -522,13 +405,11 @@ impl InstanceActor {
         let Some(mut a) = self.awake.take() else {
             return;
         };
-        if let Err(e) = guest_call!(a, call_sleep) {
-            tracing::error!(instance = %self.me.name, export = "sleep", cause = %describe(&e), "trapped while going to sleep");
+        if let Err(crash) = a.sleep().await {
+            tracing::error!(instance = %self.me.name, export = "sleep", cause = %describe(&crash.error), "trapped while going to sleep");
         }
         // A sleeping instance has no sessions; any left (shutdown) are closed for the other end.
-        for (_, end) in a.store.data_mut().sessions.drain() {
-            end.route.disconnect();
-        }
+        a.close_sessions();
         drop(a);
         InstanceStats::bump(&self.me.stats.sleeps);
         self.me.set_status(Status::Asleep);
@@ -539,14 +420,13 @@ impl InstanceActor {
 
     /// Drops a crashed instance, closes its sessions for the other ends, logs the cause and
     /// applies the restart policy. Returns the one-line cause.
-    async fn crash(&mut self, export: &'static str, error: wasmtime::Error) -> String {
+    async fn crash(&mut self, crash: Crash) -> String {
+        let Crash { export, error } = crash;
         let cause = describe(&error);
         InstanceStats::bump(&self.me.stats.traps);
         self.crashed = true;
         if let Some(mut a) = self.awake.take() {
-            for (_, end) in a.store.data_mut().sessions.drain() {
-                end.route.disconnect();
-            }
+            a.close_sessions();
         }
         tracing::error!(instance = %self.me.name, export, %cause, "instance crashed; its sessions are closed");
         tracing::debug!(instance = %self.me.name, details = ?error, "crash details");
@@ -612,40 +492,4 @@ pub fn describe(error: &wasmtime::Error) -> String {
         s.push_str(&format!(" (in {f})"));
     }
     s
-}
-
-/// Opens a session from a client to `instance`; the client hears from it on `to`. Returns
-/// the instance that accepted (a keyed instance may have been made again in between) and
-/// its end.
-pub(crate) async fn open_client_session(
-    instance: &Arc<Instance>,
-    registry: &Arc<Registry>,
-    client: &str,
-    to: tokio::sync::mpsc::Sender<super::session::ClientEvent>,
-) -> Result<(Arc<Instance>, SessionId), CallError> {
-    let end = registry.next_session();
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    let instance = registry.reserve_on(instance)?;
-    instance.deliver(Envelope::Connect {
-        end,
-        from: PeerInfo {
-            service: Arc::from(client),
-            peer: None,
-        },
-        // A client takes what the service itself would take.
-        back: Route::Client {
-            to,
-            max_message: instance.limits.max_message,
-        },
-        chain: Default::default(),
-        reply,
-    });
-    match tokio::time::timeout(instance.limits.request_timeout, rx).await {
-        Err(_) => {
-            let _ = instance.post(Envelope::Disconnect { end });
-            Err(CallError::Timeout)
-        }
-        Ok(Err(_)) => Err(CallError::Closed),
-        Ok(Ok(r)) => r.map(|()| (instance, end)),
-    }
 }

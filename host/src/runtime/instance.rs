@@ -4,16 +4,14 @@
 //! through it.
 
 use super::Class;
+use super::directory::Registry;
 use super::session::Route;
 use crate::manifest::Limits;
+use crate::wire::{ChainEntry, LocalName, PeerId};
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
-use tokio::runtime::Handle;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 /// Names one end of a session; allocated from a host-wide counter, never reused in a run.
 pub type SessionId = u64;
@@ -48,8 +46,9 @@ pub enum CallError {
     /// The receiver's mailbox is full.
     #[error("busy: mailbox full")]
     Busy,
-    /// Busy for another reason than a full mailbox (a keyed class at `max_instances`);
-    /// guests see it as `busy`, clients and peers get the text.
+    /// Busy for the reason given: a limit (a keyed class at `max_instances`, a peer's
+    /// `max_streams`) or, from another host, its full mailbox. Guests see it as `busy`,
+    /// clients and peers get the text.
     #[error("busy: {0}")]
     Full(String),
     /// The request would wait on itself.
@@ -67,7 +66,7 @@ pub enum CallError {
 }
 
 /// A service on other hosts an instance may use: (peer id, or `None` for any peer; name).
-pub type RemoteUse = (Option<Box<str>>, Box<str>);
+pub type RemoteUse = (Option<PeerId>, Box<str>);
 
 /// Where an instance is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,15 +123,16 @@ pub(crate) struct PeerInfo {
 }
 
 /// Who is waiting on a request or connect: used to refuse cycles, on this host and across
-/// hosts.
+/// hosts. There is one rule, [`Chain::contains`], for every caller: a guest's `request` or
+/// `connect`, a peer's request, a peer's session stream.
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
     /// Instances of this host that wait, by name (a keyed instance is its key's name, so
     /// a key that slept and woke again is still the same waiter).
     pub local: Vec<Arc<str>>,
-    /// Everyone that waits, as `PEERID/name`, when the chain came from another host (this
-    /// host's own waiters included); empty for a chain that never left this host.
-    pub remote: Vec<String>,
+    /// Everyone that waits, when the chain came from another host (this host's own
+    /// waiters included); empty for a chain that never left this host.
+    pub remote: Vec<ChainEntry>,
 }
 
 impl Chain {
@@ -141,37 +141,59 @@ impl Chain {
         self.local.iter().any(|n| &**n == name)
     }
 
+    /// The chain a call from the instance `me` to the instance `target` (both of this host)
+    /// carries, or `cycle` if `target` is `me` or already waits in it.
+    pub fn onward(&self, me: &Arc<str>, target: &str) -> Result<Chain, CallError> {
+        if **me == *target || self.contains(target) {
+            return Err(CallError::Cycle);
+        }
+        let mut chain = self.clone();
+        chain.local.push(me.clone());
+        Ok(chain)
+    }
+
     /// Forgets everything.
     pub fn clear(&mut self) {
         self.local.clear();
         self.remote.clear();
     }
 
-    /// The chain as the wire carries it: every waiter as `PEERID/name`, this host's as `me`.
-    pub fn to_wire(&self, me: &str) -> Vec<String> {
-        let mut out = self.remote.clone();
+    /// The chain as the wire carries it: every waiter as `PEERID/name`, this host's under
+    /// `me`.
+    pub fn to_wire(&self, me: PeerId) -> Vec<String> {
+        let mut out: Vec<String> = self.remote.iter().map(ChainEntry::to_string).collect();
         for name in &self.local {
-            let entry = format!("{me}/{name}");
-            if !out.contains(&entry) {
-                out.push(entry);
+            if !self.remote.iter().any(|e| e.is(&me, name)) {
+                out.push(
+                    ChainEntry {
+                        peer: me,
+                        name: name.to_string(),
+                    }
+                    .to_string(),
+                );
             }
         }
         out
     }
 
-    /// A chain received from another host: this host's entries become local names.
-    pub fn from_wire(wire: Vec<String>, me: &str) -> Chain {
-        let local = wire
+    /// The chain a call from the instance `me` to another host carries, as the wire
+    /// carries it.
+    pub fn to_wire_from(&self, me: &Arc<str>, host: PeerId) -> Vec<String> {
+        let mut chain = self.clone();
+        chain.local.push(me.clone());
+        chain.to_wire(host)
+    }
+
+    /// A chain received from another host: this host's entries become local names. An
+    /// entry that is not `PEERID/name` names nobody that could wait here, and is dropped.
+    pub fn from_wire(wire: Vec<String>, me: PeerId) -> Chain {
+        let remote: Vec<ChainEntry> = wire.iter().filter_map(|e| e.parse().ok()).collect();
+        let local = remote
             .iter()
-            .filter_map(|e| {
-                let (peer, name) = e.split_once('/')?;
-                (peer == me).then(|| Arc::from(name))
-            })
+            .filter(|e| e.peer == me)
+            .map(|e| Arc::from(e.name.as_str()))
             .collect();
-        Chain {
-            local,
-            remote: wire,
-        }
+        Chain { local, remote }
     }
 }
 
@@ -208,6 +230,13 @@ pub(crate) enum Envelope {
     },
 }
 
+impl CallError {
+    /// Whether the caller should wait and ask again (`busy`, whatever the reason).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, CallError::Busy | CallError::Full(_))
+    }
+}
+
 impl Envelope {
     /// How many places it takes in the mailbox bound (work a sender can be told to hold back).
     fn counted(&self) -> usize {
@@ -221,15 +250,6 @@ impl Envelope {
 
 /// Where the reply to a posted event arrives.
 pub(crate) type ReplyRx = oneshot::Receiver<Result<String, CallError>>;
-
-/// Waits up to `timeout` for an event's reply.
-pub(crate) async fn reply_within(rx: ReplyRx, timeout: Duration) -> Result<String, CallError> {
-    match tokio::time::timeout(timeout, rx).await {
-        Err(_) => Err(CallError::Timeout),
-        Ok(Err(_)) => Err(CallError::Closed),
-        Ok(Ok(r)) => r,
-    }
-}
 
 /// Orders handled before any mailbox work (a busy mailbox never delays shutdown).
 pub(crate) enum Control {
@@ -268,7 +288,7 @@ pub struct Instance {
     pub expose: bool,
     /// A plain instance, a keyed class, or one key of a class.
     pub kind: Kind,
-    sessions_open: AtomicU32,
+    pub(super) sessions_open: AtomicU32,
     mailbox: mpsc::UnboundedSender<Envelope>,
     control: mpsc::UnboundedSender<Control>,
     queued: AtomicUsize,
@@ -302,10 +322,10 @@ pub enum Kind {
 pub struct Keyed {
     /// Most keys live (awake, or asleep but not yet retired, or down) at once.
     pub max_instances: u32,
-    live: Mutex<HashMap<Box<str>, Arc<Instance>>>,
+    pub(super) live: Mutex<HashMap<Box<str>, Arc<Instance>>>,
     /// Most keys live at once since the heap was last trimmed (see `heap`); changed only
     /// with `live` locked.
-    peak: AtomicUsize,
+    pub(super) peak: AtomicUsize,
 }
 
 impl Keyed {
@@ -363,6 +383,59 @@ pub fn check_key(class: &str, key: &str) -> Result<(), CallError> {
     Ok(())
 }
 
+/// The number of event `event` among those `class` declares, or why a call of it on the
+/// instance `name` (taking at most `max_message`) with `params_len` bytes of parameters is
+/// refused. Checked before the guest: every caller and the fuzzer ask here.
+pub(crate) fn check_event(
+    name: &str,
+    class: &Class,
+    max_message: u64,
+    event: &str,
+    params_len: usize,
+) -> Result<u16, CallError> {
+    let Some(index) = class.event_index(event) else {
+        return Err(CallError::Invalid(format!(
+            "{name} has no event {event:?}; it declares {:?}",
+            class.events
+        )));
+    };
+    if params_len as u64 > max_message {
+        return Err(CallError::TooLarge {
+            size: params_len,
+            limit: max_message,
+        });
+    }
+    Ok(index)
+}
+
+/// What an instance is made of: the manifest's entry (or, for a key, its class's).
+pub(crate) struct InstanceSpec<'a> {
+    /// The instance name (`class/key` for a key).
+    pub name: &'a str,
+    /// Its index in the registry (`u32::MAX` for a key, which has none).
+    pub index: u32,
+    /// The channel it listens on.
+    pub channel: u16,
+    /// The component it runs.
+    pub class: Arc<Class>,
+    /// Its limits.
+    pub limits: Limits,
+    /// Its options as JSON, handed to `wakeup`.
+    pub options_json: &'a str,
+    /// Woken at start and kept awake.
+    pub autostart: bool,
+    /// Services it may use: (name, registry index).
+    pub uses: Box<[(Box<str>, u32)]>,
+    /// Services on other hosts it may use.
+    pub remote_uses: Box<[RemoteUse]>,
+    /// Reachable from other hosts.
+    pub expose: bool,
+    /// A plain instance, a keyed class, or one key of a class.
+    pub kind: Kind,
+    /// Where its figures are counted (a key shares its class's).
+    pub stats: Arc<super::stats::InstanceStats>,
+}
+
 /// The receiving ends an actor owns.
 pub(crate) struct Inbox {
     pub mailbox: mpsc::UnboundedReceiver<Envelope>,
@@ -371,21 +444,21 @@ pub(crate) struct Inbox {
 
 impl Instance {
     /// Builds the shared part of an instance and the inbox its actor will own.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        name: &str,
-        index: u32,
-        channel: u16,
-        class: Arc<Class>,
-        limits: Limits,
-        options_json: &str,
-        autostart: bool,
-        uses: Box<[(Box<str>, u32)]>,
-        remote_uses: Box<[RemoteUse]>,
-        expose: bool,
-        kind: Kind,
-        stats: Arc<super::stats::InstanceStats>,
-    ) -> (Arc<Instance>, Inbox) {
+    pub(crate) fn new(spec: InstanceSpec<'_>) -> (Arc<Instance>, Inbox) {
+        let InstanceSpec {
+            name,
+            index,
+            channel,
+            class,
+            limits,
+            options_json,
+            autostart,
+            uses,
+            remote_uses,
+            expose,
+            kind,
+            stats,
+        } = spec;
         // The mailbox is unbounded as a channel but bounded by `queued`: messages and events
         // count, disconnects do not, so closing a session can never fail for lack of room.
         let (mailbox, mailbox_rx) = mpsc::unbounded_channel();
@@ -438,7 +511,10 @@ impl Instance {
     /// The class and key of a keyed instance (`room`, `42` for `room/42`).
     pub fn key(&self) -> Option<(&str, &str)> {
         match self.kind {
-            Kind::Key { .. } => self.name.split_once('/'),
+            Kind::Key { .. } => {
+                let n = LocalName::parse(&self.name);
+                Some((n.class, n.key?))
+            }
             _ => None,
         }
     }
@@ -470,7 +546,7 @@ impl Instance {
             self.set_status(Status::Asleep);
             return false;
         }
-        if let Some((_, key)) = self.name.split_once('/') {
+        if let Some((_, key)) = self.key() {
             live.remove(key);
         }
         let peak = keyed.peak.load(Ordering::Relaxed);
@@ -513,19 +589,13 @@ impl Instance {
 
     /// Checks an event against what this instance declares and accepts: its number.
     pub(crate) fn check_event(&self, event: &str, params_len: usize) -> Result<u16, CallError> {
-        let Some(index) = self.class.event_index(event) else {
-            return Err(CallError::Invalid(format!(
-                "{} has no event {event:?}; it declares {:?}",
-                self.name, self.class.events
-            )));
-        };
-        if params_len as u64 > self.limits.max_message {
-            return Err(CallError::TooLarge {
-                size: params_len,
-                limit: self.limits.max_message,
-            });
-        }
-        Ok(index)
+        check_event(
+            &self.name,
+            &self.class,
+            self.limits.max_message,
+            event,
+            params_len,
+        )
     }
 
     /// Takes one place in the mailbox for an envelope delivered later with `deliver`.
@@ -597,9 +667,9 @@ impl Instance {
 
     /// Which peers this instance may reach `service` on: `Ok(None)` for any peer,
     /// `Ok(Some(ids))` for those only, an error naming the fix if none.
-    pub(crate) fn remote_uses(&self, service: &str) -> Result<Option<Vec<&str>>, CallError> {
+    pub(crate) fn remote_uses(&self, service: &str) -> Result<Option<Vec<PeerId>>, CallError> {
         // `*/room` covers every key of a keyed class: `room/42` is checked as `room`.
-        let class = service.split_once('/').map_or(service, |(c, _)| c);
+        let class = LocalName::parse(service).class;
         let mut ids = Vec::new();
         for (peer, name) in self.remote_uses.iter() {
             if &**name != class {
@@ -607,7 +677,7 @@ impl Instance {
             }
             match peer {
                 None => return Ok(None),
-                Some(p) => ids.push(&**p),
+                Some(p) => ids.push(*p),
             }
         }
         if ids.is_empty() {
@@ -625,380 +695,6 @@ impl Instance {
             .iter()
             .find(|(n, _)| &**n == service)
             .map(|(_, i)| *i)
-    }
-}
-
-/// Every instance of a host, by index and name, and the host-wide session counter.
-pub struct Registry {
-    instances: Vec<Arc<Instance>>,
-    names: HashMap<Box<str>, u32>,
-    next_session: AtomicU64,
-    events: broadcast::Sender<LifecycleEvent>,
-    book: Mutex<HashMap<SessionId, SessionRecord>>,
-    peers: OnceLock<Arc<dyn Peers>>,
-    spawner: OnceLock<Spawner>,
-    /// Set when the host starts to stop: no new keys are made.
-    closing: AtomicBool,
-}
-
-/// Where the actors of keyed instances made on demand run.
-pub(crate) struct Spawner {
-    /// The worker threads' runtimes; keys are spread over them by hash.
-    pub workers: Vec<Handle>,
-    /// The epoch tick counter every actor reads.
-    pub ticks: Arc<AtomicU64>,
-}
-
-/// One open session end on this host, as introspection lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    /// The instance holding this end.
-    pub instance: Arc<str>,
-    /// The other end: an instance or client name.
-    pub other: Arc<str>,
-    /// The other end's own id for the session, when it has one.
-    pub other_id: Option<SessionId>,
-    /// The other end's host, when remote.
-    pub peer: Option<Arc<str>>,
-    /// The channel of the accepting service.
-    pub channel: u16,
-}
-
-/// The other end of a remote session as its opener gets it.
-pub struct RemoteSession {
-    /// Where this end's messages go.
-    pub sink: Arc<dyn super::session::RemoteSink>,
-    /// The host it is on.
-    pub peer: Arc<str>,
-    /// The accepting service's channel.
-    pub channel: u16,
-}
-
-/// A future returned by a [`Peers`] call.
-pub type PeersFuture<T> = Pin<Box<dyn Future<Output = Result<T, CallError>> + Send>>;
-
-/// Reaches services on other hosts. The network layer implements it; the runtime only
-/// calls it, so the runtime never depends on the network.
-pub trait Peers: Send + Sync {
-    /// This host's peer id.
-    fn me(&self) -> &str;
-
-    /// Calls `event` on `service` on `peer` (a peer id, or `None` for any connected peer
-    /// that runs it, among `allowed` if given).
-    #[allow(clippy::too_many_arguments)]
-    fn request(
-        &self,
-        peer: Option<String>,
-        allowed: Option<Vec<String>>,
-        service: String,
-        event: String,
-        params: String,
-        timeout: Duration,
-        chain: Vec<String>,
-        caller: Arc<str>,
-        session: Option<SessionId>,
-    ) -> PeersFuture<String>;
-
-    /// Opens a session from `(instance, end)` to `service` on `peer` (or any allowed peer
-    /// that runs it); messages from the other end are delivered to that end.
-    #[allow(clippy::too_many_arguments)]
-    fn connect(
-        &self,
-        peer: Option<String>,
-        allowed: Option<Vec<String>>,
-        service: String,
-        from: Arc<Instance>,
-        end: SessionId,
-        timeout: Duration,
-        chain: Vec<String>,
-    ) -> PeersFuture<RemoteSession>;
-}
-
-impl Registry {
-    pub(crate) fn new(instances: Vec<Arc<Instance>>) -> Registry {
-        let names = instances
-            .iter()
-            .map(|i| (Box::from(&*i.name), i.index))
-            .collect();
-        Registry {
-            instances,
-            names,
-            next_session: AtomicU64::new(1),
-            events: broadcast::channel(1024).0,
-            book: Mutex::new(HashMap::new()),
-            peers: OnceLock::new(),
-            spawner: OnceLock::new(),
-            closing: AtomicBool::new(false),
-        }
-    }
-
-    /// Tasks alive on the worker threads' runtimes (every instance actor is one).
-    pub fn worker_tasks(&self) -> u64 {
-        self.spawner.get().map_or(0, |s| {
-            s.workers
-                .iter()
-                .map(|h| h.metrics().num_alive_tasks() as u64)
-                .sum()
-        })
-    }
-
-    /// The host is stopping: from now on no key of a keyed class is made (demand for one
-    /// is refused with `closed`), so the instances being drained are all there are.
-    pub(crate) fn close(&self) {
-        self.closing.store(true, Ordering::SeqCst);
-    }
-
-    /// Where keyed instances' actors run (set once, when the worker threads start).
-    pub(crate) fn set_spawner(&self, spawner: Spawner) {
-        let _ = self.spawner.set(spawner);
-    }
-
-    /// The instance of a name: a plain instance, or `class/key` of a keyed class — made
-    /// now, with the class's options and limits, if the key is not live. Refused with
-    /// `invalid` for a bad key or a keyed class named without a key, and with `busy`
-    /// when the class has `max_instances` keys live.
-    pub fn resolve(self: &Arc<Self>, name: &str) -> Result<Arc<Instance>, CallError> {
-        let (class_name, key) = match name.split_once('/') {
-            Some((c, k)) => (c, Some(k)),
-            None => (name, None),
-        };
-        let Some(entry) = self.by_name(class_name) else {
-            return Err(CallError::NoSuchService(name.to_string()));
-        };
-        match (&entry.kind, key) {
-            (Kind::Class(keyed), Some(key)) => self.key_of(entry, keyed, key),
-            (Kind::Class(_), None) => Err(CallError::Invalid(format!(
-                "{name} is keyed: name one of its instances, like {name}/lobby"
-            ))),
-            (_, None) => Ok(entry.clone()),
-            (_, Some(_)) => Err(CallError::NoSuchService(format!(
-                "{name}: {class_name} is not keyed (add `keyed = true` to it in the manifest)"
-            ))),
-        }
-    }
-
-    /// The live instance of a name, without making one (for introspection and tests).
-    pub fn live(&self, name: &str) -> Option<Arc<Instance>> {
-        match name.split_once('/') {
-            None => self.by_name(name).cloned(),
-            Some((class, key)) => {
-                let keyed = self.by_name(class)?.keyed()?;
-                keyed.live.lock().ok()?.get(key).cloned()
-            }
-        }
-    }
-
-    fn key_of(
-        self: &Arc<Self>,
-        class: &Arc<Instance>,
-        keyed: &Keyed,
-        key: &str,
-    ) -> Result<Arc<Instance>, CallError> {
-        let mut live = keyed
-            .live
-            .lock()
-            .map_err(|_| CallError::Unavailable("the key table is poisoned".into()))?;
-        if let Some(i) = live.get(key) {
-            return Ok(i.clone());
-        }
-        check_key(&class.name, key)?;
-        if self.closing.load(Ordering::SeqCst) {
-            return Err(CallError::Closed);
-        }
-        if live.len() >= keyed.max_instances as usize {
-            return Err(CallError::Full(format!(
-                "{} has its limit of {} live instances (max_instances); {key:?} waits until one sleeps",
-                class.name, keyed.max_instances
-            )));
-        }
-        let Some(spawner) = self.spawner.get() else {
-            return Err(CallError::Unavailable("the host is not running".into()));
-        };
-        let (instance, inbox) = Instance::new(
-            &format!("{}/{key}", class.name),
-            u32::MAX,
-            class.channel,
-            class.class.clone(),
-            class.limits.clone(),
-            &class.options_json,
-            false,
-            class.uses.clone(),
-            class.remote_uses.clone(),
-            class.expose,
-            Kind::Key { class: class.index },
-            class.stats.clone(),
-        );
-        live.insert(Box::from(key), instance.clone());
-        keyed.peak.fetch_max(live.len(), Ordering::Relaxed);
-        drop(live);
-        let worker = {
-            use std::hash::{BuildHasher, BuildHasherDefault};
-            let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                .hash_one(key);
-            (h % spawner.workers.len().max(1) as u64) as usize
-        };
-        let actor = super::actor::InstanceActor::new(
-            instance.clone(),
-            self.clone(),
-            spawner.ticks.clone(),
-            inbox,
-        );
-        spawner.workers[worker].spawn(actor.run());
-        Ok(instance)
-    }
-
-    /// Takes one place in `target`'s mailbox; when `target` is a keyed instance that just
-    /// retired, in the mailbox of its key's new instance. Returns the instance that holds
-    /// the place: deliver the envelope there.
-    pub(crate) fn reserve_on(
-        self: &Arc<Self>,
-        target: &Arc<Instance>,
-    ) -> Result<Arc<Instance>, CallError> {
-        let mut t = target.clone();
-        // A key retires at most once per idle period, so a retry or two always finds it.
-        for _ in 0..16 {
-            match t.reserve() {
-                Ok(()) => return Ok(t),
-                Err(_) if t.status() == Status::Retired => t = self.resolve(&t.name)?,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(CallError::Busy)
-    }
-
-    /// Checks and queues an event for `target` (see `reserve_on`); the reply comes on the
-    /// returned receiver. Every caller (a guest's `request`, a client, a peer) goes
-    /// through here, so the checks are the same for all.
-    pub(crate) fn post_event(
-        self: &Arc<Self>,
-        target: &Arc<Instance>,
-        event: &str,
-        params: String,
-        caller: Option<SessionId>,
-        chain: Chain,
-    ) -> Result<ReplyRx, CallError> {
-        let index = target.check_event(event, params.len())?;
-        let target = self.reserve_on(target)?;
-        let (reply, rx) = oneshot::channel();
-        target.deliver(Envelope::Event {
-            caller,
-            event: index,
-            params,
-            chain,
-            reply,
-        });
-        Ok(rx)
-    }
-
-    /// Connects this host to its peers (once).
-    pub fn set_peers(&self, peers: Arc<dyn Peers>) {
-        let _ = self.peers.set(peers);
-    }
-
-    /// The peers, once the network is up.
-    pub fn peers(&self) -> Option<&Arc<dyn Peers>> {
-        self.peers.get()
-    }
-
-    /// Records a session end opening (once per session, not per message).
-    pub(crate) fn session_opened(&self, id: SessionId, record: SessionRecord, on: &Instance) {
-        on.sessions_open.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut book) = self.book.lock() {
-            book.insert(id, record);
-        }
-    }
-
-    /// Records a session end closing.
-    pub(crate) fn session_closed(&self, id: SessionId, on: &Instance) {
-        on.sessions_open.fetch_sub(1, Ordering::Relaxed);
-        if let Ok(mut book) = self.book.lock() {
-            book.remove(&id);
-        }
-    }
-
-    /// The open session end with this id.
-    pub fn session(&self, id: SessionId) -> Option<SessionRecord> {
-        self.book.lock().ok()?.get(&id).cloned()
-    }
-
-    /// Every open session end on this host (at most `max`), sorted by id, and how many
-    /// there are in all.
-    pub fn sessions(&self, max: usize) -> (Vec<(SessionId, SessionRecord)>, usize) {
-        let Ok(book) = self.book.lock() else {
-            return (Vec::new(), 0);
-        };
-        let mut v: Vec<_> = book.iter().map(|(id, r)| (*id, r.clone())).collect();
-        v.sort_by_key(|(id, _)| *id);
-        let total = v.len();
-        v.truncate(max);
-        (v, total)
-    }
-
-    /// Each manifest entry's figures, in manifest order (at most `max`), and how many
-    /// entries there are. A keyed class's figures add up its live keys (its counters are
-    /// shared by its keys already; awake keys, mailboxes and sessions are summed here).
-    pub fn figures(&self, max: usize) -> (Vec<crate::wire::InstanceFigures>, usize) {
-        let list = self
-            .instances
-            .iter()
-            .take(max)
-            .map(|i| {
-                let mut out = crate::wire::InstanceFigures {
-                    name: i.name.to_string(),
-                    mailbox: i.queued() as u64,
-                    sessions: u64::from(i.sessions_open()),
-                    ..Default::default()
-                };
-                i.stats.read_into(&mut out);
-                match i.keyed() {
-                    Some(k) => {
-                        out.state = "keyed".into();
-                        for key in k.instances() {
-                            out.live += 1;
-                            out.awake += u64::from(key.status() == Status::Awake);
-                            out.mailbox += key.queued() as u64;
-                            out.sessions += u64::from(key.sessions_open());
-                        }
-                    }
-                    None => {
-                        let status = i.status();
-                        out.awake = u64::from(status == Status::Awake);
-                        out.state = status.as_str().into();
-                    }
-                }
-                out
-            })
-            .collect();
-        (list, self.instances.len())
-    }
-
-    /// All instances, in manifest order.
-    pub fn instances(&self) -> &[Arc<Instance>] {
-        &self.instances
-    }
-
-    /// The instance at a registry index.
-    pub fn get(&self, index: u32) -> &Arc<Instance> {
-        &self.instances[index as usize]
-    }
-
-    /// The manifest entry of this name (a plain instance or a keyed class).
-    pub fn by_name(&self, name: &str) -> Option<&Arc<Instance>> {
-        self.names.get(name).map(|&i| &self.instances[i as usize])
-    }
-
-    /// A fresh session id.
-    pub fn next_session(&self) -> SessionId {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Lifecycle changes from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent> {
-        self.events.subscribe()
-    }
-
-    pub(crate) fn publish(&self, event: LifecycleEvent) {
-        let _ = self.events.send(event);
     }
 }
 

@@ -3,7 +3,9 @@
 //! client's channel, or a QUIC stream to another host; nothing above this module needs to
 //! know which kind it talks to.
 
-use super::instance::{CallError, Envelope, Instance, Registry, SessionId, SessionRecord};
+use super::Class;
+use super::directory::{Registry, SessionRecord};
+use super::instance::{CallError, Envelope, Instance, SessionId};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -140,16 +142,30 @@ impl Route {
 /// The receiver's number for a declared message kind, or why the message is refused.
 #[inline]
 fn check(to: &Instance, kind: &str, len: usize) -> Result<u16, CallError> {
-    let Some(index) = to.class.message_index(kind) else {
+    check_message(&to.name, &to.class, to.limits.max_message, kind, len)
+}
+
+/// The number of message kind `kind` among those `class` declares, or why a message of
+/// `len` bytes to the instance `name` (taking at most `max_message`) is refused. Checked
+/// before the guest, by the sender: every sender and the fuzzer ask here.
+#[inline]
+pub(crate) fn check_message(
+    name: &str,
+    class: &Class,
+    max_message: u64,
+    kind: &str,
+    len: usize,
+) -> Result<u16, CallError> {
+    let Some(index) = class.message_index(kind) else {
         return Err(CallError::Invalid(format!(
-            "{} does not accept message kind {kind:?}; it declares {:?}",
-            to.name, to.class.messages
+            "{name} does not accept message kind {kind:?}; it declares {:?}",
+            class.messages
         )));
     };
-    if len as u64 > to.limits.max_message {
+    if len as u64 > max_message {
         return Err(CallError::TooLarge {
             size: len,
-            limit: to.limits.max_message,
+            limit: max_message,
         });
     }
     Ok(index)

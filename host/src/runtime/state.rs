@@ -5,14 +5,17 @@
 use super::bindings::wasmwire::service::{host, types};
 use super::bindings::{Level, SessionInfo, WitError};
 use super::clock::{CallClock, Verdict};
+use super::directory::{
+    Destination, Opener, Peers, Registry, RemoteConnect, RemoteRequest, RemoteTarget, reply_within,
+};
 use super::guest_log::{GuestLog, Stream};
-use super::instance::{CallError, Chain, Envelope, Instance, PeerInfo, Registry, SessionId};
+use super::instance::{CallError, Chain, Instance, PeerInfo, SessionId};
 use super::session::{Outbox, Route, SessionEnd, SessionTable};
+use crate::wire::{PeerSel, ServiceAddr};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
@@ -119,6 +122,10 @@ pub struct HostState {
     pub(crate) chain: Chain,
     pub(crate) clock: CallClock,
     max_timers: usize,
+    /// Most sessions open at once, opened or accepted (`max_sessions`).
+    max_sessions: u32,
+    /// Largest message, parameters or reply it takes (`max_message`).
+    pub(crate) max_message: u64,
     /// This instance's log rate limit, shared with its stdout/stderr.
     log_budget: Arc<super::guest_log::LogBudget>,
     /// Set only under `wasmwire fuzz`: checks what the guest asks of the host and injects
@@ -182,6 +189,8 @@ impl HostState {
             chain: Chain::default(),
             clock: CallClock::new(ticks, limits.call_timeout),
             max_timers: limits.max_timers as usize,
+            max_sessions: limits.max_sessions,
+            max_message: limits.max_message,
             audit: None,
             log_budget: budget,
         }
@@ -237,133 +246,116 @@ impl HostState {
         self.audit.as_mut()?.fault.take()
     }
 
-    fn node(&self) -> Result<(&Arc<Instance>, &Arc<Registry>), CallError> {
+    /// Whether one more session may open here: `max_sessions`, the same for the sessions
+    /// the instance opens and those it accepts.
+    pub(crate) fn session_room(&self) -> Result<(), CallError> {
+        let max = self.max_sessions;
+        if self.sessions.len() >= max as usize {
+            return Err(CallError::Denied(format!(
+                "{} has its limit of {max} sessions open",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// This instance and its directory, cloned for a call that awaits.
+    fn node(&self) -> Result<(Arc<Instance>, Arc<Registry>), CallError> {
         self.me
             .as_ref()
-            .map(|(i, r)| (i, r))
+            .map(|(i, r)| (i.clone(), r.clone()))
             .ok_or_else(|| CallError::Denied("not available outside a running host".into()))
     }
 
-    /// Finds a service this instance may use, with the error the guest should see otherwise.
-    /// `uses = ["room"]` covers every key of a keyed class: `room/lobby`, `room/42`, ...
-    fn target(&self, service: &str) -> Result<(Arc<Instance>, Arc<Registry>), CallError> {
+    /// Opens a session with what `addr` names, as the directory routes it.
+    async fn connect_to(&mut self, addr: ServiceAddr) -> Result<SessionId, CallError> {
         let (me, registry) = self.node()?;
-        let class = service.split_once('/').map_or(service, |(c, _)| c);
-        match me.uses(class) {
-            Some(_) => Ok((registry.resolve(service)?, registry.clone())),
-            None if registry.by_name(class).is_none() => {
-                Err(CallError::NoSuchService(service.to_string()))
+        let destination = registry.route(&me, &addr)?;
+        self.session_room()?;
+        match destination {
+            Destination::Local(target) => self.connect_local(me, registry, target).await,
+            Destination::Remote(peers, target) => {
+                self.connect_remote(me, registry, peers, target).await
             }
-            None => Err(CallError::Denied(format!(
-                "{} may not use {class}: add it to `uses` of {} in the manifest",
-                me.name, me.name
-            ))),
         }
     }
 
-    /// Whether `name` is a keyed class of this host (so `name/KEY` is local).
-    fn keyed_class(&self, name: &str) -> bool {
-        self.me
-            .as_ref()
-            .and_then(|(_, r)| r.by_name(name))
-            .is_some_and(|e| e.keyed().is_some())
-    }
-
-    /// The chain a call made now would carry, or `cycle` if it would reach `target`.
-    fn chain_to(&self, target: &Instance) -> Result<Chain, CallError> {
-        let (me, _) = self.node()?;
-        if me.name == target.name || self.chain.contains(&target.name) {
-            return Err(CallError::Cycle);
-        }
-        let mut chain = self.chain.clone();
-        chain.local.push(me.name.clone());
-        Ok(chain)
-    }
-
-    /// The chain a call to another host made now would carry, as the wire carries it.
-    fn wire_chain(&self, peers: &dyn super::instance::Peers) -> Result<Vec<String>, CallError> {
-        let (me, _) = self.node()?;
-        let mut chain = self.chain.clone();
-        chain.local.push(me.name.clone());
-        Ok(chain.to_wire(peers.me()))
-    }
-
-    /// Where a call to `service` on `peer` may go: the peer (`None`: any) and the peers
-    /// `uses` allows (`None`: any), or why it is refused. A peer that is this host is
-    /// `Ok(None)` for the pair, meaning "local".
-    #[allow(clippy::type_complexity)]
-    fn remote_target(
-        &self,
-        peer: &str,
-        service: &str,
-    ) -> Result<
-        Option<(
-            Arc<dyn super::instance::Peers>,
-            Option<String>,
-            Option<Vec<String>>,
-        )>,
-        CallError,
-    > {
-        let (me, registry) = self.node()?;
-        let Some(peers) = registry.peers() else {
-            return Err(CallError::Unavailable(format!(
-                "cannot reach {peer}/{service}: this host has no network (set `[host] listen`)"
-            )));
-        };
-        if peer == peers.me() {
-            return Ok(None);
-        }
-        let allowed = me.remote_uses(service)?;
-        let peer = if peer == "*" {
-            None
-        } else {
-            if let Some(ids) = &allowed
-                && !ids.contains(&peer)
-            {
-                return Err(CallError::Denied(format!(
-                    "{} may not use {service} on {peer}: add \"{peer}/{service}\" to `uses` of {} in the manifest",
-                    me.name, me.name
-                )));
-            }
-            Some(peer.to_string())
-        };
-        let allowed = allowed.map(|ids| ids.into_iter().map(str::to_string).collect());
-        Ok(Some((peers.clone(), peer, allowed)))
-    }
-
-    async fn connect_remote(&mut self, peer: &str, service: &str) -> Result<SessionId, CallError> {
-        let Some((peers, peer, allowed)) = self.remote_target(peer, service)? else {
-            return self.connect_local(service).await;
-        };
-        let (me, registry) = self.node()?;
-        let (me, registry) = (me.clone(), registry.clone());
-        if self.sessions.len() >= me.limits.max_sessions as usize {
-            return Err(CallError::Denied(format!(
-                "{} has its limit of {} sessions open",
-                me.name, me.limits.max_sessions
-            )));
-        }
-        let chain = self.wire_chain(&*peers)?;
+    async fn connect_local(
+        &mut self,
+        me: Arc<Instance>,
+        registry: Arc<Registry>,
+        target: Arc<Instance>,
+    ) -> Result<SessionId, CallError> {
+        let chain = self.chain.onward(&me.name, &target.name)?;
         let mine = registry.next_session();
+        self.outbox.flush();
+        let opener = Opener {
+            from: PeerInfo {
+                service: me.name.clone(),
+                peer: None,
+            },
+            back: Route::Instance {
+                to: me.clone(),
+                end: mine,
+            },
+            chain,
+        };
+        let pending = registry.open_session(&target, opener)?;
+        // Waiting for the answer is not CPU time.
+        self.clock.pause();
+        let accepted = pending.accepted(me.limits.request_timeout).await;
+        self.clock.resume();
+        let (target, theirs) = accepted?;
+        let channel = target.channel;
+        let info = SessionInfo {
+            id: mine,
+            peer: None,
+            service: target.name.to_string(),
+            channel,
+        };
+        self.sessions.insert(
+            mine,
+            SessionEnd {
+                service: target.name.clone(),
+                route: Route::Instance {
+                    to: target,
+                    end: theirs,
+                },
+                peer: None,
+                channel,
+            },
+        );
+        self.deferred.push_back(Deferred::Connected(info));
+        Ok(mine)
+    }
+
+    async fn connect_remote(
+        &mut self,
+        me: Arc<Instance>,
+        registry: Arc<Registry>,
+        peers: Arc<dyn Peers>,
+        target: RemoteTarget,
+    ) -> Result<SessionId, CallError> {
+        let chain = self.chain.to_wire_from(&me.name, peers.id());
+        let mine = registry.next_session();
+        let service = target.service.clone();
         self.outbox.flush();
         self.clock.pause();
         let r = peers
-            .connect(
-                peer,
-                allowed,
-                service.to_string(),
-                me.clone(),
-                mine,
-                me.limits.request_timeout,
+            .connect(RemoteConnect {
+                target,
+                from: me.clone(),
+                end: mine,
+                timeout: me.limits.request_timeout,
                 chain,
-            )
+            })
             .await;
         self.clock.resume();
         let remote = r?;
         let info = SessionInfo {
             id: mine,
             peer: Some(remote.peer.to_string()),
-            service: service.to_string(),
+            service: service.clone(),
             channel: remote.channel,
         };
         self.sessions.insert(
@@ -379,129 +371,34 @@ impl HostState {
         Ok(mine)
     }
 
-    async fn request_remote(
+    /// Calls `event` on what `addr` names, as the directory routes it.
+    async fn request_to(
         &mut self,
-        peer: &str,
-        service: &str,
+        addr: ServiceAddr,
         event: &str,
         params: String,
     ) -> Result<String, CallError> {
-        let Some((peers, peer, allowed)) = self.remote_target(peer, service)? else {
-            return self.request_local(service, event, params).await;
-        };
-        let chain = self.wire_chain(&*peers)?;
-        let (me, _) = self.node()?;
-        let (caller, timeout) = (me.name.clone(), me.limits.request_timeout);
-        // A session this instance has with that very service on that very peer makes the
-        // callee see the request as coming from that session.
-        let session = peer.as_deref().and_then(|p| {
-            self.sessions.iter().find_map(|(_, s)| match &s.route {
-                Route::Remote(sink) if s.peer.as_deref() == Some(p) && &*s.service == service => {
-                    Some(sink.other_end())
-                }
-                _ => None,
-            })
-        });
-        self.outbox.flush();
-        self.clock.pause();
-        let r = peers
-            .request(
-                peer,
-                allowed,
-                service.to_string(),
-                event.to_string(),
-                params,
-                timeout,
-                chain,
-                caller,
-                session,
-            )
-            .await;
-        self.clock.resume();
-        r
-    }
-
-    /// Waits for an answer without counting the wait as CPU time.
-    async fn wait<T>(
-        &mut self,
-        rx: oneshot::Receiver<Result<T, CallError>>,
-        timeout: Duration,
-    ) -> Result<T, CallError> {
-        self.clock.pause();
-        let r = tokio::time::timeout(timeout, rx).await;
-        self.clock.resume();
-        match r {
-            Err(_) => Err(CallError::Timeout),
-            Ok(Err(_)) => Err(CallError::Closed),
-            Ok(Ok(r)) => r,
+        let (me, registry) = self.node()?;
+        match registry.route(&me, &addr)? {
+            Destination::Local(target) => {
+                self.request_local(me, registry, target, event, params)
+                    .await
+            }
+            Destination::Remote(peers, target) => {
+                self.request_remote(me, peers, target, event, params).await
+            }
         }
-    }
-
-    async fn connect_local(&mut self, service: &str) -> Result<SessionId, CallError> {
-        let (target, registry) = self.target(service)?;
-        let (me, _) = self.node()?;
-        let me = me.clone();
-        if self.sessions.len() >= me.limits.max_sessions as usize {
-            return Err(CallError::Denied(format!(
-                "{} has its limit of {} sessions open",
-                me.name, me.limits.max_sessions
-            )));
-        }
-        let chain = self.chain_to(&target)?;
-        let (mine, theirs) = (registry.next_session(), registry.next_session());
-        self.outbox.flush();
-        let (reply, rx) = oneshot::channel();
-        let target = registry.reserve_on(&target)?;
-        target.deliver(Envelope::Connect {
-            end: theirs,
-            from: PeerInfo {
-                service: me.name.clone(),
-                peer: None,
-            },
-            back: Route::Instance {
-                to: me.clone(),
-                end: mine,
-            },
-            chain,
-            reply,
-        });
-        if let Err(e) = self.wait(rx, me.limits.request_timeout).await {
-            // The target may still accept later: make sure its end does not dangle.
-            target.post(Envelope::Disconnect { end: theirs }).ok();
-            return Err(e);
-        }
-        let channel = target.channel;
-        let info = SessionInfo {
-            id: mine,
-            peer: None,
-            service: target.name.to_string(),
-            channel,
-        };
-        self.sessions.insert(
-            mine,
-            SessionEnd {
-                route: Route::Instance {
-                    to: target.clone(),
-                    end: theirs,
-                },
-                service: target.name.clone(),
-                peer: None,
-                channel,
-            },
-        );
-        self.deferred.push_back(Deferred::Connected(info));
-        Ok(mine)
     }
 
     async fn request_local(
         &mut self,
-        service: &str,
+        me: Arc<Instance>,
+        registry: Arc<Registry>,
+        target: Arc<Instance>,
         event: &str,
         params: String,
     ) -> Result<String, CallError> {
-        let (target, registry) = self.target(service)?;
-        let chain = self.chain_to(&target)?;
-        let timeout = self.node()?.0.limits.request_timeout;
+        let chain = self.chain.onward(&me.name, &target.name)?;
         // If this instance has a session with the target, the target sees the request as
         // coming from that session (its end of it).
         let caller = self.sessions.iter().find_map(|(_, s)| match &s.route {
@@ -510,7 +407,50 @@ impl HostState {
             _ => None,
         });
         let rx = registry.post_event(&target, event, params, caller, chain)?;
-        self.wait(rx, timeout).await
+        // Waiting for the answer is not CPU time.
+        self.clock.pause();
+        let r = reply_within(rx, me.limits.request_timeout).await;
+        self.clock.resume();
+        r
+    }
+
+    async fn request_remote(
+        &mut self,
+        me: Arc<Instance>,
+        peers: Arc<dyn Peers>,
+        target: RemoteTarget,
+        event: &str,
+        params: String,
+    ) -> Result<String, CallError> {
+        let chain = self.chain.to_wire_from(&me.name, peers.id());
+        // A session this instance has with that very service on that very peer makes the
+        // callee see the request as coming from that session.
+        let session = target.peer.id().and_then(|p| {
+            let p = p.to_string();
+            self.sessions.iter().find_map(|(_, s)| match &s.route {
+                Route::Remote(sink)
+                    if s.peer.as_deref() == Some(p.as_str()) && *s.service == *target.service =>
+                {
+                    Some(sink.other_end())
+                }
+                _ => None,
+            })
+        });
+        self.outbox.flush();
+        self.clock.pause();
+        let r = peers
+            .request(RemoteRequest {
+                target,
+                event: event.to_string(),
+                params,
+                timeout: me.limits.request_timeout,
+                chain,
+                caller: me.name.clone(),
+                session,
+            })
+            .await;
+        self.clock.resume();
+        r
     }
 }
 
@@ -641,9 +581,9 @@ impl host::Host for HostState {
         if let Some(e) = self.injected() {
             return Ok(Err(e));
         }
-        let r = match peer {
-            Some(peer) => self.connect_remote(&peer, &service).await,
-            None => self.connect_local(&service).await,
+        let r = match peer.map(|p| p.parse::<PeerSel>()).transpose() {
+            Ok(peer) => self.connect_to(ServiceAddr { peer, service }).await,
+            Err(e) => Err(CallError::Invalid(e.to_string())),
         };
         Ok(r.map_err(WitError::from))
     }
@@ -657,15 +597,11 @@ impl host::Host for HostState {
         if let Some(e) = self.injected() {
             return Ok(Err(e));
         }
-        // `PEERID/name` or `*/name` is a service on another host; a bare name is local, and
-        // so is `class/KEY` of one of this host's keyed classes (`PEERID/class/KEY` is a key
-        // on another host).
-        let r = match service.split_once('/') {
-            Some((first, _)) if self.keyed_class(first) => {
-                self.request_local(&service, &event, params).await
-            }
-            Some((peer, name)) => self.request_remote(peer, name, &event, params).await,
-            None => self.request_local(&service, &event, params).await,
+        // `PEERID/name` or `*/name` is a service on another host; a bare name or
+        // `class/KEY` is local (see `wire::addr`).
+        let r = match service.parse::<ServiceAddr>() {
+            Ok(addr) => self.request_to(addr, &event, params).await,
+            Err(e) => Err(CallError::Invalid(e.to_string())),
         };
         Ok(r.map_err(WitError::from))
     }
@@ -712,7 +648,7 @@ impl host::Host for HostState {
             .me
             .as_ref()
             .and_then(|(_, r)| r.peers())
-            .map(|p| p.me().to_string());
+            .map(|p| p.id().to_string());
         Ok(super::bindings::InstanceInfo {
             name: self.name.to_string(),
             service,

@@ -388,6 +388,28 @@ pub const CONTROL_TYPES: &[&str] = &[
 ];
 
 impl Control {
+    /// Its `type` on the wire, without encoding it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Control::Hello(_) => "hello",
+            Control::Error { .. } => "error",
+            Control::ListServices { .. } => "list-services",
+            Control::Services { .. } => "services",
+            Control::ListSessions { .. } => "list-sessions",
+            Control::Sessions { .. } => "sessions",
+            Control::FindService { .. } => "find-service",
+            Control::Found { .. } => "found",
+            Control::Request { .. } => "request",
+            Control::Response { .. } => "response",
+            Control::GetPeers { .. } => "get-peers",
+            Control::Peers { .. } => "peers",
+            Control::GetStats { .. } => "get-stats",
+            Control::Stats { .. } => "stats",
+            Control::Ping { .. } => "ping",
+            Control::Pong { .. } => "pong",
+        }
+    }
+
     /// The request id it carries (0 for `hello`).
     pub fn id(&self) -> u64 {
         match self {

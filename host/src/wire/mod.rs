@@ -11,10 +11,12 @@
 //! - A session stream starts with one JSON [`SessionHeader`] each way, then binary
 //!   [`data`] frames.
 
+pub mod addr;
 pub mod control;
 pub mod data;
 pub mod peer_id;
 
+pub use addr::{BadAddr, ChainEntry, LocalName, PeerSel, ServiceAddr, chain_has};
 pub use peer_id::{BadPeerId, PeerId};
 
 pub use control::{
@@ -207,10 +209,17 @@ mod tests {
         let doc = include_str!("../../../docs/protocol.md");
         let examples = blocks(doc, "json");
         assert!(examples.len() >= 20, "{}", examples.len());
+        let mut types = std::collections::BTreeSet::new();
         for e in examples {
             let body = e.as_bytes();
             match control::decode_control(body) {
-                Ok(m) => shown_fields_are_real(e, serde_json::to_value(&m).unwrap()),
+                Ok(m) => {
+                    let encoded = serde_json::to_value(&m).unwrap();
+                    // `type_name` says what the encoder writes, for every type shown.
+                    assert_eq!(encoded["type"], m.type_name(), "{e}");
+                    types.insert(m.type_name());
+                    shown_fields_are_real(e, encoded);
+                }
                 Err(Undecodable::UnknownType { kind, .. }) if kind == "teleport" => {}
                 Err(_) => {
                     let h = control::decode_header(body)
@@ -219,6 +228,10 @@ mod tests {
                 }
             }
         }
+        // The protocol shows every type, and the decoder knows each one by name.
+        let known: std::collections::BTreeSet<&str> =
+            control::CONTROL_TYPES.iter().copied().collect();
+        assert_eq!(types, known);
         let hex = blocks(doc, "hex");
         let bytes: Vec<u8> = hex[0]
             .split_whitespace()
