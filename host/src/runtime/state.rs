@@ -505,11 +505,7 @@ impl types::Host for HostState {}
 impl host::Host for HostState {
     fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
         if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
+            message.truncate(message.floor_char_boundary(MAX_LOG_LINE));
         }
         let instance = &*self.name;
         if !self.log_budget.admit(instance) {

@@ -533,11 +533,7 @@ fn decode_tagged<T: serde::de::DeserializeOwned>(
                 Ok(p) if !known.contains(&p.kind.as_str()) => {
                     let mut kind = p.kind;
                     if kind.len() > 64 {
-                        let mut cut = 64;
-                        while !kind.is_char_boundary(cut) {
-                            cut -= 1;
-                        }
-                        kind.truncate(cut);
+                        kind.truncate(kind.floor_char_boundary(64));
                     }
                     Err(Undecodable::UnknownType { id: p.id, kind })
                 }
