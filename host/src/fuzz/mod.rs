@@ -3,7 +3,7 @@
 //! fresh CPU budget, `on-connect`/`on-disconnect` after the host calls that open or close
 //! sessions, `max_sessions`, timers only while set, sleep only without sessions), the same
 //! `HostState` and host imports, the same checks of kinds, events and sizes before the
-//! guest (`session::check_message`, `instance::check_event`) — with random but well-formed
+//! guest (`session::check_message`, `session::check_event`) — with random but well-formed
 //! sequences of steps ([`step`]), chosen by the generator (`generate.rs`).
 //!
 //! A run stops at the first finding: a trap, a limit hit (CPU deadline, memory), `wakeup`
@@ -16,9 +16,9 @@ pub mod step;
 
 use crate::manifest::Limits;
 use crate::runtime::bindings::WitError;
-use crate::runtime::instance::{CallError, PeerInfo, check_event};
+use crate::runtime::instance::{CallError, PeerInfo};
 use crate::runtime::instance_core::{Core, Crash, WakeError};
-use crate::runtime::session::{ClientEvent, Route, check_message};
+use crate::runtime::session::{ClientEvent, Route, check_event, check_message};
 use crate::runtime::state::{Audit, HostState};
 use crate::runtime::stats::InstanceStats;
 use crate::runtime::{Class, CpuDeadline, LoadError, MemoryLimit, Runtime, RuntimeConfig};
@@ -210,6 +210,8 @@ struct Harness<'t> {
     /// Export calls made, counted by the core as the actor's are.
     stats: Arc<InstanceStats>,
     refused: u64,
+    /// Whether to keep the refusals' reasons (see [`refusals`]).
+    keep_refusals: bool,
     /// Why the host refused steps before the guest, each reason once (the first few).
     refusals: Vec<String>,
     messages: Vec<u64>,
@@ -251,6 +253,7 @@ impl<'t> Harness<'t> {
             output: Default::default(),
             stats: Arc::default(),
             refused: 0,
+            keep_refusals: false,
             refusals: Vec::new(),
             messages: vec![0; target.class.messages.len()],
             events: vec![0; target.class.events.len()],
@@ -262,11 +265,15 @@ impl<'t> Harness<'t> {
         self.stats.calls.load(Ordering::Relaxed)
     }
 
-    /// The host refused a step before the guest saw it, for this reason.
-    fn refuse(&mut self, why: CallError) {
+    /// The host refused a step before the guest saw it, for this reason (made into text
+    /// only when the reasons are kept: fuzzing itself only counts them).
+    fn refuse(&mut self, why: impl FnOnce() -> CallError) {
         self.refused += 1;
-        let why = why.to_string();
-        if self.refusals.len() < MAX_REFUSALS && !self.refusals.contains(&why) {
+        if !self.keep_refusals || self.refusals.len() >= MAX_REFUSALS {
+            return;
+        }
+        let why = why().to_string();
+        if !self.refusals.contains(&why) {
             self.refusals.push(why);
         }
     }
@@ -424,7 +431,7 @@ impl<'t> Harness<'t> {
                 let info = match l.accept(*id, from, back, 1) {
                     Ok(info) => info,
                     Err(why) => {
-                        self.refuse(why);
+                        self.refuse(|| why);
                         return Ok(());
                     }
                 };
@@ -444,16 +451,10 @@ impl<'t> Harness<'t> {
             }
             Step::Message { id, kind, payload } => {
                 // The host checks kind and size at the sender; the guest never sees these.
-                let index = match check_message(
-                    &target.name,
-                    class,
-                    limits.max_message,
-                    kind,
-                    payload.len(),
-                ) {
+                let index = match check_message(class, limits.max_message, kind, payload.len()) {
                     Ok(index) => index,
                     Err(why) => {
-                        self.refuse(why);
+                        self.refuse(|| why.message_error(&target.name, class, kind));
                         return Ok(());
                     }
                 };
@@ -466,16 +467,10 @@ impl<'t> Harness<'t> {
                 }
             }
             Step::Event { name, params } => {
-                let index = match check_event(
-                    &target.name,
-                    class,
-                    limits.max_message,
-                    name,
-                    params.len(),
-                ) {
+                let index = match check_event(class, limits.max_message, name, params.len()) {
                     Ok(index) => index,
                     Err(why) => {
-                        self.refuse(why);
+                        self.refuse(|| why.event_error(&target.name, class, name));
                         return Ok(());
                     }
                 };
@@ -545,22 +540,24 @@ pub async fn replay(
     settings: &Settings,
     steps: &[Step],
 ) -> (Option<Finding>, u64) {
-    let (finding, h) = run_steps(target, settings, steps).await;
+    let (finding, h) = run_steps(target, settings, steps, false).await;
     (finding, h.calls())
 }
 
 /// Runs `steps` once on fresh instances; returns why the host refused steps before the
 /// guest saw them — each reason once, in the words a client or guest would get.
 pub async fn refusals(target: &Target, settings: &Settings, steps: &[Step]) -> Vec<String> {
-    run_steps(target, settings, steps).await.1.refusals
+    run_steps(target, settings, steps, true).await.1.refusals
 }
 
 async fn run_steps<'t>(
     target: &'t Target,
     settings: &'t Settings,
     steps: &[Step],
+    keep_refusals: bool,
 ) -> (Option<Finding>, Harness<'t>) {
     let mut h = Harness::new(target, settings);
+    h.keep_refusals = keep_refusals;
     let mut none = None;
     for (i, s) in steps.iter().enumerate() {
         if let Err(mut f) = h.apply(s, &mut none).await {

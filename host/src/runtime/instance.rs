@@ -383,31 +383,6 @@ pub fn check_key(class: &str, key: &str) -> Result<(), CallError> {
     Ok(())
 }
 
-/// The number of event `event` among those `class` declares, or why a call of it on the
-/// instance `name` (taking at most `max_message`) with `params_len` bytes of parameters is
-/// refused. Checked before the guest: every caller and the fuzzer ask here.
-pub(crate) fn check_event(
-    name: &str,
-    class: &Class,
-    max_message: u64,
-    event: &str,
-    params_len: usize,
-) -> Result<u16, CallError> {
-    let Some(index) = class.event_index(event) else {
-        return Err(CallError::Invalid(format!(
-            "{name} has no event {event:?}; it declares {:?}",
-            class.events
-        )));
-    };
-    if params_len as u64 > max_message {
-        return Err(CallError::TooLarge {
-            size: params_len,
-            limit: max_message,
-        });
-    }
-    Ok(index)
-}
-
 /// What an instance is made of: the manifest's entry (or, for a key, its class's).
 pub(crate) struct InstanceSpec<'a> {
     /// The instance name (`class/key` for a key).
@@ -589,13 +564,8 @@ impl Instance {
 
     /// Checks an event against what this instance declares and accepts: its number.
     pub(crate) fn check_event(&self, event: &str, params_len: usize) -> Result<u16, CallError> {
-        check_event(
-            &self.name,
-            &self.class,
-            self.limits.max_message,
-            event,
-            params_len,
-        )
+        super::session::check_event(&self.class, self.limits.max_message, event, params_len)
+            .map_err(|r| r.event_error(&self.name, &self.class, event))
     }
 
     /// Takes one place in the mailbox for an envelope delivered later with `deliver`.

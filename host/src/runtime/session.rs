@@ -142,28 +142,83 @@ impl Route {
 /// The receiver's number for a declared message kind, or why the message is refused.
 #[inline]
 fn check(to: &Instance, kind: &str, len: usize) -> Result<u16, CallError> {
-    check_message(&to.name, &to.class, to.limits.max_message, kind, len)
+    check_message(&to.class, to.limits.max_message, kind, len)
+        .map_err(|r| r.message_error(&to.name, &to.class, kind))
+}
+
+/// Why a message or an event is refused before the guest: a value, made into the caller's
+/// error (and its text) only by whoever reports it, so that a caller that only counts
+/// refusals (the fuzzer) formats nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The receiver declares no such kind or event.
+    Undeclared,
+    /// Over the receiver's `max_message`.
+    TooLarge {
+        /// Bytes sent.
+        size: usize,
+        /// The receiver's limit.
+        limit: u64,
+    },
+}
+
+impl Refusal {
+    /// The error a sender of message kind `kind` to the instance `name` gets.
+    pub(crate) fn message_error(self, name: &str, class: &Class, kind: &str) -> CallError {
+        match self {
+            Refusal::Undeclared => CallError::Invalid(format!(
+                "{name} does not accept message kind {kind:?}; it declares {:?}",
+                class.messages
+            )),
+            Refusal::TooLarge { size, limit } => CallError::TooLarge { size, limit },
+        }
+    }
+
+    /// The error a caller of event `event` on the instance `name` gets.
+    pub(crate) fn event_error(self, name: &str, class: &Class, event: &str) -> CallError {
+        match self {
+            Refusal::Undeclared => CallError::Invalid(format!(
+                "{name} has no event {event:?}; it declares {:?}",
+                class.events
+            )),
+            Refusal::TooLarge { size, limit } => CallError::TooLarge { size, limit },
+        }
+    }
 }
 
 /// The number of message kind `kind` among those `class` declares, or why a message of
-/// `len` bytes to the instance `name` (taking at most `max_message`) is refused. Checked
-/// before the guest, by the sender: every sender and the fuzzer ask here.
+/// `len` bytes (to an instance taking at most `max_message`) is refused. Checked before the
+/// guest, by the sender: every sender and the fuzzer ask here.
 #[inline]
 pub(crate) fn check_message(
-    name: &str,
     class: &Class,
     max_message: u64,
     kind: &str,
     len: usize,
-) -> Result<u16, CallError> {
-    let Some(index) = class.message_index(kind) else {
-        return Err(CallError::Invalid(format!(
-            "{name} does not accept message kind {kind:?}; it declares {:?}",
-            class.messages
-        )));
-    };
+) -> Result<u16, Refusal> {
+    let index = class.message_index(kind).ok_or(Refusal::Undeclared)?;
     if len as u64 > max_message {
-        return Err(CallError::TooLarge {
+        return Err(Refusal::TooLarge {
+            size: len,
+            limit: max_message,
+        });
+    }
+    Ok(index)
+}
+
+/// The number of event `event` among those `class` declares, or why a call of it with
+/// `len` bytes of parameters (to an instance taking at most `max_message`) is refused.
+/// Checked before the guest: every caller and the fuzzer ask here.
+#[inline]
+pub(crate) fn check_event(
+    class: &Class,
+    max_message: u64,
+    event: &str,
+    len: usize,
+) -> Result<u16, Refusal> {
+    let index = class.event_index(event).ok_or(Refusal::Undeclared)?;
+    if len as u64 > max_message {
+        return Err(Refusal::TooLarge {
             size: len,
             limit: max_message,
         });
