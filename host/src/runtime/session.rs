@@ -196,14 +196,7 @@ pub(crate) fn check_message(
     kind: &str,
     len: usize,
 ) -> Result<u16, Refusal> {
-    let index = class.message_index(kind).ok_or(Refusal::Undeclared)?;
-    if len as u64 > max_message {
-        return Err(Refusal::TooLarge {
-            size: len,
-            limit: max_message,
-        });
-    }
-    Ok(index)
+    admit(class.message_index(kind), max_message, len)
 }
 
 /// The number of event `event` among those `class` declares, or why a call of it with
@@ -216,7 +209,13 @@ pub(crate) fn check_event(
     event: &str,
     len: usize,
 ) -> Result<u16, Refusal> {
-    let index = class.event_index(event).ok_or(Refusal::Undeclared)?;
+    admit(class.event_index(event), max_message, len)
+}
+
+/// The one rule for both: declared, and at most `max_message` bytes.
+#[inline]
+fn admit(index: Option<u16>, max_message: u64, len: usize) -> Result<u16, Refusal> {
+    let index = index.ok_or(Refusal::Undeclared)?;
     if len as u64 > max_message {
         return Err(Refusal::TooLarge {
             size: len,

@@ -158,18 +158,26 @@ impl fmt::Display for ServiceAddr {
     }
 }
 
-impl serde::Serialize for ServiceAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
+/// Serde as the text form (`Display` and `FromStr`), for the address types of this module.
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$t, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl<'de> serde::Deserialize<'de> for ServiceAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ServiceAddr, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(ServiceAddr);
+serde_as_text!(ChainEntry);
 
 /// One waiter of a request chain as the wire carries it: `PEERID/name`, the name being an
 /// instance or a keyed class's key on that host.
@@ -208,19 +216,6 @@ impl FromStr for ChainEntry {
 impl fmt::Display for ChainEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.peer, self.name)
-    }
-}
-
-impl serde::Serialize for ChainEntry {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ChainEntry {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ChainEntry, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
