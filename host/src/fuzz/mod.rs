@@ -266,9 +266,10 @@ impl<'t> Harness<'t> {
     }
 
     /// The host refused a step before the guest saw it, for this reason (made into text
-    /// only when the reasons are kept: fuzzing itself only counts them).
-    fn refuse(&mut self, why: impl FnOnce() -> CallError) {
-        self.refused += 1;
+    /// only when the reasons are kept: fuzzing itself only counts them). Messages and
+    /// events refused are counted in `refused`; a session over `max_sessions` is not.
+    fn refuse(&mut self, counted: bool, why: impl FnOnce() -> CallError) {
+        self.refused += u64::from(counted);
         if !self.keep_refusals || self.refusals.len() >= MAX_REFUSALS {
             return;
         }
@@ -335,7 +336,7 @@ impl<'t> Harness<'t> {
         match Core::wake(&t.class.pre, state, self.stats.clone(), options).await {
             Ok(core) => {
                 self.live = Some(core);
-                self.audit()
+                self.settle().await
             }
             Err(WakeError::Instantiate(e)) => Err(Finding {
                 step: 0,
@@ -431,7 +432,7 @@ impl<'t> Harness<'t> {
                 let info = match l.accept(*id, from, back, 1) {
                     Ok(info) => info,
                     Err(why) => {
-                        self.refuse(|| why);
+                        self.refuse(false, || why);
                         return Ok(());
                     }
                 };
@@ -454,23 +455,24 @@ impl<'t> Harness<'t> {
                 let index = match check_message(class, limits.max_message, kind, payload.len()) {
                     Ok(index) => index,
                     Err(why) => {
-                        self.refuse(|| why.message_error(&target.name, class, kind));
+                        self.refuse(true, || why.message_error(&target.name, class, kind));
                         return Ok(());
                     }
                 };
-                if let Some(l) = self.live.as_mut() {
+                if let Some(l) = self.live.as_mut()
+                    && l.state().sessions.contains_key(id)
+                {
+                    self.messages[index as usize] += 1;
                     let r = l.message(*id, kind, payload).await;
-                    if self.check(r)? {
-                        self.messages[index as usize] += 1;
-                        self.settle().await?;
-                    }
+                    self.check(r)?;
+                    self.settle().await?;
                 }
             }
             Step::Event { name, params } => {
                 let index = match check_event(class, limits.max_message, name, params.len()) {
                     Ok(index) => index,
                     Err(why) => {
-                        self.refuse(|| why.event_error(&target.name, class, name));
+                        self.refuse(true, || why.event_error(&target.name, class, name));
                         return Ok(());
                     }
                 };

@@ -548,11 +548,11 @@ impl Registry {
         }
         Err(CallError::NoSuchService(match name.key {
             // `x/y` whose `x` is no service here: most likely a mistyped peer id.
-            Some(_) => format!(
+            Some(_) if !crate::wire::addr::names_a_host(name.class) => format!(
                 "{service} ({} is neither a service of this host nor a peer id)",
                 name.class
             ),
-            None => service.to_string(),
+            _ => service.to_string(),
         }))
     }
 

@@ -123,8 +123,9 @@ pub(crate) struct PeerInfo {
 }
 
 /// Who is waiting on a request or connect: used to refuse cycles, on this host and across
-/// hosts. There is one rule, [`Chain::contains`], for every caller: a guest's `request` or
-/// `connect`, a peer's request, a peer's session stream.
+/// hosts. A guest's `request` or `connect` and a peer's session stream ask
+/// [`Chain::contains`]; a peer's request is refused by the broker, which sees the chain as
+/// the wire carries it (`wire::chain_has`, the same rule).
 #[derive(Debug, Clone, Default)]
 pub struct Chain {
     /// Instances of this host that wait, by name (a keyed instance is its key's name, so

@@ -43,7 +43,7 @@ pub(crate) enum WakeError {
     Instantiate(wasmtime::Error),
     /// `wakeup` returned this error for the options it was given.
     Refused(String),
-    /// `wakeup` (or an `on-connect` it queued) trapped.
+    /// `wakeup` trapped.
     Crash(Crash),
 }
 
@@ -70,7 +70,9 @@ macro_rules! call {
 }
 
 impl Core {
-    /// Instantiates `pre` with `state`, calls `wakeup(options)` and settles what it queued.
+    /// Instantiates `pre` with `state` and calls `wakeup(options)`. What `wakeup` queued
+    /// (`on-connect` of a session it opened) is the driver's to [`Core::settle`] next, so
+    /// that a trap there is a crash of an awake instance, not a failed wake.
     pub(crate) async fn wake(
         pre: &ServicePre<HostState>,
         state: HostState,
@@ -88,12 +90,10 @@ impl Core {
             stats,
         };
         match call!(core, "wakeup", call_wakeup, options) {
-            Ok(Ok(())) => {}
-            Ok(Err(text)) => return Err(WakeError::Refused(text)),
-            Err(crash) => return Err(WakeError::Crash(crash)),
+            Ok(Ok(())) => Ok(core),
+            Ok(Err(text)) => Err(WakeError::Refused(text)),
+            Err(crash) => Err(WakeError::Crash(crash)),
         }
-        core.settle().await.map_err(WakeError::Crash)?;
-        Ok(core)
     }
 
     /// The host state inside the store.
@@ -199,11 +199,15 @@ impl Core {
         let max = self.state().max_message;
         let reply = match result? {
             Ok(json) if json.len() as u64 > max => {
-                tracing::warn!(
-                    instance = %me,
-                    "on-event {name} replied {} bytes, over max_message ({max}); the caller gets an error",
-                    json.len()
-                );
+                // Said once per reply in a host; a fuzzing run (audited) reports findings,
+                // not log lines.
+                if self.state().audit.is_none() {
+                    tracing::warn!(
+                        instance = %me,
+                        "on-event {name} replied {} bytes, over max_message ({max}); the caller gets an error",
+                        json.len()
+                    );
+                }
                 Err(CallError::Failed(format!(
                     "{me} replied {} bytes to {name}, over its max_message of {max}",
                     json.len()

@@ -595,7 +595,7 @@ impl host::Host for HostState {
         }
         // `PEERID/name` or `*/name` is a service on another host; a bare name or
         // `class/KEY` is local (see `wire::addr`).
-        let r = match service.parse::<ServiceAddr>() {
+        let r = match ServiceAddr::try_from(service) {
             Ok(addr) => self.request_to(addr, &event, params).await,
             Err(e) => Err(CallError::Invalid(e.to_string())),
         };

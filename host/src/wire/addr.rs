@@ -67,12 +67,12 @@ impl PeerSel {
         }
     }
 
-    /// Reads `*` or a peer id.
-    fn read(text: &str) -> Result<PeerSel, BadPeerId> {
+    /// Reads `*` or a peer id, allocating nothing.
+    fn read(text: &str) -> Option<PeerSel> {
         if text == "*" {
-            Ok(PeerSel::Any)
+            Some(PeerSel::Any)
         } else {
-            text.parse().map(PeerSel::Id)
+            PeerId::parse_text(text).map(PeerSel::Id)
         }
     }
 }
@@ -81,7 +81,11 @@ impl FromStr for PeerSel {
     type Err = BadPeerId;
 
     fn from_str(text: &str) -> Result<PeerSel, BadPeerId> {
-        PeerSel::read(text)
+        match PeerSel::read(text) {
+            Some(p) => Ok(p),
+            // Put into words only when it is not one.
+            None => text.parse::<PeerId>().map(PeerSel::Id),
+        }
     }
 }
 
@@ -96,7 +100,7 @@ impl fmt::Display for PeerSel {
 
 /// Whether `text` reads as a host (a peer id or `*`) when it stands first in an address.
 pub fn names_a_host(text: &str) -> bool {
-    PeerSel::read(text).is_ok()
+    PeerSel::read(text).is_some()
 }
 
 /// Where a call goes: a service of this host, or of another host (see the module doc).
@@ -123,29 +127,33 @@ pub enum BadAddr {
     Shape(String),
 }
 
+impl TryFrom<String> for ServiceAddr {
+    type Error = BadAddr;
+
+    /// Reads an address the caller owns (a guest's `request` argument) without copying it.
+    fn try_from(mut text: String) -> Result<ServiceAddr, BadAddr> {
+        if text.is_empty() || text.split('/').any(str::is_empty) {
+            return Err(BadAddr::Shape(text));
+        }
+        let peer = text
+            .split_once('/')
+            .and_then(|(first, _)| PeerSel::read(first));
+        if peer.is_some() {
+            let slash = text.find('/').unwrap_or(0);
+            text.drain(..=slash);
+        }
+        Ok(ServiceAddr {
+            peer,
+            service: text,
+        })
+    }
+}
+
 impl FromStr for ServiceAddr {
     type Err = BadAddr;
 
     fn from_str(text: &str) -> Result<ServiceAddr, BadAddr> {
-        if text.is_empty() || text.split('/').any(str::is_empty) {
-            return Err(BadAddr::Shape(text.to_string()));
-        }
-        Ok(match text.split_once('/') {
-            Some((first, rest)) => match PeerSel::read(first) {
-                Ok(peer) => ServiceAddr {
-                    peer: Some(peer),
-                    service: rest.to_string(),
-                },
-                Err(_) => ServiceAddr {
-                    peer: None,
-                    service: text.to_string(),
-                },
-            },
-            None => ServiceAddr {
-                peer: None,
-                service: text.to_string(),
-            },
-        })
+        ServiceAddr::try_from(text.to_string())
     }
 }
 
@@ -207,7 +215,7 @@ impl FromStr for ChainEntry {
             return Err(bad());
         }
         Ok(ChainEntry {
-            peer: peer.parse().map_err(|_| bad())?,
+            peer: PeerId::parse_text(peer).ok_or_else(bad)?,
             name: name.to_string(),
         })
     }
@@ -224,7 +232,7 @@ impl fmt::Display for ChainEntry {
 pub fn chain_has(chain: &[String], peer: &PeerId, name: &str) -> bool {
     chain.iter().any(|e| {
         e.split_once('/')
-            .is_some_and(|(p, n)| n == name && p.parse::<PeerId>().is_ok_and(|p| p == *peer))
+            .is_some_and(|(p, n)| n == name && PeerId::parse_text(p) == Some(*peer))
     })
 }
 

@@ -64,47 +64,68 @@ impl fmt::Debug for PeerId {
     }
 }
 
+/// Why text is not a peer id, before it is put into words.
+enum Bad {
+    Length(usize),
+    Char(u8),
+    TrailingBits,
+}
+
+impl PeerId {
+    /// The peer id this text spells, if it spells one; allocates nothing, so it can tell a
+    /// host from a service name on every call (see `wire::addr`).
+    pub fn parse_text(s: &str) -> Option<PeerId> {
+        decode(s).ok()
+    }
+}
+
+fn decode(s: &str) -> Result<PeerId, Bad> {
+    if s.len() != 52 {
+        return Err(Bad::Length(s.len()));
+    }
+    let mut out = [0u8; 32];
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    let mut n = 0;
+    for c in s.bytes() {
+        let v = match c {
+            b'a'..=b'z' => c - b'a',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => return Err(Bad::Char(c)),
+        };
+        acc = (acc << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            if n < 32 {
+                out[n] = (acc >> bits) as u8;
+            }
+            n += 1;
+        }
+        acc &= (1 << bits) - 1;
+    }
+    if acc != 0 {
+        return Err(Bad::TrailingBits);
+    }
+    Ok(PeerId(out))
+}
+
 impl std::str::FromStr for PeerId {
     type Err = BadPeerId;
 
     fn from_str(s: &str) -> Result<PeerId, BadPeerId> {
-        let bad = |why: String| BadPeerId(format!("{s:?} is not a peer id: {why}"));
-        if s.len() != 52 {
-            return Err(bad(format!(
-                "a peer id has 52 characters, this has {} (`wasmwire id` prints one)",
-                s.len()
-            )));
-        }
-        let mut out = [0u8; 32];
-        let mut acc: u32 = 0;
-        let mut bits = 0;
-        let mut n = 0;
-        for c in s.bytes() {
-            let v = match c {
-                b'a'..=b'z' => c - b'a',
-                b'2'..=b'7' => c - b'2' + 26,
-                _ => {
-                    return Err(bad(format!(
-                        "{:?} is not a base32 character (a-z, 2-7)",
-                        c as char
-                    )));
+        decode(s).map_err(|why| {
+            let why = match why {
+                Bad::Length(n) => {
+                    format!("a peer id has 52 characters, this has {n} (`wasmwire id` prints one)")
                 }
+                Bad::Char(c) => {
+                    format!("{:?} is not a base32 character (a-z, 2-7)", c as char)
+                }
+                Bad::TrailingBits => "its last character has bits set past the key".into(),
             };
-            acc = (acc << 5) | u32::from(v);
-            bits += 5;
-            if bits >= 8 {
-                bits -= 8;
-                if n < 32 {
-                    out[n] = (acc >> bits) as u8;
-                }
-                n += 1;
-            }
-            acc &= (1 << bits) - 1;
-        }
-        if acc != 0 {
-            return Err(bad("its last character has bits set past the key".into()));
-        }
-        Ok(PeerId(out))
+            BadPeerId(format!("{s:?} is not a peer id: {why}"))
+        })
     }
 }
 
