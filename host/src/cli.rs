@@ -9,7 +9,7 @@ use crate::net::identity::Identity;
 use crate::net::{Net, NetConfig};
 use crate::node::{Node, load_classes};
 use crate::runtime::session::ClientEvent;
-use crate::runtime::{Runtime, RuntimeConfig};
+use crate::runtime::{Compiled, Runtime, RuntimeConfig};
 use crate::wire::{self, Control, Role};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -420,7 +420,7 @@ async fn check(path: &Path) -> Result<()> {
         .context("starting the wasm engine")?;
     let classes = load_classes(&runtime, &manifest).await?;
     for s in &manifest.services {
-        let c = &classes[&s.component];
+        let c = &classes[&s.component].class;
         println!(
             "ok  {:<16} channel {:<5} {}  messages {:?}  events {:?}",
             s.name,
@@ -461,7 +461,7 @@ async fn inspect(path: &Path) -> Result<()> {
         println!("  {name}");
     }
     match runtime.load(path).await {
-        Ok(class) => {
+        Ok(Compiled { class, .. }) => {
             println!("describe:");
             println!("  messages: {:?}", class.messages);
             println!("  events:   {:?}", class.events);

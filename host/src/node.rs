@@ -5,14 +5,14 @@
 use crate::manifest::{Diagnostic, Manifest, ManifestError};
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::{Net, NetConfig, NetError};
-use crate::runtime::actor::InstanceActor;
+use crate::runtime::actor::{InstanceActor, key_starter};
 use crate::runtime::directory::{Opener, Registry, Spawner, reply_within};
 use crate::runtime::instance::{
     CallError, Control, Envelope, Instance, InstanceSpec, Keyed, Kind, LifecycleEvent, PeerInfo,
     SessionId,
 };
 use crate::runtime::session::{ClientEvent, Route};
-use crate::runtime::{CacheOutcome, Class, Runtime, RuntimeConfig};
+use crate::runtime::{CacheOutcome, Compiled, Runtime, RuntimeConfig};
 use crate::wire::{self, PeerId, Role};
 use crate::workers::{Workers, place};
 use std::collections::HashMap;
@@ -46,7 +46,7 @@ pub enum NodeError {
 pub async fn load_classes(
     runtime: &Runtime,
     manifest: &Manifest,
-) -> Result<HashMap<PathBuf, Arc<Class>>, ManifestError> {
+) -> Result<HashMap<PathBuf, Compiled>, ManifestError> {
     let mut classes = HashMap::new();
     let mut problems = Vec::new();
     for (i, s) in manifest.services.iter().enumerate() {
@@ -55,8 +55,8 @@ pub async fn load_classes(
         }
         match runtime.load(&s.component).await {
             Ok(c) => {
-                tracing::debug!(component = %s.component.display(), cache = ?c.cache, messages = ?c.messages, events = ?c.events, "loaded");
-                classes.insert(s.component.clone(), Arc::new(c));
+                tracing::debug!(component = %s.component.display(), cache = ?c.class.cache, messages = ?c.class.messages, events = ?c.class.events, "loaded");
+                classes.insert(s.component.clone(), c);
             }
             Err(e) => problems.push(Diagnostic {
                 file: manifest.path.clone(),
@@ -105,7 +105,7 @@ pub struct Node {
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
     tasks: Vec<JoinHandle<()>>,
-    classes: HashMap<PathBuf, Arc<Class>>,
+    classes: HashMap<PathBuf, Compiled>,
     net: Option<Net>,
     /// The Prometheus endpoint, if `[host] metrics` is set (stops when dropped).
     metrics: Option<crate::metrics::Endpoint>,
@@ -159,7 +159,7 @@ impl Node {
                 name: &s.name,
                 index: i as u32,
                 channel: s.channel,
-                class: classes[&s.component].clone(),
+                class: classes[&s.component].class.clone(),
                 limits: s.limits.clone(),
                 options_json: &s.options_json,
                 autostart: s.autostart,
@@ -179,9 +179,16 @@ impl Node {
         let workers = Workers::start(manifest.host.threads as usize)
             .map_err(|e| NodeError::Engine(format!("cannot start worker threads: {e}")))?;
         let placement = place(manifest, workers.len());
+        let key_code = manifest
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.keyed.is_some())
+            .map(|(i, s)| (i as u32, classes[&s.component].pre.clone()))
+            .collect();
         registry.set_spawner(Spawner {
             workers: workers.handles(),
-            ticks: runtime.ticks(),
+            start: key_starter(key_code, runtime.ticks()),
         });
         let mut tasks = Vec::new();
         for ((instance, inbox), worker) in registry.instances().iter().zip(inboxes).zip(placement) {
@@ -204,8 +211,15 @@ impl Node {
                 worker,
                 "service"
             );
-            let actor =
-                InstanceActor::new(instance.clone(), registry.clone(), runtime.ticks(), inbox);
+            let actor = InstanceActor::new(
+                instance.clone(),
+                classes[&manifest.services[instance.index as usize].component]
+                    .pre
+                    .clone(),
+                registry.clone(),
+                runtime.ticks(),
+                inbox,
+            );
             tasks.push(workers.spawn(worker, actor.run()));
         }
         let net = match manifest.host.listen {
@@ -314,7 +328,7 @@ impl Node {
         let mut v: Vec<_> = self
             .classes
             .iter()
-            .map(|(p, c)| (p.clone(), c.cache))
+            .map(|(p, c)| (p.clone(), c.class.cache))
             .collect();
         v.sort();
         v

@@ -15,13 +15,16 @@ mod generate;
 pub mod step;
 
 use crate::manifest::Limits;
-use crate::runtime::bindings::WitError;
+use crate::runtime::bindings::{ServicePre, WitError};
+use crate::runtime::class::{check_event, check_message};
 use crate::runtime::instance::{CallError, PeerInfo};
 use crate::runtime::instance_core::{Core, Crash, WakeError};
-use crate::runtime::session::{ClientEvent, Route, check_event, check_message};
+use crate::runtime::session::{ClientEvent, Route};
 use crate::runtime::state::{Audit, HostState};
 use crate::runtime::stats::InstanceStats;
-use crate::runtime::{Class, CpuDeadline, LoadError, MemoryLimit, Runtime, RuntimeConfig};
+use crate::runtime::{
+    Class, Compiled, CpuDeadline, LoadError, MemoryLimit, Runtime, RuntimeConfig,
+};
 use generate::{Generator, View};
 use std::path::Path;
 use std::sync::Arc;
@@ -44,7 +47,8 @@ pub enum FuzzError {
 /// A loaded service component, ready to be fuzzed.
 pub struct Target {
     runtime: Runtime,
-    class: Class,
+    class: Arc<Class>,
+    pre: ServicePre<HostState>,
     name: Arc<str>,
 }
 
@@ -60,13 +64,14 @@ impl Target {
             cache_dir: None,
         })
         .map_err(|e| FuzzError::Engine(format!("{e:#}")))?;
-        let class = runtime.load(path).await?;
+        let Compiled { class, pre } = runtime.load(path).await?;
         let name = path
             .file_stem()
             .map_or("service".into(), |s| s.to_string_lossy().into_owned());
         Ok(Target {
             runtime,
             class,
+            pre,
             name: Arc::from(name.as_str()),
         })
     }
@@ -333,7 +338,7 @@ impl<'t> Harness<'t> {
             self.output.clone(),
         );
         let options = &self.settings.options;
-        match Core::wake(&t.class.pre, state, self.stats.clone(), options).await {
+        match Core::wake(&t.pre, state, self.stats.clone(), options).await {
             Ok(core) => {
                 self.live = Some(core);
                 self.settle().await

@@ -7,7 +7,8 @@
 //! was queued), the mailbox (taken in batches, so a burst costs
 //! one wake-up), due timers, the idle deadline, and an autostart instance's restart.
 
-use super::directory::Registry;
+use super::bindings::ServicePre;
+use super::directory::{Registry, StartActor};
 use super::instance::{
     CallError, Control, Envelope, Inbox, Instance, Kind, LifecycleEvent, Status,
 };
@@ -25,6 +26,8 @@ const BATCH: usize = 128;
 /// Owns one instance's store and runs its lifecycle.
 pub(crate) struct InstanceActor {
     me: Arc<Instance>,
+    /// Its class's code.
+    pre: ServicePre<HostState>,
     registry: Arc<Registry>,
     ticks: Arc<AtomicU64>,
     inbox: Inbox,
@@ -38,9 +41,23 @@ pub(crate) struct InstanceActor {
     crashed: bool,
 }
 
+/// How the directory starts the actor of a key it makes: with the code of the key's class,
+/// found by the class's registry index.
+pub(crate) fn key_starter(
+    pres: std::collections::HashMap<u32, ServicePre<HostState>>,
+    ticks: Arc<AtomicU64>,
+) -> Box<StartActor> {
+    Box::new(move |class, instance, inbox, registry| {
+        let pre = pres.get(&class)?.clone();
+        let actor = InstanceActor::new(instance, pre, registry, ticks.clone(), inbox);
+        Some(Box::pin(actor.run()))
+    })
+}
+
 impl InstanceActor {
     pub(crate) fn new(
         me: Arc<Instance>,
+        pre: ServicePre<HostState>,
         registry: Arc<Registry>,
         ticks: Arc<AtomicU64>,
         inbox: Inbox,
@@ -49,6 +66,7 @@ impl InstanceActor {
         let supervisor = Supervisor::new(l.max_restarts, l.restart_window, l.restart_backoff);
         InstanceActor {
             me,
+            pre,
             registry,
             ticks,
             inbox,
@@ -210,7 +228,7 @@ impl InstanceActor {
         }
         self.retire_deadline().is_some_and(|t| t <= now)
             && self.inbox.mailbox.is_empty()
-            && self.me.try_retire(&self.registry)
+            && self.registry.retire(&self.me)
     }
 
     /// When a crashed autostart instance starts again by itself.
@@ -348,7 +366,7 @@ impl InstanceActor {
         let started = std::time::Instant::now();
         let state = HostState::new(self.me.clone(), self.registry.clone(), self.ticks.clone());
         let woke = Core::wake(
-            &self.me.class.pre,
+            &self.pre,
             state,
             self.me.stats.clone(),
             &self.me.options_json,

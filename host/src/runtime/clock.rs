@@ -31,7 +31,10 @@ use std::time::Duration;
 pub(crate) const SLICE: u64 = 2;
 
 /// Nanoseconds of one epoch tick.
-const TICK_NS: u64 = super::TICK.as_nanos() as u64;
+/// How often the epoch ticker advances: the granularity of CPU deadlines.
+pub const TICK: Duration = Duration::from_millis(1);
+
+const TICK_NS: u64 = TICK.as_nanos() as u64;
 
 /// This thread's CPU time in nanoseconds.
 #[inline]

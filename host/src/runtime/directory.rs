@@ -12,16 +12,16 @@
 //!   [`Registry::sessions`], [`Registry::figures`]).
 
 use super::instance::{
-    CallError, Chain, Envelope, Instance, InstanceSpec, Keyed, Kind, LifecycleEvent, PeerInfo,
-    ReplyRx, SessionId, Status, check_key,
+    CallError, Chain, Envelope, Inbox, Instance, InstanceSpec, Keyed, Kind, LifecycleEvent,
+    PeerInfo, ReplyRx, SessionId, Status, check_key,
 };
-use super::session::Route;
+use super::session::{Route, SessionBook, SessionRecord};
 use crate::wire::{KeyedEntry, LocalName, PeerId, PeerSel, ServiceAddr, ServiceEntry};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{broadcast, oneshot};
@@ -52,35 +52,28 @@ pub struct Registry {
     names: HashMap<Box<str>, u32>,
     next_session: AtomicU64,
     events: broadcast::Sender<LifecycleEvent>,
-    book: Mutex<HashMap<SessionId, SessionRecord>>,
+    book: Arc<SessionBook>,
     peers: OnceLock<Arc<dyn Peers>>,
     spawner: OnceLock<Spawner>,
     /// Set when the host starts to stop: no new keys are made.
     closing: AtomicBool,
 }
 
-/// Where the actors of keyed instances made on demand run.
+/// Where the actors of keyed instances made on demand run, and how one is made.
 pub(crate) struct Spawner {
     /// The worker threads' runtimes; keys are spread over them by hash.
     pub workers: Vec<Handle>,
-    /// The epoch tick counter every actor reads.
-    pub ticks: Arc<AtomicU64>,
+    /// The actor of a new key of the class at a registry index (`None` if that entry has
+    /// no code to run). Made where the classes' code is known (`actor::key_starter`), so
+    /// that the directory does not depend on the actor.
+    pub start: Box<StartActor>,
 }
 
-/// One open session end on this host, as introspection lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionRecord {
-    /// The instance holding this end.
-    pub instance: Arc<str>,
-    /// The other end: an instance or client name.
-    pub other: Arc<str>,
-    /// The other end's own id for the session, when it has one.
-    pub other_id: Option<SessionId>,
-    /// The other end's host, when remote.
-    pub peer: Option<Arc<str>>,
-    /// The channel of the accepting service.
-    pub channel: u16,
-}
+/// Makes the actor of a new key: (class index, the key's instance, its inbox, the
+/// directory) to the future that runs it.
+pub(crate) type StartActor = dyn Fn(u32, Arc<Instance>, Inbox, Arc<Registry>) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>>
+    + Send
+    + Sync;
 
 /// The other end of a remote session as its opener gets it.
 pub struct RemoteSession {
@@ -209,7 +202,7 @@ impl Registry {
             names,
             next_session: AtomicU64::new(1),
             events: broadcast::channel(1024).0,
-            book: Mutex::new(HashMap::new()),
+            book: Arc::default(),
             peers: OnceLock::new(),
             spawner: OnceLock::new(),
             closing: AtomicBool::new(false),
@@ -315,6 +308,13 @@ impl Registry {
             kind: Kind::Key { class: class.index },
             stats: class.stats.clone(),
         });
+        let Some(actor) = (spawner.start)(class.index, instance.clone(), inbox, self.clone())
+        else {
+            return Err(CallError::Unavailable(format!(
+                "{}: the class has no code to run",
+                class.name
+            )));
+        };
         live.insert(Box::from(key), instance.clone());
         keyed.peak.fetch_max(live.len(), Ordering::Relaxed);
         drop(live);
@@ -324,14 +324,19 @@ impl Registry {
                 .hash_one(key);
             (h % spawner.workers.len().max(1) as u64) as usize
         };
-        let actor = super::actor::InstanceActor::new(
-            instance.clone(),
-            self.clone(),
-            spawner.ticks.clone(),
-            inbox,
-        );
-        spawner.workers[worker].spawn(actor.run());
+        spawner.workers[worker].spawn(actor);
         Ok(instance)
+    }
+
+    /// Takes a keyed instance that is asleep out of its class's table if nothing waits for
+    /// it (see [`Instance::retire_from`]); the actor asks, and ends if it was retired.
+    pub(crate) fn retire(&self, instance: &Instance) -> bool {
+        let Kind::Key { class } = instance.kind else {
+            return false;
+        };
+        self.get(class)
+            .keyed()
+            .is_some_and(|keyed| instance.retire_from(keyed))
     }
 
     /// Takes one place in `target`'s mailbox; when `target` is a keyed instance that just
@@ -387,38 +392,20 @@ impl Registry {
         self.peers.get()
     }
 
-    /// Records a session end opening (once per session, not per message).
-    pub(crate) fn session_opened(&self, id: SessionId, record: SessionRecord, on: &Instance) {
-        on.sessions_open.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut book) = self.book.lock() {
-            book.insert(id, record);
-        }
-    }
-
-    /// Records a session end closing.
-    pub(crate) fn session_closed(&self, id: SessionId, on: &Instance) {
-        on.sessions_open.fetch_sub(1, Ordering::Relaxed);
-        if let Ok(mut book) = self.book.lock() {
-            book.remove(&id);
-        }
+    /// Where the instances' session tables enter every open and close.
+    pub(crate) fn book(&self) -> &Arc<SessionBook> {
+        &self.book
     }
 
     /// The open session end with this id.
     pub fn session(&self, id: SessionId) -> Option<SessionRecord> {
-        self.book.lock().ok()?.get(&id).cloned()
+        self.book.get(id)
     }
 
     /// Every open session end on this host (at most `max`), sorted by id, and how many
     /// there are in all.
     pub fn sessions(&self, max: usize) -> (Vec<(SessionId, SessionRecord)>, usize) {
-        let Ok(book) = self.book.lock() else {
-            return (Vec::new(), 0);
-        };
-        let mut v: Vec<_> = book.iter().map(|(id, r)| (*id, r.clone())).collect();
-        v.sort_by_key(|(id, _)| *id);
-        let total = v.len();
-        v.truncate(max);
-        (v, total)
+        self.book.list(max)
     }
 
     /// Each manifest entry's figures, in manifest order (at most `max`), and how many

@@ -1,69 +1,19 @@
 //! What the rest of the host holds of a service instance: its name, class and limits, its
-//! mailbox, and its status. The `InstanceActor` on the other end of the mailbox owns the
+//! mailbox, and its status; and the routes that post into a mailbox (a session's other
+//! end), which are here because an instance's mailbox carries them and they carry
+//! instances. The `InstanceActor` on the other end of the mailbox owns the
 //! wasm `Store`; everything here is shared and lock-free, because every message passes
 //! through it.
 
-use super::Class;
-use super::directory::Registry;
-use super::session::Route;
+pub(crate) use super::call::PeerInfo;
+pub use super::call::{CallError, Chain, SessionId};
+use super::class::{Class, check_event, check_message};
 use crate::manifest::Limits;
-use crate::wire::{ChainEntry, LocalName, PeerId};
+use crate::wire::{LocalName, PeerId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
-
-/// Names one end of a session; allocated from a host-wide counter, never reused in a run.
-pub type SessionId = u64;
-
-/// Why a call to a service failed: what `send`, `connect` and `request` return, to guests
-/// (as the WIT `error`) and to Rust callers alike.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CallError {
-    /// The session id is not open on this end.
-    #[error("no such session")]
-    NoSuchSession,
-    /// No service of this name.
-    #[error("no such service: {0}")]
-    NoSuchService(String),
-    /// Not allowed (not in `uses`, or a limit on open sessions or timers).
-    #[error("denied: {0}")]
-    Denied(String),
-    /// The payload or parameters exceed the receiver's `max_message`.
-    #[error("too large: {size} bytes, the receiver accepts at most {limit}")]
-    TooLarge {
-        /// Bytes sent.
-        size: usize,
-        /// The receiver's limit.
-        limit: u64,
-    },
-    /// The other end closed, or crashed, before answering.
-    #[error("closed")]
-    Closed,
-    /// No answer within the request timeout.
-    #[error("timed out")]
-    Timeout,
-    /// The receiver's mailbox is full.
-    #[error("busy: mailbox full")]
-    Busy,
-    /// Busy for the reason given: a limit (a keyed class at `max_instances`, a peer's
-    /// `max_streams`) or, from another host, its full mailbox. Guests see it as `busy`,
-    /// clients and peers get the text.
-    #[error("busy: {0}")]
-    Full(String),
-    /// The request would wait on itself.
-    #[error("request cycle")]
-    Cycle,
-    /// Malformed: an undeclared message kind or event, a bad argument.
-    #[error("invalid: {0}")]
-    Invalid(String),
-    /// The service is down or could not be woken.
-    #[error("unavailable: {0}")]
-    Unavailable(String),
-    /// The callee's `on-event` returned this error.
-    #[error("failed: {0}")]
-    Failed(String),
-}
 
 /// A service on other hosts an instance may use: (peer id, or `None` for any peer; name).
 pub type RemoteUse = (Option<PeerId>, Box<str>);
@@ -113,91 +63,6 @@ pub enum LifecycleEvent {
     Down(Arc<str>),
 }
 
-/// The remote end of a session as the accepting side sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct PeerInfo {
-    /// Instance or client name at the other end.
-    pub service: Arc<str>,
-    /// Peer host id, for remote sessions.
-    pub peer: Option<Arc<str>>,
-}
-
-/// Who is waiting on a request or connect: used to refuse cycles, on this host and across
-/// hosts. A guest's `request` or `connect` and a peer's session stream ask
-/// [`Chain::contains`]; a peer's request is refused by the broker, which sees the chain as
-/// the wire carries it (`wire::chain_has`, the same rule).
-#[derive(Debug, Clone, Default)]
-pub struct Chain {
-    /// Instances of this host that wait, by name (a keyed instance is its key's name, so
-    /// a key that slept and woke again is still the same waiter).
-    pub local: Vec<Arc<str>>,
-    /// Everyone that waits, when the chain came from another host (this host's own
-    /// waiters included); empty for a chain that never left this host.
-    pub remote: Vec<ChainEntry>,
-}
-
-impl Chain {
-    /// Whether the instance named `name` of this host is waiting.
-    pub fn contains(&self, name: &str) -> bool {
-        self.local.iter().any(|n| &**n == name)
-    }
-
-    /// The chain a call from the instance `me` to the instance `target` (both of this host)
-    /// carries, or `cycle` if `target` is `me` or already waits in it.
-    pub fn onward(&self, me: &Arc<str>, target: &str) -> Result<Chain, CallError> {
-        if **me == *target || self.contains(target) {
-            return Err(CallError::Cycle);
-        }
-        let mut chain = self.clone();
-        chain.local.push(me.clone());
-        Ok(chain)
-    }
-
-    /// Forgets everything.
-    pub fn clear(&mut self) {
-        self.local.clear();
-        self.remote.clear();
-    }
-
-    /// The chain as the wire carries it: every waiter as `PEERID/name`, this host's under
-    /// `me`.
-    pub fn to_wire(&self, me: PeerId) -> Vec<String> {
-        let mut out: Vec<String> = self.remote.iter().map(ChainEntry::to_string).collect();
-        for name in &self.local {
-            if !self.remote.iter().any(|e| e.is(&me, name)) {
-                out.push(
-                    ChainEntry {
-                        peer: me,
-                        name: name.to_string(),
-                    }
-                    .to_string(),
-                );
-            }
-        }
-        out
-    }
-
-    /// The chain a call from the instance `me` to another host carries, as the wire
-    /// carries it.
-    pub fn to_wire_from(&self, me: &Arc<str>, host: PeerId) -> Vec<String> {
-        let mut chain = self.clone();
-        chain.local.push(me.clone());
-        chain.to_wire(host)
-    }
-
-    /// A chain received from another host: this host's entries become local names. An
-    /// entry that is not `PEERID/name` names nobody that could wait here, and is dropped.
-    pub fn from_wire(wire: Vec<String>, me: PeerId) -> Chain {
-        let remote: Vec<ChainEntry> = wire.iter().filter_map(|e| e.parse().ok()).collect();
-        let local = remote
-            .iter()
-            .filter(|e| e.peer == me)
-            .map(|e| Arc::from(e.name.as_str()))
-            .collect();
-        Chain { local, remote }
-    }
-}
-
 /// Work for an instance, in arrival order.
 pub(crate) enum Envelope {
     /// Open a session whose other end is `back`.
@@ -229,13 +94,6 @@ pub(crate) enum Envelope {
         chain: Chain,
         reply: oneshot::Sender<Result<String, CallError>>,
     },
-}
-
-impl CallError {
-    /// Whether the caller should wait and ask again (`busy`, whatever the reason).
-    pub fn is_busy(&self) -> bool {
-        matches!(self, CallError::Busy | CallError::Full(_))
-    }
 }
 
 impl Envelope {
@@ -507,13 +365,11 @@ impl Instance {
     /// it when the instance is asleep. Whoever reserves a place (see `reserve`) at the
     /// same moment either is seen here (and the instance stays) or sees `Retired` (and
     /// looks the key up again): both sides write first and read second, in `SeqCst`.
-    pub(crate) fn try_retire(&self, registry: &Registry) -> bool {
-        let Kind::Key { class } = self.kind else {
+    /// `keyed` is its class's table (the directory's `retire` finds it).
+    pub(crate) fn retire_from(&self, keyed: &Keyed) -> bool {
+        if !matches!(self.kind, Kind::Key { .. }) {
             return false;
-        };
-        let Some(keyed) = registry.get(class).keyed() else {
-            return false;
-        };
+        }
         let Ok(mut live) = keyed.live.lock() else {
             return false;
         };
@@ -565,7 +421,7 @@ impl Instance {
 
     /// Checks an event against what this instance declares and accepts: its number.
     pub(crate) fn check_event(&self, event: &str, params_len: usize) -> Result<u16, CallError> {
-        super::session::check_event(&self.class, self.limits.max_message, event, params_len)
+        check_event(&self.class, self.limits.max_message, event, params_len)
             .map_err(|r| r.event_error(&self.name, &self.class, event))
     }
 
@@ -666,6 +522,183 @@ impl Instance {
             .iter()
             .find(|(n, _)| &**n == service)
             .map(|(_, i)| *i)
+    }
+}
+
+/// Most messages waiting for a client to read them; past that the sender gets `busy`.
+pub const CLIENT_QUEUE: usize = 1024;
+
+/// The sending half of a session whose other end is on another host (a QUIC stream,
+/// implemented by the network layer).
+pub trait RemoteSink: Send + Sync {
+    /// Queues one message, checked against the other end's declared kinds and size limit;
+    /// `busy` when the stream's bounded queue is full.
+    fn send(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError>;
+    /// Ends the session from this side: what is queued is still written, then the stream
+    /// is finished.
+    fn close(&self);
+    /// The other end's own id for this session.
+    fn other_end(&self) -> SessionId;
+}
+
+/// What a client (not an instance) receives on its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The service sent a message.
+    Message {
+        /// Message kind.
+        kind: String,
+        /// Payload.
+        payload: Vec<u8>,
+    },
+    /// The service closed the session, or crashed.
+    Closed,
+}
+
+/// Where messages for the other end of a session go.
+#[derive(Clone)]
+pub(crate) enum Route {
+    /// An instance on this host, at its end `end`.
+    Instance { to: Arc<Instance>, end: SessionId },
+    /// A client of this host in the same process (a test, an embedding program). Its queue
+    /// is bounded in messages and each message in bytes (`max_message`), so what a guest
+    /// can park in host memory for a client that does not read is bounded too.
+    Client {
+        /// The client's queue.
+        to: mpsc::Sender<ClientEvent>,
+        /// The largest payload it takes.
+        max_message: u64,
+    },
+    /// The other end is on another host, across a QUIC stream.
+    Remote(Arc<dyn RemoteSink>),
+}
+
+impl Route {
+    /// Checks a message against the receiver's declared kinds and size limit and reserves
+    /// its place in the receiver's mailbox; the envelope goes into `outbox`, which the
+    /// sending actor flushes in batches (one wake-up of the receiver per batch, not per
+    /// message). Clients' routes deliver at once.
+    #[inline]
+    pub fn send(&self, kind: &str, payload: Vec<u8>, outbox: &mut Outbox) -> Result<(), CallError> {
+        match self {
+            Route::Instance { to, end } => {
+                let kind = check(to, kind, payload.len())?;
+                to.reserve()?;
+                outbox.push(
+                    to,
+                    Envelope::Message {
+                        end: *end,
+                        kind,
+                        payload: payload.into(),
+                    },
+                );
+                Ok(())
+            }
+            Route::Client { to, max_message } => {
+                if payload.len() as u64 > *max_message {
+                    return Err(CallError::TooLarge {
+                        size: payload.len(),
+                        limit: *max_message,
+                    });
+                }
+                to.try_send(ClientEvent::Message {
+                    kind: kind.to_string(),
+                    payload,
+                })
+                .map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => CallError::Busy,
+                    mpsc::error::TrySendError::Closed(_) => CallError::Closed,
+                })
+            }
+            Route::Remote(sink) => sink.send(kind, payload),
+        }
+    }
+
+    /// Like `send`, delivered at once (for clients, which have no actor to flush).
+    pub fn send_now(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError> {
+        match self {
+            Route::Instance { to, end } => {
+                let kind = check(to, kind, payload.len())?;
+                to.post(Envelope::Message {
+                    end: *end,
+                    kind,
+                    payload: payload.into(),
+                })
+            }
+            Route::Client { .. } | Route::Remote(_) => {
+                self.send(kind, payload, &mut Outbox::default())
+            }
+        }
+    }
+
+    /// Tells the other end the session is closed.
+    pub fn disconnect(&self) {
+        match self {
+            Route::Instance { to, end } => {
+                let _ = to.post(Envelope::Disconnect { end: *end });
+            }
+            Route::Client { to, .. } => {
+                if let Err(mpsc::error::TrySendError::Full(closed)) =
+                    to.try_send(ClientEvent::Closed)
+                {
+                    // The close must not be lost to a full queue: it waits for room instead.
+                    let to = to.clone();
+                    tokio::spawn(async move {
+                        let _ = to.send(closed).await;
+                    });
+                }
+            }
+            Route::Remote(sink) => sink.close(),
+        }
+    }
+}
+
+/// The receiver's number for a declared message kind, or why the message is refused.
+#[inline]
+fn check(to: &Instance, kind: &str, len: usize) -> Result<u16, CallError> {
+    check_message(&to.class, to.limits.max_message, kind, len)
+        .map_err(|r| r.message_error(&to.name, &to.class, kind))
+}
+
+/// Most envelopes an outbox holds before it flushes by itself.
+const OUTBOX_BATCH: usize = 64;
+
+/// Messages an instance sent during the current call, not yet handed to their receivers.
+/// Their mailbox places are already reserved, so `busy` is still reported at `send`.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    to: Option<Arc<Instance>>,
+    pending: Vec<Envelope>,
+}
+
+impl Outbox {
+    #[inline]
+    fn push(&mut self, to: &Arc<Instance>, envelope: Envelope) {
+        // One batch per run of messages to the same receiver keeps every session in order.
+        if self.to.as_ref().is_some_and(|t| !Arc::ptr_eq(t, to)) {
+            self.flush();
+        }
+        if self.to.is_none() {
+            self.to = Some(to.clone());
+        }
+        self.pending.push(envelope);
+        if self.pending.len() >= OUTBOX_BATCH {
+            self.flush();
+        }
+    }
+
+    /// Hands the pending messages to their receiver as one batch.
+    #[inline]
+    pub fn flush(&mut self) {
+        let Some(to) = self.to.take() else { return };
+        match self.pending.len() {
+            0 => {}
+            1 => to.deliver(self.pending.pop().expect("one pending envelope")),
+            _ => to.deliver(Envelope::Batch(std::mem::replace(
+                &mut self.pending,
+                Vec::with_capacity(OUTBOX_BATCH),
+            ))),
+        }
     }
 }
 

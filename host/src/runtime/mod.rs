@@ -6,6 +6,8 @@
 pub(crate) mod actor;
 pub mod bindings;
 mod cache;
+pub mod call;
+pub mod class;
 pub mod clock;
 pub mod directory;
 pub(crate) mod guest_log;
@@ -22,16 +24,14 @@ use bindings::{Service, ServicePre};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 pub use actor::describe as describe_error;
 pub use cache::CacheOutcome;
+pub use class::Class;
+pub use clock::TICK;
 pub use state::{CpuDeadline, HostState, MemoryLimit};
-
-/// How often the epoch ticker advances: the granularity of CPU deadlines.
-pub const TICK: Duration = Duration::from_millis(1);
 
 /// Why a component could not be loaded or checked.
 #[derive(Debug, thiserror::Error)]
@@ -124,35 +124,16 @@ impl RuntimeConfig {
     }
 }
 
-/// A loaded service component: compiled, linked, type-checked and described.
-pub struct Class {
-    /// The component file.
-    pub path: PathBuf,
+/// A loaded component: what it declares, which every instance of it shares, and its
+/// pre-linked code, which only its actors (and the fuzzer) instantiate. Kept apart so that
+/// the instance handle, which every message passes, does not name the host state its code
+/// runs with (the files of this module import one way only).
+#[derive(Clone)]
+pub struct Compiled {
+    /// What it declares.
+    pub class: Arc<Class>,
     /// Pre-linked, ready to instantiate.
     pub pre: ServicePre<HostState>,
-    /// Message kinds it accepts, in `describe` order (indexes are used on the hot path).
-    pub messages: Box<[String]>,
-    /// Event names it accepts.
-    pub events: Box<[String]>,
-    /// Whether the compiled code came from the cache.
-    pub cache: CacheOutcome,
-}
-
-impl Class {
-    /// The index of an accepted message kind.
-    #[inline]
-    pub fn message_index(&self, kind: &str) -> Option<u16> {
-        self.messages
-            .iter()
-            .position(|k| k == kind)
-            .map(|i| i as u16)
-    }
-
-    /// The index of an accepted event name.
-    #[inline]
-    pub fn event_index(&self, name: &str) -> Option<u16> {
-        self.events.iter().position(|k| k == name).map(|i| i as u16)
-    }
 }
 
 /// The engine, linker and epoch ticker shared by every instance of a host.
@@ -240,7 +221,7 @@ impl Runtime {
     }
 
     /// Loads a component and asks it what it accepts, on a throwaway instance.
-    pub async fn load(&self, path: &Path) -> Result<Class, LoadError> {
+    pub async fn load(&self, path: &Path) -> Result<Compiled, LoadError> {
         let (_component, pre, cache) = self.compile(path)?;
         let failed = |e: wasmtime::Error| LoadError::Describe {
             path: path.to_path_buf(),
@@ -261,12 +242,14 @@ impl Runtime {
                 reason,
             })?;
         }
-        Ok(Class {
-            path: path.to_path_buf(),
+        Ok(Compiled {
+            class: Arc::new(Class {
+                path: path.to_path_buf(),
+                messages: d.messages.into_boxed_slice(),
+                events: d.events.into_boxed_slice(),
+                cache,
+            }),
             pre,
-            messages: d.messages.into_boxed_slice(),
-            events: d.events.into_boxed_slice(),
-            cache,
         })
     }
 

@@ -9,8 +9,9 @@ use super::directory::{
     Destination, Opener, Peers, Registry, RemoteConnect, RemoteRequest, RemoteTarget, reply_within,
 };
 use super::guest_log::{GuestLog, Stream};
+use super::instance::Outbox;
 use super::instance::{CallError, Chain, Instance, PeerInfo, SessionId};
-use super::session::{Outbox, Route, SessionEnd, SessionTable};
+use super::session::{Route, SessionEnd, SessionTable};
 use crate::wire::{PeerSel, ServiceAddr};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -209,7 +210,7 @@ impl HostState {
             None,
             me.log_budget.clone(),
         );
-        s.sessions = SessionTable::booked(me.clone(), registry.clone());
+        s.sessions = SessionTable::booked(me.clone(), registry.book().clone());
         s.limiter.stats = Some(me.stats.clone());
         s.me = Some((me, registry));
         s

@@ -1,0 +1,115 @@
+//! What a loaded component declares — its message kinds and events — and the one rule
+//! every sender, caller and the fuzzer ask before a message or event reaches a guest:
+//! declared, and within the receiver's `max_message`.
+
+use super::cache::CacheOutcome;
+use super::call::CallError;
+use std::path::PathBuf;
+
+/// What a loaded service component declares (its pre-linked code is beside it, in `Compiled`).
+pub struct Class {
+    /// The component file.
+    pub path: PathBuf,
+    /// Message kinds it accepts, in `describe` order (indexes are used on the hot path).
+    pub messages: Box<[String]>,
+    /// Event names it accepts.
+    pub events: Box<[String]>,
+    /// Whether the compiled code came from the cache.
+    pub cache: CacheOutcome,
+}
+
+impl Class {
+    /// The index of an accepted message kind.
+    #[inline]
+    pub fn message_index(&self, kind: &str) -> Option<u16> {
+        self.messages
+            .iter()
+            .position(|k| k == kind)
+            .map(|i| i as u16)
+    }
+
+    /// The index of an accepted event name.
+    #[inline]
+    pub fn event_index(&self, name: &str) -> Option<u16> {
+        self.events.iter().position(|k| k == name).map(|i| i as u16)
+    }
+}
+
+/// Why a message or an event is refused before the guest: a value, made into the caller's
+/// error (and its text) only by whoever reports it, so that a caller that only counts
+/// refusals (the fuzzer) formats nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The receiver declares no such kind or event.
+    Undeclared,
+    /// Over the receiver's `max_message`.
+    TooLarge {
+        /// Bytes sent.
+        size: usize,
+        /// The receiver's limit.
+        limit: u64,
+    },
+}
+
+impl Refusal {
+    /// The error a sender of message kind `kind` to the instance `name` gets.
+    pub(crate) fn message_error(self, name: &str, class: &Class, kind: &str) -> CallError {
+        match self {
+            Refusal::Undeclared => CallError::Invalid(format!(
+                "{name} does not accept message kind {kind:?}; it declares {:?}",
+                class.messages
+            )),
+            Refusal::TooLarge { size, limit } => CallError::TooLarge { size, limit },
+        }
+    }
+
+    /// The error a caller of event `event` on the instance `name` gets.
+    pub(crate) fn event_error(self, name: &str, class: &Class, event: &str) -> CallError {
+        match self {
+            Refusal::Undeclared => CallError::Invalid(format!(
+                "{name} has no event {event:?}; it declares {:?}",
+                class.events
+            )),
+            Refusal::TooLarge { size, limit } => CallError::TooLarge { size, limit },
+        }
+    }
+}
+
+/// The number of message kind `kind` among those `class` declares, or why a message of
+/// `len` bytes (to an instance taking at most `max_message`) is refused. Checked before the
+/// guest, by the sender: every sender and the fuzzer ask here.
+#[inline]
+pub(crate) fn check_message(
+    class: &Class,
+    max_message: u64,
+    kind: &str,
+    len: usize,
+) -> Result<u16, Refusal> {
+    admit(class.message_index(kind), max_message, len)
+}
+
+/// The number of event `event` among those `class` declares, or why a call of it with
+/// `len` bytes of parameters (to an instance taking at most `max_message`) is refused.
+/// Checked before the guest: every caller and the fuzzer ask here.
+#[inline]
+pub(crate) fn check_event(
+    class: &Class,
+    max_message: u64,
+    event: &str,
+    len: usize,
+) -> Result<u16, Refusal> {
+    admit(class.event_index(event), max_message, len)
+}
+
+/// The one rule for both: declared, and at most `max_message` bytes.
+#[inline]
+fn admit(index: Option<u16>, max_message: u64, len: usize) -> Result<u16, Refusal> {
+    let index = index.ok_or(Refusal::Undeclared)?;
+    if len as u64 > max_message {
+        return Err(Refusal::TooLarge {
+            size: len,
+            limit: max_message,
+        });
+    }
+    Ok(index)
+}
