@@ -6,37 +6,33 @@
 //! with sessions (messages) and requests (events).
 //!
 //! ## Layout
-//! Dependencies point down only.
-//! - [`cli`]: the `wasmwire` command line.
-//! - [`fuzz`]: `wasmwire fuzz` — drives a service's exports through the runtime with
-//!   generated step sequences on worker threads, shrinks a failure, reads and writes replay
-//!   files.
-//! - [`metrics`]: the Prometheus endpoint — the host's figures encoded per scrape.
-//! - [`node`]: a running host — loads the components of a manifest, starts one actor per
-//!   instance, serves client requests and sessions, starts the network, shuts down cleanly.
-//! - [`net`]: the QUIC side — one quinn endpoint, TLS with raw public keys, the task that
-//!   drives the broker, session streams between hosts.
-//! - [`broker`]: the channel-0 state machine, sans-IO (inputs `handle_*`, outputs `poll_*`,
-//!   time passed in): hellos, requests and answers, peer exchange, one connection per pair.
-//! - [`wire`]: the codecs — frames, control messages and session headers, data frames,
-//!   peer ids. Pure functions, fuzzed by the targets in `tests/fuzz/`.
-//! - [`scaffold`]: `wasmwire new` — a service's folder in Rust, Python or JavaScript.
-//! - [`top`]: `wasmwire top` — a live terminal view drawn from a host's `stats` answers.
-//! - [`runtime`]: the wasmtime side — engine, compiled-component cache, generated bindings
-//!   (`runtime::bindings`, the only `bindgen!`), per-instance host state and imports,
-//!   sessions and routes, the instance actor, the restart policy.
-//! - [`workers`]: the worker threads that run instance actors, and where each instance runs.
-//! - [`manifest`]: the TOML manifest — schema, validation, errors with file, line and field.
+//! One crate per layer, so that an import the wrong way does not compile. From the top:
+//! - the `wasmwire` binary (`src/main.rs`, one file per command under `src/commands/`):
+//!   the command line, the only user of `anyhow`.
+//! - this library: [`node`] — a running host: loads the components of a manifest, starts
+//!   one actor per instance, serves client requests and sessions, starts the network, shuts
+//!   down cleanly — and [`metrics`], the Prometheus endpoint. It re-exports the crates
+//!   below under their short names.
+//! - [`net`] (`wasmwire-net`): the QUIC side — one quinn endpoint, TLS with raw public keys,
+//!   the task that drives the broker, session streams between hosts. An adapter: what a
+//!   peer may ask of this host is the runtime directory's to answer.
+//! - [`runtime`] (`wasmwire-runtime`): the wasmtime side — engine, compiled-component
+//!   cache, generated bindings, the runtime directory every entry point goes through, the
+//!   instance core driven by the instance actor and by [`fuzz`], the restart policy, the
+//!   worker threads.
+//! - [`broker`] (`wasmwire-broker`): the channel-0 state machine, sans-IO (inputs
+//!   `handle_*`, outputs `poll_*`, time passed in).
+//! - [`manifest`] (`wasmwire-manifest`): the TOML manifest — schema, validation, errors
+//!   with file, line and field.
+//! - [`wire`] (`wasmwire-wire`): the codecs — frames, control messages and session headers,
+//!   data frames, peer ids, service addresses. Pure functions, fuzzed by `tests/fuzz/`.
 
-pub mod broker;
-pub mod cli;
-pub mod fuzz;
-pub mod manifest;
+pub use wasmwire_broker as broker;
+pub use wasmwire_manifest as manifest;
+pub use wasmwire_net as net;
+pub use wasmwire_runtime as runtime;
+pub use wasmwire_runtime::{fuzz, workers};
+pub use wasmwire_wire as wire;
+
 pub mod metrics;
-pub mod net;
 pub mod node;
-pub mod runtime;
-pub mod scaffold;
-pub mod top;
-pub mod wire;
-pub mod workers;

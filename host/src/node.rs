@@ -5,20 +5,17 @@
 use crate::manifest::{Diagnostic, Manifest, ManifestError};
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::{Net, NetConfig, NetError};
-use crate::runtime::actor::{InstanceActor, key_starter};
-use crate::runtime::directory::{Opener, Registry, Spawner, reply_within};
-use crate::runtime::instance::{
-    CallError, Control, Envelope, Instance, InstanceSpec, Keyed, Kind, LifecycleEvent, PeerInfo,
-    SessionId,
-};
+use crate::runtime::directory::{Opener, Registry, reply_within};
+use crate::runtime::instance::{CallError, Instance, LifecycleEvent, PeerInfo, SessionId};
 use crate::runtime::session::{ClientEvent, Route};
+use crate::runtime::start::{Started, start_instances};
 use crate::runtime::{CacheOutcome, Compiled, Runtime, RuntimeConfig};
 use crate::wire::{self, PeerId, Role};
-use crate::workers::{Workers, place};
+use crate::workers::Workers;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 
 /// Why a host could not start.
@@ -87,16 +84,19 @@ pub struct ClientSession {
 impl ClientSession {
     /// Sends a message of a kind the instance declared.
     pub fn send(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError> {
-        crate::runtime::session::Route::Instance {
-            to: self.instance.clone(),
-            end: self.end,
-        }
-        .send_now(kind, payload)
+        self.route().send_now(kind, payload)
     }
 
     /// Closes the session; the instance gets `on-disconnect`.
     pub fn close(self) {
-        let _ = self.instance.post(Envelope::Disconnect { end: self.end });
+        self.route().disconnect();
+    }
+
+    fn route(&self) -> Route {
+        Route::Instance {
+            to: self.instance.clone(),
+            end: self.end,
+        }
     }
 }
 
@@ -118,17 +118,7 @@ pub struct Node {
 impl Node {
     /// Starts a host for a manifest, sized by its `[host]` section.
     pub async fn start(manifest: &Manifest) -> Result<Node, NodeError> {
-        let max_memory = manifest
-            .services
-            .iter()
-            .map(|s| s.limits.memory)
-            .max()
-            .unwrap_or(64 << 20);
-        Node::start_with(
-            manifest,
-            RuntimeConfig::from_host(&manifest.host, max_memory),
-        )
-        .await
+        Node::start_with(manifest, RuntimeConfig::for_manifest(manifest)).await
     }
 
     /// Starts a host with explicit engine settings.
@@ -136,92 +126,10 @@ impl Node {
         let runtime =
             Arc::new(Runtime::new(&config).map_err(|e| NodeError::Engine(format!("{e:#}")))?);
         let classes = load_classes(&runtime, manifest).await?;
-        let index_of: HashMap<&str, u32> = manifest
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.as_str(), i as u32))
-            .collect();
-        let mut instances = Vec::new();
-        let mut inboxes = Vec::new();
-        for (i, s) in manifest.services.iter().enumerate() {
-            let uses = s
-                .uses
-                .iter()
-                .filter_map(|u| Some((Box::from(u.as_str()), *index_of.get(u.as_str())?)))
-                .collect();
-            let remote_uses = s
-                .remote_uses
-                .iter()
-                .map(|(p, n)| (*p, Box::from(n.as_str())))
-                .collect();
-            let (instance, inbox) = Instance::new(InstanceSpec {
-                name: &s.name,
-                index: i as u32,
-                channel: s.channel,
-                class: classes[&s.component].class.clone(),
-                limits: s.limits.clone(),
-                options_json: &s.options_json,
-                autostart: s.autostart,
-                uses,
-                remote_uses,
-                expose: s.expose,
-                kind: match s.keyed {
-                    Some(max) => Kind::Class(Keyed::new(max)),
-                    None => Kind::Plain,
-                },
-                stats: Arc::default(),
-            });
-            instances.push(instance);
-            inboxes.push(inbox);
-        }
-        let registry = Arc::new(Registry::new(instances));
         let workers = Workers::start(manifest.host.threads as usize)
             .map_err(|e| NodeError::Engine(format!("cannot start worker threads: {e}")))?;
-        let placement = place(manifest, workers.len());
-        let key_code = manifest
-            .services
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.keyed.is_some())
-            .map(|(i, s)| (i as u32, classes[&s.component].pre.clone()))
-            .collect();
-        registry.set_spawner(Spawner {
-            workers: workers.handles(),
-            start: key_starter(key_code, runtime.ticks()),
-        });
-        let mut tasks = Vec::new();
-        for ((instance, inbox), worker) in registry.instances().iter().zip(inboxes).zip(placement) {
-            if let Some(keyed) = instance.keyed() {
-                // A class never runs itself: its keys get actors when they are first used.
-                tracing::info!(
-                    class = %instance.name,
-                    channel = instance.channel,
-                    component = %instance.class.path.display(),
-                    max_instances = keyed.max_instances,
-                    "keyed service"
-                );
-                continue;
-            }
-            tracing::info!(
-                instance = %instance.name,
-                channel = instance.channel,
-                component = %instance.class.path.display(),
-                autostart = instance.autostart,
-                worker,
-                "service"
-            );
-            let actor = InstanceActor::new(
-                instance.clone(),
-                classes[&manifest.services[instance.index as usize].component]
-                    .pre
-                    .clone(),
-                registry.clone(),
-                runtime.ticks(),
-                inbox,
-            );
-            tasks.push(workers.spawn(worker, actor.run()));
-        }
+        let Started { registry, tasks } =
+            start_instances(manifest, &classes, &workers, runtime.ticks());
         let net = match manifest.host.listen {
             None => None,
             Some(listen) => {
@@ -344,28 +252,6 @@ impl Node {
         self.registry.resolve(service)
     }
 
-    /// Sends a control order to the instance of a name, looking a keyed one up again if
-    /// it retired in between.
-    async fn order<T>(
-        &self,
-        service: &str,
-        make: impl Fn(oneshot::Sender<T>) -> Control,
-    ) -> Result<T, CallError> {
-        for _ in 0..16 {
-            let target = self.find(service)?;
-            let (reply, rx) = oneshot::channel();
-            if target.control(make(reply))
-                && let Ok(r) = rx.await
-            {
-                return Ok(r);
-            }
-            if !matches!(target.kind, Kind::Key { .. }) {
-                return Err(CallError::Closed);
-            }
-        }
-        Err(CallError::Closed)
-    }
-
     /// Calls an event as a client (not bound by any `uses`), waiting up to the callee's
     /// `request_timeout` for the reply.
     pub async fn request(
@@ -419,12 +305,12 @@ impl Node {
 
     /// Wakes an instance now (if it is asleep) and waits until it is awake.
     pub async fn wake(&self, service: &str) -> Result<(), CallError> {
-        self.order(service, |reply| Control::Wake { reply }).await?
+        self.registry.wake(service).await
     }
 
     /// Puts an instance to sleep now if it is awake and has no sessions; says whether it did.
     pub async fn sleep(&self, service: &str) -> Result<bool, CallError> {
-        self.order(service, |reply| Control::Sleep { reply }).await
+        self.registry.sleep(service).await
     }
 
     /// Stops the host gracefully, in three steps. Every instance refuses new work at once
@@ -436,32 +322,7 @@ impl Node {
     /// see the connection or the actor close.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        // No new keys from here on: the instances listed below are all there will be.
-        self.registry.close();
-        let mut all = Vec::new();
-        for entry in self.registry.instances() {
-            let keys = entry.keyed().map(Keyed::instances).unwrap_or_default();
-            all.push(entry.clone());
-            all.extend(keys);
-        }
-        // Every instance refuses new work now, before any actor reads its order: one busy
-        // in a long call must not go on taking work its drain will never reach.
-        for instance in &all {
-            instance.close_admission();
-        }
-        let mut waits = Vec::new();
-        for instance in &all {
-            let (done, rx) = oneshot::channel();
-            if instance.control(Control::Shutdown { done }) {
-                waits.push((instance.name.clone(), rx));
-            }
-        }
-        let mut late = Vec::new();
-        for (name, w) in waits {
-            if tokio::time::timeout_at(deadline, w).await.is_err() {
-                late.push(name);
-            }
-        }
+        let late = self.registry.drain(deadline).await;
         if late.is_empty() {
             for t in self.tasks {
                 let _ = tokio::time::timeout_at(deadline, t).await;

@@ -340,6 +340,7 @@ async fn witness_rate(node: &Node, window: Duration) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_are_refused_or_stopped_while_the_neighbour_keeps_its_pace() {
+    let _alone = wasmwire_tests::ALONE.lock().await;
     let node = start(&format!(
         "{HOST}\n[[service]]\nname = \"sleeper\"\ncomponent = \"{{guest:misbehave}}\"\nchannel = 5\noptions = {{ spin_sleep = true }}\ncall_timeout = \"150ms\"\n"
     ))

@@ -85,6 +85,7 @@ async fn all_answered(clients: &[TestClient]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_out_of_descriptors_refuses_scrapes_with_a_reason_keeps_its_clients_and_recovers() {
+    let _alone = wasmwire_tests::ALONE.lock().await;
     let own = lift_own_fd_limit();
     let needed = (CLIENTS + SCRAPERS + 256) as u64;
     assert!(

@@ -10,6 +10,7 @@ mod exhaustion;
 mod fuzz;
 mod hostile_peers;
 mod keyed;
+mod layering;
 mod lifecycle;
 mod liveness;
 mod manifests;

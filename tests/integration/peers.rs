@@ -369,6 +369,7 @@ async fn raw_hello(addr: &str, first: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_remote_receiver_makes_its_sender_busy_with_bounded_memory() {
+    let _alone = wasmwire_tests::ALONE.lock().await;
     let b = start_peer(
         &[],
         "",

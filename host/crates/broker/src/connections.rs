@@ -1,0 +1,358 @@
+//! Connections and hello: version agreement, roles, one connection per pair of hosts (a
+//! deterministic rule settles simultaneous dials), and what is known of each connection.
+
+use super::*;
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) peer: PeerId,
+    /// We dialled it (rather than accepted it).
+    pub(crate) dialled: bool,
+    pub(crate) remote: SocketAddr,
+    pub(crate) configured: Option<usize>,
+    pub(crate) state: ConnState,
+    pub(crate) bucket: Bucket,
+    pub(crate) incoming: usize,
+    pub(crate) pending: usize,
+    pub(crate) next_exchange: Option<Instant>,
+    pub(crate) opened: u64,
+    /// The nonce we sent in our hello.
+    pub(crate) my_nonce: u64,
+    /// The nonce of whoever dialled it (known after hello).
+    pub(crate) dialler_nonce: u64,
+    /// It finished hello as a host (it stays true while the connection closes).
+    pub(crate) host: bool,
+}
+
+#[derive(Debug)]
+pub(crate) enum ConnState {
+    AwaitHello { deadline: Instant },
+    Ready(Box<Agreed>),
+    Closing,
+}
+
+/// What two sides agreed on in their hellos.
+#[derive(Debug, Clone)]
+pub(crate) struct Agreed {
+    pub(crate) role: Role,
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) services: Vec<String>,
+}
+
+/// A token bucket: `rate` per second, up to twice that at once.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    pub(crate) tokens: f64,
+    pub(crate) at: Option<Instant>,
+}
+
+impl Bucket {
+    pub(crate) fn take(&mut self, rate: u32, now: Instant) -> bool {
+        let cap = f64::from(rate) * 2.0;
+        let elapsed = self
+            .at
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(cap);
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Broker {
+    /// The connection to use for `peer`: its ready connection to a host, if any.
+    pub fn connection_to(&self, peer: &PeerId) -> Option<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.peer == *peer && c.role() == Some(Role::Host))
+            .max_by_key(|(_, c)| c.opened)
+            .map(|(id, _)| *id)
+    }
+
+    /// Whether `peer` has a connection in any state but closing (a dial is not needed).
+    pub(crate) fn has_conn(&self, peer: &PeerId) -> bool {
+        self.conns
+            .values()
+            .any(|c| c.peer == *peer && !matches!(c.state, ConnState::Closing))
+    }
+
+    /// Ready connections (any role), for tests and introspection.
+    pub fn ready_connections(&self) -> Vec<(ConnId, PeerId, Role)> {
+        let mut v: Vec<_> = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| c.role().map(|r| (*id, c.peer, r)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A connection finished its TLS handshake with `peer` (already checked against
+    /// `allow`). `dialled` says whether we dialled it, and for which configured peer.
+    pub fn handle_connected(
+        &mut self,
+        conn: ConnId,
+        peer: PeerId,
+        remote: SocketAddr,
+        dialled: Option<DialTo>,
+        now: Instant,
+    ) {
+        self.opened += 1;
+        let configured = match &dialled {
+            Some(DialTo::Configured { index, .. }) => Some(*index),
+            _ => None,
+        };
+        if let Some(d) = &dialled {
+            self.dial_finished(d);
+        }
+        let nonce = self.next_random();
+        if let Some(DialTo::Learned { peer, .. }) = &dialled {
+            // Connected: it is no longer a peer to dial.
+            self.learned.remove(peer);
+        }
+        if dialled.is_none() {
+            // A configured peer that shows up inbound is reachable: reset its back-off.
+            let min = self.config.limits.backoff_min;
+            for c in self.configured.iter_mut().filter(|c| c.peer == Some(peer)) {
+                c.backoff = min;
+            }
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                peer,
+                dialled: dialled.is_some(),
+                remote,
+                configured,
+                state: ConnState::AwaitHello {
+                    deadline: now + self.config.limits.hello_timeout,
+                },
+                bucket: Bucket {
+                    tokens: f64::from(self.config.limits.queries_per_second) * 2.0,
+                    at: None,
+                },
+                incoming: 0,
+                pending: 0,
+                next_exchange: None,
+                opened: self.opened,
+                my_nonce: nonce,
+                dialler_nonce: 0,
+                host: false,
+            },
+        );
+        let hello = Hello {
+            role: self.config.role,
+            major: wire::MAJOR,
+            minor: wire::MINOR,
+            features: wire::FEATURES.iter().map(|f| f.to_string()).collect(),
+            listen: self.config.listen.map(|a| a.to_string()),
+            services: self.config.services.clone(),
+            nonce,
+        };
+        self.transmits.push_back((conn, Control::Hello(hello)));
+    }
+
+    /// A control frame that could not be decoded arrived on `conn`.
+    pub fn handle_undecodable(&mut self, conn: ConnId, error: Undecodable, now: Instant) {
+        match error {
+            Undecodable::UnknownType { id, kind } => {
+                // Only a peer past its hello may ask things; before it, nothing is known.
+                if matches!(
+                    self.conns.get(&conn).map(|c| &c.state),
+                    Some(ConnState::Ready(_))
+                ) {
+                    self.transmits.push_back((
+                        conn,
+                        Control::Error {
+                            id: id.unwrap_or(0),
+                            code: ErrorCode::UnknownType,
+                            reason: format!("unknown message type {kind:?}"),
+                        },
+                    ));
+                } else {
+                    self.close(
+                        conn,
+                        format!("expected hello, got unknown type {kind:?}"),
+                        now,
+                    );
+                }
+            }
+            Undecodable::Malformed(reason) => {
+                self.close(conn, format!("malformed control message: {reason}"), now)
+            }
+        }
+    }
+
+    /// A connection ended (closed by either side or lost).
+    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let failed: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.conn == conn)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in failed {
+            self.finish(
+                token,
+                Err(Failure::new(ErrorCode::Closed, "the connection closed")),
+                now,
+            );
+        }
+        if c.host && self.connection_to(&c.peer).is_none() {
+            let lost: Vec<usize> = self
+                .configured
+                .iter()
+                .enumerate()
+                .filter(|(i, t)| t.peer == Some(c.peer) || c.configured == Some(*i))
+                .map(|(i, _)| i)
+                .collect();
+            for i in lost {
+                self.schedule_redial(i, now);
+            }
+        } else if let Some(i) = c.configured
+            && self.configured[i]
+                .peer
+                .is_none_or(|p| self.connection_to(&p).is_none())
+        {
+            self.schedule_redial(i, now);
+        }
+    }
+
+    /// Closes a connection (the driver gets `Event::Close`).
+    pub fn close(&mut self, conn: ConnId, reason: String, _now: Instant) {
+        if let Some(c) = self.conns.get_mut(&conn)
+            && !matches!(c.state, ConnState::Closing)
+        {
+            c.state = ConnState::Closing;
+            self.events.push_back(Event::Close { conn, reason });
+        }
+    }
+
+    pub(crate) fn on_hello(&mut self, conn: ConnId, hello: Hello, now: Instant) {
+        let me = self.config.role;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let refuse = if hello.major != wire::MAJOR {
+            Some(format!(
+                "hello mismatch: the peer speaks major version {}, this host speaks {}",
+                hello.major,
+                wire::MAJOR
+            ))
+        } else if c.dialled && hello.role != Role::Host {
+            Some("hello mismatch: a dialled peer must be a host".to_string())
+        } else if me == Role::Client && hello.role == Role::Client {
+            Some("hello mismatch: two clients cannot talk".to_string())
+        } else if hello.services.len() > 256 || hello.services.iter().any(|s| s.len() > 128) {
+            Some("hello lists more than 256 services or an over-long name".to_string())
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            self.close(conn, reason, now);
+            return;
+        }
+        let features = hello
+            .features
+            .into_iter()
+            .filter(|f| wire::FEATURES.contains(&f.as_str()))
+            .collect::<Vec<_>>();
+        let listen = hello.listen.and_then(|l| l.parse::<SocketAddr>().ok());
+        let exchange = hello.role == Role::Host
+            && me == Role::Host
+            && features.iter().any(|f| f == "peer-exchange");
+        c.state = ConnState::Ready(Box::new(Agreed {
+            role: hello.role,
+            listen,
+            services: if hello.role == Role::Host {
+                hello.services
+            } else {
+                Vec::new()
+            },
+        }));
+        c.next_exchange = exchange.then_some(now);
+        c.dialler_nonce = if c.dialled { c.my_nonce } else { hello.nonce };
+        c.host = hello.role == Role::Host;
+        let (peer, role) = (c.peer, hello.role);
+        if let Some(i) = c.configured {
+            self.configured[i].peer = Some(peer);
+            self.configured[i].backoff = self.config.limits.backoff_min;
+        }
+        self.learned.remove(&peer);
+        if role == Role::Host && !self.keep_one(conn, now) {
+            return;
+        }
+        self.events.push_back(Event::Ready { conn, peer, role });
+        if exchange {
+            self.exchange(conn, now);
+        }
+    }
+
+    /// One connection per pair of hosts: when `conn` becomes ready beside another ready
+    /// connection to the same host, both hosts keep the one dialled by the lower peer id;
+    /// if one side dialled both, the one whose dialler sent the higher hello nonce. Both
+    /// sides know the same facts, so they always keep the same one. Returns whether `conn`
+    /// is kept.
+    pub(crate) fn keep_one(&mut self, conn: ConnId, now: Instant) -> bool {
+        let me = self.config.me;
+        let Some(new) = self.conns.get(&conn) else {
+            return false;
+        };
+        let peer = new.peer;
+        let lower = me.min(peer);
+        let key = |c: &Conn| {
+            let dialler = if c.dialled { me } else { peer };
+            (dialler == lower, c.dialler_nonce, dialler)
+        };
+        let other = self
+            .conns
+            .iter()
+            .find(|(id, c)| **id != conn && c.peer == peer && c.role() == Some(Role::Host))
+            .map(|(id, c)| (*id, key(c)));
+        let Some((old, old_key)) = other else {
+            return true;
+        };
+        let new_key = key(new);
+        let keep_new = (new_key.0, new_key.1) > (old_key.0, old_key.1);
+        let (drop, kept) = if keep_new {
+            (old, new_key)
+        } else {
+            (conn, old_key)
+        };
+        self.close(
+            drop,
+            format!(
+                "duplicate connection: keeping the one dialled by {}",
+                kept.2
+            ),
+            now,
+        );
+        keep_new
+    }
+}
+
+impl Conn {
+    pub(crate) fn role(&self) -> Option<Role> {
+        match &self.state {
+            ConnState::Ready(a) => Some(a.role),
+            _ => None,
+        }
+    }
+}
+
+/// Where a peer can be dialled: its advertised listen address, with an unspecified IP
+/// (`0.0.0.0`) replaced by the one it connected from.
+pub(crate) fn advertised(listen: Option<SocketAddr>, remote: SocketAddr) -> Option<SocketAddr> {
+    let mut a = listen?;
+    if a.ip().is_unspecified() {
+        a.set_ip(remote.ip());
+    }
+    Some(a)
+}

@@ -1,0 +1,360 @@
+//! The channel-0 broker as a state machine, like `quinn-proto`: no sockets, no clock, no
+//! runtime. The driver (`net`) feeds it what happened — a connection came up
+//! ([`Broker::handle_connected`]), a control message arrived ([`Broker::handle_control`]), a
+//! connection or a dial was lost, time passed ([`Broker::handle_timeout`]) — and gives it
+//! commands ([`Broker::request`], [`Broker::answer`]). It says what to do through its
+//! outputs: control messages to write ([`Broker::poll_transmit`]), things for the driver to
+//! act on ([`Broker::poll_event`]: answer a request with the host's services, dial a peer,
+//! close a connection) and when to call it again ([`Broker::poll_timeout`]).
+//!
+//! Poll order after any input: `poll_transmit` until `None`, then `poll_event` until `None`,
+//! then `poll_timeout`.
+//!
+//! What it owns: the hello exchange and version agreement; request ids, their deadlines and
+//! the matching of answers (which may come in any order); one connection per pair of hosts
+//! (a deterministic rule settles simultaneous dials); the peer table — configured peers
+//! re-dialled with jittered, capped exponential back-off, peers learned by exchange in a
+//! bounded table — and `get-peers`/`find-service` answers, rate-limited per connection.
+//! One file per concern: `config`, `connections` (and hello), `requests` (and deadlines),
+//! `peers` (the peer table), `queries` (answers to what peers ask); this file holds the
+//! broker's state, its inputs' dispatch and its outputs.
+
+/// The manifest name a service name is found under: `room` for a keyed instance `room/42`
+/// (hosts list keyed classes, not their keys).
+fn class_of(service: &str) -> &str {
+    wire::LocalName::parse(service).class
+}
+
+mod config;
+mod connections;
+mod peers;
+mod queries;
+mod requests;
+#[cfg(test)]
+mod tests;
+
+pub use config::{Allow, BrokerConfig, BrokerLimits};
+use connections::{Conn, ConnState, advertised};
+use peers::{Configured, Learned};
+use requests::Pending;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+pub use wasmwire_manifest::PeerSpec;
+use wasmwire_wire::{
+    self as wire, Control, ErrorCode, Hello, PeerEntry, PeerId, Role, Undecodable,
+};
+
+/// Names one connection for the life of a host.
+pub type ConnId = u64;
+
+/// What the driver should dial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialTo {
+    /// Configured peer number `index`: resolve `spec.addr` and dial every address.
+    Configured {
+        /// Its place in `BrokerConfig::peers`.
+        index: usize,
+        /// The peer.
+        spec: PeerSpec,
+    },
+    /// An address given on the command line (not re-dialled).
+    Direct(SocketAddr),
+    /// A peer learned by exchange.
+    Learned {
+        /// Its id (the dial must check it).
+        peer: PeerId,
+        /// Where it said it listens.
+        addr: SocketAddr,
+    },
+}
+
+/// A request from a peer that needs the host's services to answer: the driver answers it
+/// with [`Broker::answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// `list-services`.
+    ListServices,
+    /// `list-sessions`.
+    ListSessions,
+    /// `get-stats`.
+    Stats,
+    /// `request`.
+    Request {
+        /// Instance name.
+        service: String,
+        /// Event name.
+        event: String,
+        /// JSON text.
+        params: String,
+        /// How long the caller waits.
+        timeout: Duration,
+        /// Who waits on it, as `PEERID/name`.
+        chain: Vec<String>,
+        /// The calling instance or client.
+        caller: Option<String>,
+        /// The callee's id of the caller's session with it, if any.
+        session: Option<u64>,
+    },
+}
+
+/// A request this host sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ask {
+    /// `list-services`.
+    ListServices,
+    /// `list-sessions`.
+    ListSessions,
+    /// `get-stats`.
+    Stats,
+    /// `find-service`.
+    FindService(String),
+    /// `request`.
+    Request {
+        /// Instance name.
+        service: String,
+        /// Event name.
+        event: String,
+        /// JSON text.
+        params: String,
+        /// Who waits on it, as `PEERID/name`.
+        chain: Vec<String>,
+        /// The calling instance or client.
+        caller: Option<String>,
+        /// The callee's id of the caller's session with it, if any.
+        session: Option<u64>,
+    },
+    /// `get-peers`.
+    GetPeers,
+    /// `ping`.
+    Ping,
+}
+
+/// Why one of our requests got no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// As a code.
+    pub code: ErrorCode,
+    /// In words.
+    pub reason: String,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, reason: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Something for the driver to act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The hello exchange finished: the connection carries sessions and requests now.
+    Ready {
+        /// The connection.
+        conn: ConnId,
+        /// Who is at the other end.
+        peer: PeerId,
+        /// Host or client.
+        role: Role,
+    },
+    /// A peer asks something only the host's services can answer.
+    Incoming {
+        /// The connection.
+        conn: ConnId,
+        /// Its request id, for `answer`.
+        id: u64,
+        /// Who asks.
+        peer: PeerId,
+        /// What.
+        request: Incoming,
+    },
+    /// One of our requests finished.
+    Answered {
+        /// The token `request` returned.
+        token: u64,
+        /// The answer, or why there is none.
+        result: Result<Control, Failure>,
+    },
+    /// Close this connection, saying why.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// The reason, for both logs.
+        reason: String,
+    },
+    /// Dial a peer; report the outcome with `handle_connected` or `handle_dial_failed`.
+    Dial(DialTo),
+}
+
+/// The channel-0 state machine of one host.
+pub struct Broker {
+    config: BrokerConfig,
+    conns: HashMap<ConnId, Conn>,
+    configured: Vec<Configured>,
+    learned: HashMap<PeerId, Learned>,
+    dials: usize,
+    pending: HashMap<u64, Pending>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    next_token: u64,
+    opened: u64,
+    transmits: VecDeque<(ConnId, Control)>,
+    events: VecDeque<Event>,
+    rng: u64,
+}
+
+impl Broker {
+    /// A broker that will dial its configured peers on the first `handle_timeout`.
+    pub fn new(config: BrokerConfig, now: Instant) -> Broker {
+        let configured = config
+            .peers
+            .iter()
+            .map(|spec| Configured {
+                spec: spec.clone(),
+                peer: spec.expected,
+                backoff: config.limits.backoff_min,
+                next: Some(now),
+                dialling: false,
+            })
+            .collect();
+        let rng = config.seed | 1;
+        Broker {
+            config,
+            conns: HashMap::new(),
+            configured,
+            learned: HashMap::new(),
+            dials: 0,
+            pending: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            next_token: 1,
+            opened: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            rng,
+        }
+    }
+
+    /// This host's id.
+    pub fn me(&self) -> PeerId {
+        self.config.me
+    }
+
+    /// A control message arrived on `conn`.
+    pub fn handle_control(&mut self, conn: ConnId, message: Control, now: Instant) {
+        let ready = match self.conns.get(&conn).map(|c| &c.state) {
+            None | Some(ConnState::Closing) => return,
+            Some(ConnState::AwaitHello { .. }) => false,
+            Some(ConnState::Ready(_)) => true,
+        };
+        match (ready, message) {
+            (false, Control::Hello(hello)) => self.on_hello(conn, hello, now),
+            (false, other) => {
+                let reason = format!("expected hello first, got {}", other.type_name());
+                self.close(conn, reason, now);
+            }
+            (true, Control::Hello(_)) => {
+                self.close(conn, "a second hello on one connection".into(), now)
+            }
+            (true, m) if m.is_answer() => self.on_answer(conn, m, now),
+            (true, m) => self.on_ask(conn, m, now),
+        }
+    }
+
+    /// Time passed: hello and request deadlines, peer exchange, dials.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let late: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(
+                |(_, c)| matches!(c.state, ConnState::AwaitHello { deadline } if deadline <= now),
+            )
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in late {
+            self.close(conn, "no hello in time".into(), now);
+        }
+        while let Some(&(at, token)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if self.pending.contains_key(&token) {
+                self.finish(
+                    token,
+                    Err(Failure::new(ErrorCode::Timeout, "no answer in time")),
+                    now,
+                );
+            }
+        }
+        let exchange: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.next_exchange.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in exchange {
+            self.exchange(conn, now);
+        }
+        for i in 0..self.configured.len() {
+            let t = &self.configured[i];
+            if t.dialling || !t.next.is_some_and(|at| at <= now) {
+                continue;
+            }
+            let peer = t.peer;
+            self.configured[i].next = None;
+            if peer.is_some_and(|p| self.has_conn(&p) || !self.config.allow.permits(&p)) {
+                continue;
+            }
+            let t = &mut self.configured[i];
+            t.dialling = true;
+            let spec = t.spec.clone();
+            self.events
+                .push_back(Event::Dial(DialTo::Configured { index: i, spec }));
+        }
+        self.dial_learned(now);
+    }
+
+    /// The next control message to write.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<(ConnId, Control)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next thing to act on.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let hello = self.conns.values().filter_map(|c| match c.state {
+            ConnState::AwaitHello { deadline } => Some(deadline),
+            _ => c.next_exchange,
+        });
+        let configured = self
+            .configured
+            .iter()
+            .filter(|t| !t.dialling)
+            .filter_map(|t| t.next);
+        // Learned peers are due only while they may be dialled at all; otherwise a due entry
+        // would make the driver wake up at once, over and over.
+        let may_dial = self.dials < self.config.limits.max_dials
+            && self.host_count() < self.config.limits.max_peers;
+        let learned = self
+            .learned
+            .values()
+            .filter(|l| !l.dialling)
+            .map(|l| l.next)
+            .min()
+            .filter(|_| may_dial);
+        hello
+            .chain(configured)
+            .chain(learned)
+            .chain(self.deadlines.first().map(|(t, _)| *t))
+            .min()
+    }
+}

@@ -1,0 +1,740 @@
+//! Brokers driven as a virtual network: no sockets, virtual time, every control message
+//! encoded and decoded through the real codec on its way. Tests read as scenarios: connect,
+//! act, `drive`, assert on events.
+
+// This whole file is test code (`mod tests` is `#[cfg(test)]` in `mod.rs`).
+#[cfg(test)]
+use super::*;
+use std::sync::Arc;
+use wasmwire_wire::control::decode_control;
+
+struct Node {
+    broker: Broker,
+    events: Vec<Event>,
+    addr: SocketAddr,
+}
+
+/// A virtual network of brokers. A connection has the same id on both sides.
+struct Sim {
+    nodes: Vec<Node>,
+    /// conn -> (dialler index, acceptor index)
+    links: HashMap<ConnId, (usize, usize)>,
+    next_conn: ConnId,
+    now: Instant,
+    /// Learned dials are connected automatically when the address is in the network.
+    auto_dial: bool,
+    /// Nodes that do not answer (their transmits are dropped).
+    mute: Vec<usize>,
+}
+
+/// A new peer id, different from every other in this test binary. The broker never checks
+/// that an id is a real key (TLS does, in `net`), so any 32 bytes do; a splitmix64 stream
+/// spreads them like real keys.
+fn new_id() -> PeerId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let mut x = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut id = [0u8; 32];
+    for chunk in id.chunks_mut(8) {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    PeerId(id)
+}
+
+fn ids(n: usize) -> Vec<PeerId> {
+    let mut v: Vec<PeerId> = (0..n).map(|_| new_id()).collect();
+    v.sort();
+    v
+}
+
+impl Sim {
+    fn new(ids: &[PeerId], services: &[&[&str]], peers: &[Vec<PeerSpec>]) -> Sim {
+        let now = Instant::now();
+        let nodes = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let addr: SocketAddr = format!("127.0.0.1:{}", 7400 + i).parse().unwrap();
+                Node {
+                    broker: Broker::new(
+                        BrokerConfig {
+                            me: *id,
+                            role: Role::Host,
+                            listen: Some(addr),
+                            services: services
+                                .get(i)
+                                .map(|s| s.iter().map(|s| s.to_string()).collect())
+                                .unwrap_or_default(),
+                            allow: Arc::new(Allow::default()),
+                            peers: peers.get(i).cloned().unwrap_or_default(),
+                            limits: BrokerLimits::default(),
+                            seed: 42 + i as u64,
+                        },
+                        now,
+                    ),
+                    events: Vec::new(),
+                    addr,
+                }
+            })
+            .collect();
+        Sim {
+            nodes,
+            links: HashMap::new(),
+            next_conn: 1,
+            now,
+            auto_dial: false,
+            mute: Vec::new(),
+        }
+    }
+
+    fn id(&self, i: usize) -> PeerId {
+        self.nodes[i].broker.me()
+    }
+
+    /// `a` dials `b` (the handshake succeeds at once).
+    fn connect(&mut self, a: usize, b: usize, dialled: Option<DialTo>) -> ConnId {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.links.insert(conn, (a, b));
+        let (ida, idb) = (self.id(a), self.id(b));
+        let (addra, addrb) = (self.nodes[a].addr, self.nodes[b].addr);
+        let now = self.now;
+        let d = dialled.unwrap_or(DialTo::Learned {
+            peer: idb,
+            addr: addrb,
+        });
+        self.nodes[a]
+            .broker
+            .handle_connected(conn, idb, addrb, Some(d), now);
+        self.nodes[b]
+            .broker
+            .handle_connected(conn, ida, addra, None, now);
+        conn
+    }
+
+    fn other(&self, conn: ConnId, me: usize) -> Option<usize> {
+        let &(a, b) = self.links.get(&conn)?;
+        Some(if a == me { b } else { a })
+    }
+
+    /// Delivers everything until nothing moves.
+    fn drive(&mut self) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.nodes.len() {
+                while let Some((conn, m)) = self.nodes[i].broker.poll_transmit() {
+                    moved = true;
+                    if self.mute.contains(&i) {
+                        continue;
+                    }
+                    let Some(j) = self.other(conn, i) else {
+                        continue;
+                    };
+                    // Through the real codec, as on the wire.
+                    let bytes = serde_json::to_vec(&m).unwrap();
+                    let now = self.now;
+                    match decode_control(&bytes) {
+                        Ok(m) => self.nodes[j].broker.handle_control(conn, m, now),
+                        Err(e) => self.nodes[j].broker.handle_undecodable(conn, e, now),
+                    }
+                }
+                while let Some(e) = self.nodes[i].broker.poll_event() {
+                    moved = true;
+                    match &e {
+                        Event::Close { conn, .. } => {
+                            let conn = *conn;
+                            let now = self.now;
+                            if let Some(j) = self.other(conn, i) {
+                                self.nodes[j].broker.handle_closed(conn, now);
+                            }
+                            self.nodes[i].broker.handle_closed(conn, now);
+                            self.links.remove(&conn);
+                        }
+                        Event::Dial(DialTo::Learned { addr, .. }) if self.auto_dial => {
+                            let target = self.nodes.iter().position(|n| n.addr == *addr);
+                            if let Some(t) = target {
+                                let d = e.clone();
+                                let Event::Dial(d) = d else { unreachable!() };
+                                self.connect(i, t, Some(d));
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.nodes[i].events.push(e);
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// Advances virtual time by `d`, firing every timeout on the way.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.broker.poll_timeout())
+                .filter(|t| *t <= end)
+                .min();
+            let Some(t) = next else { break };
+            self.now = t.max(self.now);
+            let now = self.now;
+            for n in &mut self.nodes {
+                n.broker.handle_timeout(now);
+            }
+            self.drive();
+        }
+        self.now = end;
+        let now = self.now;
+        for n in &mut self.nodes {
+            n.broker.handle_timeout(now);
+        }
+        self.drive();
+    }
+
+    fn take_events(&mut self, i: usize) -> Vec<Event> {
+        std::mem::take(&mut self.nodes[i].events)
+    }
+
+    /// The ready connections node `i` keeps.
+    fn kept(&self, i: usize) -> Vec<ConnId> {
+        self.nodes[i]
+            .broker
+            .ready_connections()
+            .into_iter()
+            .map(|(c, _, _)| c)
+            .collect()
+    }
+
+    fn ready(&self, i: usize) -> Vec<PeerId> {
+        self.nodes[i]
+            .broker
+            .ready_connections()
+            .into_iter()
+            .map(|(_, p, _)| p)
+            .collect()
+    }
+}
+
+#[test]
+fn hello_makes_both_sides_ready() {
+    let ids = ids(2);
+    let mut sim = Sim::new(&ids, &[&["chat"], &[]], &[]);
+    let conn = sim.connect(0, 1, None);
+    sim.drive();
+    assert!(sim.take_events(0).contains(&Event::Ready {
+        conn,
+        peer: ids[1],
+        role: Role::Host
+    }));
+    assert!(sim.take_events(1).contains(&Event::Ready {
+        conn,
+        peer: ids[0],
+        role: Role::Host
+    }));
+    assert_eq!(sim.nodes[1].broker.find("chat"), vec![ids[0]]);
+    assert!(sim.nodes[1].broker.find("nothing").is_empty());
+}
+
+#[test]
+fn requests_are_answered_out_of_order_and_time_out() {
+    let ids = ids(2);
+    let mut sim = Sim::new(&ids, &[], &[]);
+    let conn = sim.connect(0, 1, None);
+    sim.drive();
+    sim.take_events(0);
+    sim.take_events(1);
+    let now = sim.now;
+    let ask = |n: u32| Ask::Request {
+        service: "counter".into(),
+        event: "incr".into(),
+        params: n.to_string(),
+        chain: vec![],
+        caller: None,
+        session: None,
+    };
+    let t1 = sim.nodes[0]
+        .broker
+        .request(conn, ask(1), Duration::from_secs(1), now)
+        .unwrap();
+    let t2 = sim.nodes[0]
+        .broker
+        .request(conn, ask(2), Duration::from_secs(1), now)
+        .unwrap();
+    let t3 = sim.nodes[0]
+        .broker
+        .request(conn, ask(3), Duration::from_secs(1), now)
+        .unwrap();
+    sim.drive();
+    let incoming: Vec<(u64, String)> = sim
+        .take_events(1)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Incoming {
+                id,
+                request: Incoming::Request { params, .. },
+                ..
+            } => Some((id, params)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(incoming.len(), 3);
+    // Answer the second first, then the first; leave the third unanswered.
+    let (id1, id2) = (incoming[0].0, incoming[1].0);
+    sim.nodes[1].broker.answer(
+        conn,
+        id2,
+        Ok(Control::Response {
+            id: id2,
+            result: "\"two\"".into(),
+        }),
+    );
+    sim.nodes[1]
+        .broker
+        .answer(conn, id1, Err(Failure::new(ErrorCode::Failed, "no luck")));
+    sim.drive();
+    let answered = sim.take_events(0);
+    assert_eq!(
+        answered,
+        vec![
+            Event::Answered {
+                token: t2,
+                result: Ok(Control::Response {
+                    id: t2,
+                    result: "\"two\"".into()
+                })
+            },
+            Event::Answered {
+                token: t1,
+                result: Err(Failure::new(ErrorCode::Failed, "no luck"))
+            },
+        ]
+    );
+    sim.advance(Duration::from_millis(999));
+    assert!(sim.take_events(0).is_empty());
+    sim.advance(Duration::from_millis(2));
+    assert_eq!(
+        sim.take_events(0),
+        vec![Event::Answered {
+            token: t3,
+            result: Err(Failure::new(ErrorCode::Timeout, "no answer in time"))
+        }]
+    );
+}
+
+#[test]
+fn a_request_cycle_across_three_hosts_is_refused_at_once() {
+    // A/lobby -> B/relay -> C/relay2 -> A/lobby: A sees itself in the chain.
+    let ids = ids(3);
+    let mut sim = Sim::new(&ids, &[&["lobby"], &["relay"], &["relay2"]], &[]);
+    let ab = sim.connect(0, 1, None);
+    let bc = sim.connect(1, 2, None);
+    let ca = sim.connect(2, 0, None);
+    sim.drive();
+    for i in 0..3 {
+        sim.take_events(i);
+    }
+    let now = sim.now;
+    let a = format!("{}/lobby", ids[0]);
+    let b = format!("{}/relay", ids[1]);
+    let c = format!("{}/relay2", ids[2]);
+    sim.nodes[0]
+        .broker
+        .request(
+            ab,
+            Ask::Request {
+                service: "relay".into(),
+                event: "go".into(),
+                params: "null".into(),
+                chain: vec![a.clone()],
+                caller: Some("lobby".into()),
+                session: None,
+            },
+            Duration::from_secs(5),
+            now,
+        )
+        .unwrap();
+    sim.drive();
+    let chain = match &sim.take_events(1)[..] {
+        [
+            Event::Incoming {
+                request: Incoming::Request { chain, .. },
+                ..
+            },
+        ] => chain.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(chain, vec![a.clone()]);
+    // B's relay asks C with the chain extended; C's relay2 asks A's lobby.
+    sim.nodes[1]
+        .broker
+        .request(
+            bc,
+            Ask::Request {
+                service: "relay2".into(),
+                event: "go".into(),
+                params: "null".into(),
+                chain: vec![a.clone(), b.clone()],
+                caller: Some("relay".into()),
+                session: None,
+            },
+            Duration::from_secs(5),
+            now,
+        )
+        .unwrap();
+    sim.drive();
+    assert!(matches!(&sim.take_events(2)[..], [Event::Incoming { .. }]));
+    let t = sim.nodes[2]
+        .broker
+        .request(
+            ca,
+            Ask::Request {
+                service: "lobby".into(),
+                event: "go".into(),
+                params: "null".into(),
+                chain: vec![a, b, c],
+                caller: Some("relay2".into()),
+                session: None,
+            },
+            Duration::from_secs(5),
+            now,
+        )
+        .unwrap();
+    sim.drive();
+    // A never hands it to its service: it answers `cycle` itself, at once.
+    assert!(sim.take_events(0).is_empty());
+    match &sim.take_events(2)[..] {
+        [
+            Event::Answered {
+                token,
+                result: Err(f),
+            },
+        ] => {
+            assert_eq!(*token, t);
+            assert_eq!(f.code, ErrorCode::Cycle);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn peer_exchange_lets_a_learn_c_through_b_and_dial_it() {
+    let ids = ids(3);
+    let mut sim = Sim::new(&ids, &[&[], &[], &["chat"]], &[]);
+    sim.auto_dial = true;
+    sim.connect(1, 2, None);
+    sim.drive();
+    sim.connect(0, 1, None);
+    sim.drive();
+    // A asked B for its peers on hello, learned C, dialled it, and is now connected.
+    let a_events = sim.take_events(0);
+    assert!(
+        a_events.iter().any(|e| matches!(e,
+            Event::Dial(DialTo::Learned { peer, addr }) if *peer == ids[2] && *addr == sim.nodes[2].addr)),
+        "{a_events:?}"
+    );
+    let mut ready = sim.ready(0);
+    ready.sort();
+    assert_eq!(ready, vec![ids[1], ids[2]]);
+    assert_eq!(sim.nodes[0].broker.find("chat"), vec![ids[2]]);
+}
+
+#[test]
+fn simultaneous_dials_keep_exactly_one_connection_on_both_sides() {
+    let ids = ids(2);
+    for first in [0, 1] {
+        let mut sim = Sim::new(&ids, &[], &[]);
+        let x = sim.connect(first, 1 - first, None);
+        let y = sim.connect(1 - first, first, None);
+        sim.drive();
+        let (kept0, kept1) = (sim.kept(0), sim.kept(1));
+        assert_eq!(kept0.len(), 1, "{kept0:?}");
+        assert_eq!(kept0, kept1, "both sides keep the same connection");
+        // The lower id (node 0, ids are sorted) dialled the survivor.
+        let survivor = kept0[0];
+        let dialler = sim.links[&survivor].0;
+        assert_eq!(dialler, 0);
+        assert!(survivor == x || survivor == y);
+    }
+}
+
+#[test]
+fn configured_peers_are_redialled_with_capped_jittered_backoff() {
+    let ids = ids(2);
+    let mut sim = Sim::new(&ids, &[], &[vec!["127.0.0.1:7401".parse().unwrap()]]);
+    let mut gaps = Vec::new();
+    for _ in 0..10 {
+        let now = sim.now;
+        sim.nodes[0].broker.handle_timeout(now);
+        let d = match sim.nodes[0].broker.poll_event() {
+            Some(Event::Dial(d)) => d,
+            other => panic!("{other:?}"),
+        };
+        sim.nodes[0].broker.handle_dial_failed(&d, now);
+        let next = sim.nodes[0].broker.poll_timeout().unwrap();
+        gaps.push(next - now);
+        sim.now = next;
+    }
+    let limits = BrokerLimits::default();
+    for (i, g) in gaps.iter().enumerate() {
+        let full = (limits.backoff_min * (1 << i.min(10))).min(limits.backoff_max);
+        assert!(*g >= full / 2 && *g <= full, "gap {i}: {g:?} vs {full:?}");
+    }
+    assert!(gaps.last().unwrap() <= &limits.backoff_max);
+}
+
+#[test]
+fn a_lost_peer_is_redialled_and_backoff_resets_when_it_returns() {
+    let ids = ids(2);
+    let spec = PeerSpec {
+        addr: "127.0.0.1:7401".into(),
+        expected: Some(ids[1]),
+    };
+    let mut sim = Sim::new(&ids, &[], &[vec![spec.clone()]]);
+    sim.advance(Duration::from_millis(1));
+    let dial = sim
+        .take_events(0)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Dial(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    let conn = sim.connect(0, 1, Some(dial));
+    sim.drive();
+    assert_eq!(sim.ready(0), vec![ids[1]]);
+    sim.take_events(0);
+    // The link dies.
+    let now = sim.now;
+    sim.nodes[0].broker.handle_closed(conn, now);
+    sim.nodes[1].broker.handle_closed(conn, now);
+    sim.links.remove(&conn);
+    sim.advance(Duration::from_secs(1));
+    assert!(
+        sim.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Dial(DialTo::Configured { index: 0, .. }))),
+        "re-dialled after loss"
+    );
+}
+
+#[test]
+fn peer_queries_are_rate_limited_and_unknown_types_answered() {
+    let ids = ids(2);
+    let mut sim = Sim::new(&ids, &[], &[]);
+    let conn = sim.connect(0, 1, None);
+    sim.drive();
+    sim.take_events(0);
+    let now = sim.now;
+    let mut tokens = Vec::new();
+    for _ in 0..100 {
+        tokens.push(
+            sim.nodes[0]
+                .broker
+                .request(
+                    conn,
+                    Ask::FindService("x".into()),
+                    Duration::from_secs(1),
+                    now,
+                )
+                .unwrap(),
+        );
+    }
+    sim.drive();
+    let answers = sim.take_events(0);
+    let limited = answers
+        .iter()
+        .filter(|e| matches!(e, Event::Answered { result: Err(f), .. } if f.code == ErrorCode::RateLimited))
+        .count();
+    // The exchange on hello used one query too; the burst allows 40.
+    assert!((55..=61).contains(&limited), "{limited}");
+    // An unknown type gets an error answer, not a close.
+    sim.nodes[1].broker.handle_undecodable(
+        conn,
+        Undecodable::UnknownType {
+            id: Some(77),
+            kind: "teleport".into(),
+        },
+        now,
+    );
+    assert!(matches!(
+        sim.nodes[1].broker.poll_transmit(),
+        Some((c, Control::Error { id: 77, code: ErrorCode::UnknownType, .. })) if c == conn
+    ));
+    // Garbage closes the connection with a reason.
+    sim.nodes[1]
+        .broker
+        .handle_undecodable(conn, Undecodable::Malformed("junk".into()), now);
+    assert!(matches!(
+        sim.nodes[1].broker.poll_event(),
+        Some(Event::Close { reason, .. }) if reason.contains("junk")
+    ));
+}
+
+#[test]
+fn hello_problems_close_the_connection_with_a_reason() {
+    let ids = ids(2);
+    let mut sim = Sim::new(&ids, &[], &[]);
+    // Node 1 never says hello: node 0 closes after the hello timeout.
+    sim.mute.push(1);
+    sim.connect(0, 1, None);
+    sim.drive();
+    sim.advance(Duration::from_secs(6));
+    assert!(
+        sim.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Close { reason, .. } if reason == "no hello in time"))
+    );
+    // A wrong major version.
+    let mut sim = Sim::new(&ids, &[], &[]);
+    let conn = sim.connect(0, 1, None);
+    let now = sim.now;
+    sim.nodes[0].broker.handle_control(
+        conn,
+        Control::Hello(Hello {
+            role: Role::Host,
+            major: 2,
+            minor: 0,
+            features: vec![],
+            listen: None,
+            services: vec![],
+            nonce: 0,
+        }),
+        now,
+    );
+    assert!(matches!(
+        sim.nodes[0].broker.poll_event(),
+        Some(Event::Close { reason, .. }) if reason.contains("major version 2")
+    ));
+    // Anything before hello.
+    let mut sim = Sim::new(&ids, &[], &[]);
+    let conn = sim.connect(0, 1, None);
+    sim.nodes[0]
+        .broker
+        .handle_control(conn, Control::Ping { id: 1 }, now);
+    assert!(matches!(
+        sim.nodes[0].broker.poll_event(),
+        Some(Event::Close { reason, .. }) if reason.contains("expected hello first, got ping")
+    ));
+}
+
+#[test]
+fn learned_peers_are_bounded_and_bogus_ones_forgotten() {
+    let ids = ids(2);
+    let mut sim = Sim::new(&ids, &[], &[]);
+    let conn = sim.connect(0, 1, None);
+    sim.drive();
+    sim.take_events(0);
+    let now = sim.now;
+    // Node 1 answers a get-peers with 1000 entries, most bogus.
+    let t = sim.nodes[0]
+        .broker
+        .send_request(conn, Ask::GetPeers, Duration::from_secs(1), now, true)
+        .unwrap();
+    let mut peers = Vec::new();
+    for i in 0..1000u32 {
+        let id = new_id();
+        peers.push(PeerEntry {
+            peer: if i % 3 == 0 {
+                "junk".into()
+            } else {
+                id.to_string()
+            },
+            addr: Some(format!("127.0.0.{}:{}", i % 200 + 1, 1000 + i)),
+            connected: true,
+        });
+    }
+    sim.nodes[0]
+        .broker
+        .handle_control(conn, Control::Peers { id: t, peers }, now);
+    let learned = sim.nodes[0].broker.learned.len();
+    assert!(
+        learned <= BrokerLimits::default().peers_per_answer,
+        "{learned}"
+    );
+    // Every dial fails: after three failures each entry is forgotten.
+    for _ in 0..200 {
+        let now = sim.now;
+        sim.nodes[0].broker.handle_timeout(now);
+        while let Some(e) = sim.nodes[0].broker.poll_event() {
+            if let Event::Dial(d) = e {
+                assert!(sim.nodes[0].broker.dials <= BrokerLimits::default().max_dials);
+                sim.nodes[0].broker.handle_dial_failed(&d, now);
+            }
+        }
+        while sim.nodes[0].broker.poll_transmit().is_some() {}
+        sim.now += Duration::from_millis(500);
+    }
+    assert_eq!(sim.nodes[0].broker.learned.len(), 0);
+}
+
+#[test]
+fn a_double_dial_from_one_side_keeps_the_same_connection_on_both_sides() {
+    let ids = ids(2);
+    for dialler in [0, 1] {
+        for _ in 0..20 {
+            let mut sim = Sim::new(&ids, &[], &[]);
+            sim.connect(dialler, 1 - dialler, None);
+            sim.connect(dialler, 1 - dialler, None);
+            sim.drive();
+            let (kept0, kept1) = (sim.kept(0), sim.kept(1));
+            assert_eq!(kept0.len(), 1, "{kept0:?}");
+            assert_eq!(kept0, kept1);
+        }
+    }
+}
+
+#[test]
+fn requests_waiting_on_a_lost_connection_fail_with_closed() {
+    let ids = ids(2);
+    let mut sim = Sim::new(&ids, &[], &[]);
+    let conn = sim.connect(0, 1, None);
+    sim.drive();
+    sim.take_events(0);
+    let now = sim.now;
+    let t = sim.nodes[0]
+        .broker
+        .request(conn, Ask::Ping, Duration::from_secs(5), now)
+        .unwrap();
+    sim.nodes[0].broker.handle_closed(conn, now);
+    assert_eq!(
+        sim.nodes[0].broker.poll_event(),
+        Some(Event::Answered {
+            token: t,
+            result: Err(Failure::new(ErrorCode::Closed, "the connection closed"))
+        })
+    );
+    // And nothing fires for it later.
+    sim.advance(Duration::from_secs(10));
+    assert!(
+        !sim.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Answered { .. }))
+    );
+}
+
+#[test]
+fn at_max_peers_learned_peers_wait_without_waking_the_driver() {
+    let ids = ids(3);
+    let mut sim = Sim::new(&ids, &[], &[]);
+    sim.nodes[0].broker.config.limits.max_peers = 1;
+    sim.connect(1, 2, None);
+    sim.drive();
+    sim.connect(0, 1, None);
+    sim.drive();
+    // Node 0 learned node 2 from node 1 but may not dial it: nothing is due now.
+    assert_eq!(sim.nodes[0].broker.learned.len(), 1);
+    assert!(
+        !sim.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Dial(_)))
+    );
+    let next = sim.nodes[0].broker.poll_timeout().unwrap();
+    assert!(next > sim.now, "a due timeout would spin the driver");
+}

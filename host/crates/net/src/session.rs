@@ -1,0 +1,613 @@
+//! Sessions as QUIC streams: one bidirectional stream per session. The opener writes a
+//! `connect` header, the acceptor answers `accepted` or `rejected`, then both sides write
+//! data frames until one finishes its side.
+//!
+//! Each direction is bounded end to end: a session end's `send` puts the message in a
+//! bounded per-stream queue (full: `busy`); one writer task per stream drains everything
+//! queued into one buffer and hands it to quinn in one write; QUIC flow control holds the
+//! writer back when the receiver does not read; the receiver reads only while the target
+//! mailbox has room. Nothing buffers without bound.
+
+use super::watchdog::Wait;
+use super::{Traffic, failure_of};
+use bytes::BytesMut;
+use quinn::{RecvStream, SendStream, VarInt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use wasmwire_runtime::directory::{Opener, Registry};
+use wasmwire_runtime::instance::{CallError, Chain, PeerInfo, SessionId};
+use wasmwire_runtime::session::{ClientEvent, Inbound, RemoteSink, Route};
+use wasmwire_wire::{self as wire, FrameError, SessionHeader, data};
+
+/// Messages waiting in one stream's send queue at most; past that `send` returns `busy`.
+pub const QUEUE: usize = 256;
+
+/// How long the acceptor waits for a session header before it resets the stream.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stream reset and stop codes (QUIC application error codes on a session stream).
+pub mod codes {
+    /// A frame was malformed, too large, or of an undeclared kind.
+    pub const MALFORMED: u32 = 1;
+    /// No session header within [`super::HEADER_TIMEOUT`].
+    pub const HEADER_TIMEOUT: u32 = 2;
+    /// The session end on this side is gone.
+    pub const GONE: u32 = 3;
+}
+
+/// A message waiting in a stream's send queue.
+struct Out {
+    /// Index into the receiver's declared kinds, or the kind itself for a client.
+    kind: Kind,
+    payload: Vec<u8>,
+}
+
+enum Kind {
+    Index(u16),
+    Named(String),
+}
+
+/// What the writer and the sending side share.
+struct Shared {
+    /// The other end's declared message kinds; `None` for a client, which accepts any.
+    kinds: Option<Box<[String]>>,
+    closing: AtomicBool,
+    close: Notify,
+}
+
+/// The sending half of a session whose other end is on another host.
+pub(crate) struct StreamSink {
+    tx: mpsc::Sender<Out>,
+    shared: Arc<Shared>,
+    max_message: u64,
+    other: Arc<str>,
+    other_end: SessionId,
+}
+
+/// The writer's half: drained by [`write_loop`].
+pub(crate) struct Outgoing {
+    rx: mpsc::Receiver<Out>,
+    shared: Arc<Shared>,
+}
+
+impl StreamSink {
+    /// A sink for an other end (`other`, whose own id for the session is `other_end`) that
+    /// accepts `kinds` (all kinds if `None`) of at most `max_message` bytes.
+    pub fn new(
+        kinds: Option<Vec<String>>,
+        max_message: u64,
+        other: Arc<str>,
+        other_end: SessionId,
+    ) -> (Arc<StreamSink>, Outgoing) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let shared = Arc::new(Shared {
+            kinds: kinds.map(Vec::into_boxed_slice),
+            closing: AtomicBool::new(false),
+            close: Notify::new(),
+        });
+        (
+            Arc::new(StreamSink {
+                tx,
+                shared: shared.clone(),
+                max_message,
+                other,
+                other_end,
+            }),
+            Outgoing { rx, shared },
+        )
+    }
+}
+
+impl RemoteSink for StreamSink {
+    #[inline]
+    fn send(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError> {
+        if self.shared.closing.load(Ordering::Relaxed) {
+            return Err(CallError::Closed);
+        }
+        let kind = match &self.shared.kinds {
+            Some(kinds) => match kinds.iter().position(|k| k == kind) {
+                Some(i) => Kind::Index(i as u16),
+                None => {
+                    return Err(CallError::Invalid(format!(
+                        "{} does not accept message kind {kind:?}; it declares {kinds:?}",
+                        self.other
+                    )));
+                }
+            },
+            None if kind.len() > data::MAX_KIND => {
+                return Err(CallError::Invalid(format!(
+                    "message kind of {} bytes is over {}",
+                    kind.len(),
+                    data::MAX_KIND
+                )));
+            }
+            None => Kind::Named(kind.to_string()),
+        };
+        if payload.len() as u64 > self.max_message {
+            return Err(CallError::TooLarge {
+                size: payload.len(),
+                limit: self.max_message,
+            });
+        }
+        self.tx
+            .try_send(Out { kind, payload })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => CallError::Busy,
+                mpsc::error::TrySendError::Closed(_) => CallError::Closed,
+            })
+    }
+
+    fn other_end(&self) -> SessionId {
+        self.other_end
+    }
+
+    fn close(&self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
+        // `notify_one` keeps a permit if the writer is not waiting yet: the close is never
+        // missed.
+        self.shared.close.notify_one();
+    }
+}
+
+fn encode(buf: &mut BytesMut, batch: &mut Vec<Out>, kinds: Option<&[String]>) {
+    for out in batch.drain(..) {
+        let kind = match &out.kind {
+            Kind::Index(i) => kinds
+                .and_then(|k| k.get(*i as usize))
+                .map_or("", |k| k.as_str()),
+            Kind::Named(k) => k.as_str(),
+        };
+        // Kinds were checked at `send`; a frame that cannot be encoded is skipped.
+        let _ = data::put_message(buf, kind, &out.payload);
+    }
+}
+
+/// Writes what a session end queues, batch by batch, until the end is dropped or closed;
+/// then finishes the stream.
+pub(crate) async fn write_loop(mut send: SendStream, mut out: Outgoing, traffic: Arc<Traffic>) {
+    let mut batch = Vec::with_capacity(QUEUE);
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    let kinds = out.shared.kinds.as_deref();
+    loop {
+        tokio::select! {
+            biased;
+            n = out.rx.recv_many(&mut batch, QUEUE) => {
+                if n == 0 {
+                    break; // the session end is gone
+                }
+                traffic.messages_out.fetch_add(n as u64, Ordering::Relaxed);
+                encode(&mut buf, &mut batch, kinds);
+                let written = traffic.watchdog.watch(
+                    Wait::SendBlocked,
+                    send.write_all(&buf),
+                    || traffic.peer.to_string(),
+                    "a session stream",
+                );
+                if written.await.is_err() {
+                    out.shared.closing.store(true, Ordering::Relaxed);
+                    return;
+                }
+                buf.clear();
+            }
+            _ = out.shared.close.notified() => {
+                // Closed by this side: what was sent before the close still goes out.
+                while let Ok(o) = out.rx.try_recv() {
+                    batch.push(o);
+                }
+                traffic.messages_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                encode(&mut buf, &mut batch, kinds);
+                let written = traffic.watchdog.watch(
+                    Wait::SendBlocked,
+                    send.write_all(&buf),
+                    || traffic.peer.to_string(),
+                    "a session stream (closing)",
+                );
+                let _ = written.await;
+                break;
+            }
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Where the messages read from a stream go.
+pub(crate) enum Deliver {
+    /// A local instance, at its session end.
+    Instance(Inbound),
+    /// A client in this process (the CLI).
+    Client(mpsc::Sender<ClientEvent>),
+}
+
+/// Reads a session stream's data frames and delivers them, in order, until the stream
+/// ends; then tells the receiving end the session is closed. `buf` holds bytes already
+/// read past the header; a payload over `max_message` ends the stream.
+pub(crate) async fn read_loop(
+    mut recv: RecvStream,
+    mut buf: BytesMut,
+    max_message: u64,
+    to: Deliver,
+    traffic: Arc<Traffic>,
+) {
+    let mut to = to;
+    if let Err(e) = read_frames(&mut recv, &mut buf, max_message, &mut to, &traffic).await {
+        tracing::debug!(target: "wasmwire::net", error = %e, "session stream ended with an error");
+        let _ = recv.stop(VarInt::from_u32(codes::MALFORMED));
+    }
+    match to {
+        // Dropping the end delivers what it holds and tells the instance the session ended.
+        Deliver::Instance(inbound) => drop(inbound),
+        Deliver::Client(tx) => {
+            let _ = tx.send(ClientEvent::Closed).await;
+        }
+    }
+}
+
+/// Why a session stream stopped being read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("stream: {0}")]
+    Stream(#[from] quinn::ReadError),
+}
+
+async fn read_frames(
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+    max_message: u64,
+    to: &mut Deliver,
+    traffic: &Traffic,
+) -> Result<(), ReadError> {
+    let limit = data::frame_limit(max_message);
+    loop {
+        while let Some(frame) = wire::split_frame(buf, limit)? {
+            let (kind, payload) = data::parse_message(&frame)?;
+            traffic.messages_in.fetch_add(1, Ordering::Relaxed);
+            if payload.len() as u64 > max_message {
+                return Err(ReadError::Refused(format!(
+                    "a payload of {} bytes is over max_message ({max_message})",
+                    payload.len()
+                )));
+            }
+            match to {
+                Deliver::Instance(inbound) => {
+                    let kind = inbound
+                        .admit(kind, payload.len())
+                        .map_err(|e| ReadError::Refused(e.to_string()))?;
+                    reserve(inbound, traffic).await?;
+                    // A large payload is a slice of the frame (which shares `buf`'s memory),
+                    // not a copy; see `SLICE_AT`.
+                    inbound.push(
+                        kind,
+                        if payload.len() >= SLICE_AT {
+                            frame.slice_ref(payload)
+                        } else {
+                            bytes::Bytes::copy_from_slice(payload)
+                        },
+                    );
+                }
+                Deliver::Client(tx) => {
+                    let event = ClientEvent::Message {
+                        kind: kind.to_string(),
+                        payload: payload.to_vec(),
+                    };
+                    if tx.send(event).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if let Deliver::Instance(inbound) = to {
+            inbound.flush();
+        }
+        match recv.read_chunk(64 << 10, true).await? {
+            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            None => return Ok(wire::at_end(buf)?),
+        }
+    }
+}
+
+/// Payloads at least this large are delivered as a slice of the frame they came in; smaller
+/// ones are copied, so that a small message waiting in a mailbox does not hold its stream's
+/// whole read buffer (64 KiB or more) — a thousand sessions each with one message waiting
+/// would hold that much each.
+const SLICE_AT: usize = 16 << 10;
+
+/// Takes a place in the instance's mailbox, waiting while it is full: while this waits,
+/// nothing more is read from the stream, so QUIC flow control holds the sender back.
+async fn reserve(to: &mut Inbound, traffic: &Traffic) -> Result<(), ReadError> {
+    let mut pause = Duration::from_micros(200);
+    // When the mailbox was first found full, and whether the watchdog was told.
+    let mut full: Option<(std::time::Instant, bool)> = None;
+    let what = |to: &Inbound| format!("a session stream into {}", to.instance().name);
+    loop {
+        match to.reserve() {
+            Ok(()) => {
+                if let Some((since, true)) = full {
+                    traffic
+                        .watchdog
+                        .moving(Wait::MailboxFull, &traffic.peer, &what(to), since);
+                }
+                return Ok(());
+            }
+            Err(CallError::Busy) => {
+                let (since, told) = full.get_or_insert_with(|| (std::time::Instant::now(), false));
+                if !*told && since.elapsed() >= traffic.watchdog.after() {
+                    traffic
+                        .watchdog
+                        .stalled(Wait::MailboxFull, &traffic.peer, &what(to), *since);
+                    *told = true;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(e) => return Err(ReadError::Refused(e.to_string())),
+        }
+    }
+}
+
+/// Reads one header frame (at most [`wire::MAX_HEADER_FRAME`] bytes); bytes after it stay
+/// in `buf`.
+pub(crate) async fn read_header(
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+) -> Result<SessionHeader, String> {
+    loop {
+        match wire::split_frame(buf, wire::MAX_HEADER_FRAME) {
+            Err(e) => return Err(e.to_string()),
+            Ok(Some(frame)) => {
+                return wire::control::decode_header(&frame).map_err(|e| e.to_string());
+            }
+            Ok(None) => {}
+        }
+        match recv.read_chunk(wire::MAX_HEADER_FRAME, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err("stream ended before its header".into()),
+            Err(e) => return Err(format!("stream: {e}")),
+        }
+    }
+}
+
+async fn write_header(send: &mut SendStream, header: &SessionHeader) -> Result<(), String> {
+    let mut out = BytesMut::new();
+    wire::put_json(&mut out, header);
+    send.write_all(&out).await.map_err(|e| e.to_string())
+}
+
+/// What the acceptor said yes with.
+pub(crate) struct Accepted {
+    /// The acceptor's session id.
+    pub session: u64,
+    /// Kinds the acceptor accepts.
+    pub messages: Vec<String>,
+    /// Largest payload the acceptor accepts.
+    pub max_message: u64,
+    /// The acceptor's channel.
+    pub channel: u16,
+}
+
+/// Opens a session stream on `connection`: writes `header`, waits for the answer.
+pub(crate) async fn open(
+    connection: &quinn::Connection,
+    header: SessionHeader,
+    traffic: &Traffic,
+) -> Result<(SendStream, RecvStream, BytesMut, Accepted), CallError> {
+    let stream = traffic.watchdog.watch(
+        Wait::StreamCredit,
+        connection.open_bi(),
+        || traffic.peer.to_string(),
+        "opening a session",
+    );
+    let (mut send, mut recv) = stream
+        .await
+        .map_err(|e| CallError::Unavailable(format!("cannot open a stream: {e}")))?;
+    write_header(&mut send, &header)
+        .await
+        .map_err(|e| CallError::Unavailable(format!("cannot write the session header: {e}")))?;
+    let mut buf = BytesMut::new();
+    match read_header(&mut recv, &mut buf).await {
+        Ok(SessionHeader::Accepted { messages, .. })
+            if messages.len() > MAX_KINDS || messages.iter().any(|k| k.len() > data::MAX_KIND) =>
+        {
+            Err(CallError::Invalid(format!(
+                "the acceptor declares more than {MAX_KINDS} kinds or one over {} bytes",
+                data::MAX_KIND
+            )))
+        }
+        Ok(SessionHeader::Accepted {
+            session,
+            messages,
+            max_message,
+            channel,
+        }) => Ok((
+            send,
+            recv,
+            buf,
+            Accepted {
+                session,
+                messages,
+                max_message,
+                channel,
+            },
+        )),
+        Ok(SessionHeader::Rejected { code, reason }) => Err(super::call_error_of(code, reason)),
+        Ok(SessionHeader::Connect { .. }) => Err(CallError::Invalid(
+            "the peer answered a connect with a connect".into(),
+        )),
+        Err(e) => Err(CallError::Closed).inspect_err(|_| {
+            tracing::debug!(target: "wasmwire::net", error = %e, "no session answer");
+        }),
+    }
+}
+
+/// Most kinds an opener may declare, and longest caller name, in a `connect` header.
+const MAX_KINDS: usize = 256;
+const MAX_CALLER: usize = 128;
+
+/// One session stream a peer has open to this host, counted in its connection's
+/// `sessions_in` for as long as this lives.
+pub(crate) struct Held(Arc<Traffic>);
+
+impl Held {
+    /// Counts one more stream on the connection of `traffic`.
+    pub fn take(traffic: Arc<Traffic>) -> Held {
+        traffic.sessions_in.fetch_add(1, Ordering::Relaxed);
+        Held(traffic)
+    }
+
+    /// Streams the peer has open now, this one included.
+    pub fn count(&self) -> u64 {
+        self.0.sessions_in.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.sessions_in.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Refuses a session stream opened past the host's `max_streams`: `busy`, with the limit,
+/// at once (the opener is told, not left waiting).
+pub(crate) async fn refuse(mut send: SendStream, recv: RecvStream, held: Held, max: u64) {
+    let e = CallError::Full(format!(
+        "this peer already has {max} sessions open to this host (its max_streams)"
+    ));
+    reject(&mut send, e).await;
+    drop(recv);
+    drop(held);
+}
+
+/// Serves a session stream a peer opened: reads its header (resetting the stream if none
+/// comes in time), opens the session with the exposed service it names, answers, then
+/// moves messages both ways.
+pub(crate) async fn accept(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: Arc<str>,
+    me: wire::PeerId,
+    registry: Arc<Registry>,
+    traffic: Arc<Traffic>,
+    held: Held,
+) {
+    // Counted until both halves of the stream are done, whichever way this returns.
+    let _held = held;
+    let mut buf = BytesMut::new();
+    let header = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv, &mut buf)).await
+    {
+        Err(_) => {
+            tracing::info!(target: "wasmwire::net", %peer, "session stream reset: no header within {HEADER_TIMEOUT:?}");
+            let _ = send.reset(VarInt::from_u32(codes::HEADER_TIMEOUT));
+            let _ = recv.stop(VarInt::from_u32(codes::HEADER_TIMEOUT));
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::info!(target: "wasmwire::net", %peer, "session stream reset: {e}");
+            let _ = send.reset(VarInt::from_u32(codes::MALFORMED));
+            let _ = recv.stop(VarInt::from_u32(codes::MALFORMED));
+            return;
+        }
+        Ok(Ok(h)) => h,
+    };
+    let SessionHeader::Connect {
+        service,
+        session: opener_end,
+        caller,
+        chain,
+        messages,
+        max_message,
+    } = header
+    else {
+        reject(
+            &mut send,
+            CallError::Invalid("a session must start with connect".into()),
+        )
+        .await;
+        return;
+    };
+    if caller.is_empty()
+        || caller.len() > MAX_CALLER
+        || messages
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_KINDS || m.iter().any(|k| k.len() > data::MAX_KIND))
+    {
+        let e = CallError::Invalid(format!(
+            "the caller name must be 1 to {MAX_CALLER} bytes and at most {MAX_KINDS} kinds of at most {} bytes",
+            data::MAX_KIND
+        ));
+        reject(&mut send, e).await;
+        return;
+    }
+    let instance = match registry.exposed(&service) {
+        Ok(i) => i,
+        Err(e) => {
+            reject(&mut send, e).await;
+            return;
+        }
+    };
+    let chain = Chain::from_wire(chain, me);
+    if chain.contains(&service) {
+        reject(&mut send, CallError::Cycle).await;
+        return;
+    }
+    let (sink, outgoing) = StreamSink::new(
+        messages,
+        max_message,
+        Arc::from(caller.as_str()),
+        opener_end,
+    );
+    let opener = Opener {
+        from: PeerInfo {
+            service: Arc::from(caller.as_str()),
+            peer: Some(peer.clone()),
+        },
+        back: Route::Remote(sink),
+        chain,
+    };
+    let timeout = instance.limits.request_timeout;
+    let answer = match registry.open_session(&instance, opener) {
+        Ok(pending) => pending.accepted(timeout).await,
+        Err(e) => Err(e),
+    };
+    let (instance, end) = match answer {
+        Ok(accepted) => accepted,
+        Err(e) => {
+            reject(&mut send, e).await;
+            return;
+        }
+    };
+    let accepted = SessionHeader::Accepted {
+        session: end,
+        messages: instance.class.messages.to_vec(),
+        max_message: instance.limits.max_message,
+        channel: instance.channel,
+    };
+    let max = instance.limits.max_message;
+    // From here on, dropping this end tells the instance the session ended.
+    let inbound = Inbound::new(instance, end);
+    if write_header(&mut send, &accepted).await.is_err() {
+        return;
+    }
+    let writer = tokio::spawn(write_loop(send, outgoing, traffic.clone()));
+    let to = Deliver::Instance(inbound);
+    read_loop(recv, buf, max, to, traffic).await;
+    // The stream is the peer's to count against `max_streams` until both halves are done.
+    let _ = writer.await;
+}
+
+async fn reject(send: &mut SendStream, e: CallError) {
+    let f = failure_of(e);
+    let _ = write_header(
+        send,
+        &SessionHeader::Rejected {
+            code: f.code,
+            reason: f.reason,
+        },
+    )
+    .await;
+    let _ = send.finish();
+}

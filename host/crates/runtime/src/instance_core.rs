@@ -1,0 +1,313 @@
+//! One awake instance of a service — its `Store` and its exports — and the rules of calling
+//! into it, which every driver keeps because they are written only here: the actor in a
+//! running host, and `wasmwire fuzz`, which drives the same core with generated steps so
+//! that it finds what the host would do.
+//!
+//! - Each export call gets a fresh CPU budget; what the call sent goes out right after it.
+//! - `on-connect`/`on-disconnect` for sessions a host call opened or closed come after that
+//!   call, never inside it: [`Core::settle`] runs them.
+//! - A session is accepted only below the instance's `max_sessions`
+//!   ([`HostState::session_room`], the same rule its own `connect` meets).
+//! - A message reaches the guest only on a session open at this end; an event's reply over
+//!   `max_message` becomes an error for the caller.
+//! - A timer fires only while set; the instance may sleep only without sessions.
+//!
+//! A call that traps or hits a limit returns a [`Crash`]: the instance cannot be entered
+//! again, and the driver decides what follows (the actor's supervisor, the fuzzer's
+//! finding).
+
+use super::bindings::{Description, Service, ServicePre, SessionInfo};
+use super::instance::{CallError, Chain, PeerInfo, SessionId};
+use super::session::{Route, SessionEnd};
+use super::state::{CpuDeadline, Deferred, HostState, MemoryLimit, new_store};
+use super::stats::InstanceStats;
+use std::sync::Arc;
+use tokio::time::Instant;
+use wasmtime::Store;
+
+/// An error text from `on-event` is cut to this many bytes (it is for people, not data).
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// A call into the guest trapped or hit a limit: the instance is dead.
+pub(crate) struct Crash {
+    /// The export that was running.
+    pub export: &'static str,
+    /// The trap or limit.
+    pub error: wasmtime::Error,
+}
+
+/// Why an instance could not be woken.
+pub(crate) enum WakeError {
+    /// No instance could be made (no free slot in the pool, most likely): not the guest's
+    /// fault.
+    Instantiate(wasmtime::Error),
+    /// `wakeup` returned this error for the options it was given.
+    Refused(String),
+    /// `wakeup` trapped.
+    Crash(Crash),
+}
+
+/// A live wasm instance of a service and its store.
+pub(crate) struct Core {
+    store: Store<HostState>,
+    service: Service,
+    /// The instance's counters, held here so that every call reaches them directly.
+    stats: Arc<InstanceStats>,
+}
+
+/// Runs an export call with a fresh CPU budget, then flushes what it sent.
+macro_rules! call {
+    ($core:expr, $export:literal, $method:ident $(, $arg:expr)*) => {{
+        let c = &mut $core;
+        InstanceStats::bump(&c.stats.calls);
+        let first_deadline = c.store.data_mut().clock.start();
+        c.store.set_epoch_deadline(first_deadline);
+        let r = c.service.wasmwire_service_lifecycle().$method(&mut c.store $(, $arg)*).await;
+        // What the call sent goes out now, in one batch per receiver wake-up.
+        c.store.data_mut().outbox.flush();
+        r.map_err(|error| Crash { export: $export, error })
+    }};
+}
+
+impl Core {
+    /// Instantiates `pre` with `state` and calls `wakeup(options)`. What `wakeup` queued
+    /// (`on-connect` of a session it opened) is the driver's to [`Core::settle`] next, so
+    /// that a trap there is a crash of an awake instance, not a failed wake.
+    pub(crate) async fn wake(
+        pre: &ServicePre<HostState>,
+        state: HostState,
+        stats: Arc<InstanceStats>,
+        options: &str,
+    ) -> Result<Core, WakeError> {
+        let mut store = new_store(pre.engine(), state);
+        let service = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(WakeError::Instantiate)?;
+        let mut core = Core {
+            store,
+            service,
+            stats,
+        };
+        match call!(core, "wakeup", call_wakeup, options) {
+            Ok(Ok(())) => Ok(core),
+            Ok(Err(text)) => Err(WakeError::Refused(text)),
+            Err(crash) => Err(WakeError::Crash(crash)),
+        }
+    }
+
+    /// The host state inside the store.
+    pub(crate) fn state(&self) -> &HostState {
+        self.store.data()
+    }
+
+    /// The host state inside the store, to change.
+    pub(crate) fn state_mut(&mut self) -> &mut HostState {
+        self.store.data_mut()
+    }
+
+    /// Whether it may go to sleep now: it has no open session.
+    pub(crate) fn may_sleep(&self) -> bool {
+        self.state().sessions.is_empty()
+    }
+
+    /// Runs the `on-connect`/`on-disconnect` calls that host calls queued, in order.
+    pub(crate) async fn settle(&mut self) -> Result<(), Crash> {
+        while let Some(d) = self.store.data_mut().deferred.pop_front() {
+            match d {
+                Deferred::Connected(info) => call!(*self, "on-connect", call_on_connect, &info)?,
+                Deferred::Disconnected(id) => {
+                    call!(*self, "on-disconnect", call_on_disconnect, id)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens this end of a session whose other end is `from`, reached through `back`; the
+    /// guest hears of it with [`Core::connected`].
+    pub(crate) fn accept(
+        &mut self,
+        end: SessionId,
+        from: PeerInfo,
+        back: Route,
+        channel: u16,
+    ) -> Result<SessionInfo, CallError> {
+        let state = self.store.data_mut();
+        state.session_room()?;
+        let PeerInfo { service, peer } = from;
+        let info = SessionInfo {
+            id: end,
+            peer: peer.as_deref().map(str::to_string),
+            service: service.to_string(),
+            channel,
+        };
+        state.sessions.insert(
+            end,
+            SessionEnd {
+                route: back,
+                service,
+                peer,
+                channel,
+            },
+        );
+        Ok(info)
+    }
+
+    /// `on-connect` for a session accepted, with the chain of whoever waits on the open.
+    pub(crate) async fn connected(
+        &mut self,
+        info: &SessionInfo,
+        chain: Chain,
+    ) -> Result<(), Crash> {
+        self.store.data_mut().chain = chain;
+        let r = call!(*self, "on-connect", call_on_connect, info);
+        self.store.data_mut().chain.clear();
+        r
+    }
+
+    /// The message of declared kind number `kind` on this end `end`; a message for a session
+    /// not open here (closed, or of an earlier life) is dropped: `Ok(false)`.
+    pub(crate) async fn message(
+        &mut self,
+        end: SessionId,
+        kind: &str,
+        payload: &[u8],
+    ) -> Result<bool, Crash> {
+        if !self.state().sessions.contains_key(&end) {
+            return Ok(false);
+        }
+        call!(*self, "on-message", call_on_message, end, kind, payload)?;
+        Ok(true)
+    }
+
+    /// The event `name` with its parameters, and the reply its caller gets: the guest's,
+    /// or an error when the guest failed it or replied more than `max_message`.
+    pub(crate) async fn event(
+        &mut self,
+        caller: Option<SessionId>,
+        name: &str,
+        params: &str,
+        chain: Chain,
+    ) -> Result<Result<String, CallError>, Crash> {
+        self.store.data_mut().chain = chain;
+        let result = call!(*self, "on-event", call_on_event, caller, name, params);
+        self.store.data_mut().chain.clear();
+        let me = &self.state().name;
+        // A reply is a message back: bounded by the same `max_message`, so a guest cannot
+        // push its whole memory onto the caller (or the wire).
+        let max = self.state().max_message;
+        let reply = match result? {
+            Ok(json) if json.len() as u64 > max => {
+                // Said once per reply in a host; a fuzzing run (audited) reports findings,
+                // not log lines.
+                if self.state().audit.is_none() {
+                    tracing::warn!(
+                        instance = %me,
+                        "on-event {name} replied {} bytes, over max_message ({max}); the caller gets an error",
+                        json.len()
+                    );
+                }
+                Err(CallError::Failed(format!(
+                    "{me} replied {} bytes to {name}, over its max_message of {max}",
+                    json.len()
+                )))
+            }
+            Ok(json) => Ok(json),
+            Err(mut text) => {
+                if text.len() > MAX_ERROR_TEXT {
+                    let n = text.len();
+                    text.truncate(text.floor_char_boundary(MAX_ERROR_TEXT));
+                    text.push_str(&format!("… ({n} bytes in all)"));
+                }
+                Err(CallError::Failed(text))
+            }
+        };
+        if reply.is_err() {
+            InstanceStats::bump(&self.stats.errors);
+        }
+        Ok(reply)
+    }
+
+    /// The other end closed session `end`: `on-disconnect`, if it was open here.
+    pub(crate) async fn disconnected(&mut self, end: SessionId) -> Result<(), Crash> {
+        if self.store.data_mut().sessions.remove(&end).is_none() {
+            return Ok(());
+        }
+        call!(*self, "on-disconnect", call_on_disconnect, end)
+    }
+
+    /// The timers due at `now`, each moved to its next period (ticks missed while the
+    /// instance was busy are skipped, not queued).
+    pub(crate) fn due_timers(&mut self, now: Instant) -> Vec<u32> {
+        self.store
+            .data_mut()
+            .timers
+            .iter_mut()
+            .filter(|t| t.next <= now)
+            .map(|t| {
+                t.next = now + t.period;
+                t.id
+            })
+            .collect()
+    }
+
+    /// When the next timer is due.
+    pub(crate) fn next_timer(&self) -> Option<Instant> {
+        self.state().timers.iter().map(|t| t.next).min()
+    }
+
+    /// `on-timer` for timer `id`, if it is still set: `Ok(false)` if it is not.
+    pub(crate) async fn timer(&mut self, id: u32) -> Result<bool, Crash> {
+        if !self.state().timers.iter().any(|t| t.id == id) {
+            return Ok(false);
+        }
+        call!(*self, "on-timer", call_on_timer, id)?;
+        Ok(true)
+    }
+
+    /// `describe` again.
+    pub(crate) async fn describe(&mut self) -> Result<Description, Crash> {
+        call!(*self, "describe", call_describe)
+    }
+
+    /// `sleep()`.
+    pub(crate) async fn sleep(&mut self) -> Result<(), Crash> {
+        call!(*self, "sleep", call_sleep)
+    }
+
+    /// Closes every session for its other end (the instance is going to sleep or crashed).
+    pub(crate) fn close_sessions(&mut self) {
+        for (_, end) in self.store.data_mut().sessions.drain() {
+            end.route.disconnect();
+        }
+    }
+}
+
+impl Drop for Core {
+    /// An instance that is gone — asleep, crashed, or never fully awake — has no sessions:
+    /// every one still open is closed for its other end, whichever way the core is dropped.
+    fn drop(&mut self) {
+        self.close_sessions();
+    }
+}
+
+/// One line saying why a call failed: the limit hit, or the trap and where it happened.
+pub fn describe_error(error: &wasmtime::Error) -> String {
+    if let Some(d) = error.downcast_ref::<CpuDeadline>() {
+        return d.to_string();
+    }
+    if let Some(m) = error.downcast_ref::<MemoryLimit>() {
+        return m.to_string();
+    }
+    let mut s = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(t) => format!("trap: {t}"),
+        None => error.to_string(),
+    };
+    if let Some(bt) = error.downcast_ref::<wasmtime::WasmBacktrace>()
+        && let Some(f) = bt.frames().iter().find_map(|f| f.func_name())
+    {
+        s.push_str(&format!(" (in {f})"));
+    }
+    s
+}
