@@ -406,7 +406,10 @@ impl Collector for Figures {
         let by_peer = |f: fn(&PeerFigures) -> u64| {
             s.peers.iter().map(move |p| {
                 (
-                    vec![("peer", p.peer.clone()), ("role", p.role.clone())],
+                    vec![
+                        ("peer", p.peer.clone()),
+                        ("role", p.role.as_str().to_string()),
+                    ],
                     ConstCounter::new(f(p)),
                 )
             })
@@ -450,7 +453,10 @@ impl Collector for Figures {
             "QUIC's smoothed round-trip time to the peer.",
             s.peers.iter().map(|p| {
                 (
-                    vec![("peer", p.peer.clone()), ("role", p.role.clone())],
+                    vec![
+                        ("peer", p.peer.clone()),
+                        ("role", p.role.as_str().to_string()),
+                    ],
                     ConstGauge::new(p.rtt_us as f64 / 1e6),
                 )
             }),
@@ -497,7 +503,7 @@ mod tests {
             uptime_ms: 1500,
             instances: vec![InstanceFigures {
                 name: "counter".into(),
-                state: "awake".into(),
+                state: crate::wire::ServiceState::Awake,
                 awake: 1,
                 calls: 7,
                 traps: 1,
@@ -507,10 +513,15 @@ mod tests {
             total_instances: 1,
             peers: vec![PeerFigures {
                 peer: "p".into(),
-                role: "host".into(),
+                role: crate::wire::Role::Host,
+                addr: String::new(),
                 rtt_us: 250,
                 messages_in: 3,
-                ..Default::default()
+                messages_out: 0,
+                control_in: 0,
+                control_out: 0,
+                bytes_in: 0,
+                bytes_out: 0,
             }],
             refused_handshakes: 2,
             stalls: crate::wire::StallFigures {

@@ -11,7 +11,7 @@ use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Table};
 use std::collections::HashMap;
-use wasmwire::wire::{HostStats, InstanceFigures};
+use wasmwire::wire::{HostStats, InstanceFigures, ServiceState};
 
 /// What `top` shows: the latest figures, and calls per second since the previous ones.
 #[derive(Debug, Default)]
@@ -172,7 +172,7 @@ impl View {
         let rows = s.peers.iter().map(|p| {
             Row::new([
                 left(short_id(&p.peer).to_string()),
-                left(p.role.clone()),
+                left(p.role.as_str()),
                 left(p.addr.clone()),
                 right(format!("{:.2} ms", p.rtt_us as f64 / 1000.0)),
                 right(p.messages_in.to_string()),
@@ -216,10 +216,10 @@ fn right<'a>(text: impl Into<String>) -> Cell<'a> {
 
 /// A keyed class shows its live and awake keys in place of a state.
 fn state(i: &InstanceFigures) -> String {
-    if i.state == "keyed" {
+    if i.state == ServiceState::Keyed {
         format!("{}/{} keys", i.awake, i.live)
     } else {
-        i.state.clone()
+        i.state.to_string()
     }
 }
 
@@ -311,7 +311,7 @@ mod tests {
             instances: vec![
                 InstanceFigures {
                     name: "counter".into(),
-                    state: "awake".into(),
+                    state: ServiceState::Awake,
                     awake: 1,
                     calls,
                     wakes: 1,
@@ -320,7 +320,7 @@ mod tests {
                 },
                 InstanceFigures {
                     name: "echo".into(),
-                    state: "asleep".into(),
+                    state: ServiceState::Asleep,
                     calls: 4,
                     wakes: 1,
                     sleeps: 1,
@@ -328,7 +328,7 @@ mod tests {
                 },
                 InstanceFigures {
                     name: "bad".into(),
-                    state: "down".into(),
+                    state: ServiceState::Down,
                     calls: 9,
                     errors: 3,
                     traps: 3,
@@ -338,7 +338,7 @@ mod tests {
                 },
                 InstanceFigures {
                     name: "room".into(),
-                    state: "keyed".into(),
+                    state: ServiceState::Keyed,
                     awake: 2,
                     live: 3,
                     calls: 30,
@@ -351,14 +351,15 @@ mod tests {
             total_instances: 4,
             peers: vec![PeerFigures {
                 peer: "m2k4fyq7x3xkfc6sp6d4w5rxfjdq6y6ek2f2aoyfazw3pnvmqgpa".into(),
-                role: "host".into(),
+                role: wasmwire::wire::Role::Host,
                 addr: "10.0.0.2:7400".into(),
                 rtt_us: 1250,
                 messages_in: 120,
                 messages_out: 80,
                 bytes_in: 48_000,
                 bytes_out: 2_500_000,
-                ..Default::default()
+                control_in: 0,
+                control_out: 0,
             }],
             refused_handshakes: 1,
             ..Default::default()

@@ -206,7 +206,7 @@ async fn keys_are_reached_from_another_host_and_listed_by_count() {
         .into_iter()
         .find(|s| s.name == "room")
         .expect("room listed");
-    assert_eq!(entry.state, "keyed");
+    assert_eq!(entry.state, wasmwire::wire::ServiceState::Keyed);
     let keyed = entry.keyed.expect("keyed counts");
     assert_eq!(keyed.max_instances, 100_000);
     assert!(

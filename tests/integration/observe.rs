@@ -168,14 +168,14 @@ async fn stats_on_channel_0_give_instances_and_links() {
     let counter = &stats.instances[0];
     assert_eq!((counter.state.as_str(), counter.awake), ("awake", 1));
     assert!(counter.calls >= 2, "{counter:?}");
-    assert_eq!(stats.instances[1].state, "asleep");
+    assert_eq!(stats.instances[1].state.as_str(), "asleep");
     let me = client.net.id().to_string();
     let link = stats
         .peers
         .iter()
         .find(|p| p.peer == me)
         .expect("the asking client is listed");
-    assert_eq!(link.role, "client");
+    assert_eq!(link.role, wasmwire::wire::Role::Client);
     assert!(link.rtt_us > 0 && link.control_in >= 1, "{link:?}");
     client.close().await;
     host.shutdown().await;

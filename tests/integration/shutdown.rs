@@ -178,7 +178,10 @@ async fn sigterm_under_load_finishes_or_announces_everything_and_exits_0_within_
                     return None;
                 };
                 let in_call = stats.instances.iter().any(|i| {
-                    i.name == "stuck" && i.state == "awake" && i.mailbox == 0 && i.calls >= 1
+                    i.name == "stuck"
+                        && i.state == wasmwire::wire::ServiceState::Awake
+                        && i.mailbox == 0
+                        && i.calls >= 1
                 });
                 (flowing && in_call).then_some(())
             }

@@ -18,7 +18,7 @@ impl TestClient {
         self.services()
             .await
             .into_iter()
-            .map(|s| (s.name, s.state))
+            .map(|s| (s.name, s.state.to_string()))
             .collect()
     }
 

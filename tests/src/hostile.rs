@@ -81,7 +81,7 @@ async fn session_answer(conn: &quinn::Connection, first: &[u8]) -> String {
     loop {
         if let Ok(Some(f)) = wire::split_frame(&mut buf, wire::MAX_HEADER_FRAME) {
             return match control::decode_header(&f) {
-                Ok(SessionHeader::Rejected { code, reason }) => {
+                Ok(SessionHeader::Rejected { code, reason, .. }) => {
                     format!("rejected {code:?}: {reason}")
                 }
                 other => format!("{other:?}"),

@@ -547,7 +547,11 @@ async fn wait_up(hosts: Arc<Hosts>) -> Vec<PeerId> {
         let deadline = Instant::now() + Duration::from_secs(120);
         let stats = loop {
             if let Some(s) = link.stats().await
-                && s.peers.iter().filter(|p| p.role == "host").count() >= HOSTS - 1
+                && s.peers
+                    .iter()
+                    .filter(|p| p.role == wasmwire::wire::Role::Host)
+                    .count()
+                    >= HOSTS - 1
             {
                 break s;
             }

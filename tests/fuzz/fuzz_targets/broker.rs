@@ -199,7 +199,7 @@ fn build(m: Built) -> Control {
                     channel: u16::from(k),
                     messages: vec![],
                     events: vec![],
-                    state: "awake".into(),
+                    state: wasmwire::wire::ServiceState::Awake,
                     sessions: 0,
                     keyed: None,
                 })
@@ -355,10 +355,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 if !incoming.is_empty() {
                     let (conn, id) = incoming.remove(pick as usize % incoming.len());
                     let answer = if fail {
-                        Err(Failure {
-                            code: ErrorCode::Busy,
-                            reason: "busy".into(),
-                        })
+                        Err(Failure::new(ErrorCode::Busy, "busy"))
                     } else {
                         Ok(Control::Response {
                             id,

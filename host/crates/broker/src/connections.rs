@@ -171,6 +171,7 @@ impl Broker {
                             id: id.unwrap_or(0),
                             code: ErrorCode::UnknownType,
                             reason: format!("unknown message type {kind:?}"),
+                            oversize: None,
                         },
                     ));
                 } else {

@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 pub use wasmwire_manifest::PeerSpec;
 use wasmwire_wire::{
-    self as wire, Control, ErrorCode, Hello, PeerEntry, PeerId, Role, Undecodable,
+    self as wire, Control, ErrorCode, Hello, Oversize, PeerEntry, PeerId, Role, Undecodable,
 };
 
 /// Names one connection for the life of a host.
@@ -137,13 +137,17 @@ pub struct Failure {
     pub code: ErrorCode,
     /// In words.
     pub reason: String,
+    /// With `too-large`: the sizes.
+    pub oversize: Option<Oversize>,
 }
 
 impl Failure {
-    fn new(code: ErrorCode, reason: impl Into<String>) -> Failure {
+    /// A failure with a code and a reason.
+    pub fn new(code: ErrorCode, reason: impl Into<String>) -> Failure {
         Failure {
             code,
             reason: reason.into(),
+            oversize: None,
         }
     }
 }

@@ -23,6 +23,7 @@ impl Broker {
                         "at most {} peer queries a second",
                         limits.queries_per_second
                     ),
+                    oversize: None,
                 }));
             }
             Control::GetPeers { id } => {
@@ -105,6 +106,7 @@ impl Broker {
                         id,
                         code: ErrorCode::Busy,
                         reason: format!("{max} requests from this peer are being answered already"),
+                        oversize: None,
                     }));
                     return;
                 }
@@ -121,6 +123,7 @@ impl Broker {
                             reason: format!(
                                 "request cycle: {me}/{service} is already waiting on this request"
                             ),
+                            oversize: None,
                         }));
                         return;
                     }

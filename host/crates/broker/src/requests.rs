@@ -35,6 +35,7 @@ impl Broker {
                 id,
                 code: f.code,
                 reason: f.reason,
+                oversize: f.oversize,
             },
         };
         self.transmits.push_back((conn, message));
@@ -135,7 +136,16 @@ impl Broker {
         // on the wrong connection, which a peer cannot use to answer for another.
         if self.pending.get(&id).is_some_and(|p| p.conn == conn) {
             let result = match message {
-                Control::Error { code, reason, .. } => Err(Failure { code, reason }),
+                Control::Error {
+                    code,
+                    reason,
+                    oversize,
+                    ..
+                } => Err(Failure {
+                    code,
+                    reason,
+                    oversize,
+                }),
                 m => Ok(m),
             };
             self.finish(id, result, now);

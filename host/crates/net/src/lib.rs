@@ -9,12 +9,14 @@
 //! answers. Incoming requests that need the services run in tasks of their own and come
 //! back as answers, so a slow service never holds up channel 0.
 
+mod frames;
 pub mod identity;
 pub mod log_gate;
 pub mod session;
 pub mod watchdog;
 
 use bytes::BytesMut;
+use frames::{FrameReader, ReadError};
 use identity::{ANY_PEER, Allow, Identity};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,7 +34,7 @@ use wasmwire_runtime::directory::{
 };
 use wasmwire_runtime::instance::{CallError, Chain, SessionId};
 use wasmwire_runtime::session::{ClientEvent, Inbound};
-use wasmwire_wire::{self as wire, Control, ErrorCode, PeerId, Role, SessionHeader};
+use wasmwire_wire::{self as wire, Control, ErrorCode, Oversize, PeerId, Role, SessionHeader};
 
 /// Control messages waiting to be written on one connection at most; a peer that does not
 /// read its control stream is closed rather than buffered for.
@@ -474,7 +476,7 @@ impl Net {
             messages: None,
             max_message,
         };
-        let (send, recv, buf, accepted) = session::open(&connection, header, &traffic).await?;
+        let (send, frames, accepted) = session::open(&connection, header, &traffic).await?;
         let (sink, outgoing) = session::StreamSink::new(
             Some(accepted.messages.clone()),
             accepted.max_message,
@@ -484,8 +486,7 @@ impl Net {
         tokio::spawn(session::write_loop(send, outgoing, traffic.clone()));
         let (tx, events) = mpsc::channel(wasmwire_runtime::session::CLIENT_QUEUE);
         tokio::spawn(session::read_loop(
-            recv,
-            buf,
+            frames,
             max_message,
             session::Deliver::Client(tx),
             traffic,
@@ -804,17 +805,17 @@ async fn write_control(
 /// permit) holds at most that many places, and when the queue is full tokio serves the
 /// blocked readers in the order they came: each connection gets its turn, round-robin.
 async fn read_control(
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     conn: ConnId,
     input: mpsc::Sender<Input>,
     connection: quinn::Connection,
     (window, share): (Arc<tokio::sync::Semaphore>, Arc<tokio::sync::Semaphore>),
     traffic: Arc<Traffic>,
 ) {
-    let mut buf = BytesMut::with_capacity(4 << 10);
+    let mut frames = FrameReader::new(recv, wire::MAX_CONTROL_FRAME);
     loop {
         loop {
-            let message = match wire::split_frame(&mut buf, wire::MAX_CONTROL_FRAME) {
+            let message = match frames.buffered() {
                 Ok(None) => break,
                 Ok(Some(frame)) => wire::control::decode_control(&frame),
                 Err(e) => Err(wire::Undecodable::Malformed(e.to_string())),
@@ -846,30 +847,27 @@ async fn read_control(
                 return;
             }
         }
-        match recv.read_chunk(64 << 10, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            Ok(None) => {
-                match wire::at_end(&buf) {
-                    // A clean end: the peer is going away. Close normally, without alarm.
-                    Ok(()) => {
-                        connection.close(close_codes::SHUTDOWN.into(), b"control stream ended")
-                    }
-                    Err(e) => {
-                        let message = Err(wire::Undecodable::Malformed(e.to_string()));
-                        if let Ok(place) = share.clone().acquire_owned().await {
-                            let _ = input
-                                .send(Input::Control {
-                                    conn,
-                                    message,
-                                    place,
-                                })
-                                .await;
-                        }
-                    }
+        match frames.fill().await {
+            Ok(true) => {}
+            // A clean end: the peer is going away. Close normally, without alarm.
+            Ok(false) => {
+                connection.close(close_codes::SHUTDOWN.into(), b"control stream ended");
+                return;
+            }
+            Err(ReadError::Frame(e)) => {
+                let message = Err(wire::Undecodable::Malformed(e.to_string()));
+                if let Ok(place) = share.clone().acquire_owned().await {
+                    let _ = input
+                        .send(Input::Control {
+                            conn,
+                            message,
+                            place,
+                        })
+                        .await;
                 }
                 return;
             }
-            Err(_) => return, // the connection is closing; its end is reported once
+            Err(ReadError::Stream(_)) => return, // the connection is closing; its end is reported once
         }
     }
 }
@@ -1050,6 +1048,7 @@ fn handle(
                     .ok_or_else(|| Failure {
                         code: ErrorCode::Closed,
                         reason: "the connection closed".into(),
+                        oversize: None,
                     })
             });
             let _ = reply.send(r);
@@ -1100,6 +1099,7 @@ fn resolve_target(broker: &Broker, target: &Target) -> Result<ConnId, Failure> {
     let unavailable = |reason: String| Failure {
         code: ErrorCode::Unavailable,
         reason,
+        oversize: None,
     };
     match target {
         Target::Conn(c) => Ok(*c),
@@ -1144,13 +1144,17 @@ fn carry_out(
             let mut frame = BytesMut::new();
             wire::put_json(&mut frame, &message);
             if frame.len() - wire::LEN_BYTES > wire::MAX_CONTROL_FRAME {
+                let size = frame.len() - wire::LEN_BYTES;
                 let failure = Failure {
                     code: ErrorCode::TooLarge,
                     reason: format!(
-                        "a control message of {} bytes is over the limit of {}",
-                        frame.len() - wire::LEN_BYTES,
+                        "a control message of {size} bytes is over the limit of {}",
                         wire::MAX_CONTROL_FRAME
                     ),
+                    oversize: Some(Oversize {
+                        size: size as u64,
+                        limit: wire::MAX_CONTROL_FRAME as u64,
+                    }),
                 };
                 if !message.is_answer() {
                     broker.fail(message.id(), failure, Instant::now());
@@ -1161,6 +1165,7 @@ fn carry_out(
                     id: message.id(),
                     code: failure.code,
                     reason: failure.reason,
+                    oversize: failure.oversize,
                 };
                 wire::put_json(&mut frame, &error);
             }
@@ -1293,11 +1298,7 @@ async fn host_stats(shared: &Shared) -> wire::HostStats {
         .into_iter()
         .map(|l| wire::PeerFigures {
             peer: l.peer.to_string(),
-            role: match l.role {
-                Role::Host => "host",
-                Role::Client => "client",
-            }
-            .into(),
+            role: l.role,
             addr: l.remote.to_string(),
             rtt_us: l.rtt.as_micros() as u64,
             messages_in: l.messages_in,
@@ -1402,6 +1403,7 @@ async fn ask_on(
     let closed = || Failure {
         code: ErrorCode::Closed,
         reason: "the network is shut down".into(),
+        oversize: None,
     };
     shared
         .input
@@ -1425,7 +1427,7 @@ async fn pick(shared: &Shared, target: Target) -> Result<Picked, CallError> {
         .map_err(|_| CallError::Closed)?;
     match rx.await {
         Err(_) => Err(CallError::Closed),
-        Ok(r) => r.map_err(|f| call_error_of(f.code, f.reason)),
+        Ok(r) => r.map_err(call_error_of),
     }
 }
 
@@ -1482,7 +1484,7 @@ impl Peers for Net {
                     "the peer answered a request with {}",
                     other.type_name()
                 ))),
-                Err(f) => Err(call_error_of(f.code, f.reason)),
+                Err(f) => Err(call_error_of(f)),
             }
         })
     }
@@ -1508,11 +1510,10 @@ impl Peers for Net {
                     messages: Some(from.class.messages.to_vec()),
                     max_message: from.limits.max_message,
                 };
-                let (send, recv, buf, accepted) =
-                    session::open(&connection, header, &traffic).await?;
-                Ok::<_, CallError>((peer, send, recv, buf, accepted, traffic))
+                let (send, frames, accepted) = session::open(&connection, header, &traffic).await?;
+                Ok::<_, CallError>((peer, send, frames, accepted, traffic))
             };
-            let (peer, send, recv, buf, accepted, traffic) = tokio::time::timeout(timeout, open)
+            let (peer, send, frames, accepted, traffic) = tokio::time::timeout(timeout, open)
                 .await
                 .map_err(|_| CallError::Timeout)??;
             let (sink, outgoing) = session::StreamSink::new(
@@ -1527,8 +1528,7 @@ impl Peers for Net {
                 .runtime
                 .spawn(session::write_loop(send, outgoing, traffic.clone()));
             shared.runtime.spawn(session::read_loop(
-                recv,
-                buf,
+                frames,
                 max_message,
                 session::Deliver::Instance(Inbound::new(from, end)),
                 traffic,
@@ -1548,7 +1548,16 @@ pub fn failure_of(e: CallError) -> Failure {
         CallError::NoSuchSession => (ErrorCode::Invalid, "no such session".to_string()),
         CallError::NoSuchService(s) => (ErrorCode::NoSuchService, s),
         CallError::Denied(s) => (ErrorCode::Denied, s),
-        e @ CallError::TooLarge { .. } => (ErrorCode::TooLarge, e.to_string()),
+        e @ CallError::TooLarge { size, limit } => {
+            return Failure {
+                code: ErrorCode::TooLarge,
+                reason: e.to_string(),
+                oversize: Some(Oversize {
+                    size: size as u64,
+                    limit,
+                }),
+            };
+        }
         CallError::Closed => (ErrorCode::Closed, "closed".into()),
         CallError::Timeout => (ErrorCode::Timeout, "timed out".into()),
         CallError::Busy => (ErrorCode::Busy, "mailbox full".into()),
@@ -1558,17 +1567,29 @@ pub fn failure_of(e: CallError) -> Failure {
         CallError::Unavailable(s) => (ErrorCode::Unavailable, s),
         CallError::Failed(s) => (ErrorCode::Failed, s),
     };
-    Failure { code, reason }
+    Failure::new(code, reason)
 }
 
 /// The call error a guest or client sees for a wire error. A peer's `busy` is `Full` with
 /// the peer's reason (its mailbox, or a limit it names): which one is for people to read,
-/// and both say "wait and ask again".
-pub fn call_error_of(code: ErrorCode, reason: String) -> CallError {
+/// and both say "wait and ask again". A `too-large` keeps the sizes the peer sent (a peer
+/// of an older version sends none: then they read 0).
+pub fn call_error_of(f: Failure) -> CallError {
+    let Failure {
+        code,
+        reason,
+        oversize,
+    } = f;
     match code {
         ErrorCode::NoSuchService => CallError::NoSuchService(reason),
         ErrorCode::Denied => CallError::Denied(reason),
-        ErrorCode::TooLarge => CallError::TooLarge { size: 0, limit: 0 },
+        ErrorCode::TooLarge => {
+            let o = oversize.unwrap_or(Oversize { size: 0, limit: 0 });
+            CallError::TooLarge {
+                size: usize::try_from(o.size).unwrap_or(usize::MAX),
+                limit: o.limit,
+            }
+        }
         ErrorCode::Closed => CallError::Closed,
         ErrorCode::Timeout => CallError::Timeout,
         ErrorCode::Busy => CallError::Full(reason),
@@ -1577,5 +1598,82 @@ pub fn call_error_of(code: ErrorCode, reason: String) -> CallError {
         ErrorCode::Invalid | ErrorCode::UnknownType => CallError::Invalid(reason),
         ErrorCode::Unavailable | ErrorCode::Other => CallError::Unavailable(reason),
         ErrorCode::Failed => CallError::Failed(reason),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call error through its wire form and back, as a peer's answer carries it.
+    fn across(e: CallError) -> CallError {
+        let f = failure_of(e);
+        let error = Control::Error {
+            id: 9,
+            code: f.code,
+            reason: f.reason,
+            oversize: f.oversize,
+        };
+        let text = serde_json::to_vec(&error).unwrap();
+        match wire::control::decode_control(&text).unwrap() {
+            Control::Error {
+                code,
+                reason,
+                oversize,
+                ..
+            } => call_error_of(Failure {
+                code,
+                reason,
+                oversize,
+            }),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn call_errors_cross_the_wire_with_their_sizes_and_reasons() {
+        let big = CallError::TooLarge {
+            size: 70_000,
+            limit: 65_536,
+        };
+        assert_eq!(across(big.clone()), big);
+        assert_eq!(
+            across(big).to_string(),
+            "too large: 70000 bytes, the receiver accepts at most 65536"
+        );
+        // A peer's busy keeps its reason, whatever it was.
+        assert_eq!(
+            across(CallError::Busy),
+            CallError::Full("mailbox full".into())
+        );
+        assert_eq!(
+            across(CallError::Full(
+                "room has its limit of 8 live instances".into()
+            )),
+            CallError::Full("room has its limit of 8 live instances".into())
+        );
+        assert_eq!(
+            across(CallError::NoSuchService("nothing".into())),
+            CallError::NoSuchService("nothing".into())
+        );
+        // A peer of an older version sends no sizes: still too large, sizes unknown.
+        let old = br#"{"type":"error","id":9,"code":"too-large","reason":"too large"}"#;
+        let Control::Error {
+            code,
+            reason,
+            oversize,
+            ..
+        } = wire::control::decode_control(old).unwrap()
+        else {
+            panic!("not an error");
+        };
+        assert!(matches!(
+            call_error_of(Failure {
+                code,
+                reason,
+                oversize
+            }),
+            CallError::TooLarge { .. }
+        ));
     }
 }

@@ -8,6 +8,7 @@
 //! writer back when the receiver does not read; the receiver reads only while the target
 //! mailbox has room. Nothing buffers without bound.
 
+use super::frames::{FrameReader, ReadError};
 use super::watchdog::Wait;
 use super::{Traffic, failure_of};
 use bytes::BytesMut;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
+use wasmwire_broker::Failure;
 use wasmwire_runtime::directory::{Opener, Registry};
 use wasmwire_runtime::instance::{CallError, Chain, PeerInfo, SessionId};
 use wasmwire_runtime::session::{ClientEvent, Inbound, RemoteSink, Route};
@@ -224,16 +226,15 @@ pub(crate) enum Deliver {
 /// ends; then tells the receiving end the session is closed. `buf` holds bytes already
 /// read past the header; a payload over `max_message` ends the stream.
 pub(crate) async fn read_loop(
-    mut recv: RecvStream,
-    mut buf: BytesMut,
+    mut frames: FrameReader,
     max_message: u64,
-    to: Deliver,
+    mut to: Deliver,
     traffic: Arc<Traffic>,
 ) {
-    let mut to = to;
-    if let Err(e) = read_frames(&mut recv, &mut buf, max_message, &mut to, &traffic).await {
+    frames.set_limit(data::frame_limit(max_message));
+    if let Err(e) = read_frames(&mut frames, max_message, &mut to, &traffic).await {
         tracing::debug!(target: "wasmwire::net", error = %e, "session stream ended with an error");
-        let _ = recv.stop(VarInt::from_u32(codes::MALFORMED));
+        frames.stop(codes::MALFORMED);
     }
     match to {
         // Dropping the end delivers what it holds and tells the instance the session ended.
@@ -246,29 +247,27 @@ pub(crate) async fn read_loop(
 
 /// Why a session stream stopped being read.
 #[derive(Debug, thiserror::Error)]
-enum ReadError {
+enum StreamError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("{0}")]
     Refused(String),
-    #[error("stream: {0}")]
-    Stream(#[from] quinn::ReadError),
 }
 
 async fn read_frames(
-    recv: &mut RecvStream,
-    buf: &mut BytesMut,
+    frames: &mut FrameReader,
     max_message: u64,
     to: &mut Deliver,
     traffic: &Traffic,
-) -> Result<(), ReadError> {
-    let limit = data::frame_limit(max_message);
+) -> Result<(), StreamError> {
     loop {
-        while let Some(frame) = wire::split_frame(buf, limit)? {
+        while let Some(frame) = frames.buffered()? {
             let (kind, payload) = data::parse_message(&frame)?;
             traffic.messages_in.fetch_add(1, Ordering::Relaxed);
             if payload.len() as u64 > max_message {
-                return Err(ReadError::Refused(format!(
+                return Err(StreamError::Refused(format!(
                     "a payload of {} bytes is over max_message ({max_message})",
                     payload.len()
                 )));
@@ -277,7 +276,7 @@ async fn read_frames(
                 Deliver::Instance(inbound) => {
                     let kind = inbound
                         .admit(kind, payload.len())
-                        .map_err(|e| ReadError::Refused(e.to_string()))?;
+                        .map_err(|e| StreamError::Refused(e.to_string()))?;
                     reserve(inbound, traffic).await?;
                     // A large payload is a slice of the frame (which shares `buf`'s memory),
                     // not a copy; see `SLICE_AT`.
@@ -304,9 +303,8 @@ async fn read_frames(
         if let Deliver::Instance(inbound) = to {
             inbound.flush();
         }
-        match recv.read_chunk(64 << 10, true).await? {
-            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
-            None => return Ok(wire::at_end(buf)?),
+        if !frames.fill().await? {
+            return Ok(());
         }
     }
 }
@@ -319,7 +317,7 @@ const SLICE_AT: usize = 16 << 10;
 
 /// Takes a place in the instance's mailbox, waiting while it is full: while this waits,
 /// nothing more is read from the stream, so QUIC flow control holds the sender back.
-async fn reserve(to: &mut Inbound, traffic: &Traffic) -> Result<(), ReadError> {
+async fn reserve(to: &mut Inbound, traffic: &Traffic) -> Result<(), StreamError> {
     let mut pause = Duration::from_micros(200);
     // When the mailbox was first found full, and whether the watchdog was told.
     let mut full: Option<(std::time::Instant, bool)> = None;
@@ -345,30 +343,18 @@ async fn reserve(to: &mut Inbound, traffic: &Traffic) -> Result<(), ReadError> {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(20));
             }
-            Err(e) => return Err(ReadError::Refused(e.to_string())),
+            Err(e) => return Err(StreamError::Refused(e.to_string())),
         }
     }
 }
 
-/// Reads one header frame (at most [`wire::MAX_HEADER_FRAME`] bytes); bytes after it stay
-/// in `buf`.
-pub(crate) async fn read_header(
-    recv: &mut RecvStream,
-    buf: &mut BytesMut,
-) -> Result<SessionHeader, String> {
-    loop {
-        match wire::split_frame(buf, wire::MAX_HEADER_FRAME) {
-            Err(e) => return Err(e.to_string()),
-            Ok(Some(frame)) => {
-                return wire::control::decode_header(&frame).map_err(|e| e.to_string());
-            }
-            Ok(None) => {}
-        }
-        match recv.read_chunk(wire::MAX_HEADER_FRAME, true).await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            Ok(None) => return Err("stream ended before its header".into()),
-            Err(e) => return Err(format!("stream: {e}")),
-        }
+/// Reads a session stream's header frame (at most [`wire::MAX_HEADER_FRAME`] bytes); what
+/// comes after it stays in `frames`.
+pub(crate) async fn read_header(frames: &mut FrameReader) -> Result<SessionHeader, String> {
+    match frames.read_frame().await {
+        Ok(Some(frame)) => wire::control::decode_header(&frame).map_err(|e| e.to_string()),
+        Ok(None) => Err("stream ended before its header".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -395,21 +381,21 @@ pub(crate) async fn open(
     connection: &quinn::Connection,
     header: SessionHeader,
     traffic: &Traffic,
-) -> Result<(SendStream, RecvStream, BytesMut, Accepted), CallError> {
+) -> Result<(SendStream, FrameReader, Accepted), CallError> {
     let stream = traffic.watchdog.watch(
         Wait::StreamCredit,
         connection.open_bi(),
         || traffic.peer.to_string(),
         "opening a session",
     );
-    let (mut send, mut recv) = stream
+    let (mut send, recv) = stream
         .await
         .map_err(|e| CallError::Unavailable(format!("cannot open a stream: {e}")))?;
     write_header(&mut send, &header)
         .await
         .map_err(|e| CallError::Unavailable(format!("cannot write the session header: {e}")))?;
-    let mut buf = BytesMut::new();
-    match read_header(&mut recv, &mut buf).await {
+    let mut frames = FrameReader::new(recv, wire::MAX_HEADER_FRAME);
+    match read_header(&mut frames).await {
         Ok(SessionHeader::Accepted { messages, .. })
             if messages.len() > MAX_KINDS || messages.iter().any(|k| k.len() > data::MAX_KIND) =>
         {
@@ -425,8 +411,7 @@ pub(crate) async fn open(
             channel,
         }) => Ok((
             send,
-            recv,
-            buf,
+            frames,
             Accepted {
                 session,
                 messages,
@@ -434,7 +419,15 @@ pub(crate) async fn open(
                 channel,
             },
         )),
-        Ok(SessionHeader::Rejected { code, reason }) => Err(super::call_error_of(code, reason)),
+        Ok(SessionHeader::Rejected {
+            code,
+            reason,
+            oversize,
+        }) => Err(super::call_error_of(Failure {
+            code,
+            reason,
+            oversize,
+        })),
         Ok(SessionHeader::Connect { .. }) => Err(CallError::Invalid(
             "the peer answered a connect with a connect".into(),
         )),
@@ -487,7 +480,7 @@ pub(crate) async fn refuse(mut send: SendStream, recv: RecvStream, held: Held, m
 /// moves messages both ways.
 pub(crate) async fn accept(
     mut send: SendStream,
-    mut recv: RecvStream,
+    recv: RecvStream,
     peer: Arc<str>,
     me: wire::PeerId,
     registry: Arc<Registry>,
@@ -496,19 +489,18 @@ pub(crate) async fn accept(
 ) {
     // Counted until both halves of the stream are done, whichever way this returns.
     let _held = held;
-    let mut buf = BytesMut::new();
-    let header = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut recv, &mut buf)).await
-    {
+    let mut frames = FrameReader::new(recv, wire::MAX_HEADER_FRAME);
+    let header = match tokio::time::timeout(HEADER_TIMEOUT, read_header(&mut frames)).await {
         Err(_) => {
             tracing::info!(target: "wasmwire::net", %peer, "session stream reset: no header within {HEADER_TIMEOUT:?}");
             let _ = send.reset(VarInt::from_u32(codes::HEADER_TIMEOUT));
-            let _ = recv.stop(VarInt::from_u32(codes::HEADER_TIMEOUT));
+            frames.stop(codes::HEADER_TIMEOUT);
             return;
         }
         Ok(Err(e)) => {
             tracing::info!(target: "wasmwire::net", %peer, "session stream reset: {e}");
             let _ = send.reset(VarInt::from_u32(codes::MALFORMED));
-            let _ = recv.stop(VarInt::from_u32(codes::MALFORMED));
+            frames.stop(codes::MALFORMED);
             return;
         }
         Ok(Ok(h)) => h,
@@ -594,7 +586,7 @@ pub(crate) async fn accept(
     }
     let writer = tokio::spawn(write_loop(send, outgoing, traffic.clone()));
     let to = Deliver::Instance(inbound);
-    read_loop(recv, buf, max, to, traffic).await;
+    read_loop(frames, max, to, traffic).await;
     // The stream is the peer's to count against `max_streams` until both halves are done.
     let _ = writer.await;
 }
@@ -606,6 +598,7 @@ async fn reject(send: &mut SendStream, e: CallError) {
         &SessionHeader::Rejected {
             code: f.code,
             reason: f.reason,
+            oversize: f.oversize,
         },
     )
     .await;

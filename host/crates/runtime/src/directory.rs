@@ -24,7 +24,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{broadcast, oneshot};
-use wasmwire_wire::{KeyedEntry, LocalName, PeerId, PeerSel, ServiceAddr, ServiceEntry};
+use wasmwire_wire::{
+    KeyedEntry, LocalName, PeerId, PeerSel, ServiceAddr, ServiceEntry, ServiceState,
+};
 
 /// Waits up to `timeout` for an instance's answer (an event's reply, a session's
 /// acceptance): `timeout` when none comes in time, `closed` when the instance dropped the
@@ -494,7 +496,7 @@ impl Registry {
                 i.stats.read_into(&mut out);
                 match i.keyed() {
                     Some(k) => {
-                        out.state = "keyed".into();
+                        out.state = ServiceState::Keyed;
                         for key in k.instances() {
                             out.live += 1;
                             out.awake += u64::from(key.status() == Status::Awake);
@@ -505,7 +507,7 @@ impl Registry {
                     None => {
                         let status = i.status();
                         out.awake = u64::from(status == Status::Awake);
-                        out.state = status.as_str().into();
+                        out.state = status.wire();
                     }
                 }
                 out
@@ -679,10 +681,9 @@ impl Registry {
                     messages: i.class.messages.to_vec(),
                     events: i.class.events.to_vec(),
                     state: match keyed {
-                        Some(_) => "keyed",
-                        None => i.status().as_str(),
-                    }
-                    .into(),
+                        Some(_) => ServiceState::Keyed,
+                        None => i.status().wire(),
+                    },
                     sessions: i.sessions_open(),
                     keyed,
                 }

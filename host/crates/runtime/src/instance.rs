@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize,
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 use wasmwire_manifest::Limits;
-use wasmwire_wire::{LocalName, PeerId};
+use wasmwire_wire::{LocalName, PeerId, ServiceState};
 
 /// A service on other hosts an instance may use: (peer id, or `None` for any peer; name).
 pub type RemoteUse = (Option<PeerId>, Box<str>);
@@ -34,10 +34,15 @@ pub enum Status {
 impl Status {
     /// How `list-services`, `stats` and the metrics name it.
     pub fn as_str(self) -> &'static str {
+        self.wire().as_str()
+    }
+
+    /// The state the protocol gives.
+    pub fn wire(self) -> ServiceState {
         match self {
-            Status::Asleep | Status::Retired => "asleep",
-            Status::Awake => "awake",
-            Status::Down => "down",
+            Status::Asleep | Status::Retired => ServiceState::Asleep,
+            Status::Awake => ServiceState::Awake,
+            Status::Down => ServiceState::Down,
         }
     }
 }

@@ -15,6 +15,53 @@ pub enum Role {
     Client,
 }
 
+impl Role {
+    /// The word the protocol uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Host => "host",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// The state of a service, as `list-services` and `stats` give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceState {
+    /// No instance, no memory: woken by the next message, session or request.
+    #[default]
+    Asleep,
+    /// Instantiated and handling calls.
+    Awake,
+    /// Crashed past its restart limit; refuses work until the host restarts.
+    Down,
+    /// A keyed class: its keys have states of their own.
+    Keyed,
+    /// A state this host does not know (a newer peer's).
+    #[serde(other)]
+    Other,
+}
+
+impl ServiceState {
+    /// The word the protocol uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Asleep => "asleep",
+            ServiceState::Awake => "awake",
+            ServiceState::Down => "down",
+            ServiceState::Keyed => "keyed",
+            ServiceState::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// The first message each way on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -84,8 +131,8 @@ pub struct ServiceEntry {
     pub messages: Vec<String>,
     /// Events it answers.
     pub events: Vec<String>,
-    /// `awake`, `asleep` or `down`.
-    pub state: String,
+    /// `awake`, `asleep`, `down`, or `keyed` for a class.
+    pub state: ServiceState,
     /// Sessions open to it now.
     pub sessions: u32,
     /// For a keyed class (state `keyed`): how many keys are live and awake, and some of
@@ -191,7 +238,7 @@ pub struct InstanceFigures {
     /// Instance (or keyed class) name.
     pub name: String,
     /// `awake`, `asleep`, `down`, or `keyed` for a class.
-    pub state: String,
+    pub state: ServiceState,
     /// Instances awake now (0 or 1; for a class, its awake keys).
     pub awake: u64,
     /// Keys with an instance now (a class only; 0 otherwise).
@@ -218,12 +265,12 @@ pub struct InstanceFigures {
 }
 
 /// One connection's figures.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerFigures {
     /// The peer's id.
     pub peer: String,
     /// `host` or `client`.
-    pub role: String,
+    pub role: Role,
     /// The address it is reached at.
     pub addr: String,
     /// QUIC's smoothed round-trip time, in microseconds.
@@ -242,6 +289,15 @@ pub struct PeerFigures {
     pub bytes_out: u64,
 }
 
+/// What a `too-large` error was about: bytes sent, and the most the receiver takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Oversize {
+    /// Bytes sent.
+    pub size: u64,
+    /// The receiver's `max_message`.
+    pub limit: u64,
+}
+
 /// A control message. Requests carry an `id` chosen by the sender; the answer carries the
 /// same `id`, and answers may come in any order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,6 +313,9 @@ pub enum Control {
         code: ErrorCode,
         /// Why, in words.
         reason: String,
+        /// With `too-large`: the sizes, so the caller's error keeps them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oversize: Option<Oversize>,
     },
     /// Asks for the exposed services.
     ListServices {
@@ -507,6 +566,9 @@ pub enum SessionHeader {
         code: ErrorCode,
         /// Why, in words.
         reason: String,
+        /// With `too-large`: the sizes, so the opener's error keeps them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oversize: Option<Oversize>,
     },
 }
 
@@ -566,6 +628,7 @@ mod tests {
             id: 3,
             code: ErrorCode::NoSuchService,
             reason: "x".into(),
+            oversize: None,
         };
         let text = serde_json::to_string(&e).unwrap();
         assert_eq!(
@@ -611,7 +674,8 @@ mod tests {
             Ok(Control::Error {
                 id: 1,
                 code: ErrorCode::Other,
-                reason: String::new()
+                reason: String::new(),
+                oversize: None,
             })
         );
     }

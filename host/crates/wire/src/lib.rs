@@ -20,8 +20,9 @@ pub use addr::{BadAddr, ChainEntry, LocalName, PeerSel, ServiceAddr, chain_has};
 pub use peer_id::{BadPeerId, PeerId};
 
 pub use control::{
-    Control, ErrorCode, Hello, HostStats, InstanceFigures, KeyedEntry, PeerEntry, PeerFigures,
-    Role, ServiceEntry, SessionEntry, SessionHeader, StallFigures, Undecodable,
+    Control, ErrorCode, Hello, HostStats, InstanceFigures, KeyedEntry, Oversize, PeerEntry,
+    PeerFigures, Role, ServiceEntry, ServiceState, SessionEntry, SessionHeader, StallFigures,
+    Undecodable,
 };
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
