@@ -15,7 +15,7 @@ use wasmwire::broker::{
     Allow, Ask, Broker, BrokerConfig, BrokerLimits, ConnId, DialTo, Event, Failure, PeerSpec,
 };
 use wasmwire::wire::control::{
-    Control, ErrorCode, Hello, PeerEntry, Role, ServiceEntry, decode_control,
+    Control, ErrorCode, Hello, Oversize, PeerEntry, Role, ServiceEntry, decode_control,
 };
 use wasmwire::wire::{self, PeerId};
 
@@ -87,6 +87,7 @@ enum Built {
         id: u8,
         code: u8,
         reason: String,
+        oversize: Option<(u32, u32)>,
     },
     Ping {
         id: u8,
@@ -237,10 +238,15 @@ fn build(m: Built) -> Control {
             id: i,
             code,
             reason,
+            oversize,
         } => Control::Error {
             id: id(i),
             code: CODES[code as usize % CODES.len()],
             reason,
+            oversize: oversize.map(|(size, limit)| Oversize {
+                size: size.into(),
+                limit: limit.into(),
+            }),
         },
         Built::Ping { id: i } => Control::Ping { id: id(i) },
         Built::Pong { id: i } => Control::Pong { id: id(i) },

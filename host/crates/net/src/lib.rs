@@ -878,7 +878,6 @@ async fn accept_sessions(
     peer: PeerId,
     traffic: Arc<Traffic>,
 ) {
-    let peer_text: Arc<str> = Arc::from(peer.to_string());
     loop {
         let Ok((mut send, mut recv)) = connection.accept_bi().await else {
             return;
@@ -897,7 +896,7 @@ async fn accept_sessions(
         tokio::spawn(session::accept(
             send,
             recv,
-            peer_text.clone(),
+            peer,
             shared.me,
             registry,
             traffic.clone(),
@@ -1357,12 +1356,11 @@ async fn answer(
         } => {
             // The session counts only if it really is this caller's, from this peer, with
             // this service: a peer cannot pose as another session's other end.
-            let peer_text = peer.to_string();
             let session = session.filter(|s| {
                 registry.session(*s).is_some_and(|r| {
                     *r.instance == *service
                         && Some(&*r.other) == caller.as_deref()
-                        && r.peer.as_deref() == Some(peer_text.as_str())
+                        && r.peer == Some(peer)
                 })
             });
             let result = request_local(
@@ -1535,7 +1533,7 @@ impl Peers for Net {
             ));
             Ok(RemoteSession {
                 sink,
-                peer: Arc::from(peer.to_string()),
+                peer,
                 channel: accepted.channel,
             })
         })

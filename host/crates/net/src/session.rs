@@ -481,7 +481,7 @@ pub(crate) async fn refuse(mut send: SendStream, recv: RecvStream, held: Held, m
 pub(crate) async fn accept(
     mut send: SendStream,
     recv: RecvStream,
-    peer: Arc<str>,
+    peer: wire::PeerId,
     me: wire::PeerId,
     registry: Arc<Registry>,
     traffic: Arc<Traffic>,
@@ -555,7 +555,7 @@ pub(crate) async fn accept(
     let opener = Opener {
         from: PeerInfo {
             service: Arc::from(caller.as_str()),
-            peer: Some(peer.clone()),
+            peer: Some(Arc::new(peer)),
         },
         back: Route::Remote(sink),
         chain,

@@ -62,8 +62,10 @@ pub enum CallError {
 pub struct PeerInfo {
     /// Instance or client name at the other end.
     pub service: Arc<str>,
-    /// Peer host id, for remote sessions.
-    pub peer: Option<Arc<str>>,
+    /// Peer host id, for remote sessions. Behind a pointer: this rides in every
+    /// `Envelope::Connect`, and a 32-byte id inline would make every envelope — each
+    /// message's — 24 bytes larger.
+    pub peer: Option<Arc<PeerId>>,
 }
 
 /// Who is waiting on a request or connect: used to refuse cycles, on this host and across

@@ -82,7 +82,7 @@ pub struct RemoteSession {
     /// Where this end's messages go.
     pub sink: Arc<dyn super::session::RemoteSink>,
     /// The host it is on.
-    pub peer: Arc<str>,
+    pub peer: PeerId,
     /// The accepting service's channel.
     pub channel: u16,
 }

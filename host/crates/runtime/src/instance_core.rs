@@ -24,6 +24,7 @@ use super::stats::InstanceStats;
 use std::sync::Arc;
 use tokio::time::Instant;
 use wasmtime::Store;
+use wasmwire_wire::PeerId;
 
 /// An error text from `on-event` is cut to this many bytes (it is for people, not data).
 const MAX_ERROR_TEXT: usize = 4096;
@@ -138,7 +139,7 @@ impl Core {
         let PeerInfo { service, peer } = from;
         let info = SessionInfo {
             id: end,
-            peer: peer.as_deref().map(str::to_string),
+            peer: peer.as_deref().map(PeerId::to_string),
             service: service.to_string(),
             channel,
         };
@@ -147,7 +148,7 @@ impl Core {
             SessionEnd {
                 route: back,
                 service,
-                peer,
+                peer: peer.as_deref().copied(),
                 channel,
             },
         );

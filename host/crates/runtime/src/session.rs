@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use wasmwire_wire::PeerId;
 
 /// One open session end on this host, as introspection lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +22,7 @@ pub struct SessionRecord {
     /// The other end's own id for the session, when it has one.
     pub other_id: Option<SessionId>,
     /// The other end's host, when remote.
-    pub peer: Option<Arc<str>>,
+    pub peer: Option<PeerId>,
     /// The channel of the accepting service.
     pub channel: u16,
 }
@@ -73,7 +74,7 @@ pub(crate) struct SessionEnd {
     /// The other end's instance or client name.
     pub service: Arc<str>,
     /// Peer host id, for remote sessions.
-    pub peer: Option<Arc<str>>,
+    pub peer: Option<PeerId>,
     /// The channel of the accepting service.
     pub channel: u16,
 }
@@ -128,7 +129,7 @@ impl SessionTable {
                 instance: me.name.clone(),
                 other: end.service.clone(),
                 other_id,
-                peer: end.peer.clone(),
+                peer: end.peer,
                 channel: end.channel,
             };
             book.opened(id, record, me);

@@ -427,11 +427,8 @@ impl HostState {
         // A session this instance has with that very service on that very peer makes the
         // callee see the request as coming from that session.
         let session = target.peer.id().and_then(|p| {
-            let p = p.to_string();
             self.sessions.iter().find_map(|(_, s)| match &s.route {
-                Route::Remote(sink)
-                    if s.peer.as_deref() == Some(p.as_str()) && *s.service == *target.service =>
-                {
+                Route::Remote(sink) if s.peer == Some(p) && *s.service == *target.service => {
                     Some(sink.other_end())
                 }
                 _ => None,
@@ -563,7 +560,7 @@ impl host::Host for HostState {
             .iter()
             .map(|(id, s)| SessionInfo {
                 id: *id,
-                peer: s.peer.as_deref().map(str::to_string),
+                peer: s.peer.map(|p| p.to_string()),
                 service: s.service.to_string(),
                 channel: s.channel,
             })
