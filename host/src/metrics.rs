@@ -11,7 +11,7 @@
 //! does not otherwise speak HTTP.
 
 use crate::net::Net;
-use crate::runtime::directory::Registry;
+use crate::runtime::directory::Directory;
 use crate::wire::{HostStats, InstanceFigures, PeerFigures};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -46,19 +46,19 @@ pub enum MetricsError {
     },
 }
 
-/// Where the figures come from: the registry (always) and the network (if the host has one).
+/// Where the figures come from: the directory (always) and the network (if the host has one).
 #[derive(Clone)]
 pub struct Source {
-    registry: Arc<Registry>,
+    directory: Arc<Directory>,
     net: Option<Net>,
     started: Instant,
 }
 
 impl Source {
-    /// Figures of this registry, and of this network's connections if given.
-    pub fn new(registry: Arc<Registry>, net: Option<Net>) -> Source {
+    /// Figures of this directory, and of this network's connections if given.
+    pub fn new(directory: Arc<Directory>, net: Option<Net>) -> Source {
         Source {
-            registry,
+            directory,
             net,
             started: Instant::now(),
         }
@@ -68,7 +68,7 @@ impl Source {
     pub async fn stats(&self) -> HostStats {
         match &self.net {
             Some(net) => net.stats().await,
-            None => self.registry.host_stats(self.started.elapsed()),
+            None => self.directory.host_stats(self.started.elapsed()),
         }
     }
 }

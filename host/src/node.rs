@@ -5,7 +5,7 @@
 use crate::manifest::{Diagnostic, Manifest, ManifestError};
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::{Net, NetConfig, NetError};
-use crate::runtime::directory::{Opener, Registry, reply_within};
+use crate::runtime::directory::{Directory, Opener, reply_within};
 use crate::runtime::instance::{CallError, Instance, LifecycleEvent, PeerInfo, SessionId};
 use crate::runtime::session::{ClientEvent, Route};
 use crate::runtime::start::{Started, start_instances};
@@ -103,7 +103,7 @@ impl ClientSession {
 /// A running host.
 pub struct Node {
     runtime: Arc<Runtime>,
-    registry: Arc<Registry>,
+    directory: Arc<Directory>,
     tasks: Vec<JoinHandle<()>>,
     classes: HashMap<PathBuf, Compiled>,
     net: Option<Net>,
@@ -128,7 +128,7 @@ impl Node {
         let classes = load_classes(&runtime, manifest).await?;
         let workers = Workers::start(manifest.host.threads as usize)
             .map_err(|e| NodeError::Engine(format!("cannot start worker threads: {e}")))?;
-        let Started { registry, tasks } =
+        let Started { directory, tasks } =
             start_instances(manifest, &classes, &workers, runtime.ticks());
         let net = match manifest.host.listen {
             None => None,
@@ -150,10 +150,10 @@ impl Node {
                         alpn: wire::ALPN.to_vec(),
                         resolver: None,
                     },
-                    Some(registry.clone()),
+                    Some(directory.clone()),
                 )?;
-                registry.set_peers(Arc::new(net.clone()));
-                let exposed: Vec<&str> = registry
+                directory.set_peers(Arc::new(net.clone()));
+                let exposed: Vec<&str> = directory
                     .instances()
                     .iter()
                     .filter(|i| i.expose)
@@ -171,7 +171,7 @@ impl Node {
         let metrics = match manifest.host.metrics {
             None => None,
             Some(addr) => {
-                let source = crate::metrics::Source::new(registry.clone(), net.clone());
+                let source = crate::metrics::Source::new(directory.clone(), net.clone());
                 let endpoint = crate::metrics::Endpoint::start(addr, source).await?;
                 tracing::info!(addr = %endpoint.local_addr(), "metrics at http://{}/metrics", endpoint.local_addr());
                 Some(endpoint)
@@ -179,7 +179,7 @@ impl Node {
         };
         Ok(Node {
             runtime,
-            registry,
+            directory,
             tasks,
             classes,
             net,
@@ -212,18 +212,18 @@ impl Node {
     }
 
     /// Every instance.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
     }
 
     /// The manifest entry of this name (a plain instance, or a keyed class).
     pub fn instance(&self, name: &str) -> Option<&Arc<Instance>> {
-        self.registry.by_name(name)
+        self.directory.by_name(name)
     }
 
     /// The live instance of a name, keyed ones (`room/42`) included, without making one.
     pub fn live(&self, name: &str) -> Option<Arc<Instance>> {
-        self.registry.live(name)
+        self.directory.live(name)
     }
 
     /// The runtime.
@@ -244,12 +244,12 @@ impl Node {
 
     /// Lifecycle changes from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent> {
-        self.registry.subscribe()
+        self.directory.subscribe()
     }
 
     /// The instance of a name, making a keyed one on demand.
     fn find(&self, service: &str) -> Result<Arc<Instance>, CallError> {
-        self.registry.resolve(service)
+        self.directory.resolve(service)
     }
 
     /// Calls an event as a client (not bound by any `uses`), waiting up to the callee's
@@ -261,7 +261,7 @@ impl Node {
         params: &str,
     ) -> Result<String, CallError> {
         let target = self.find(service)?;
-        let rx = self.registry.post_event(
+        let rx = self.directory.post_event(
             &target,
             event,
             params.to_string(),
@@ -292,7 +292,7 @@ impl Node {
             chain: Default::default(),
         };
         let (target, end) = self
-            .registry
+            .directory
             .open_session(&target, opener)?
             .accepted(target.limits.request_timeout)
             .await?;
@@ -305,12 +305,12 @@ impl Node {
 
     /// Wakes an instance now (if it is asleep) and waits until it is awake.
     pub async fn wake(&self, service: &str) -> Result<(), CallError> {
-        self.registry.wake(service).await
+        self.directory.wake(service).await
     }
 
     /// Puts an instance to sleep now if it is awake and has no sessions; says whether it did.
     pub async fn sleep(&self, service: &str) -> Result<bool, CallError> {
-        self.registry.sleep(service).await
+        self.directory.sleep(service).await
     }
 
     /// Stops the host gracefully, in three steps. Every instance refuses new work at once
@@ -322,7 +322,7 @@ impl Node {
     /// see the connection or the actor close.
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
-        let late = self.registry.drain(deadline).await;
+        let late = self.directory.drain(deadline).await;
         if late.is_empty() {
             for t in self.tasks {
                 let _ = tokio::time::timeout_at(deadline, t).await;

@@ -284,12 +284,15 @@ autostart = true
         }
         other => panic!("expected a tick, got {other:?}"),
     }
-    let registry = node.registry().clone();
+    let directory = node.directory().clone();
     node.shutdown().await;
     let mut slept = false;
     while let Ok(e) = events.try_recv() {
         slept |= e == LifecycleEvent::Slept("ticker".into());
     }
     assert!(slept, "sleep() ran at shutdown");
-    assert_eq!(registry.by_name("ticker").unwrap().status(), Status::Asleep);
+    assert_eq!(
+        directory.by_name("ticker").unwrap().status(),
+        Status::Asleep
+    );
 }

@@ -99,7 +99,7 @@ async fn remote_requests_reach_exposed_services_only_and_obey_uses() {
     .await
     .unwrap();
     let bob_end = b
-        .registry()
+        .directory()
         .sessions(10)
         .0
         .into_iter()
@@ -188,7 +188,7 @@ options = { room = "hub" }
         }
     }
     // The session on B knows its other end is the hub on A.
-    let sessions = b.registry().sessions(100).0;
+    let sessions = b.directory().sessions(100).0;
     assert!(
         sessions
             .iter()
@@ -258,7 +258,7 @@ async fn peer_exchange_and_connect_to_any_peer_that_runs_a_service() {
     let sessions = json(&a.request("alice", "sessions", "null").await.unwrap());
     assert_eq!(sessions, json!([[end, "echo", c_id.to_string()]]));
     // It is a real session: C's echo has it open, with alice on A at the other end.
-    let on_c = c.registry().sessions(10).0;
+    let on_c = c.directory().sessions(10).0;
     assert_eq!(on_c.len(), 1, "{on_c:?}");
     assert_eq!(&*on_c[0].1.other, "alice");
     // Closing it closes both ends.
@@ -266,7 +266,7 @@ async fn peer_exchange_and_connect_to_any_peer_that_runs_a_service() {
         .await
         .unwrap();
     wait_until(WITHIN, "C's end closed", || {
-        let n = c.registry().sessions(10).1;
+        let n = c.directory().sessions(10).1;
         async move { (n == 0).then_some(()) }
     })
     .await;

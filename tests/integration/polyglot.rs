@@ -51,7 +51,7 @@ async fn greeter_behaves_like_a_rust_service(greeter: &str) {
     let mut lifecycle = node.subscribe();
 
     // describe(), as the host read it at load.
-    let class = &node.instance(greeter).expect("in the registry").class;
+    let class = &node.instance(greeter).expect("in the directory").class;
     let messages: Vec<&str> = class.messages.iter().map(String::as_str).collect();
     let events: Vec<&str> = class.events.iter().map(String::as_str).collect();
     assert_eq!(messages, ["hello"], "{greeter} messages");

@@ -413,8 +413,8 @@ pub async fn flood(
                 sessions,
                 returned: sent.is_finished(),
                 open: (
-                    a.registry().sessions(1 << 16).0.len(),
-                    b.registry().sessions(1 << 16).0.len(),
+                    a.directory().sessions(1 << 16).0.len(),
+                    b.directory().sessions(1 << 16).0.len(),
                 ),
                 stalls: (watchdog(a).await, watchdog(b).await),
             });

@@ -29,7 +29,7 @@ use wasmwire_broker::{
 };
 use wasmwire_manifest::{PeerSpec, Transport};
 use wasmwire_runtime::directory::{
-    Peers, PeersFuture, Registry, RemoteConnect, RemoteRequest, RemoteSession, RemoteTarget,
+    Directory, Peers, PeersFuture, RemoteConnect, RemoteRequest, RemoteSession, RemoteTarget,
     alive_tasks, reply_within,
 };
 use wasmwire_runtime::instance::{CallError, Chain, SessionId};
@@ -249,7 +249,7 @@ struct Shared {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     input: mpsc::Sender<Input>,
-    registry: Option<Arc<Registry>>,
+    directory: Option<Arc<Directory>>,
     next_conn: AtomicU64,
     /// Connections open now (see `MAX_CONNECTIONS`).
     open: std::sync::atomic::AtomicUsize,
@@ -281,8 +281,8 @@ pub struct Net {
 
 impl Net {
     /// Starts the endpoint and the broker task on the current tokio runtime. A host passes
-    /// its registry, which serves requests and sessions from peers.
-    pub fn start(config: NetConfig, registry: Option<Arc<Registry>>) -> Result<Net, NetError> {
+    /// its directory, which serves requests and sessions from peers.
+    pub fn start(config: NetConfig, directory: Option<Arc<Directory>>) -> Result<Net, NetError> {
         let allow = Arc::new(Allow::new(config.allow.iter().copied()));
         let transport = Arc::new(transport_config(&config.transport)?);
         let mut tls = identity::client_config(&config.identity, allow.clone(), &config.alpn)?;
@@ -310,7 +310,7 @@ impl Net {
             (Role::Host, Ok(a)) => Some(config.advertise.unwrap_or(a)),
             _ => None,
         };
-        let services = registry
+        let services = directory
             .as_ref()
             .map(|r| {
                 r.instances()
@@ -345,7 +345,7 @@ impl Net {
             endpoint,
             client_config,
             input,
-            registry,
+            directory,
             next_conn: AtomicU64::new(1),
             open: std::sync::atomic::AtomicUsize::new(0),
             handshake_timeout: config.transport.peer_timeout.max(Duration::from_secs(2)),
@@ -882,7 +882,7 @@ async fn accept_sessions(
         let Ok((mut send, mut recv)) = connection.accept_bi().await else {
             return;
         };
-        let Some(registry) = shared.registry.clone() else {
+        let Some(directory) = shared.directory.clone() else {
             // A client serves no sessions.
             let _ = send.reset(quinn::VarInt::from_u32(session::codes::GONE));
             let _ = recv.stop(quinn::VarInt::from_u32(session::codes::GONE));
@@ -898,7 +898,7 @@ async fn accept_sessions(
             recv,
             peer,
             shared.me,
-            registry,
+            directory,
             traffic.clone(),
             held,
         ));
@@ -1280,7 +1280,7 @@ async fn dial(shared: Arc<Shared>, to: DialTo) {
 
 async fn host_stats(shared: &Shared) -> wire::HostStats {
     let uptime = shared.started.elapsed();
-    let mut stats = match &shared.registry {
+    let mut stats = match &shared.directory {
         Some(r) => r.host_stats(uptime),
         None => wire::HostStats {
             uptime_ms: uptime.as_millis() as u64,
@@ -1323,7 +1323,7 @@ async fn answer(
     peer: PeerId,
     request: Incoming,
 ) -> Result<Control, Failure> {
-    let Some(registry) = &shared.registry else {
+    let Some(directory) = &shared.directory else {
         return Err(failure_of(CallError::Unavailable(
             "a client runs no services".into(),
         )));
@@ -1331,14 +1331,14 @@ async fn answer(
     match request {
         Incoming::ListServices => Ok(Control::Services {
             id,
-            services: registry.list_services(),
+            services: directory.list_services(),
         }),
         Incoming::Stats => Ok(Control::Stats {
             id,
             stats: host_stats(shared).await,
         }),
         Incoming::ListSessions => {
-            let (sessions, total) = registry.list_sessions(2048);
+            let (sessions, total) = directory.list_sessions(2048);
             Ok(Control::Sessions {
                 id,
                 sessions,
@@ -1357,14 +1357,14 @@ async fn answer(
             // The session counts only if it really is this caller's, from this peer, with
             // this service: a peer cannot pose as another session's other end.
             let session = session.filter(|s| {
-                registry.session(*s).is_some_and(|r| {
+                directory.session(*s).is_some_and(|r| {
                     *r.instance == *service
                         && Some(&*r.other) == caller.as_deref()
                         && r.peer == Some(peer)
                 })
             });
             let result = request_local(
-                shared, registry, &service, &event, params, timeout, chain, session,
+                shared, directory, &service, &event, params, timeout, chain, session,
             )
             .await;
             result
@@ -1377,7 +1377,7 @@ async fn answer(
 #[allow(clippy::too_many_arguments)]
 async fn request_local(
     shared: &Shared,
-    registry: &Arc<Registry>,
+    directory: &Arc<Directory>,
     service: &str,
     event: &str,
     params: String,
@@ -1385,9 +1385,9 @@ async fn request_local(
     chain: Vec<String>,
     caller: Option<SessionId>,
 ) -> Result<String, CallError> {
-    let target = registry.exposed(service)?;
+    let target = directory.exposed(service)?;
     let chain = Chain::from_wire(chain, shared.me);
-    let rx = registry.post_event(&target, event, params, caller, chain)?;
+    let rx = directory.post_event(&target, event, params, caller, chain)?;
     reply_within(rx, timeout).await
 }
 

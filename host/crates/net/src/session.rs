@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use wasmwire_broker::Failure;
-use wasmwire_runtime::directory::{Opener, Registry};
+use wasmwire_runtime::directory::{Directory, Opener};
 use wasmwire_runtime::instance::{CallError, Chain, PeerInfo, SessionId};
 use wasmwire_runtime::session::{ClientEvent, Inbound, RemoteSink, Route};
 use wasmwire_wire::{self as wire, FrameError, SessionHeader, data};
@@ -483,7 +483,7 @@ pub(crate) async fn accept(
     recv: RecvStream,
     peer: wire::PeerId,
     me: wire::PeerId,
-    registry: Arc<Registry>,
+    directory: Arc<Directory>,
     traffic: Arc<Traffic>,
     held: Held,
 ) {
@@ -534,7 +534,7 @@ pub(crate) async fn accept(
         reject(&mut send, e).await;
         return;
     }
-    let instance = match registry.exposed(&service) {
+    let instance = match directory.exposed(&service) {
         Ok(i) => i,
         Err(e) => {
             reject(&mut send, e).await;
@@ -561,7 +561,7 @@ pub(crate) async fn accept(
         chain,
     };
     let timeout = instance.limits.request_timeout;
-    let answer = match registry.open_session(&instance, opener) {
+    let answer = match directory.open_session(&instance, opener) {
         Ok(pending) => pending.accepted(timeout).await,
         Err(e) => Err(e),
     };

@@ -8,7 +8,7 @@
 //! one wake-up), due timers, the idle deadline, and an autostart instance's restart.
 
 use super::bindings::ServicePre;
-use super::directory::{Registry, StartActor};
+use super::directory::{Directory, StartActor};
 use super::instance::{
     CallError, Control, Envelope, Inbox, Instance, Kind, LifecycleEvent, Status,
 };
@@ -28,7 +28,7 @@ pub(crate) struct InstanceActor {
     me: Arc<Instance>,
     /// Its class's code.
     pre: ServicePre<HostState>,
-    registry: Arc<Registry>,
+    directory: Arc<Directory>,
     ticks: Arc<AtomicU64>,
     inbox: Inbox,
     /// The live instance, while it is awake.
@@ -42,14 +42,14 @@ pub(crate) struct InstanceActor {
 }
 
 /// How the directory starts the actor of a key it makes: with the code of the key's class,
-/// found by the class's registry index.
+/// found by the class's directory index.
 pub(crate) fn key_starter(
     pres: std::collections::HashMap<u32, ServicePre<HostState>>,
     ticks: Arc<AtomicU64>,
 ) -> Box<StartActor> {
-    Box::new(move |class, instance, inbox, registry| {
+    Box::new(move |class, instance, inbox, directory| {
         let pre = pres.get(&class)?.clone();
-        let actor = InstanceActor::new(instance, pre, registry, ticks.clone(), inbox);
+        let actor = InstanceActor::new(instance, pre, directory, ticks.clone(), inbox);
         Some(Box::pin(actor.run()))
     })
 }
@@ -58,7 +58,7 @@ impl InstanceActor {
     pub(crate) fn new(
         me: Arc<Instance>,
         pre: ServicePre<HostState>,
-        registry: Arc<Registry>,
+        directory: Arc<Directory>,
         ticks: Arc<AtomicU64>,
         inbox: Inbox,
     ) -> Self {
@@ -67,7 +67,7 @@ impl InstanceActor {
         InstanceActor {
             me,
             pre,
-            registry,
+            directory,
             ticks,
             inbox,
             awake: None,
@@ -228,7 +228,7 @@ impl InstanceActor {
         }
         self.retire_deadline().is_some_and(|t| t <= now)
             && self.inbox.mailbox.is_empty()
-            && self.registry.retire(&self.me)
+            && self.directory.retire(&self.me)
     }
 
     /// When a crashed autostart instance starts again by itself.
@@ -364,7 +364,7 @@ impl InstanceActor {
             sleep_until(t).await;
         }
         let started = std::time::Instant::now();
-        let state = HostState::new(self.me.clone(), self.registry.clone(), self.ticks.clone());
+        let state = HostState::new(self.me.clone(), self.directory.clone(), self.ticks.clone());
         let woke = Core::wake(
             &self.pre,
             state,
@@ -406,7 +406,7 @@ impl InstanceActor {
         self.me.set_status(Status::Awake);
         self.last_activity = Instant::now();
         tracing::info!(instance = %self.me.name, "awake");
-        self.registry
+        self.directory
             .publish(LifecycleEvent::Woke(self.me.name.clone()));
         Ok(())
     }
@@ -432,7 +432,7 @@ impl InstanceActor {
         InstanceStats::bump(&self.me.stats.sleeps);
         self.me.set_status(Status::Asleep);
         tracing::info!(instance = %self.me.name, reason, "asleep");
-        self.registry
+        self.directory
             .publish(LifecycleEvent::Slept(self.me.name.clone()));
     }
 
@@ -448,7 +448,7 @@ impl InstanceActor {
         }
         tracing::error!(instance = %self.me.name, export, %cause, "instance crashed; its sessions are closed");
         tracing::debug!(instance = %self.me.name, details = ?error, "crash details");
-        self.registry.publish(LifecycleEvent::Crashed {
+        self.directory.publish(LifecycleEvent::Crashed {
             instance: self.me.name.clone(),
             export,
             cause: cause.clone(),
@@ -466,7 +466,7 @@ impl InstanceActor {
                     window = ?self.me.limits.restart_window,
                     "instance is down: it crashed too often and will not be restarted"
                 );
-                self.registry
+                self.directory
                     .publish(LifecycleEvent::Down(self.me.name.clone()));
                 self.refuse_queued();
             }

@@ -1,15 +1,15 @@
 //! The runtime directory: the one place every entry point — a guest's import, a client, a
 //! peer's request or session stream — goes through to find a service and reach it. It owns
 //! the rules that must read the same for all of them:
-//! - [`Registry::resolve`]: a name to its instance, a keyed class's key made on demand;
-//! - [`Registry::route`]: where a call from an instance may go, on this host or another
+//! - [`Directory::resolve`]: a name to its instance, a keyed class's key made on demand;
+//! - [`Directory::route`]: where a call from an instance may go, on this host or another
 //!   (its `uses`), and why not;
-//! - [`Registry::open_session`]: one mailbox place and a fresh end for a new session, and
+//! - [`Directory::open_session`]: one mailbox place and a fresh end for a new session, and
 //!   [`PendingSession::accepted`]: its answer within a time-out, no dangling end;
-//! - [`Registry::post_event`]: an event checked and queued, its reply awaited with
+//! - [`Directory::post_event`]: an event checked and queued, its reply awaited with
 //!   [`reply_within`];
-//! - the queries that net, metrics and the CLI answer with ([`Registry::list_services`],
-//!   [`Registry::sessions`], [`Registry::figures`]).
+//! - the queries that net, metrics and the CLI answer with ([`Directory::list_services`],
+//!   [`Directory::sessions`], [`Directory::figures`]).
 
 use super::instance::{
     CallError, Chain, Control, Envelope, Inbox, Instance, InstanceSpec, Keyed, Kind,
@@ -43,13 +43,13 @@ pub async fn reply_within<T>(
 }
 
 /// Tasks alive on the current tokio runtime (0 outside one); the instance actors run on the
-/// worker threads' runtimes, counted by [`Registry::worker_tasks`].
+/// worker threads' runtimes, counted by [`Directory::worker_tasks`].
 pub fn alive_tasks() -> u64 {
     Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks() as u64)
 }
 
 /// Every instance of a host, by index and name, and the host-wide session counter.
-pub struct Registry {
+pub struct Directory {
     instances: Vec<Arc<Instance>>,
     names: HashMap<Box<str>, u32>,
     next_session: AtomicU64,
@@ -65,7 +65,7 @@ pub struct Registry {
 pub(crate) struct Spawner {
     /// The worker threads' runtimes; keys are spread over them by hash.
     pub workers: Vec<Handle>,
-    /// The actor of a new key of the class at a registry index (`None` if that entry has
+    /// The actor of a new key of the class at a directory index (`None` if that entry has
     /// no code to run). Made where the classes' code is known (`actor::key_starter`), so
     /// that the directory does not depend on the actor.
     pub start: Box<StartActor>,
@@ -73,7 +73,12 @@ pub(crate) struct Spawner {
 
 /// Makes the actor of a new key: (class index, the key's instance, its inbox, the
 /// directory) to the future that runs it.
-pub(crate) type StartActor = dyn Fn(u32, Arc<Instance>, Inbox, Arc<Registry>) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>>
+pub(crate) type StartActor = dyn Fn(
+        u32,
+        Arc<Instance>,
+        Inbox,
+        Arc<Directory>,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>>
     + Send
     + Sync;
 
@@ -90,7 +95,7 @@ pub struct RemoteSession {
 /// A future returned by a [`Peers`] call.
 pub type PeersFuture<T> = Pin<Box<dyn Future<Output = Result<T, CallError>> + Send>>;
 
-/// A service on other hosts, as [`Registry::route`] allowed it.
+/// A service on other hosts, as [`Directory::route`] allowed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteTarget {
     /// The host named (`*`: any connected host that runs the service).
@@ -147,7 +152,7 @@ pub trait Peers: Send + Sync {
     fn connect(&self, connect: RemoteConnect) -> PeersFuture<RemoteSession>;
 }
 
-/// Where a call may go, as [`Registry::route`] decided.
+/// Where a call may go, as [`Directory::route`] decided.
 pub enum Destination {
     /// An instance of this host.
     Local(Arc<Instance>),
@@ -193,13 +198,13 @@ impl PendingSession {
     }
 }
 
-impl Registry {
-    pub(crate) fn new(instances: Vec<Arc<Instance>>) -> Registry {
+impl Directory {
+    pub(crate) fn new(instances: Vec<Arc<Instance>>) -> Directory {
         let names = instances
             .iter()
             .map(|i| (Box::from(&*i.name), i.index))
             .collect();
-        Registry {
+        Directory {
             instances,
             names,
             next_session: AtomicU64::new(1),
@@ -521,7 +526,7 @@ impl Registry {
         &self.instances
     }
 
-    /// The instance at a registry index.
+    /// The instance at a directory index.
     pub fn get(&self, index: u32) -> &Arc<Instance> {
         &self.instances[index as usize]
     }
@@ -546,7 +551,7 @@ impl Registry {
     }
 }
 
-impl Registry {
+impl Directory {
     /// Where a call from `me` to `addr` may go: an instance of this host that `me` may use,
     /// or a service of another host that its remote `uses` allow — with the error the
     /// caller should see otherwise. `uses = ["room"]` covers every key of a keyed class, and

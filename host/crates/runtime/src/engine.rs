@@ -4,15 +4,17 @@
 //! [`Compiled`] — a compiled component, its `ServicePre` built once, and what its
 //! `describe` declared.
 
+use crate::audit::HasAudited;
 use crate::bindings::{Service, ServicePre};
 use crate::cache::{self, CacheOutcome};
 use crate::class::Class;
 use crate::clock::TICK;
+use crate::service_ctx::HasService;
 use crate::state::{self, HostState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmwire_manifest::{HostConfig, Manifest};
 
@@ -143,10 +145,27 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the engine and linker and starts the epoch ticker.
     pub fn new(config: &RuntimeConfig) -> wasmtime::Result<Runtime> {
+        Runtime::with_imports(config, |linker| {
+            Service::add_to_linker::<_, HasService>(linker, HostState::service_view)
+        })
+    }
+
+    /// The same, with the fuzzer's audit around the `wasmwire:service` imports.
+    pub(crate) fn audited(config: &RuntimeConfig) -> wasmtime::Result<Runtime> {
+        Runtime::with_imports(config, |linker| {
+            Service::add_to_linker::<_, HasAudited>(linker, HostState::audited_view)
+        })
+    }
+
+    /// WASI (nothing granted) and the service imports `imports` adds, one per interface.
+    fn with_imports(
+        config: &RuntimeConfig,
+        imports: fn(&mut Linker<HostState>) -> wasmtime::Result<()>,
+    ) -> wasmtime::Result<Runtime> {
         let engine = Engine::new(&engine_config(config))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        Service::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
+        imports(&mut linker)?;
 
         let ticks = Arc::new(AtomicU64::new(0));
         let stop_ticker = Arc::new(AtomicBool::new(false));

@@ -131,7 +131,7 @@ pub(crate) enum Control {
 pub struct Instance {
     /// The instance name.
     pub name: Arc<str>,
-    /// Its index in the registry.
+    /// Its index in the directory.
     pub index: u32,
     /// The channel it listens on.
     pub channel: u16,
@@ -143,7 +143,7 @@ pub struct Instance {
     pub options_json: Arc<str>,
     /// Woken at start and kept awake.
     pub autostart: bool,
-    /// Services it may use: (name, registry index).
+    /// Services it may use: (name, directory index).
     pub(crate) uses: Box<[(Box<str>, u32)]>,
     /// Services on other hosts it may use: (peer id, or `None` for any peer; name).
     pub(crate) remote_uses: Box<[RemoteUse]>,
@@ -166,16 +166,16 @@ pub struct Instance {
     pub stats: Arc<super::stats::InstanceStats>,
 }
 
-/// What a registry entry is.
+/// What a directory entry is.
 pub enum Kind {
     /// One instance, named in the manifest.
     Plain,
     /// A keyed class (`keyed = true`): it never runs itself; each key is an instance of
     /// its own, made on first demand and dropped when it sleeps.
     Class(Keyed),
-    /// The instance of one key of the class at this registry index.
+    /// The instance of one key of the class at this directory index.
     Key {
-        /// The class's registry index.
+        /// The class's directory index.
         class: u32,
     },
 }
@@ -250,7 +250,7 @@ pub fn check_key(class: &str, key: &str) -> Result<(), CallError> {
 pub(crate) struct InstanceSpec<'a> {
     /// The instance name (`class/key` for a key).
     pub name: &'a str,
-    /// Its index in the registry (`u32::MAX` for a key, which has none).
+    /// Its index in the directory (`u32::MAX` for a key, which has none).
     pub index: u32,
     /// The channel it listens on.
     pub channel: u16,
@@ -262,7 +262,7 @@ pub(crate) struct InstanceSpec<'a> {
     pub options_json: &'a str,
     /// Woken at start and kept awake.
     pub autostart: bool,
-    /// Services it may use: (name, registry index).
+    /// Services it may use: (name, directory index).
     pub uses: Box<[(Box<str>, u32)]>,
     /// Services on other hosts it may use.
     pub remote_uses: Box<[RemoteUse]>,
@@ -451,7 +451,7 @@ impl Instance {
                 Err(self.down_error())
             }
             Status::Retired => {
-                // The caller looks the key up again (see `Registry::reserve_on`).
+                // The caller looks the key up again (see `Directory::reserve_on`).
                 self.queued.fetch_sub(1, Ordering::SeqCst);
                 Err(CallError::Closed)
             }
@@ -520,7 +520,7 @@ impl Instance {
         Ok(Some(ids))
     }
 
-    /// The registry index of a service in `uses`.
+    /// The directory index of a service in `uses`.
     pub(crate) fn uses(&self, service: &str) -> Option<u32> {
         self.uses
             .iter()

@@ -7,7 +7,7 @@
 //! - `on-connect`/`on-disconnect` for sessions a host call opened or closed come after that
 //!   call, never inside it: [`Core::settle`] runs them.
 //! - A session is accepted only below the instance's `max_sessions`
-//!   ([`HostState::session_room`], the same rule its own `connect` meets).
+//!   ([`ServiceCtx::session_room`](super::service_ctx::ServiceCtx::session_room), the same rule its own `connect` meets).
 //! - A message reaches the guest only on a session open at this end; an event's reply over
 //!   `max_message` becomes an error for the caller.
 //! - A timer fires only while set; the instance may sleep only without sessions.
@@ -18,8 +18,9 @@
 
 use super::bindings::{Description, Service, ServicePre, SessionInfo};
 use super::instance::{CallError, Chain, PeerInfo, SessionId};
+use super::service_ctx::Deferred;
 use super::session::{Route, SessionEnd};
-use super::state::{CpuDeadline, Deferred, HostState, MemoryLimit, new_store};
+use super::state::{CpuDeadline, HostState, MemoryLimit, new_store};
 use super::stats::InstanceStats;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -65,7 +66,7 @@ macro_rules! call {
         c.store.set_epoch_deadline(first_deadline);
         let r = c.service.wasmwire_service_lifecycle().$method(&mut c.store $(, $arg)*).await;
         // What the call sent goes out now, in one batch per receiver wake-up.
-        c.store.data_mut().outbox.flush();
+        c.store.data_mut().service.outbox.flush();
         r.map_err(|error| Crash { export: $export, error })
     }};
 }
@@ -109,12 +110,12 @@ impl Core {
 
     /// Whether it may go to sleep now: it has no open session.
     pub(crate) fn may_sleep(&self) -> bool {
-        self.state().sessions.is_empty()
+        self.state().service.sessions.is_empty()
     }
 
     /// Runs the `on-connect`/`on-disconnect` calls that host calls queued, in order.
     pub(crate) async fn settle(&mut self) -> Result<(), Crash> {
-        while let Some(d) = self.store.data_mut().deferred.pop_front() {
+        while let Some(d) = self.store.data_mut().service.deferred.pop_front() {
             match d {
                 Deferred::Connected(info) => call!(*self, "on-connect", call_on_connect, &info)?,
                 Deferred::Disconnected(id) => {
@@ -134,7 +135,7 @@ impl Core {
         back: Route,
         channel: u16,
     ) -> Result<SessionInfo, CallError> {
-        let state = self.store.data_mut();
+        let state = &mut self.store.data_mut().service;
         state.session_room()?;
         let PeerInfo { service, peer } = from;
         let info = SessionInfo {
@@ -161,9 +162,9 @@ impl Core {
         info: &SessionInfo,
         chain: Chain,
     ) -> Result<(), Crash> {
-        self.store.data_mut().chain = chain;
+        self.store.data_mut().service.chain = chain;
         let r = call!(*self, "on-connect", call_on_connect, info);
-        self.store.data_mut().chain.clear();
+        self.store.data_mut().service.chain.clear();
         r
     }
 
@@ -175,7 +176,7 @@ impl Core {
         kind: &str,
         payload: &[u8],
     ) -> Result<bool, Crash> {
-        if !self.state().sessions.contains_key(&end) {
+        if !self.state().service.sessions.contains_key(&end) {
             return Ok(false);
         }
         call!(*self, "on-message", call_on_message, end, kind, payload)?;
@@ -191,13 +192,13 @@ impl Core {
         params: &str,
         chain: Chain,
     ) -> Result<Result<String, CallError>, Crash> {
-        self.store.data_mut().chain = chain;
+        self.store.data_mut().service.chain = chain;
         let result = call!(*self, "on-event", call_on_event, caller, name, params);
-        self.store.data_mut().chain.clear();
-        let me = &self.state().name;
+        self.store.data_mut().service.chain.clear();
+        let me = &self.state().service.name;
         // A reply is a message back: bounded by the same `max_message`, so a guest cannot
         // push its whole memory onto the caller (or the wire).
-        let max = self.state().max_message;
+        let max = self.state().service.max_message;
         let reply = match result? {
             Ok(json) if json.len() as u64 > max => {
                 // Said once per reply in a host; a fuzzing run (audited) reports findings,
@@ -232,7 +233,14 @@ impl Core {
 
     /// The other end closed session `end`: `on-disconnect`, if it was open here.
     pub(crate) async fn disconnected(&mut self, end: SessionId) -> Result<(), Crash> {
-        if self.store.data_mut().sessions.remove(&end).is_none() {
+        if self
+            .store
+            .data_mut()
+            .service
+            .sessions
+            .remove(&end)
+            .is_none()
+        {
             return Ok(());
         }
         call!(*self, "on-disconnect", call_on_disconnect, end)
@@ -243,6 +251,7 @@ impl Core {
     pub(crate) fn due_timers(&mut self, now: Instant) -> Vec<u32> {
         self.store
             .data_mut()
+            .service
             .timers
             .iter_mut()
             .filter(|t| t.next <= now)
@@ -255,12 +264,12 @@ impl Core {
 
     /// When the next timer is due.
     pub(crate) fn next_timer(&self) -> Option<Instant> {
-        self.state().timers.iter().map(|t| t.next).min()
+        self.state().service.timers.iter().map(|t| t.next).min()
     }
 
     /// `on-timer` for timer `id`, if it is still set: `Ok(false)` if it is not.
     pub(crate) async fn timer(&mut self, id: u32) -> Result<bool, Crash> {
-        if !self.state().timers.iter().any(|t| t.id == id) {
+        if !self.state().service.timers.iter().any(|t| t.id == id) {
             return Ok(false);
         }
         call!(*self, "on-timer", call_on_timer, id)?;
@@ -279,7 +288,7 @@ impl Core {
 
     /// Closes every session for its other end (the instance is going to sleep or crashed).
     pub(crate) fn close_sessions(&mut self) {
-        for (_, end) in self.store.data_mut().sessions.drain() {
+        for (_, end) in self.store.data_mut().service.sessions.drain() {
             end.route.disconnect();
         }
     }

@@ -11,7 +11,9 @@
 //! - [`session`]: an instance's table of open sessions, and the host's book of them;
 //! - [`directory`]: every entry point's rules — resolve, route, open a session, post an
 //!   event, answer within a time-out, the host's queries;
-//! - `state`: the host state of one store and the imports a guest calls;
+//! - `service_ctx`: the context of the `wasmwire:service/host` interface and the imports
+//!   a guest calls; `audit`: the fuzzer's wrapper around them;
+//! - `state`: the host state of one store, one context per interface;
 //! - `instance_core`: an awake instance and the rules of calling into it;
 //! - [`engine`]: the engine, the linker, and the loading of components;
 //! - `actor` (production) and [`fuzz`] (generated steps): the two drivers of the core;
@@ -19,6 +21,7 @@
 //!   them.
 
 pub(crate) mod actor;
+pub(crate) mod audit;
 pub mod bindings;
 mod cache;
 pub mod call;
@@ -31,6 +34,7 @@ pub(crate) mod guest_log;
 pub mod heap;
 pub mod instance;
 pub(crate) mod instance_core;
+pub(crate) mod service_ctx;
 pub mod session;
 pub mod start;
 pub(crate) mod state;

@@ -4,7 +4,7 @@
 //! with the code `key_starter` was given here.
 
 use crate::actor::{InstanceActor, key_starter};
-use crate::directory::{Registry, Spawner};
+use crate::directory::{Directory, Spawner};
 use crate::engine::Compiled;
 use crate::instance::{Instance, InstanceSpec, Keyed, Kind};
 use crate::workers::{Workers, place};
@@ -18,7 +18,7 @@ use wasmwire_manifest::Manifest;
 /// A manifest's instances, started.
 pub struct Started {
     /// The directory over them.
-    pub registry: Arc<Registry>,
+    pub directory: Arc<Directory>,
     /// One actor task per plain instance.
     pub tasks: Vec<JoinHandle<()>>,
 }
@@ -71,7 +71,7 @@ pub fn start_instances(
         instances.push(instance);
         inboxes.push(inbox);
     }
-    let registry = Arc::new(Registry::new(instances));
+    let directory = Arc::new(Directory::new(instances));
     let placement = place(manifest, workers.len());
     let key_code = manifest
         .services
@@ -80,12 +80,12 @@ pub fn start_instances(
         .filter(|(_, s)| s.keyed.is_some())
         .map(|(i, s)| (i as u32, classes[&s.component].pre.clone()))
         .collect();
-    registry.set_spawner(Spawner {
+    directory.set_spawner(Spawner {
         workers: workers.handles(),
         start: key_starter(key_code, ticks.clone()),
     });
     let mut tasks = Vec::new();
-    for ((instance, inbox), worker) in registry.instances().iter().zip(inboxes).zip(placement) {
+    for ((instance, inbox), worker) in directory.instances().iter().zip(inboxes).zip(placement) {
         if let Some(keyed) = instance.keyed() {
             // A class never runs itself: its keys get actors when they are first used.
             tracing::info!(
@@ -110,11 +110,11 @@ pub fn start_instances(
             classes[&manifest.services[instance.index as usize].component]
                 .pre
                 .clone(),
-            registry.clone(),
+            directory.clone(),
             ticks.clone(),
             inbox,
         );
         tasks.push(workers.spawn(worker, actor.run()));
     }
-    Started { registry, tasks }
+    Started { directory, tasks }
 }

@@ -14,6 +14,7 @@
 mod generate;
 pub mod step;
 
+use crate::audit::Audit;
 use crate::bindings::{ServicePre, WitError};
 use crate::class::Class;
 use crate::class::{check_event, check_message};
@@ -22,7 +23,7 @@ use crate::instance::{CallError, PeerInfo};
 use crate::instance_core::describe_error;
 use crate::instance_core::{Core, Crash, WakeError};
 use crate::session::{ClientEvent, Route};
-use crate::state::{Audit, HostState};
+use crate::state::HostState;
 use crate::state::{CpuDeadline, MemoryLimit};
 use crate::stats::InstanceStats;
 use generate::{Generator, View};
@@ -56,7 +57,7 @@ pub struct Target {
 impl Target {
     /// Compiles and type-checks `path`, and asks its `describe`.
     pub async fn load(path: &Path, limits: &Limits) -> Result<Target, FuzzError> {
-        let runtime = Runtime::new(&RuntimeConfig {
+        let runtime = Runtime::audited(&RuntimeConfig {
             // Short-lived instances, one after another in each slot: kept pages save
             // the page faults of every run.
             keep_resident: 256 << 10,
@@ -317,9 +318,9 @@ impl<'t> Harness<'t> {
         sessions.clear();
         timers.clear();
         if let Some(l) = &self.live {
-            sessions.extend(l.state().sessions.iter().map(|(id, _)| *id));
+            sessions.extend(l.state().service.sessions.iter().map(|(id, _)| *id));
             sessions.sort_unstable();
-            timers.extend(l.state().timers.iter().map(|t| t.id));
+            timers.extend(l.state().service.timers.iter().map(|t| t.id));
         }
     }
 
@@ -424,7 +425,7 @@ impl<'t> Harness<'t> {
                 let Some(l) = self.live.as_mut() else {
                     return Ok(());
                 };
-                if l.state().sessions.contains_key(id) {
+                if l.state().service.sessions.contains_key(id) {
                     return Ok(());
                 }
                 let from = PeerInfo {
@@ -466,7 +467,7 @@ impl<'t> Harness<'t> {
                     }
                 };
                 if let Some(l) = self.live.as_mut()
-                    && l.state().sessions.contains_key(id)
+                    && l.state().service.sessions.contains_key(id)
                 {
                     self.messages[index as usize] += 1;
                     let r = l.message(*id, kind, payload).await;
