@@ -16,7 +16,7 @@ GUEST       := wasm32-wasip2
 GUEST_DIR   := target/guests
 GUEST_OUT   := $(GUEST_DIR)/$(GUEST)/release
 SERVICES    := echo counter ticker chat spec
-TEST_GUESTS := misbehave bench not-a-service planted giant legacy
+TEST_GUESTS := misbehave bench not-a-service planted giant legacy durable
 MANIFEST    ?= wasmwire.toml
 
 # Sample services in other languages, built from wit/ alone (no SDK). Their toolchains are
@@ -35,7 +35,7 @@ PY_STAMP    := $(PY_TOOLCHAIN)/.componentize-py-$(COMPONENTIZE_PY_VERSION)
 JS_TOOLCHAIN := $(TOOLCHAINS)/js
 JS_PACKAGE  := sample-services/greeter-js
 JS_STAMP    := $(JS_TOOLCHAIN)/.npm-ci
-WIT_FILES   := $(wildcard wit/*.wit)
+WIT_FILES   := $(wildcard wit/*.wit wit/deps/*/*.wit)
 POLYGLOT    := $(PY_SERVICES:%=target/services/%.wasm) $(JS_SERVICES:%=target/services/%.wasm)
 
 .PHONY: all setup services toolchains polyglot test-guests build run test lint bench demo clean \

@@ -89,7 +89,8 @@
 //! ## The rules the host keeps for you
 //! - One call at a time per instance, in arrival order: `&mut self` is all the locking you need.
 //! - State lives from [`Service::wakeup`] to [`Service::sleep`]; after `sleep` the instance is
-//!   dropped and the next demand starts from `Default` again.
+//!   dropped and the next demand starts from `Default` again. What must outlive that goes in
+//!   [`store`]: the instance's own durable bucket, each call's writes one transaction.
 //! - A trap (a panic), a call that runs past its CPU deadline, or a memory limit hit kills this
 //!   instance only; the host restarts it on the next demand.
 //! - [`connect`] and [`request`] reach only the services named in the instance's `uses`.
@@ -105,12 +106,16 @@ pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
         world: "service",
+        // The world imports `wasi:keyvalue` from `wit/deps`: generate its bindings here too.
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_service_bindings",
         default_bindings_module: "wasmwire_guest::bindings",
         runtime_path: "wasmwire_guest::__private::wit_bindgen::rt",
     });
 }
+
+pub mod store;
 
 use bindings::wasmwire::service::host;
 use bindings::wasmwire::service::types;

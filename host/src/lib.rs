@@ -22,6 +22,8 @@
 //!   worker threads.
 //! - [`broker`] (`wasmwire-broker`): the channel-0 state machine, sans-IO (inputs
 //!   `handle_*`, outputs `poll_*`, time passed in).
+//! - [`store`] (`wasmwire-store`): the durable data of `wasi:keyvalue` — one redb file,
+//!   transactions per call, group commits.
 //! - [`manifest`] (`wasmwire-manifest`): the TOML manifest — schema, validation, errors
 //!   with file, line and field.
 //! - [`wire`] (`wasmwire-wire`): the codecs — frames, control messages and session headers,
@@ -32,6 +34,7 @@ pub use wasmwire_manifest as manifest;
 pub use wasmwire_net as net;
 pub use wasmwire_runtime as runtime;
 pub use wasmwire_runtime::{fuzz, workers};
+pub use wasmwire_store as store;
 pub use wasmwire_wire as wire;
 
 pub mod metrics;

@@ -36,6 +36,9 @@ pub enum NodeError {
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The data file could not be opened (another host has it, or it is damaged).
+    #[error("durable data: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Loads every distinct component of a manifest once, reporting failures against the
@@ -128,8 +131,17 @@ impl Node {
         let classes = load_classes(&runtime, manifest).await?;
         let workers = Workers::start(manifest.host.threads as usize)
             .map_err(|e| NodeError::Engine(format!("cannot start worker threads: {e}")))?;
+        // The data file is opened only if a component can use it: a host without durable
+        // services touches no data dir.
+        let database = if classes.values().any(|c| c.class.stores) {
+            let db = crate::store::Database::open(&manifest.host.data_dir)?;
+            tracing::info!(file = %db.path().display(), "durable data");
+            Some(db)
+        } else {
+            None
+        };
         let Started { directory, tasks } =
-            start_instances(manifest, &classes, &workers, runtime.ticks());
+            start_instances(manifest, &classes, &workers, runtime.ticks(), database);
         let net = match manifest.host.listen {
             None => None,
             Some(listen) => {

@@ -46,8 +46,27 @@ pub enum ScaffoldError {
     },
 }
 
-/// The WIT every service implements, written into Python and JavaScript scaffolds.
-const WIT: &str = include_str!("../../wit/service.wit");
+/// The WIT every service implements, written into Python and JavaScript scaffolds, with
+/// the `wasi:keyvalue` package its world imports.
+const WIT: &[(&str, &str)] = &[
+    ("wit/service.wit", include_str!("../../wit/service.wit")),
+    (
+        "wit/deps/keyvalue/store.wit",
+        include_str!("../../wit/deps/keyvalue/store.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/atomic.wit",
+        include_str!("../../wit/deps/keyvalue/atomic.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/batch.wit",
+        include_str!("../../wit/deps/keyvalue/batch.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/world.wit",
+        include_str!("../../wit/deps/keyvalue/world.wit"),
+    ),
+];
 
 /// The versions of the guest crates the samples are built and tested with: a new Rust
 /// service starts from the same lock file.
@@ -113,17 +132,18 @@ pub fn scaffold(
         }
         Lang::Python => vec![
             ("app.py", PYTHON_APP.to_string()),
-            ("wit/service.wit", WIT.to_string()),
             ("Makefile", python_makefile(name)),
         ],
         Lang::Js => vec![
             ("app.js", JS_APP.to_string()),
             ("package.json", js_package(name)),
-            ("wit/service.wit", WIT.to_string()),
             ("Makefile", js_makefile(name)),
         ],
     };
     let mut files = files;
+    if lang != Lang::Rust {
+        files.extend(WIT.iter().map(|(path, text)| (*path, text.to_string())));
+    }
     files.push(("wasmwire.toml", manifest(name, lang)));
     files.push((".gitignore", GITIGNORE.to_string()));
     let mut written = Vec::new();
@@ -408,6 +428,7 @@ mod tests {
         }
         let files = scaffold("greeter", Lang::Python, &dir, Path::new(".")).unwrap();
         assert!(files.contains(&"app.py") && files.contains(&"wit/service.wit"));
+        assert!(files.contains(&"wit/deps/keyvalue/store.wit"));
         let toml = std::fs::read_to_string(dir.join("wasmwire.toml")).unwrap();
         assert!(toml.contains("component = \"greeter.wasm\""));
         assert!(matches!(

@@ -6,6 +6,7 @@ mod chaos;
 mod cli;
 mod containment;
 mod deploy;
+mod durable;
 mod exhaustion;
 mod fuzz;
 mod hostile_peers;

@@ -54,6 +54,9 @@ pub struct HostConfig {
     pub keep_resident: u64,
     /// Folder of the compiled-component cache.
     pub cache_dir: PathBuf,
+    /// Folder of the services' durable data (one `data.redb` file; opened only when a
+    /// component imports `wasi:keyvalue`).
+    pub data_dir: PathBuf,
     /// Worker threads that run the instances.
     pub threads: u32,
     /// How long a stopping host (SIGTERM, Ctrl-C) waits for its services to finish the work

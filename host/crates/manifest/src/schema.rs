@@ -41,6 +41,8 @@ pub struct HostSection {
     pub keep_resident: Option<Spanned<ByteSize>>,
     /// Where compiled components are cached.
     pub cache_dir: Option<Spanned<String>>,
+    /// Where the services' durable data (`wasi:keyvalue`) is kept.
+    pub data_dir: Option<Spanned<String>>,
     /// Worker threads that run the instances (default: one per core).
     pub threads: Option<Spanned<u32>>,
     /// Interval of QUIC keep-alive pings.

@@ -342,6 +342,10 @@ impl Validator<'_> {
                 h.cache_dir
                     .map_or(".wasmwire/cache".to_string(), Spanned::into_inner),
             ),
+            data_dir: dir.join(
+                h.data_dir
+                    .map_or(".wasmwire/data".to_string(), Spanned::into_inner),
+            ),
             threads,
             shutdown_timeout: self.duration(
                 &h.shutdown_timeout,

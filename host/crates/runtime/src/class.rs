@@ -16,6 +16,8 @@ pub struct Class {
     pub events: Box<[String]>,
     /// Whether the compiled code came from the cache.
     pub cache: CacheOutcome,
+    /// Whether it imports `wasi:keyvalue` (the host opens its data file only if one does).
+    pub stores: bool,
 }
 
 impl Class {

@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{broadcast, oneshot};
+use wasmwire_store::Database;
 use wasmwire_wire::{
     KeyedEntry, LocalName, PeerId, PeerSel, ServiceAddr, ServiceEntry, ServiceState,
 };
@@ -59,6 +60,8 @@ pub struct Directory {
     spawner: OnceLock<Spawner>,
     /// Set when the host starts to stop: no new keys are made.
     closing: AtomicBool,
+    /// The host's data file, if a component imports `wasi:keyvalue`.
+    database: Option<Database>,
 }
 
 /// Where the actors of keyed instances made on demand run, and how one is made.
@@ -199,7 +202,7 @@ impl PendingSession {
 }
 
 impl Directory {
-    pub(crate) fn new(instances: Vec<Arc<Instance>>) -> Directory {
+    pub(crate) fn new(instances: Vec<Arc<Instance>>, database: Option<Database>) -> Directory {
         let names = instances
             .iter()
             .map(|i| (Box::from(&*i.name), i.index))
@@ -213,7 +216,13 @@ impl Directory {
             peers: OnceLock::new(),
             spawner: OnceLock::new(),
             closing: AtomicBool::new(false),
+            database,
         }
+    }
+
+    /// The host's data file, if it has one.
+    pub fn database(&self) -> Option<&Database> {
+        self.database.as_ref()
     }
 
     /// Tasks alive on the worker threads' runtimes (every instance actor is one).

@@ -5,10 +5,13 @@
 //! `describe` declared.
 
 use crate::audit::HasAudited;
-use crate::bindings::{Service, ServicePre};
+use crate::bindings::ServicePre;
+use crate::bindings::wasi::keyvalue::{atomics, batch, store};
+use crate::bindings::wasmwire::service::{host, types};
 use crate::cache::{self, CacheOutcome};
 use crate::class::Class;
 use crate::clock::TICK;
+use crate::keyvalue::HasKeyValue;
 use crate::service_ctx::HasService;
 use crate::state::{self, HostState};
 use std::path::{Path, PathBuf};
@@ -146,14 +149,18 @@ impl Runtime {
     /// Builds the engine and linker and starts the epoch ticker.
     pub fn new(config: &RuntimeConfig) -> wasmtime::Result<Runtime> {
         Runtime::with_imports(config, |linker| {
-            Service::add_to_linker::<_, HasService>(linker, HostState::service_view)
+            types::add_to_linker::<_, HasService>(linker, HostState::service_view)?;
+            host::add_to_linker::<_, HasService>(linker, HostState::service_view)?;
+            add_keyvalue(linker)
         })
     }
 
     /// The same, with the fuzzer's audit around the `wasmwire:service` imports.
     pub(crate) fn audited(config: &RuntimeConfig) -> wasmtime::Result<Runtime> {
         Runtime::with_imports(config, |linker| {
-            Service::add_to_linker::<_, HasAudited>(linker, HostState::audited_view)
+            types::add_to_linker::<_, HasAudited>(linker, HostState::audited_view)?;
+            host::add_to_linker::<_, HasAudited>(linker, HostState::audited_view)?;
+            add_keyvalue(linker)
         })
     }
 
@@ -236,7 +243,12 @@ impl Runtime {
 
     /// Loads a component and asks it what it accepts, on a throwaway instance.
     pub async fn load(&self, path: &Path) -> Result<Compiled, LoadError> {
-        let (_component, pre, cache) = self.compile(path)?;
+        let (component, pre, cache) = self.compile(path)?;
+        // Only a component that imports the key-value interfaces needs the data file.
+        let stores = component
+            .component_type()
+            .imports(&self.engine)
+            .any(|(name, _)| name.starts_with("wasi:keyvalue/"));
         let failed = |e: wasmtime::Error| LoadError::Describe {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
@@ -262,6 +274,7 @@ impl Runtime {
                 messages: d.messages.into_boxed_slice(),
                 events: d.events.into_boxed_slice(),
                 cache,
+                stores,
             }),
             pre,
         })
@@ -277,6 +290,13 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop_ticker.store(true, Ordering::Relaxed);
     }
+}
+
+/// The `wasi:keyvalue` interfaces, one context for the three.
+fn add_keyvalue(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    store::add_to_linker::<_, HasKeyValue>(linker, HostState::keyvalue_view)?;
+    atomics::add_to_linker::<_, HasKeyValue>(linker, HostState::keyvalue_view)?;
+    batch::add_to_linker::<_, HasKeyValue>(linker, HostState::keyvalue_view)
 }
 
 /// Largest pool whose memory slots reserve 4 GiB each (bounds checks elided): 4 096

@@ -623,6 +623,44 @@ impl Route {
         }
     }
 
+    /// Like `send`, but held in `outbox` until the sending call's writes are durable. The
+    /// checks that can be made now are made now (kind, size, and for an instance of this
+    /// host its mailbox place), so the guest hears of them at `send`.
+    pub(crate) fn hold(
+        &self,
+        kind: &str,
+        payload: Vec<u8>,
+        outbox: &mut Outbox,
+    ) -> Result<(), CallError> {
+        match self {
+            Route::Instance { to, end } => {
+                let kind = check(to, kind, payload.len())?;
+                to.reserve()?;
+                outbox.held.push(Held::Local(
+                    to.clone(),
+                    Envelope::Message {
+                        end: *end,
+                        kind,
+                        payload: payload.into(),
+                    },
+                ));
+                Ok(())
+            }
+            Route::Client { max_message, .. } if payload.len() as u64 > *max_message => {
+                Err(CallError::TooLarge {
+                    size: payload.len(),
+                    limit: *max_message,
+                })
+            }
+            Route::Client { .. } | Route::Remote(_) => {
+                outbox
+                    .held
+                    .push(Held::Send(self.clone(), Box::from(kind), payload));
+                Ok(())
+            }
+        }
+    }
+
     /// Like `send`, delivered at once (for clients, which have no actor to flush).
     pub fn send_now(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError> {
         match self {
@@ -674,10 +712,27 @@ const OUTBOX_BATCH: usize = 64;
 
 /// Messages an instance sent during the current call, not yet handed to their receivers.
 /// Their mailbox places are already reserved, so `busy` is still reported at `send`.
+///
+/// What a call causes after its first write is *held* (the output gate): it leaves only
+/// when the call's writes are durable ([`Outbox::release`]), or never if they are not
+/// ([`Outbox::discard_held`]). So no one hears of a write that a crash could still undo.
 #[derive(Default)]
 pub(crate) struct Outbox {
     to: Option<Arc<Instance>>,
     pending: Vec<Envelope>,
+    held: Vec<Held>,
+}
+
+/// An output of the current call held until its writes are durable.
+pub(crate) enum Held {
+    /// A message for an instance of this host, its mailbox place taken already.
+    Local(Arc<Instance>, Envelope),
+    /// A message for a client or another host, checked, sent when released (a full queue
+    /// then drops it: the guest was told it was sent).
+    Send(Route, Box<str>, Vec<u8>),
+    /// A session the call closed: its other end is told when released (or when the held
+    /// outputs are discarded: the session is closed either way).
+    Disconnect(Route),
 }
 
 impl Outbox {
@@ -693,6 +748,53 @@ impl Outbox {
         self.pending.push(envelope);
         if self.pending.len() >= OUTBOX_BATCH {
             self.flush();
+        }
+    }
+
+    /// Holds a session's close until the call's writes are durable.
+    pub(crate) fn hold_disconnect(&mut self, route: Route) {
+        self.held.push(Held::Disconnect(route));
+    }
+
+    /// The call's writes are durable (or it wrote nothing): what it sent goes out, in the
+    /// order it was sent.
+    #[inline]
+    pub(crate) fn release(&mut self) {
+        self.flush();
+        if self.held.is_empty() {
+            return;
+        }
+        let mut held = std::mem::take(&mut self.held);
+        for h in held.drain(..) {
+            match h {
+                Held::Local(to, envelope) => self.push(&to, envelope),
+                Held::Send(route, kind, payload) => {
+                    if let Err(e) = route.send(&kind, payload, self) {
+                        tracing::debug!(
+                            "a {kind:?} message held until its call's writes were durable was dropped: {e}"
+                        );
+                    }
+                }
+                Held::Disconnect(route) => {
+                    self.flush();
+                    route.disconnect();
+                }
+            }
+        }
+        self.held = held;
+        self.flush();
+    }
+
+    /// The call's writes are lost (it trapped, or the commit failed): what it held never
+    /// leaves, except the closes of its sessions.
+    pub(crate) fn discard_held(&mut self) {
+        for h in self.held.drain(..) {
+            match h {
+                // Gives back the mailbox place the message took.
+                Held::Local(to, envelope) => to.taken(&envelope),
+                Held::Send(..) => {}
+                Held::Disconnect(route) => route.disconnect(),
+            }
         }
     }
 

@@ -4,6 +4,9 @@
 //! that it finds what the host would do.
 //!
 //! - Each export call gets a fresh CPU budget; what the call sent goes out right after it.
+//! - Each export call is a transaction: its writes become durable after it returns and
+//!   before anything it caused after its first write (messages, closes, its reply) leaves;
+//!   a trap drops them.
 //! - `on-connect`/`on-disconnect` for sessions a host call opened or closed come after that
 //!   call, never inside it: [`Core::settle`] runs them.
 //! - A session is accepted only below the instance's `max_sessions`
@@ -57,7 +60,9 @@ pub(crate) struct Core {
     stats: Arc<InstanceStats>,
 }
 
-/// Runs an export call with a fresh CPU budget, then flushes what it sent.
+/// Runs an export call with a fresh CPU budget; then its writes are made durable and what
+/// it sent goes out ([`Core::finish`]), or, if it trapped, its writes are dropped
+/// ([`Core::abandon`]).
 macro_rules! call {
     ($core:expr, $export:literal, $method:ident $(, $arg:expr)*) => {{
         let c = &mut $core;
@@ -65,9 +70,14 @@ macro_rules! call {
         let first_deadline = c.store.data_mut().clock.start();
         c.store.set_epoch_deadline(first_deadline);
         let r = c.service.wasmwire_service_lifecycle().$method(&mut c.store $(, $arg)*).await;
-        // What the call sent goes out now, in one batch per receiver wake-up.
-        c.store.data_mut().service.outbox.flush();
-        r.map_err(|error| Crash { export: $export, error })
+        match r {
+            Ok(v) => c.finish().await.map(|()| v),
+            Err(error) => {
+                c.abandon();
+                Err(error)
+            }
+        }
+        .map_err(|error| Crash { export: $export, error })
     }};
 }
 
@@ -96,6 +106,32 @@ impl Core {
             Ok(Err(text)) => Err(WakeError::Refused(text)),
             Err(crash) => Err(WakeError::Crash(crash)),
         }
+    }
+
+    /// After a call returned: its writes made durable (shared with other instances' in one
+    /// commit), then what it sent released, in one batch per receiver wake-up. A call that
+    /// wrote nothing goes straight to the release. A commit that fails is a crash: the
+    /// writes are gone, and what the call held never leaves.
+    async fn finish(&mut self) -> Result<(), wasmtime::Error> {
+        let state = self.store.data_mut();
+        if state.txn.is_dirty() {
+            let commit = state.txn.commit();
+            if let Err(e) = commit.await {
+                self.store.data_mut().service.outbox.discard_held();
+                return Err(wasmtime::Error::new(e));
+            }
+        }
+        self.store.data_mut().service.outbox.release();
+        Ok(())
+    }
+
+    /// After a call trapped: its writes dropped, what it held after them dropped; what it
+    /// sent before its first write goes out, as before there were writes.
+    fn abandon(&mut self) {
+        let state = self.store.data_mut();
+        state.txn.rollback();
+        state.service.outbox.discard_held();
+        state.service.outbox.flush();
     }
 
     /// The host state inside the store.

@@ -13,6 +13,8 @@
 //!   event, answer within a time-out, the host's queries;
 //! - `service_ctx`: the context of the `wasmwire:service/host` interface and the imports
 //!   a guest calls; `audit`: the fuzzer's wrapper around them;
+//! - `keyvalue`: the context of the `wasi:keyvalue` interfaces and their imports, over
+//!   the call's transaction;
 //! - `state`: the host state of one store, one context per interface;
 //! - `instance_core`: an awake instance and the rules of calling into it;
 //! - [`engine`]: the engine, the linker, and the loading of components;
@@ -34,6 +36,7 @@ pub(crate) mod guest_log;
 pub mod heap;
 pub mod instance;
 pub(crate) mod instance_core;
+pub(crate) mod keyvalue;
 pub(crate) mod service_ctx;
 pub mod session;
 pub mod start;

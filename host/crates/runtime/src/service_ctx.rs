@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use wasmtime::component::HasData;
+use wasmwire_store::Transaction;
 use wasmwire_wire::{PeerSel, ServiceAddr};
 
 /// Longest `log` line kept, so a guest cannot flood the log with one call.
@@ -124,6 +125,9 @@ pub struct ServiceCtxView<'a> {
     pub ctx: &'a mut ServiceCtx,
     /// The store's CPU clock.
     pub clock: &'a mut CallClock,
+    /// The call's writes: once it has any, what the call sends or closes is held until
+    /// they are durable, and a `connect` or `request` makes them durable first.
+    pub txn: &'a mut Transaction,
 }
 
 /// The linker's getter type for the `wasmwire:service` imports.
@@ -134,9 +138,36 @@ impl HasData for HasService {
 }
 
 impl ServiceCtxView<'_> {
+    /// Before an output that waits for an answer (`connect`, `request`): the call's writes
+    /// so far are made durable and what it held goes out, so that the other side never
+    /// acts on a write a crash could undo. A call that wrote nothing passes at once.
+    async fn durable_first(&mut self) -> Result<(), CallError> {
+        if !self.txn.is_dirty() {
+            return Ok(());
+        }
+        let commit = self.txn.commit();
+        // Waiting for the disk is not CPU time.
+        self.clock.pause();
+        let r = commit.await;
+        self.clock.resume();
+        match r {
+            Ok(()) => {
+                self.ctx.outbox.release();
+                Ok(())
+            }
+            Err(e) => {
+                self.ctx.outbox.discard_held();
+                Err(CallError::Unavailable(format!(
+                    "this call's writes could not be made durable, so nothing was sent: {e}"
+                )))
+            }
+        }
+    }
+
     /// Opens a session with what `addr` names, as the directory routes it.
     async fn connect_to(&mut self, addr: ServiceAddr) -> Result<SessionId, CallError> {
         let (me, directory) = self.ctx.node()?;
+        self.durable_first().await?;
         let destination = directory.route(&me, &addr)?;
         self.ctx.session_room()?;
         match destination {
@@ -246,6 +277,7 @@ impl ServiceCtxView<'_> {
         params: String,
     ) -> Result<String, CallError> {
         let (me, directory) = self.ctx.node()?;
+        self.durable_first().await?;
         match directory.route(&me, &addr)? {
             Destination::Local(target) => {
                 self.request_local(me, directory, target, event, params)
@@ -366,17 +398,24 @@ impl host::Host for ServiceCtxView<'_> {
         let Some(end) = self.ctx.sessions.get(&session) else {
             return Ok(Err(WitError::NoSuchSession));
         };
-        Ok(end
-            .route
-            .send(&kind, payload, &mut self.ctx.outbox)
-            .map_err(WitError::from))
+        let outbox = &mut self.ctx.outbox;
+        let sent = if self.txn.is_dirty() {
+            end.route.hold(&kind, payload, outbox)
+        } else {
+            end.route.send(&kind, payload, outbox)
+        };
+        Ok(sent.map_err(WitError::from))
     }
 
     fn close(&mut self, session: SessionId) -> wasmtime::Result<()> {
         if let Some(end) = self.ctx.sessions.remove(&session) {
-            // Messages sent before the close must reach the other end before it.
-            self.ctx.outbox.flush();
-            end.route.disconnect();
+            if self.txn.is_dirty() {
+                self.ctx.outbox.hold_disconnect(end.route);
+            } else {
+                // Messages sent before the close must reach the other end before it.
+                self.ctx.outbox.flush();
+                end.route.disconnect();
+            }
             self.ctx.deferred.push_back(Deferred::Disconnected(session));
         }
         Ok(())

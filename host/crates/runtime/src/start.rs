@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::task::JoinHandle;
 use wasmwire_manifest::Manifest;
+use wasmwire_store::Database;
 
 /// A manifest's instances, started.
 pub struct Started {
@@ -25,12 +26,14 @@ pub struct Started {
 
 /// Builds the instances of `manifest` from its loaded components (`classes`, by component
 /// path; every component the manifest names must be there) and starts their actors on
-/// `workers`; `ticks` is the engine's epoch counter.
+/// `workers`; `ticks` is the engine's epoch counter, `database` the host's data file (if a
+/// component imports `wasi:keyvalue`).
 pub fn start_instances(
     manifest: &Manifest,
     classes: &HashMap<PathBuf, Compiled>,
     workers: &Workers,
     ticks: Arc<AtomicU64>,
+    database: Option<Database>,
 ) -> Started {
     let index_of: HashMap<&str, u32> = manifest
         .services
@@ -71,7 +74,7 @@ pub fn start_instances(
         instances.push(instance);
         inboxes.push(inbox);
     }
-    let directory = Arc::new(Directory::new(instances));
+    let directory = Arc::new(Directory::new(instances, database));
     let placement = place(manifest, workers.len());
     let key_code = manifest
         .services

@@ -1,6 +1,7 @@
 //! The host state inside each `Store`: the WASI context (nothing granted), the memory
-//! limiter, the CPU clock, and one context per imported interface ([`ServiceCtx`] for
-//! `wasmwire:service/host`); and the store built around it, with its limiter and CPU
+//! limiter, the CPU clock, the transaction of the call in progress, and one context per
+//! imported interface ([`ServiceCtx`] for `wasmwire:service/host`, [`KeyValueCtx`] for
+//! `wasi:keyvalue`); and the store built around it, with its limiter and CPU
 //! deadline installed.
 
 use super::audit::{Audit, Audited};
@@ -8,12 +9,14 @@ use super::clock::{CallClock, Verdict};
 use super::directory::Directory;
 use super::guest_log::{GuestLog, Stream};
 use super::instance::Instance;
+use super::keyvalue::{KeyValueCtx, KeyValueCtxView};
 use super::service_ctx::{ServiceCtx, ServiceCtxView};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use wasmtime::{Engine, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+use wasmwire_store::Transaction;
 
 /// A call ran past the instance's CPU deadline (the error behind the trap).
 #[derive(Debug, thiserror::Error)]
@@ -89,8 +92,14 @@ pub struct HostState {
     limiter: Limiter,
     /// The CPU clock of the call in progress (`call_timeout`).
     pub(crate) clock: CallClock,
+    /// The writes of the export call in progress: read back by the call, committed by the
+    /// driver after it (`instance_core.rs`), dropped if it trapped. Every interface that
+    /// writes, or must not let an output out before the writes are durable, sees it.
+    pub(crate) txn: Transaction,
     /// The `wasmwire:service/host` context.
     pub(crate) service: ServiceCtx,
+    /// The `wasi:keyvalue` context.
+    pub(crate) keyvalue: KeyValueCtx,
     /// Set only under `wasmwire fuzz`, whose linker wraps the imports to check what the
     /// guest asks and inject errors (`audit.rs`); the production imports never read it.
     pub(crate) audit: Option<Box<Audit>>,
@@ -132,6 +141,8 @@ impl HostState {
                 stats: None,
             },
             clock: CallClock::new(ticks, limits.call_timeout),
+            txn: Transaction::default(),
+            keyvalue: KeyValueCtx::new(&name),
             service: ServiceCtx::new(name, limits, budget),
             audit: None,
         }
@@ -151,6 +162,7 @@ impl HostState {
             me.log_budget.clone(),
         );
         s.limiter.stats = Some(me.stats.clone());
+        s.txn = Transaction::new(directory.database().cloned());
         s.service.attach(me, directory);
         s
     }
@@ -185,6 +197,16 @@ impl HostState {
         ServiceCtxView {
             ctx: &mut self.service,
             clock: &mut self.clock,
+            txn: &mut self.txn,
+        }
+    }
+
+    /// The `wasi:keyvalue` imports' view.
+    pub(crate) fn keyvalue_view(&mut self) -> KeyValueCtxView<'_> {
+        KeyValueCtxView {
+            ctx: &mut self.keyvalue,
+            table: &mut self.table,
+            txn: &mut self.txn,
         }
     }
 
@@ -194,6 +216,7 @@ impl HostState {
             imports: ServiceCtxView {
                 ctx: &mut self.service,
                 clock: &mut self.clock,
+                txn: &mut self.txn,
             },
             audit: self.audit.as_deref_mut(),
         }

@@ -1,0 +1,212 @@
+//! One export call's writes: read back by the same call (read-your-writes), committed or
+//! dropped as one.
+
+use super::{Database, StoreError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Writes not yet durable, by bucket and key: `Some(value)` to set, `None` to delete. A later
+/// write of a key replaces the earlier one, so a write set holds each key once.
+#[derive(Debug, Default)]
+pub struct WriteSet {
+    buckets: BTreeMap<Arc<str>, BTreeMap<String, Option<Vec<u8>>>>,
+    len: usize,
+    bytes: usize,
+}
+
+impl WriteSet {
+    /// Keys written or deleted.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Sets `key` in `bucket` to `value` (`None` deletes it).
+    pub fn put(&mut self, bucket: &Arc<str>, key: String, value: Option<Vec<u8>>) {
+        let keys = match self.buckets.get_mut(&**bucket) {
+            Some(k) => k,
+            None => self.buckets.entry(bucket.clone()).or_default(),
+        };
+        let add = key.len() + value.as_ref().map_or(0, Vec::len);
+        match keys.get_mut(&key) {
+            Some(old) => {
+                self.bytes -= key.len() + old.as_ref().map_or(0, Vec::len);
+                *old = value;
+            }
+            None => {
+                keys.insert(key, value);
+                self.len += 1;
+            }
+        }
+        self.bytes += add;
+    }
+
+    /// What this write set says of `key`: `None` if it does not touch it, `Some(None)` if it
+    /// deletes it.
+    pub fn get(&self, bucket: &str, key: &str) -> Option<Option<&[u8]>> {
+        self.buckets.get(bucket)?.get(key).map(|v| v.as_deref())
+    }
+
+    /// Every write, by bucket then key.
+    pub fn iter(&self) -> impl Iterator<Item = ((&str, &str), &Option<Vec<u8>>)> {
+        self.buckets
+            .iter()
+            .flat_map(|(b, keys)| keys.iter().map(move |(k, v)| ((&**b, k.as_str()), v)))
+    }
+
+    /// The writes of `bucket` after key `after`, in order.
+    fn after<'a>(
+        &'a self,
+        bucket: &str,
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = (&'a String, &'a Option<Vec<u8>>)> + 'a {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        self.buckets
+            .get(bucket)
+            .into_iter()
+            .flat_map(move |keys| keys.range::<str, _>((lower, Bound::Unbounded)))
+    }
+}
+
+/// One page of a bucket's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    /// Keys in order.
+    pub keys: Vec<String>,
+    /// Whether more keys follow the last one.
+    pub more: bool,
+}
+
+/// The writes of the export call in progress, over the host's database (none in a scratch
+/// store: every access then fails with [`StoreError::Closed`]).
+#[derive(Default)]
+pub struct Transaction {
+    db: Option<Database>,
+    writes: WriteSet,
+}
+
+impl Transaction {
+    /// A transaction over `db`, with nothing written.
+    pub fn new(db: Option<Database>) -> Transaction {
+        Transaction {
+            db,
+            writes: WriteSet::default(),
+        }
+    }
+
+    /// The database, if the host has one.
+    pub fn database(&self) -> Option<&Database> {
+        self.db.as_ref()
+    }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or(StoreError::Closed)
+    }
+
+    /// Whether this call wrote anything not yet durable.
+    #[inline]
+    pub fn is_dirty(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
+    /// The writes so far.
+    pub fn writes(&self) -> &WriteSet {
+        &self.writes
+    }
+
+    /// The value of `key`: this call's own write if it made one, else the committed value.
+    pub fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.writes.get(bucket, key) {
+            Some(v) => Ok(v.map(<[u8]>::to_vec)),
+            None => self.db()?.get(bucket, key),
+        }
+    }
+
+    /// Sets (or with `None` deletes) `key`, visible to this call at once and to others once
+    /// committed.
+    pub fn put(
+        &mut self,
+        bucket: &Arc<str>,
+        key: String,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.db()?;
+        self.writes.put(bucket, key, value);
+        Ok(())
+    }
+
+    /// Up to `limit` keys of `bucket` after `after`, this call's writes included.
+    pub fn keys(
+        &self,
+        bucket: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KeyPage, StoreError> {
+        let deletes = self
+            .writes
+            .after(bucket, after)
+            .filter(|(_, v)| v.is_none())
+            .count();
+        // Enough committed keys that, after this call's deletes, one more than a page is
+        // left whenever more exist: then `more` is exact.
+        let want = limit + deletes + 1;
+        let committed = self.db()?.keys(bucket, after, want)?;
+        let horizon = (committed.len() == want)
+            .then(|| committed.last().cloned())
+            .flatten();
+        let mut merged: BTreeMap<String, bool> = committed.into_iter().map(|k| (k, true)).collect();
+        for (k, v) in self.writes.after(bucket, after) {
+            if horizon.as_deref().is_some_and(|h| k.as_str() > h) {
+                break;
+            }
+            merged.insert(k.clone(), v.is_some());
+        }
+        let mut keys: Vec<String> = merged
+            .into_iter()
+            .filter_map(|(k, live)| live.then_some(k))
+            .collect();
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        Ok(KeyPage { keys, more })
+    }
+
+    /// Takes this call's writes, leaving it clean.
+    pub fn take(&mut self) -> WriteSet {
+        std::mem::take(&mut self.writes)
+    }
+
+    /// Drops this call's writes: none of them will ever be seen.
+    pub fn rollback(&mut self) {
+        self.writes = WriteSet::default();
+    }
+
+    /// Makes this call's writes durable; resolves at once when it wrote nothing.
+    pub fn commit(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + use<> {
+        let writes = std::mem::take(&mut self.writes);
+        let pending = match &self.db {
+            Some(db) if !writes.is_empty() => Some(db.commit(writes)),
+            _ => None,
+        };
+        async move {
+            match pending {
+                Some(p) => p.await,
+                None => Ok(()),
+            }
+        }
+    }
+}

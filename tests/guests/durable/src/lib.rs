@@ -1,0 +1,143 @@
+//! `durable`: keeps what it is told in its own `wasi:keyvalue` bucket, for the tests of
+//! durable state. Events: `set {key, value}`, `get {key}` (the value or `null`), `incr
+//! {key, by}` (an atomic counter), `keys`, `open {name}` (opens a bucket by name: `opened`
+//! or the error), `set-and-trap {key, value}` (writes, then panics: the write must vanish),
+//! `wakes` (how many times it has woken, kept across sleeps), `big {key_bytes,
+//! value_bytes}` (writes a key and value of those sizes, for the limits), `dump` (every
+//! JSON value by key). A `note` message is appended
+//! to the `notes` list and answered with a `noted` message holding the count.
+
+use serde::Deserialize;
+use wasmwire_guest::store::{self, kv};
+use wasmwire_guest::{Event, Message, Options, Reply, Service, SessionId, export_service, send};
+
+#[derive(Default)]
+struct Durable;
+
+#[derive(Deserialize)]
+struct Set {
+    key: String,
+    value: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct Key {
+    key: String,
+}
+
+#[derive(Deserialize)]
+struct Incr {
+    key: String,
+    #[serde(default = "one")]
+    by: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+#[derive(Deserialize)]
+struct Big {
+    key_bytes: usize,
+    value_bytes: usize,
+}
+
+#[derive(Deserialize)]
+struct Name {
+    name: String,
+}
+
+impl Service for Durable {
+    const MESSAGES: &'static [&'static str] = &["note"];
+    const EVENTS: &'static [&'static str] = &[
+        "set",
+        "get",
+        "incr",
+        "keys",
+        "open",
+        "set-and-trap",
+        "wakes",
+        "big",
+        "dump",
+    ];
+
+    fn wakeup(&mut self, _options: Options<'_>) -> Result<(), String> {
+        store::increment("wakes", 1).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn on_message(&mut self, session: SessionId, message: Message<'_>) {
+        let mut notes: Vec<String> = store::get("notes").ok().flatten().unwrap_or_default();
+        notes.push(String::from_utf8_lossy(message.payload).into_owned());
+        if store::set("notes", &notes).is_ok() {
+            let _ = send(session, "noted", notes.len().to_string().as_bytes());
+        }
+    }
+
+    fn on_event(&mut self, _caller: Option<SessionId>, event: Event<'_>) -> Reply {
+        match event.name {
+            "set" => event
+                .params::<Set>()
+                .and_then(|s| store::set(&s.key, &s.value).map_err(|e| e.to_string()))
+                .map(|()| "ok")
+                .into(),
+            "get" => event
+                .params::<Key>()
+                .and_then(|k| store::get::<serde_json::Value>(&k.key).map_err(|e| e.to_string()))
+                .into(),
+            "incr" => event
+                .params::<Incr>()
+                .and_then(|i| store::increment(&i.key, i.by).map_err(|e| e.to_string()))
+                .into(),
+            "keys" => store::keys().into(),
+            "open" => event
+                .params::<Name>()
+                .map(|n| match kv::open(&n.name) {
+                    Ok(_) => "opened".to_string(),
+                    Err(e) => format!("{:?}", store::StoreError::from(e)),
+                })
+                .into(),
+            "set-and-trap" => {
+                if let Ok(s) = event.params::<Set>() {
+                    let _ = store::set(&s.key, &s.value);
+                }
+                panic!("set-and-trap: trapping after a write");
+            }
+            "wakes" => {
+                let n = store::with_bucket(|b| Ok(b.get("wakes")?));
+                match n {
+                    Ok(Some(b)) if b.len() == 8 => {
+                        Reply::json(&i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    }
+                    Ok(_) => Reply::json(&0),
+                    Err(e) => Reply::error(e.to_string()),
+                }
+            }
+            "big" => event
+                .params::<Big>()
+                .and_then(|b| {
+                    let key = "k".repeat(b.key_bytes);
+                    store::with_bucket(|bucket| Ok(bucket.set(&key, &vec![7; b.value_bytes])?))
+                        .map_err(|e| e.to_string())
+                })
+                .map(|()| "ok")
+                .into(),
+            "dump" => {
+                // Every JSON value of the bucket (the `wakes` counter is bytes, not JSON).
+                let dump = store::keys().and_then(|keys| {
+                    let mut out = serde_json::Map::new();
+                    for k in keys.into_iter().filter(|k| k != "wakes") {
+                        if let Some(v) = store::get::<serde_json::Value>(&k)? {
+                            out.insert(k, v);
+                        }
+                    }
+                    Ok(out)
+                });
+                dump.into()
+            }
+            other => Reply::error(format!("unknown event {other}")),
+        }
+    }
+}
+
+export_service!(Durable);

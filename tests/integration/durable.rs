@@ -1,0 +1,438 @@
+//! Durable state: `wasi:keyvalue` on the host's data file. What a service writes outlives
+//! sleep, a crash and a host restart; a trapped call's writes vanish; a reply or a message
+//! is never seen before the writes of its call are durable; a key's bucket is its own;
+//! other buckets are refused; limits refuse a write whole; a host whose components import
+//! no key-value interface opens no data file.
+
+use std::path::Path;
+use std::time::Duration;
+use wasmwire::node::Node;
+use wasmwire::runtime::session::ClientEvent;
+use wasmwire_tests::{json, manifest_text, root, scratch_dir, start, start_text};
+
+const DURABLE: &str = r#"
+[[service]]
+name = "durable"
+component = "{guest:durable}"
+channel = 1
+
+[[service]]
+name = "room"
+component = "{guest:durable}"
+channel = 2
+keyed = true
+
+[[service]]
+name = "legacy"
+component = "{guest:legacy}"
+channel = 3
+"#;
+
+/// A host on the data dir `data`, so that a second host can start on the same data.
+async fn start_on(data: &Path) -> Node {
+    let text = format!(
+        "[host]\nmax_awake = 32\ncache_dir = {:?}\ndata_dir = {:?}\n\n{DURABLE}",
+        root().join("target/test-cache").display().to_string(),
+        data.display().to_string()
+    );
+    start_text(&manifest_text(&text)).await
+}
+
+async fn ask(node: &Node, service: &str, event: &str, params: &str) -> serde_json::Value {
+    json(
+        &node
+            .request(service, event, params)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("{service} {event} {params}: {e}");
+            }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_outlive_sleep_a_crash_and_a_host_restart_and_a_trap_undoes_its_own() {
+    let data = scratch_dir("durable-data");
+    let node = start_on(&data).await;
+    assert_eq!(
+        ask(&node, "durable", "set", r#"{"key":"a","value":[1,2]}"#).await,
+        "ok"
+    );
+    assert_eq!(
+        ask(&node, "durable", "incr", r#"{"key":"n","by":5}"#).await,
+        5
+    );
+    assert_eq!(
+        ask(&node, "durable", "get", r#"{"key":"a"}"#).await,
+        json("[1,2]")
+    );
+
+    // Sleep: the instance is dropped; what it wrote is not.
+    assert!(node.sleep("durable").await.expect("sleeps"));
+    assert_eq!(
+        ask(&node, "durable", "get", r#"{"key":"a"}"#).await,
+        json("[1,2]")
+    );
+    assert_eq!(ask(&node, "durable", "wakes", "null").await, 2);
+
+    // A call that writes and then traps: the trap is a crash, and the write never happened.
+    let trapped = node
+        .request("durable", "set-and-trap", r#"{"key":"b","value":"lost"}"#)
+        .await;
+    assert!(trapped.is_err(), "{trapped:?}");
+    assert_eq!(
+        ask(&node, "durable", "get", r#"{"key":"b"}"#).await,
+        json("null")
+    );
+    assert_eq!(
+        ask(&node, "durable", "get", r#"{"key":"a"}"#).await,
+        json("[1,2]")
+    );
+    let db = node.directory().database().expect("a data file").clone();
+    assert_eq!(db.get("i/durable", "b").unwrap(), None);
+    assert_eq!(
+        ask(&node, "durable", "keys", "null").await,
+        json(r#"["a","n","wakes"]"#)
+    );
+    drop(db);
+    node.shutdown().await;
+
+    // A new host on the same data dir finds it all.
+    let node = start_on(&data).await;
+    assert_eq!(
+        ask(&node, "durable", "get", r#"{"key":"a"}"#).await,
+        json("[1,2]")
+    );
+    assert_eq!(
+        ask(&node, "durable", "incr", r#"{"key":"n","by":1}"#).await,
+        6
+    );
+    assert!(
+        ask(&node, "durable", "wakes", "null")
+            .await
+            .as_i64()
+            .unwrap()
+            >= 3
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_or_a_message_is_never_seen_before_its_writes_are_durable() {
+    let data = scratch_dir("durable-gate");
+    let node = start_on(&data).await;
+    let db = node.directory().database().expect("a data file").clone();
+    for i in 0..40 {
+        let params = format!(r#"{{"key":"k{i}","value":{i}}}"#);
+        assert_eq!(ask(&node, "durable", "set", &params).await, "ok");
+        // The reply is here: the write must already be in the file, committed.
+        assert_eq!(
+            db.get("i/durable", &format!("k{i}")).unwrap(),
+            Some(i.to_string().into_bytes()),
+            "the reply to set k{i} came before its write was durable"
+        );
+    }
+    let mut session = node.open_session("durable", "tester").await.expect("opens");
+    for i in 1..=20u32 {
+        session
+            .send("note", format!("n{i}").into_bytes())
+            .expect("sent");
+        let got = tokio::time::timeout(Duration::from_secs(20), session.events.recv())
+            .await
+            .expect("noted in time");
+        let Some(ClientEvent::Message { kind, payload }) = got else {
+            panic!("expected a message, got {got:?}");
+        };
+        assert_eq!(
+            (kind.as_str(), payload),
+            ("noted", i.to_string().into_bytes())
+        );
+        let notes: Vec<String> =
+            serde_json::from_slice(&db.get("i/durable", "notes").unwrap().expect("notes")).unwrap();
+        assert_eq!(
+            notes.len(),
+            i as usize,
+            "the message came before its write was durable"
+        );
+    }
+    let f = db.figures();
+    let commits = f.commits.load(std::sync::atomic::Ordering::Relaxed);
+    let sets = f.write_sets.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sets >= 61 && commits >= 1 && commits <= sets,
+        "{commits} commits of {sets}"
+    );
+    session.close();
+    drop(db);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_bucket_is_its_own_other_buckets_are_refused_and_limits_refuse_whole() {
+    let data = scratch_dir("durable-keys");
+    let node = start_on(&data).await;
+    assert_eq!(
+        ask(&node, "room/1", "set", r#"{"key":"topic","value":"one"}"#).await,
+        "ok"
+    );
+    assert_eq!(
+        ask(&node, "room/2", "get", r#"{"key":"topic"}"#).await,
+        json("null")
+    );
+    assert_eq!(
+        ask(&node, "room/1", "get", r#"{"key":"topic"}"#).await,
+        "one"
+    );
+    assert_eq!(
+        ask(&node, "durable", "get", r#"{"key":"topic"}"#).await,
+        json("null")
+    );
+
+    for name in ["default", ""] {
+        let params = format!(r#"{{"name":"{name}"}}"#);
+        assert_eq!(ask(&node, "room/1", "open", &params).await, "opened");
+    }
+    for name in ["ledger", "room/2", "i/room/2"] {
+        let params = format!(r#"{{"name":"{name}"}}"#);
+        assert_eq!(ask(&node, "room/1", "open", &params).await, "AccessDenied");
+    }
+
+    // Over a limit: a clear error, and nothing of the write is kept.
+    let too_long_key = node
+        .request("durable", "big", r#"{"key_bytes":1025,"value_bytes":1}"#)
+        .await
+        .expect_err("a key over 1024 bytes is refused");
+    assert!(
+        too_long_key.to_string().contains("at most 1024 bytes"),
+        "{too_long_key}"
+    );
+    let too_big = node
+        .request("durable", "big", r#"{"key_bytes":3,"value_bytes":1048577}"#)
+        .await
+        .expect_err("a value over 1 MiB is refused");
+    assert!(
+        too_big.to_string().contains("at most 1048576 bytes"),
+        "{too_big}"
+    );
+    assert_eq!(
+        ask(&node, "durable", "keys", "null").await,
+        json(r#"["wakes"]"#)
+    );
+    assert_eq!(
+        ask(
+            &node,
+            "durable",
+            "big",
+            r#"{"key_bytes":3,"value_bytes":1048576}"#
+        )
+        .await,
+        "ok"
+    );
+
+    // A component built before durable state, beside them, runs unchanged.
+    assert_eq!(ask(&node, "legacy", "name", "null").await, "legacy");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_components_store_nothing_opens_no_data_file() {
+    let node = start(
+        r#"
+[[service]]
+name = "echo"
+component = "{service:echo}"
+channel = 1
+"#,
+    )
+    .await;
+    assert!(node.directory().database().is_none());
+    node.shutdown().await;
+}
+
+/// Rounds of the crash test in `make test` (`DURABLE_CRASH_ROUNDS`; the issue's bar is 20).
+const CRASH_ROUNDS: usize = 4;
+/// Writers, each on its own key of `acct` (a keyed class).
+const WRITERS: u64 = 16;
+
+const CRASH_SERVICES: &str = r#"
+[[service]]
+name = "acct"
+component = "{guest:durable}"
+channel = 2
+keyed = true
+expose = true
+# `dump` reads every key a writer made: thousands after 20 rounds.
+call_timeout = "5s"
+"#;
+
+/// One writer: `set k{n} = n` on `acct/w{w}`, n = 1, 2, ... until the host dies; returns
+/// the last n whose reply came back (every n up to it was acknowledged, in order).
+async fn writer(
+    client: std::sync::Arc<wasmwire_tests::client::TestClient>,
+    w: u64,
+    from: u64,
+) -> u64 {
+    let mut acked = from;
+    loop {
+        let n = acked + 1;
+        let ask = wasmwire::broker::Ask::Request {
+            service: format!("acct/w{w}"),
+            event: "set".into(),
+            params: format!(r#"{{"key":"k{n}","value":{n}}}"#),
+            chain: vec![],
+            caller: None,
+            session: None,
+        };
+        match client
+            .net
+            .ask(client.conn, ask, Duration::from_secs(30))
+            .await
+        {
+            Ok(wasmwire::wire::Control::Response { .. }) => acked = n,
+            Ok(other) => panic!("set answered {other:?}"),
+            Err(f) if f.code == wasmwire::wire::ErrorCode::Busy => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(_) => return acked,
+        }
+    }
+}
+
+async fn dial(addr: &str) -> Option<wasmwire_tests::client::TestClient> {
+    let net = wasmwire_tests::client::client_net(
+        wasmwire::net::identity::Identity::generate().unwrap(),
+        wasmwire::wire::ALPN,
+    );
+    let (conn, _) = net.dial(&addr.parse().unwrap()).await.ok()?;
+    Some(wasmwire_tests::client::TestClient { net, conn })
+}
+
+/// A real host under a steady write load (16 writers, each `set` a call that writes and
+/// replies) is SIGKILLed at a random moment, then restarted on the same data, round after
+/// round. After each restart every write whose reply a writer received must be there with
+/// its value (nothing acknowledged is lost, nothing is torn); writes that landed without
+/// their reply getting out are counted, not required.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_write_load_loses_no_acknowledged_write() {
+    let rounds = wasmwire_tests::env_or("DURABLE_CRASH_ROUNDS", CRASH_ROUNDS);
+    let addr = format!("127.0.0.1:{}", wasmwire_tests::free_port());
+    let dir = scratch_dir("durable-crash");
+    let manifest = dir.join("wasmwire.toml");
+    let extra = format!("data_dir = {:?}", dir.join("data").display().to_string());
+    std::fs::write(
+        &manifest,
+        wasmwire_tests::peer_manifest(&addr, &[], &extra, CRASH_SERVICES),
+    )
+    .unwrap();
+    let mut host = wasmwire_tests::process::HostProcess::start(&manifest, &dir.join("host.log"));
+    let mut acked = vec![0u64; WRITERS as usize];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
+    for round in 1..=rounds {
+        let client = wait_until_dialled(&addr).await;
+        let client = std::sync::Arc::new(client);
+        // Everything acknowledged so far is there, with its value.
+        let mut found_extra = 0;
+        for w in 0..WRITERS {
+            let dump = ask_dump(&client, w).await;
+            let want = acked[w as usize];
+            for n in 1..=want {
+                assert_eq!(
+                    dump.get(&format!("k{n}")).and_then(|v| v.as_u64()),
+                    Some(n),
+                    "round {round}: acct/w{w} lost acknowledged write k{n} (acknowledged up to {want})"
+                );
+            }
+            for (k, v) in &dump {
+                let n: u64 = k[1..].parse().expect("keys are kN");
+                assert_eq!(
+                    v.as_u64(),
+                    Some(n),
+                    "round {round}: acct/w{w} {k} is torn: {v}"
+                );
+                if n > want {
+                    found_extra += 1;
+                }
+            }
+            // The next writes go on after the last one found, acknowledged or not.
+            acked[w as usize] = want.max(dump.len() as u64);
+        }
+        if round > 1 {
+            eprintln!(
+                "round {round}: every acknowledged write found ({} in all); {found_extra} more landed without their reply getting out",
+                acked.iter().sum::<u64>() - found_extra
+            );
+        }
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| tokio::spawn(writer(client.clone(), w, acked[w as usize])))
+            .collect();
+        // Kill at a random moment 300–1300 ms into the load.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(300 + seed % 1000)).await;
+        host.kill();
+        let mut this_round = 0;
+        for (w, t) in writers.into_iter().enumerate() {
+            let last = t.await.expect("writer");
+            this_round += last - acked[w];
+            acked[w] = last;
+        }
+        eprintln!("round {round}: SIGKILL after {this_round} acknowledged writes");
+        assert!(
+            this_round > 0,
+            "round {round}: no write was acknowledged before the kill"
+        );
+        host.spawn();
+    }
+    let client = wait_until_dialled(&addr).await;
+    for w in 0..WRITERS {
+        let dump = ask_dump(&client, w).await;
+        for n in 1..=acked[w as usize] {
+            assert!(
+                dump.contains_key(&format!("k{n}")),
+                "acct/w{w} lost k{n} in the last round"
+            );
+        }
+    }
+    eprintln!(
+        "{rounds} SIGKILLs: {} writes acknowledged, every one found after each restart",
+        acked.iter().sum::<u64>()
+    );
+}
+
+async fn wait_until_dialled(addr: &str) -> wasmwire_tests::client::TestClient {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(c) = dial(addr).await {
+            return c;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the host did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ask_dump(
+    client: &wasmwire_tests::client::TestClient,
+    w: u64,
+) -> serde_json::Map<String, serde_json::Value> {
+    let ask = wasmwire::broker::Ask::Request {
+        service: format!("acct/w{w}"),
+        event: "dump".into(),
+        params: "null".into(),
+        chain: vec![],
+        caller: None,
+        session: None,
+    };
+    match client
+        .net
+        .ask(client.conn, ask, Duration::from_secs(30))
+        .await
+    {
+        Ok(wasmwire::wire::Control::Response { result, .. }) => {
+            serde_json::from_str(&result).expect("dump is a JSON object")
+        }
+        other => panic!("dump of acct/w{w}: {other:?}"),
+    }
+}
