@@ -1,5 +1,5 @@
 //! The `wasmwire` command line: `run`, `check` and `inspect`; `fuzz` and `new` for service
-//! authors; `keygen` and `id` for host keys; and the client commands `services`,
+//! authors; `keygen` and `id` for host keys; `data` for the services' durable data; and the client commands `services`,
 //! `sessions`, `peers`, `top`, `call` and `send`, which reach a running host over QUIC like
 //! any peer (with role `client`). Each command is a clap struct with `execute()` in a file
 //! of its own under `commands/`. Errors go to stderr with a non-zero exit; logs go through
@@ -54,6 +54,9 @@ pub enum Command {
     Keygen(KeygenCommand),
     /// Print the peer id of a host key.
     Id(IdCommand),
+    /// Read and manage the services' durable data while the host is stopped: list buckets
+    /// with their sizes, a bucket's keys, a value; delete a key or a bucket.
+    Data(DataCommand),
     /// List the services a host exposes.
     Services(ServicesCommand),
     /// List the sessions open on a host.
@@ -82,6 +85,7 @@ impl Command {
             Command::New(c) => c.execute().await,
             Command::Keygen(c) => c.execute().await,
             Command::Id(c) => c.execute().await,
+            Command::Data(c) => c.execute().await,
             Command::Services(c) => c.execute().await,
             Command::Sessions(c) => c.execute().await,
             Command::Top(c) => c.execute().await,

@@ -200,7 +200,10 @@ async fn answer(mut stream: TcpStream, source: &Source) -> std::io::Result<()> {
     };
     match asked {
         Asked::Metrics => {
-            let text = encode(&source.stats().await);
+            let mut text = encode(&source.stats().await);
+            if let Some(db) = source.directory.database() {
+                text = encode_store(text, db);
+            }
             respond(&mut stream, "200 OK", CONTENT_TYPE, &text).await
         }
         Asked::Index => {
@@ -265,6 +268,102 @@ pub fn encode(stats: &HostStats) -> String {
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
     text
+}
+
+/// Adds the durable data's figures to an encoded scrape: the committer's counters, what
+/// all buckets hold together, and each shared bucket's keys and bytes (an instance's own
+/// buckets are one per key of a keyed class — too many to label; `wasmwire data list`
+/// shows them).
+pub fn encode_store(text: String, db: &crate::store::Database) -> String {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("wasmwire");
+    let buckets = db.buckets().unwrap_or_default();
+    registry.register_collector(Box::new(StoreFigures {
+        figures: db.figures().clone(),
+        buckets,
+    }));
+    let mut more = String::with_capacity(2048);
+    let _ = prometheus_client::encoding::text::encode(&mut more, &registry);
+    // Both end with `# EOF`: keep one, at the end.
+    let head = text.strip_suffix("# EOF\n").unwrap_or(&text);
+    format!("{head}{more}")
+}
+
+/// The durable data's figures, as a collector.
+#[derive(Debug)]
+struct StoreFigures {
+    figures: Arc<crate::store::Figures>,
+    buckets: Vec<(String, crate::store::Usage)>,
+}
+
+impl Collector for StoreFigures {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let f = &self.figures;
+        let counter = |v: u64| std::iter::once((Vec::new(), ConstCounter::new(v)));
+        family(
+            &mut e,
+            "store_commits",
+            "Commits of durable data (each one fsync, for a group of calls' writes).",
+            counter(f.commits.load(Relaxed)),
+        )?;
+        family(
+            &mut e,
+            "store_write_sets",
+            "Export calls whose writes were committed.",
+            counter(f.write_sets.load(Relaxed)),
+        )?;
+        family(
+            &mut e,
+            "store_writes",
+            "Keys written or deleted, committed.",
+            counter(f.writes.load(Relaxed)),
+        )?;
+        family(
+            &mut e,
+            "store_commit_seconds",
+            "Seconds spent committing (divide by store_commits for the mean commit latency).",
+            std::iter::once((
+                Vec::new(),
+                ConstCounter::new(f.commit_ns.load(Relaxed) as f64 / 1e9),
+            )),
+        )?;
+        family(
+            &mut e,
+            "store_commit_failures",
+            "Commits that failed (each a crash of the instances whose writes it held).",
+            counter(f.failures.load(Relaxed)),
+        )?;
+        let gauge = |v: u64| std::iter::once((Vec::new(), ConstGauge::new(v)));
+        family(
+            &mut e,
+            "store_keys",
+            "Keys held, every bucket together.",
+            gauge(self.buckets.iter().map(|(_, u)| u.keys).sum()),
+        )?;
+        family(
+            &mut e,
+            "store_bytes",
+            "Bytes of keys and values held, every bucket together.",
+            gauge(self.buckets.iter().map(|(_, u)| u.bytes).sum()),
+        )?;
+        let shared = || {
+            self.buckets
+                .iter()
+                .filter_map(|(b, u)| Some((b.strip_prefix("s/")?.to_string(), *u)))
+        };
+        family(
+            &mut e,
+            "store_bucket_keys",
+            "Keys held by a shared bucket.",
+            shared().map(|(b, u)| (vec![("bucket", b)], ConstGauge::new(u.keys))),
+        )?;
+        family(
+            &mut e,
+            "store_bucket_bytes",
+            "Bytes of keys and values held by a shared bucket.",
+            shared().map(|(b, u)| (vec![("bucket", b)], ConstGauge::new(u.bytes))),
+        )
+    }
 }
 
 /// A metric's name, help text, and how to read it from one entry's figures.

@@ -113,7 +113,44 @@ async fn writes_outlive_sleep_a_crash_and_a_host_restart_and_a_trap_undoes_its_o
             .unwrap()
             >= 3
     );
+    // While the host runs, the operator's tool is turned away with what to do.
+    let (ok, _, err) = data_tool(&data, &["list"]);
+    assert!(!ok && err.contains("stop it first"), "{err}");
     node.shutdown().await;
+
+    // With the host stopped, an operator sees and manages the data.
+    let (ok, out, err) = data_tool(&data, &["list"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("i/durable "), "{out}");
+    let (_, out, _) = data_tool(&data, &["keys", "i/durable"]);
+    assert_eq!(out, "a\nn\nwakes\n");
+    let (_, out, _) = data_tool(&data, &["get", "i/durable", "a"]);
+    assert_eq!(out, "[1,2]");
+    let (ok, out, _) = data_tool(&data, &["delete", "i/durable", "a"]);
+    assert!(ok && out.contains("deleted \"a\""), "{out}");
+    let (ok, _, err) = data_tool(&data, &["get", "i/durable", "a"]);
+    assert!(!ok && err.contains("no key \"a\""), "{err}");
+    let (ok, out, _) = data_tool(&data, &["delete", "i/durable"]);
+    assert!(ok && out.contains("deleted 2 keys"), "{out}");
+    let (_, out, _) = data_tool(&data, &["keys", "i/durable"]);
+    assert_eq!(out, "");
+}
+
+/// `wasmwire data --dir DIR ARGS...`: (success, stdout, stderr).
+fn data_tool(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(wasmwire_tests::wasmwire_bin())
+        .arg("data")
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run wasmwire data");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,4 +472,136 @@ async fn ask_dump(
         }
         other => panic!("dump of acct/w{w}: {other:?}"),
     }
+}
+
+const SHARED: &str = r#"
+[[service]]
+name = "writer"
+component = "{guest:durable}"
+channel = 1
+buckets = { ledger = "read-write" }
+max_keys = 3
+max_data = "1KiB"
+
+[[service]]
+name = "reader"
+component = "{guest:durable}"
+channel = 2
+buckets = { ledger = "read-only" }
+
+[[service]]
+name = "outsider"
+component = "{guest:durable}"
+channel = 3
+
+[[bucket]]
+name = "ledger"
+max_keys = 2
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_buckets_go_to_those_that_list_them_and_quotas_refuse_a_write_whole() {
+    let node = start(SHARED).await;
+    let ledger = |extra: &str| format!(r#"{{"bucket":"ledger",{extra}}}"#);
+    assert_eq!(
+        ask(&node, "writer", "set", &ledger(r#""key":"k1","value":1"#)).await,
+        "ok"
+    );
+    // Another service that lists it reads what the first wrote; one that does not, cannot.
+    assert_eq!(
+        ask(&node, "reader", "get", &ledger(r#""key":"k1""#)).await,
+        1
+    );
+    let refused = node
+        .request("reader", "set", &ledger(r#""key":"k9","value":9"#))
+        .await
+        .expect_err("read-only");
+    assert!(refused.to_string().contains("access denied"), "{refused}");
+    assert_eq!(
+        ask(&node, "outsider", "open", r#"{"name":"ledger"}"#).await,
+        "AccessDenied"
+    );
+    // The ledger holds 2 keys at most: a third is refused, a rewrite is not.
+    assert_eq!(
+        ask(&node, "writer", "set", &ledger(r#""key":"k2","value":2"#)).await,
+        "ok"
+    );
+    let full = node
+        .request("writer", "set", &ledger(r#""key":"k3","value":3"#))
+        .await
+        .expect_err("over max_keys");
+    assert!(full.to_string().contains("max_keys"), "{full}");
+    assert_eq!(
+        ask(&node, "writer", "set", &ledger(r#""key":"k1","value":11"#)).await,
+        "ok"
+    );
+    assert_eq!(
+        ask(&node, "reader", "get", &ledger(r#""key":"k3""#)).await,
+        json("null")
+    );
+
+    // The writer's own bucket: 3 keys ("wakes" is one), 1 KiB.
+    assert_eq!(
+        ask(&node, "writer", "set", r#"{"key":"a","value":"x"}"#).await,
+        "ok"
+    );
+    assert_eq!(
+        ask(&node, "writer", "set", r#"{"key":"b","value":"y"}"#).await,
+        "ok"
+    );
+    let full = node
+        .request("writer", "set", r#"{"key":"c","value":"z"}"#)
+        .await
+        .expect_err("over its own max_keys");
+    assert!(full.to_string().contains("max_keys"), "{full}");
+    let long = format!(r#"{{"key":"a","value":"{}"}}"#, "x".repeat(2000));
+    let big = node
+        .request("writer", "set", &long)
+        .await
+        .expect_err("over its own max_data");
+    assert!(big.to_string().contains("max_data"), "{big}");
+    assert_eq!(
+        ask(&node, "writer", "keys", "null").await,
+        json(r#"["a","b","wakes"]"#)
+    );
+    let db = node.directory().database().expect("a data file").clone();
+    assert_eq!(db.usage("s/ledger").unwrap().keys, 2);
+    assert_eq!(db.usage("i/writer").unwrap().keys, 3);
+    drop(db);
+    node.shutdown().await;
+}
+
+#[test]
+fn a_scrape_shows_commits_and_what_shared_buckets_hold() {
+    let dir = scratch_dir("durable-metrics");
+    let db = wasmwire::store::Database::open(&dir).unwrap();
+    let mut w = wasmwire::store::WriteSet::default();
+    w.put(
+        &std::sync::Arc::from("s/ledger"),
+        "k".into(),
+        Some(vec![0; 9]),
+    );
+    w.put(
+        &std::sync::Arc::from("i/room/1"),
+        "k".into(),
+        Some(vec![0; 4]),
+    );
+    wasmwire_tests::block_on(db.commit(w)).unwrap();
+    let text = wasmwire::metrics::encode_store("# EOF\n".into(), &db);
+    for line in [
+        "wasmwire_store_commits_total 1",
+        "wasmwire_store_write_sets_total 1",
+        "wasmwire_store_writes_total 2",
+        "wasmwire_store_keys 2",
+        "wasmwire_store_bytes 15",
+        "wasmwire_store_bucket_keys{bucket=\"ledger\"} 1",
+        "wasmwire_store_bucket_bytes{bucket=\"ledger\"} 10",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert!(
+        !text.contains("room/1"),
+        "own buckets are not labelled:\n{text}"
+    );
+    assert_eq!(text.matches("# EOF").count(), 1, "{text}");
 }

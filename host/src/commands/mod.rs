@@ -3,6 +3,7 @@
 mod call;
 mod check;
 mod client;
+mod data;
 mod fuzz;
 mod id;
 mod inspect;
@@ -17,6 +18,7 @@ mod top;
 
 pub use call::CallCommand;
 pub use check::CheckCommand;
+pub use data::DataCommand;
 pub use fuzz::FuzzCommand;
 pub use id::IdCommand;
 pub use inspect::InspectCommand;

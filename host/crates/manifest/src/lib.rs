@@ -25,7 +25,35 @@ pub struct Manifest {
     pub host: HostConfig,
     /// Service instances, in file order.
     pub services: Vec<ServiceConfig>,
+    /// Every shared bucket a service lists, with its quotas.
+    pub buckets: Vec<BucketConfig>,
 }
+
+/// How a service may use a shared bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Read its keys.
+    ReadOnly,
+    /// Read and write them.
+    ReadWrite,
+}
+
+/// A shared bucket and its quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketConfig {
+    /// Its name, as services list it.
+    pub name: String,
+    /// Most bytes of keys and values it may hold.
+    pub max_data: u64,
+    /// Most keys it may hold.
+    pub max_keys: u64,
+}
+
+/// A shared bucket's `max_data` when its `[[bucket]]` does not say.
+pub const DEFAULT_BUCKET_MAX_DATA: u64 = 1 << 30;
+/// A shared bucket's `max_keys` when its `[[bucket]]` does not say.
+pub const DEFAULT_BUCKET_MAX_KEYS: u64 = 10_000_000;
 
 /// `[host] keep_resident` when not written and no service is keyed.
 pub const DEFAULT_KEEP_RESIDENT: u64 = 256 << 10;
@@ -158,6 +186,8 @@ pub struct ServiceConfig {
     /// For a keyed class (`keyed = true`): its `max_instances`. Its instances are named
     /// `name/KEY` and made on first demand.
     pub keyed: Option<u32>,
+    /// The shared buckets it may open, and how.
+    pub buckets: Vec<(String, Access)>,
     /// Per-instance limits.
     pub limits: Limits,
 }
@@ -190,6 +220,10 @@ pub struct Limits {
     pub restart_window: Duration,
     /// First restart delay, doubled per crash in the window.
     pub restart_backoff: Duration,
+    /// Bytes of keys and values its own bucket may hold.
+    pub max_data: u64,
+    /// Keys its own bucket may hold.
+    pub max_keys: u64,
 }
 
 impl Default for Limits {
@@ -206,6 +240,8 @@ impl Default for Limits {
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
             restart_backoff: Duration::from_millis(100),
+            max_data: 64 << 20,
+            max_keys: 100_000,
         }
     }
 }

@@ -15,6 +15,21 @@ pub struct ManifestFile {
     /// Service instances, in file order.
     #[serde(default)]
     pub service: Vec<ServiceSection>,
+    /// Shared buckets' quotas.
+    #[serde(default)]
+    pub bucket: Vec<BucketSection>,
+}
+
+/// `[[bucket]]`: the quotas of a shared bucket that services list in `buckets`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSection {
+    /// The bucket's name, as services list it.
+    pub name: Spanned<String>,
+    /// Most bytes of keys and values it may hold.
+    pub max_data: Option<Spanned<ByteSize>>,
+    /// Most keys it may hold.
+    pub max_keys: Option<Spanned<u64>>,
 }
 
 /// `[host]`: where this host listens, who it is, and how many instances may be awake.
@@ -110,6 +125,14 @@ pub struct ServiceSection {
     pub restart_window: Option<Spanned<HumanDuration>>,
     /// First delay before a restart; doubles with each crash in the window.
     pub restart_backoff: Option<Spanned<HumanDuration>>,
+    /// Shared buckets this instance may open, by name: `"read-only"` or `"read-write"`.
+    #[serde(default)]
+    pub buckets: std::collections::BTreeMap<String, Spanned<super::Access>>,
+    /// Most bytes of keys and values the instance's own bucket may hold (each key's, for a
+    /// keyed class).
+    pub max_data: Option<Spanned<ByteSize>>,
+    /// Most keys its own bucket may hold.
+    pub max_keys: Option<Spanned<u64>>,
 }
 
 /// An instance name: lowercase letters, digits and `-`, starting with a letter.

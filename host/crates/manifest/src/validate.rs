@@ -5,10 +5,10 @@
 
 use super::DEFAULT_MAX_INSTANCES;
 use super::schema::InstanceName;
-use super::schema::{ManifestFile, ServiceSection};
+use super::schema::{BucketSection, ManifestFile, ServiceSection};
 use super::{
-    Diagnostic, HostConfig, Limits, Location, Manifest, ManifestError, PeerSpec, ServiceConfig,
-    Transport,
+    BucketConfig, Diagnostic, HostConfig, Limits, Location, Manifest, ManifestError, PeerSpec,
+    ServiceConfig, Transport,
 };
 use std::collections::HashMap;
 use std::ops::Range;
@@ -129,6 +129,26 @@ impl Source<'_> {
 }
 
 /// The expected word nearest to `word`, if it is a plausible typo of it.
+/// Whether `name` may name a shared bucket: 1 to 64 lowercase letters, digits, `-`, `_`
+/// or `.`, starting with a letter; not `default`, the instance's own bucket.
+fn check_bucket_name(name: &str) -> Result<(), String> {
+    if name == "default" {
+        return Err("\"default\" is the instance's own bucket: it needs no declaration".into());
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(format!(
+            "invalid bucket name {name:?}: use 1 to 64 lowercase letters, digits, '-', '_' or '.', starting with a letter"
+        ));
+    }
+    Ok(())
+}
+
 fn closest<'a>(word: &str, expected: &[&'a str]) -> Option<&'a str> {
     expected
         .iter()
@@ -396,11 +416,84 @@ impl Validator<'_> {
         for (i, s) in written.service.into_iter().enumerate() {
             services.push(self.service(i + 1, s, &names, &dir));
         }
+        let buckets = self.buckets(written.bucket, &services);
         Manifest {
             path: self.file.path.to_path_buf(),
             host,
             services,
+            buckets,
         }
+    }
+
+    /// Every shared bucket a service lists, with the quotas of its `[[bucket]]` (or the
+    /// defaults). A `[[bucket]]` no service lists is a problem: most likely a typo.
+    fn buckets(
+        &mut self,
+        written: Vec<BucketSection>,
+        services: &[ServiceConfig],
+    ) -> Vec<BucketConfig> {
+        let mut out: Vec<BucketConfig> = Vec::new();
+        for s in services {
+            for (name, _) in &s.buckets {
+                if !out.iter().any(|b| &b.name == name) {
+                    out.push(BucketConfig {
+                        name: name.clone(),
+                        max_data: super::DEFAULT_BUCKET_MAX_DATA,
+                        max_keys: super::DEFAULT_BUCKET_MAX_KEYS,
+                    });
+                }
+            }
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for (i, b) in written.into_iter().enumerate() {
+            let field = |f: &str| format!("bucket[{}].{f}", i + 1);
+            let name = b.name.get_ref().clone();
+            if seen.contains(&name) {
+                self.problem(
+                    &b.name,
+                    field("name"),
+                    format!("bucket {name:?} has two `[[bucket]]` tables"),
+                    Some("keep one".into()),
+                );
+                continue;
+            }
+            seen.push(name.clone());
+            let Some(entry) = out.iter_mut().find(|e| e.name == name) else {
+                let listed: Vec<&str> = out.iter().map(|e| e.name.as_str()).collect();
+                let help = match closest(&name, &listed) {
+                    Some(near) => format!("did you mean `{near}`?"),
+                    None => format!(
+                        "add `buckets = {{ {name} = \"read-write\" }}` to the services that use it, or fix the name"
+                    ),
+                };
+                self.problem(
+                    &b.name,
+                    field("name"),
+                    format!("no service lists bucket {name:?} in its `buckets`"),
+                    Some(help),
+                );
+                continue;
+            };
+            entry.max_data = self.bounded(
+                &b.max_data,
+                &field("max_data"),
+                entry.max_data,
+                |s| s.0,
+                1 << 10,
+                1 << 40,
+                "1KiB to 1TiB",
+            );
+            entry.max_keys = self.bounded(
+                &b.max_keys,
+                &field("max_keys"),
+                entry.max_keys,
+                |n| *n,
+                1,
+                1_000_000_000,
+                "1 to 1000000000",
+            );
+        }
+        out
     }
 
     fn service(
@@ -523,7 +616,33 @@ impl Validator<'_> {
                 .restart_backoff
                 .as_ref()
                 .map_or(d.restart_backoff, |b| b.get_ref().0),
+            max_data: self.bounded(
+                &s.max_data,
+                &field("max_data"),
+                d.max_data,
+                |b| b.0,
+                1 << 10,
+                1 << 40,
+                "1KiB to 1TiB",
+            ),
+            max_keys: self.bounded(
+                &s.max_keys,
+                &field("max_keys"),
+                d.max_keys,
+                |n| *n,
+                1,
+                1_000_000_000,
+                "1 to 1000000000",
+            ),
         };
+        let mut buckets = Vec::new();
+        for (bucket, access) in &s.buckets {
+            if let Err(why) = check_bucket_name(bucket) {
+                self.problem(access, field("buckets"), why, None);
+            } else {
+                buckets.push((bucket.clone(), *access.get_ref()));
+            }
+        }
         let keyed = match (&s.keyed, &s.max_instances) {
             (Some(k), _) if *k.get_ref() => {
                 if s.autostart {
@@ -575,6 +694,7 @@ impl Validator<'_> {
             expose: s.expose,
             autostart: s.autostart,
             limits,
+            buckets,
         }
     }
 

@@ -22,10 +22,17 @@ wasmtime::component::bindgen!({
     },
 });
 
-/// What a guest's `wasi:keyvalue` bucket handle stands for: the bucket it opened.
+/// What a guest's `wasi:keyvalue` bucket handle stands for: the bucket it opened, and what
+/// the instance may do with it.
 pub struct BucketRef {
-    /// The bucket's name in the host's data.
+    /// The bucket's name in the host's data (`i/INSTANCE` or `s/NAME`).
     pub name: std::sync::Arc<str>,
+    /// Whether the instance may write it.
+    pub writable: bool,
+    /// Most bytes of keys and values it may hold.
+    pub max_data: u64,
+    /// Most keys it may hold.
+    pub max_keys: u64,
 }
 
 /// What a guest's compare-and-swap handle stands for: a key and the value seen there.
@@ -36,6 +43,12 @@ pub struct CasRef {
     pub key: String,
     /// Its value when the handle was made (or last failed a swap).
     pub current: Option<Vec<u8>>,
+    /// Whether the instance may write the bucket.
+    pub writable: bool,
+    /// The bucket's byte quota.
+    pub max_data: u64,
+    /// The bucket's key quota.
+    pub max_keys: u64,
 }
 
 pub use exports::wasmwire::service::lifecycle::Description;

@@ -322,6 +322,7 @@ impl Directory {
             remote_uses: class.remote_uses.clone(),
             expose: class.expose,
             kind: Kind::Key { class: class.index },
+            buckets: class.buckets.clone(),
             stats: class.stats.clone(),
         });
         let Some(actor) = (spawner.start)(class.index, instance.clone(), inbox, self.clone())

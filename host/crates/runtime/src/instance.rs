@@ -151,6 +151,8 @@ pub struct Instance {
     pub expose: bool,
     /// A plain instance, a keyed class, or one key of a class.
     pub kind: Kind,
+    /// The shared buckets it may open (a key's are its class's).
+    pub buckets: Arc<[SharedBucket]>,
     pub(super) sessions_open: AtomicU32,
     mailbox: mpsc::UnboundedSender<Envelope>,
     control: mpsc::UnboundedSender<Control>,
@@ -164,6 +166,21 @@ pub struct Instance {
     pub(crate) log_budget: Arc<super::guest_log::LogBudget>,
     /// What it has done (shared by the keys of a keyed class with their class).
     pub stats: Arc<super::stats::InstanceStats>,
+}
+
+/// A shared bucket an instance may open, as its manifest entry lists it (`buckets`).
+#[derive(Debug, Clone)]
+pub struct SharedBucket {
+    /// Its name, as the guest opens it.
+    pub name: Box<str>,
+    /// Its name in the host's data: `s/NAME` (an instance's own bucket is `i/INSTANCE`).
+    pub id: Arc<str>,
+    /// Whether the instance may write it (`read-write`), or only read it.
+    pub writable: bool,
+    /// Most bytes of keys and values it may hold.
+    pub max_data: u64,
+    /// Most keys it may hold.
+    pub max_keys: u64,
 }
 
 /// What a directory entry is.
@@ -270,6 +287,8 @@ pub(crate) struct InstanceSpec<'a> {
     pub expose: bool,
     /// A plain instance, a keyed class, or one key of a class.
     pub kind: Kind,
+    /// The shared buckets it may open.
+    pub buckets: Arc<[SharedBucket]>,
     /// Where its figures are counted (a key shares its class's).
     pub stats: Arc<super::stats::InstanceStats>,
 }
@@ -295,6 +314,7 @@ impl Instance {
             remote_uses,
             expose,
             kind,
+            buckets,
             stats,
         } = spec;
         // The mailbox is unbounded as a channel but bounded by `queued`: messages and events
@@ -313,6 +333,7 @@ impl Instance {
             remote_uses,
             expose,
             kind,
+            buckets,
             sessions_open: AtomicU32::new(0),
             mailbox,
             control,

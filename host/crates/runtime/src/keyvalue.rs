@@ -4,8 +4,11 @@
 //!
 //! - `open("default")` and `open("")` give the instance's own bucket, named after the
 //!   instance: a keyed instance's bucket is its key's, so `room/42` never sees `room/7`'s
-//!   data. Any other name is `access-denied`, and the host says why in its log (once per
-//!   instance).
+//!   data. A shared bucket opens by its name if the instance's manifest entry lists it in
+//!   `buckets` (read-only or read-write); any other name, or a write to a read-only bucket,
+//!   is `access-denied`, and the host says why in its log (once per instance).
+//! - Quotas: a write that would take a bucket past its `max_keys` or `max_data` fails with
+//!   `other` saying which, and is not made; a write that shrinks a bucket always passes.
 //! - Reads see the call's own writes; writes go into the call's transaction, which the
 //!   driver commits after the call — before anything the call caused leaves — or drops if
 //!   the call trapped (`instance_core.rs`).
@@ -16,10 +19,12 @@
 
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
 use super::bindings::{BucketRef, CasRef};
+use super::instance::SharedBucket;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::ResourceTable;
-use wasmwire_store::{StoreError, Transaction};
+use wasmwire_store::{Change, StoreError, Transaction};
 
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 1024;
@@ -34,19 +39,52 @@ type Error = store::Error;
 
 /// What the `wasi:keyvalue` imports of one instance need beside the transaction.
 pub struct KeyValueCtx {
+    /// The instance's name, for the log.
+    instance: Arc<str>,
     /// The instance's own bucket.
     own: Arc<str>,
-    /// Whether a refused `open` was logged already (once per instance is enough).
+    /// Its quotas: bytes, keys.
+    own_quota: (u64, u64),
+    /// The shared buckets it may open.
+    shared: Arc<[SharedBucket]>,
+    /// Whether a refusal was logged already (once per instance is enough).
     told_denied: bool,
 }
 
 impl KeyValueCtx {
-    /// The context of instance `name` (`room/42` for a key).
-    pub(crate) fn new(name: &str) -> KeyValueCtx {
+    /// The context of instance `name` (`room/42` for a key) under `limits`, with no shared
+    /// buckets.
+    pub(crate) fn new(name: &Arc<str>, limits: &wasmwire_manifest::Limits) -> KeyValueCtx {
         KeyValueCtx {
+            instance: name.clone(),
             own: own_bucket(name),
+            own_quota: (limits.max_data, limits.max_keys),
+            shared: Arc::from([]),
             told_denied: false,
         }
+    }
+
+    /// Lets the instance open these shared buckets.
+    pub(crate) fn share(&mut self, buckets: Arc<[SharedBucket]>) {
+        self.shared = buckets;
+    }
+
+    /// Says once, in the host's log, why an access was refused.
+    fn denied(&mut self, why: std::fmt::Arguments<'_>) -> Error {
+        if !self.told_denied {
+            self.told_denied = true;
+            tracing::info!(target: "wasmwire::store", instance = %self.instance, "{why} (said once per instance)");
+        }
+        Error::AccessDenied
+    }
+}
+
+/// A bucket's name for people: `ledger` for a shared one, `its own bucket` for the
+/// instance's.
+fn label(bucket: &str) -> String {
+    match bucket.strip_prefix("s/") {
+        Some(name) => format!("bucket {name:?}"),
+        None => "its own bucket".into(),
     }
 }
 
@@ -104,9 +142,100 @@ fn check_value(key: &str, value: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// A bucket as a write sees it: its name and quotas, if it may be written.
+struct Writable {
+    name: Arc<str>,
+    max_data: u64,
+    max_keys: u64,
+}
+
 impl KeyValueCtxView<'_> {
     fn bucket(&self, b: &Resource<BucketRef>) -> wasmtime::Result<Arc<str>> {
         Ok(self.table.get(b)?.name.clone())
+    }
+
+    /// The bucket behind `b` for a write, or `access-denied` if it is read-only here.
+    fn writable(&mut self, b: &Resource<BucketRef>) -> wasmtime::Result<Result<Writable, Error>> {
+        let r = self.table.get(b)?;
+        if !r.writable {
+            let name = r.name.clone();
+            return Ok(Err(self.ctx.denied(format_args!(
+                "a write to {} refused: it is read-only for this service (`buckets = {{ {} = \"read-write\" }}` allows writes)",
+                label(&name),
+                name.strip_prefix("s/").unwrap_or(&name)
+            ))));
+        }
+        Ok(Ok(Writable {
+            name: r.name.clone(),
+            max_data: r.max_data,
+            max_keys: r.max_keys,
+        }))
+    }
+
+    /// The bucket of a compare-and-swap handle for its write, if it may be written.
+    fn cas_bucket(&self, cas: &CasRef) -> Option<Writable> {
+        cas.writable.then(|| Writable {
+            name: cas.bucket.clone(),
+            max_data: cas.max_data,
+            max_keys: cas.max_keys,
+        })
+    }
+
+    /// Checks that writes changing the bucket by `change` keep it within its quotas.
+    fn within_quota(&self, b: &Writable, change: Change) -> Result<(), Error> {
+        if change.keys <= 0 && change.bytes <= 0 {
+            return Ok(());
+        }
+        let now = self.txn.usage(&b.name).map_err(storage)?;
+        let keys = now.keys.saturating_add_signed(change.keys);
+        let bytes = now.bytes.saturating_add_signed(change.bytes);
+        if change.keys > 0 && keys > b.max_keys {
+            return Err(Error::Other(format!(
+                "{} is full: it may hold {} keys (max_keys), and this write would make {keys}",
+                label(&b.name),
+                b.max_keys
+            )));
+        }
+        if change.bytes > 0 && bytes > b.max_data {
+            return Err(Error::Other(format!(
+                "{} is full: it may hold {} bytes of keys and values (max_data), and this write would make {bytes}",
+                label(&b.name),
+                b.max_data
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes `(key, value)` pairs (`None` deletes) as one: all are checked — sizes, room in
+    /// the call, the bucket's quotas — before any is made.
+    fn write_all(
+        &mut self,
+        b: &Writable,
+        writes: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Result<(), Error> {
+        let mut bytes = 0;
+        for (k, v) in &writes {
+            match v {
+                Some(v) => check_value(k, v)?,
+                None => check_key(k)?,
+            }
+            bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+        }
+        self.room(bytes)?;
+        // A key written twice in one batch counts at its last value.
+        let mut last: BTreeMap<&str, Option<usize>> = BTreeMap::new();
+        for (k, v) in &writes {
+            last.insert(k, v.as_ref().map(Vec::len));
+        }
+        let mut change = Change::default();
+        for (k, len) in last {
+            change += self.txn.change(&b.name, k, len).map_err(storage)?;
+        }
+        self.within_quota(b, change)?;
+        for (k, v) in writes {
+            self.put(&b.name, k, v)?;
+        }
+        Ok(())
     }
 
     fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, Error> {
@@ -135,19 +264,29 @@ impl store::Host for KeyValueCtxView<'_> {
         if self.txn.database().is_none() {
             return Ok(Err(storage(StoreError::Closed)));
         }
-        if !identifier.is_empty() && identifier != "default" {
-            if !self.ctx.told_denied {
-                self.ctx.told_denied = true;
-                tracing::info!(
-                    target: "wasmwire::store",
-                    bucket = %self.ctx.own,
-                    "open({identifier:?}) refused: an instance has its own bucket (\"default\"); shared buckets are not available yet"
-                );
+        let bucket = if identifier.is_empty() || identifier == "default" {
+            BucketRef {
+                name: self.ctx.own.clone(),
+                writable: true,
+                max_data: self.ctx.own_quota.0,
+                max_keys: self.ctx.own_quota.1,
             }
-            return Ok(Err(Error::AccessDenied));
-        }
-        let name = self.ctx.own.clone();
-        Ok(Ok(self.table.push(BucketRef { name })?))
+        } else {
+            match self.ctx.shared.iter().find(|b| *b.name == *identifier) {
+                Some(b) => BucketRef {
+                    name: b.id.clone(),
+                    writable: b.writable,
+                    max_data: b.max_data,
+                    max_keys: b.max_keys,
+                },
+                None => {
+                    return Ok(Err(self.ctx.denied(format_args!(
+                        "open({identifier:?}) refused: an instance has its own bucket (\"default\") and the shared buckets its manifest entry lists in `buckets`"
+                    ))));
+                }
+            }
+        };
+        Ok(Ok(self.table.push(bucket)?))
     }
 }
 
@@ -167,11 +306,11 @@ impl store::HostBucket for KeyValueCtxView<'_> {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let b = self.bucket(&bucket)?;
-        let r = check_value(&key, &value)
-            .and_then(|()| self.room(key.len() + value.len()))
-            .and_then(|()| self.put(&b, key, Some(value)));
-        Ok(r)
+        let b = match self.writable(&bucket)? {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.write_all(&b, vec![(key, Some(value))]))
     }
 
     fn delete(
@@ -179,11 +318,11 @@ impl store::HostBucket for KeyValueCtxView<'_> {
         bucket: Resource<BucketRef>,
         key: String,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let b = self.bucket(&bucket)?;
-        let r = check_key(&key)
-            .and_then(|()| self.room(key.len()))
-            .and_then(|()| self.put(&b, key, None));
-        Ok(r)
+        let b = match self.writable(&bucket)? {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(self.write_all(&b, vec![(key, None)]))
     }
 
     fn exists(
@@ -229,9 +368,12 @@ impl atomics::Host for KeyValueCtxView<'_> {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, Error>> {
-        let b = self.bucket(&bucket)?;
+        let b = match self.writable(&bucket)? {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
         let r = (|| {
-            let now = match KeyValueCtxView::get(self, &b, &key)? {
+            let now = match KeyValueCtxView::get(self, &b.name, &key)? {
                 None => 0,
                 Some(v) => i64::from_le_bytes(v.as_slice().try_into().map_err(|_| {
                     Error::Other(format!(
@@ -243,8 +385,7 @@ impl atomics::Host for KeyValueCtxView<'_> {
             let next = now
                 .checked_add(delta)
                 .ok_or_else(|| Error::Other(format!("{key:?} would overflow: {now} + {delta}")))?;
-            self.room(key.len() + 8)?;
-            self.put(&b, key, Some(next.to_le_bytes().to_vec()))?;
+            self.write_all(&b, vec![(key, Some(next.to_le_bytes().to_vec()))])?;
             Ok(next)
         })();
         Ok(r)
@@ -256,11 +397,14 @@ impl atomics::Host for KeyValueCtxView<'_> {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
         let cas = self.table.delete(cas)?;
-        if let Err(e) =
-            check_value(&cas.key, &value).and_then(|()| self.room(cas.key.len() + value.len()))
-        {
-            return Ok(Err(atomics::CasError::StoreError(e)));
-        }
+        let Some(b) = self.cas_bucket(&cas) else {
+            return Ok(Err(atomics::CasError::StoreError(self.ctx.denied(
+                format_args!(
+                    "a swap in {} refused: it is read-only for this service",
+                    label(&cas.bucket)
+                ),
+            ))));
+        };
         let now = match KeyValueCtxView::get(self, &cas.bucket, &cas.key) {
             Ok(v) => v,
             Err(e) => return Ok(Err(atomics::CasError::StoreError(e))),
@@ -273,7 +417,7 @@ impl atomics::Host for KeyValueCtxView<'_> {
             return Ok(Err(atomics::CasError::CasFailed(again)));
         }
         Ok(self
-            .put(&cas.bucket, cas.key, Some(value))
+            .write_all(&b, vec![(cas.key, Some(value))])
             .map_err(atomics::CasError::StoreError))
     }
 }
@@ -284,7 +428,9 @@ impl atomics::HostCas for KeyValueCtxView<'_> {
         bucket: Resource<BucketRef>,
         key: String,
     ) -> wasmtime::Result<Result<Resource<CasRef>, Error>> {
-        let b = self.bucket(&bucket)?;
+        let r = self.table.get(&bucket)?;
+        let (b, writable, max_data, max_keys) =
+            (r.name.clone(), r.writable, r.max_data, r.max_keys);
         let current = match KeyValueCtxView::get(self, &b, &key) {
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
@@ -293,6 +439,9 @@ impl atomics::HostCas for KeyValueCtxView<'_> {
             bucket: b,
             key,
             current,
+            writable,
+            max_data,
+            max_keys,
         })?))
     }
 
@@ -328,24 +477,12 @@ impl batch::Host for KeyValueCtxView<'_> {
         bucket: Resource<BucketRef>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let b = self.bucket(&bucket)?;
-        // All checked before any is written: a refused batch leaves nothing behind.
-        let mut bytes = 0;
-        for (k, v) in &key_values {
-            if let Err(e) = check_value(k, v) {
-                return Ok(Err(e));
-            }
-            bytes += k.len() + v.len();
-        }
-        if let Err(e) = self.room(bytes) {
-            return Ok(Err(e));
-        }
-        for (k, v) in key_values {
-            if let Err(e) = self.put(&b, k, Some(v)) {
-                return Ok(Err(e));
-            }
-        }
-        Ok(Ok(()))
+        let b = match self.writable(&bucket)? {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        let writes = key_values.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        Ok(self.write_all(&b, writes))
     }
 
     fn delete_many(
@@ -353,22 +490,11 @@ impl batch::Host for KeyValueCtxView<'_> {
         bucket: Resource<BucketRef>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), Error>> {
-        let b = self.bucket(&bucket)?;
-        let mut bytes = 0;
-        for k in &keys {
-            if let Err(e) = check_key(k) {
-                return Ok(Err(e));
-            }
-            bytes += k.len();
-        }
-        if let Err(e) = self.room(bytes) {
-            return Ok(Err(e));
-        }
-        for k in keys {
-            if let Err(e) = self.put(&b, k, None) {
-                return Ok(Err(e));
-            }
-        }
-        Ok(Ok(()))
+        let b = match self.writable(&bucket)? {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        let writes = keys.into_iter().map(|k| (k, None)).collect();
+        Ok(self.write_all(&b, writes))
     }
 }

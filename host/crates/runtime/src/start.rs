@@ -6,14 +6,14 @@
 use crate::actor::{InstanceActor, key_starter};
 use crate::directory::{Directory, Spawner};
 use crate::engine::Compiled;
-use crate::instance::{Instance, InstanceSpec, Keyed, Kind};
+use crate::instance::{Instance, InstanceSpec, Keyed, Kind, SharedBucket};
 use crate::workers::{Workers, place};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use tokio::task::JoinHandle;
-use wasmwire_manifest::Manifest;
+use wasmwire_manifest::{Access, DEFAULT_BUCKET_MAX_DATA, DEFAULT_BUCKET_MAX_KEYS, Manifest};
 use wasmwire_store::Database;
 
 /// A manifest's instances, started.
@@ -69,6 +69,20 @@ pub fn start_instances(
                 Some(max) => Kind::Class(Keyed::new(max)),
                 None => Kind::Plain,
             },
+            buckets: s
+                .buckets
+                .iter()
+                .map(|(name, access)| {
+                    let quota = manifest.buckets.iter().find(|b| b.name == *name);
+                    SharedBucket {
+                        name: Box::from(name.as_str()),
+                        id: Arc::from(format!("s/{name}")),
+                        writable: *access == Access::ReadWrite,
+                        max_data: quota.map_or(DEFAULT_BUCKET_MAX_DATA, |b| b.max_data),
+                        max_keys: quota.map_or(DEFAULT_BUCKET_MAX_KEYS, |b| b.max_keys),
+                    }
+                })
+                .collect(),
             stats: Arc::default(),
         });
         instances.push(instance);

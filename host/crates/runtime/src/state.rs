@@ -142,7 +142,7 @@ impl HostState {
             },
             clock: CallClock::new(ticks, limits.call_timeout),
             txn: Transaction::default(),
-            keyvalue: KeyValueCtx::new(&name),
+            keyvalue: KeyValueCtx::new(&name, limits),
             service: ServiceCtx::new(name, limits, budget),
             audit: None,
         }
@@ -163,6 +163,7 @@ impl HostState {
         );
         s.limiter.stats = Some(me.stats.clone());
         s.txn = Transaction::new(directory.database().cloned());
+        s.keyvalue.share(me.buckets.clone());
         s.service.attach(me, directory);
         s
     }

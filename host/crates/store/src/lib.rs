@@ -22,9 +22,10 @@
 
 mod transaction;
 
-pub use transaction::{KeyPage, Transaction, WriteSet};
+pub use transaction::{Change, KeyPage, Transaction, WriteSet};
 
 use fjall::{KeyspaceCreateOptions, PersistMode};
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,6 +81,36 @@ fn decode(stored: &[u8]) -> Option<(&str, &str)> {
     Some((bucket, key))
 }
 
+/// How much a bucket holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Keys.
+    pub keys: u64,
+    /// Bytes of keys and values.
+    pub bytes: u64,
+}
+
+impl Usage {
+    fn encode(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.keys.to_le_bytes());
+        out[8..].copy_from_slice(&self.bytes.to_le_bytes());
+        out
+    }
+
+    fn decode(b: &[u8]) -> Usage {
+        let word = |r: std::ops::Range<usize>| {
+            b.get(r)
+                .and_then(|s| s.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        Usage {
+            keys: word(0..8),
+            bytes: word(8..16),
+        }
+    }
+}
+
 /// Counters of the committer, read by metrics.
 #[derive(Debug, Default)]
 pub struct Figures {
@@ -110,6 +141,8 @@ pub struct Database {
 struct Inner {
     db: fjall::Database,
     data: fjall::Keyspace,
+    /// Each bucket's [`Usage`], kept in the same batches as the writes that change it.
+    usage: fjall::Keyspace,
     path: PathBuf,
     /// `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
@@ -155,21 +188,28 @@ impl Database {
         let data = db
             .keyspace("data", KeyspaceCreateOptions::default)
             .map_err(|e| refused(e.to_string()))?;
+        let usage = db
+            .keyspace("usage", KeyspaceCreateOptions::default)
+            .map_err(|e| refused(e.to_string()))?;
         let figures = Arc::new(Figures::default());
         let (jobs, rx) = mpsc::channel();
         let committer = {
-            let db = db.clone();
-            let data = data.clone();
+            let store = Keyspaces {
+                db: db.clone(),
+                data: data.clone(),
+                usage: usage.clone(),
+            };
             let figures = figures.clone();
             std::thread::Builder::new()
                 .name("wasmwire-commit".into())
-                .spawn(move || committer(&db, &data, &rx, &figures))
+                .spawn(move || committer(&store, &rx, &figures))
                 .map_err(|e| refused(format!("cannot start the committer thread: {e}")))?
         };
         Ok(Database {
             inner: Arc::new(Inner {
                 db,
                 data,
+                usage,
                 path,
                 jobs: Some(jobs),
                 committer: Some(committer),
@@ -227,21 +267,48 @@ impl Database {
         Ok(out)
     }
 
-    /// Every bucket with its number of keys and bytes of values (for operators).
-    pub fn buckets(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
-        let mut out: Vec<(String, u64, u64)> = Vec::new();
-        for entry in self.inner.data.iter() {
+    /// How much `bucket` holds, as last committed.
+    pub fn usage(&self, bucket: &str) -> Result<Usage, StoreError> {
+        Ok(self
+            .inner
+            .usage
+            .get(bucket.as_bytes())
+            .map_err(io)?
+            .map_or_else(Usage::default, |v| Usage::decode(&v)))
+    }
+
+    /// Every bucket that holds anything, by name, with what it holds.
+    pub fn buckets(&self) -> Result<Vec<(String, Usage)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.usage.iter() {
             let (k, v) = entry.into_inner().map_err(io)?;
-            let Some((b, _)) = decode(&k) else { continue };
-            match out.last_mut() {
-                Some(last) if last.0 == b => {
-                    last.1 += 1;
-                    last.2 += v.len() as u64;
-                }
-                _ => out.push((b.to_string(), 1, v.len() as u64)),
+            let usage = Usage::decode(&v);
+            if usage.keys > 0 {
+                out.push((String::from_utf8_lossy(&k).into_owned(), usage));
             }
         }
         Ok(out)
+    }
+
+    /// Deletes every key of `bucket` now (an operator's `wasmwire data delete`), durably;
+    /// the number of keys deleted.
+    pub fn clear(&self, bucket: &str) -> Result<u64, StoreError> {
+        let mut writes = WriteSet::default();
+        let name: Arc<str> = Arc::from(bucket);
+        let mut after: Option<String> = None;
+        loop {
+            let keys = self.keys(bucket, after.as_deref(), 1024)?;
+            let Some(last) = keys.last().cloned() else {
+                break;
+            };
+            for k in keys {
+                writes.put(&name, k, None);
+            }
+            after = Some(last);
+        }
+        let n = writes.len() as u64;
+        self.commit_blocking(writes)?;
+        Ok(n)
     }
 
     /// Makes `writes` durable: resolves once they are fsync'd with the rest of their group,
@@ -266,22 +333,18 @@ impl Database {
 
     /// Makes `writes` durable, waiting on this thread (tools and tests, not the host).
     pub fn commit_blocking(&self, writes: WriteSet) -> Result<(), StoreError> {
-        apply(
-            &self.inner.db,
-            &self.inner.data,
-            std::slice::from_ref(&writes),
-        )
+        let store = Keyspaces {
+            db: self.inner.db.clone(),
+            data: self.inner.data.clone(),
+            usage: self.inner.usage.clone(),
+        };
+        apply(&store, std::slice::from_ref(&writes))
     }
 }
 
 /// The committer thread: each wake-up takes every write set waiting (up to [`MAX_GROUP`])
 /// and commits them as one batch, so the fsync is shared.
-fn committer(
-    db: &fjall::Database,
-    data: &fjall::Keyspace,
-    rx: &mpsc::Receiver<Job>,
-    figures: &Figures,
-) {
+fn committer(store: &Keyspaces, rx: &mpsc::Receiver<Job>, figures: &Figures) {
     let mut group: Vec<Job> = Vec::with_capacity(64);
     let mut sets: Vec<WriteSet> = Vec::with_capacity(64);
     while let Ok(first) = rx.recv() {
@@ -300,7 +363,7 @@ fn committer(
             sets.push(job.writes);
             dones.push(job.done);
         }
-        let result = apply(db, data, &sets);
+        let result = apply(store, &sets);
         figures
             .commit_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -324,23 +387,62 @@ fn committer(
     }
 }
 
-/// Writes `sets` in order as one atomic batch and fsyncs the journal.
-fn apply(
-    db: &fjall::Database,
-    data: &fjall::Keyspace,
-    sets: &[WriteSet],
-) -> Result<(), StoreError> {
-    let mut batch = db.batch();
+/// The database and its keyspaces, as the committer writes them.
+struct Keyspaces {
+    db: fjall::Database,
+    data: fjall::Keyspace,
+    usage: fjall::Keyspace,
+}
+
+/// Writes `sets` in order as one atomic batch, with the usage of every bucket they change
+/// (so usage and data never disagree, whatever moment a crash picks), and fsyncs the
+/// journal.
+fn apply(store: &Keyspaces, sets: &[WriteSet]) -> Result<(), StoreError> {
+    let mut batch = store.db.batch();
+    // The size each key has after the writes so far in this group (a key may be written by
+    // several sets), and each bucket's change.
+    let mut sizes: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
+    let mut changes: HashMap<&str, Change> = HashMap::new();
     for set in sets {
         for ((bucket, key), value) in set.iter() {
+            let stored = encode(bucket, key);
+            let old = match sizes.get(&stored) {
+                Some(s) => *s,
+                None => store
+                    .data
+                    .get(&stored)
+                    .map_err(io)?
+                    .map(|v| (key.len() + v.len()) as i64),
+            };
+            let new = value.as_ref().map(|v| (key.len() + v.len()) as i64);
+            *changes.entry(bucket).or_default() += Change {
+                keys: i64::from(new.is_some()) - i64::from(old.is_some()),
+                bytes: new.unwrap_or(0) - old.unwrap_or(0),
+            };
             match value {
-                Some(v) => batch.insert(data, encode(bucket, key), v.as_slice()),
-                None => batch.remove(data, encode(bucket, key)),
+                Some(v) => batch.insert(&store.data, stored.clone(), v.as_slice()),
+                None => batch.remove(&store.data, stored.clone()),
             }
+            sizes.insert(stored, new);
         }
     }
+    for (bucket, c) in changes {
+        if c == Change::default() {
+            continue;
+        }
+        let was = store
+            .usage
+            .get(bucket.as_bytes())
+            .map_err(io)?
+            .map_or_else(Usage::default, |v| Usage::decode(&v));
+        let now = Usage {
+            keys: was.keys.saturating_add_signed(c.keys),
+            bytes: was.bytes.saturating_add_signed(c.bytes),
+        };
+        batch.insert(&store.usage, bucket.as_bytes(), now.encode().as_slice());
+    }
     batch.commit().map_err(io)?;
-    db.persist(PersistMode::SyncAll).map_err(io)
+    store.db.persist(PersistMode::SyncAll).map_err(io)
 }
 
 #[cfg(test)]

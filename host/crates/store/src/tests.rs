@@ -51,7 +51,16 @@ fn data_outlives_the_handle_and_a_second_host_is_refused() {
     drop(db);
     let db = Database::open(&d).unwrap();
     assert_eq!(db.get("b", "k").unwrap(), Some(vec![7; 100]));
-    assert_eq!(db.buckets().unwrap(), vec![("b".to_string(), 1, 100)]);
+    assert_eq!(
+        db.buckets().unwrap(),
+        vec![(
+            "b".to_string(),
+            Usage {
+                keys: 1,
+                bytes: 101
+            }
+        )]
+    );
 }
 
 #[test]
@@ -144,4 +153,50 @@ fn many_callers_share_commits_and_every_write_lands() {
     for i in 0..64u32 {
         assert_eq!(db.keys(&format!("i{i}"), None, 100).unwrap().len(), 10);
     }
+}
+
+#[test]
+fn usage_follows_every_write_and_the_calls_view_adds_its_own() {
+    let d = dir("usage");
+    let db = Database::open(&d).unwrap();
+    let b: Arc<str> = Arc::from("q");
+    let mut t = Transaction::new(Some(db.clone()));
+    t.put(&b, "ab".into(), Some(vec![0; 10])).unwrap();
+    t.put(&b, "cd".into(), Some(vec![0; 5])).unwrap();
+    // Rewriting a key within the call counts it once, at its last size.
+    t.put(&b, "ab".into(), Some(vec![0; 3])).unwrap();
+    assert_eq!(
+        t.usage("q").unwrap(),
+        Usage {
+            keys: 2,
+            bytes: 5 + 7
+        }
+    );
+    assert_eq!(db.usage("q").unwrap(), Usage::default());
+    block_on(t.commit()).unwrap();
+    assert_eq!(db.usage("q").unwrap(), Usage { keys: 2, bytes: 12 });
+    assert_eq!(
+        t.change("q", "cd", None).unwrap(),
+        Change {
+            keys: -1,
+            bytes: -7
+        }
+    );
+    t.put(&b, "cd".into(), None).unwrap();
+    t.put(&b, "zz".into(), None).unwrap();
+    block_on(t.commit()).unwrap();
+    assert_eq!(db.usage("q").unwrap(), Usage { keys: 1, bytes: 5 });
+    // Two write sets in one group touching the same key are counted once each, in order.
+    let mut w1 = WriteSet::default();
+    w1.put(&b, "ab".into(), Some(vec![0; 8]));
+    let mut w2 = WriteSet::default();
+    w2.put(&b, "ab".into(), None);
+    w2.put(&b, "new".into(), Some(vec![0; 1]));
+    let (r1, r2) = block_on(async { tokio::join!(db.commit(w1), db.commit(w2)) });
+    r1.unwrap();
+    r2.unwrap();
+    assert_eq!(db.usage("q").unwrap(), Usage { keys: 1, bytes: 4 });
+    assert_eq!(db.clear("q").unwrap(), 1);
+    assert_eq!(db.usage("q").unwrap(), Usage::default());
+    assert!(db.buckets().unwrap().is_empty());
 }

@@ -1,9 +1,39 @@
 //! One export call's writes: read back by the same call (read-your-writes), committed or
 //! dropped as one.
 
-use super::{Database, StoreError};
-use std::collections::BTreeMap;
+use super::{Database, StoreError, Usage};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+/// What writes change in a bucket: keys and bytes (of keys and values) added, or taken
+/// away when negative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Keys added.
+    pub keys: i64,
+    /// Bytes added.
+    pub bytes: i64,
+}
+
+impl std::ops::AddAssign for Change {
+    fn add_assign(&mut self, o: Change) {
+        self.keys += o.keys;
+        self.bytes += o.bytes;
+    }
+}
+
+/// The size a key and its value take: key and value bytes, `None` when absent.
+fn size(key: &str, value: Option<usize>) -> Option<i64> {
+    value.map(|v| (key.len() + v) as i64)
+}
+
+/// What replacing a stored `old` size by `new` changes.
+fn change_of(old: Option<i64>, new: Option<i64>) -> Change {
+    Change {
+        keys: i64::from(new.is_some()) - i64::from(old.is_some()),
+        bytes: new.unwrap_or(0) - old.unwrap_or(0),
+    }
+}
 
 /// Writes not yet durable, by bucket and key: `Some(value)` to set, `None` to delete. A later
 /// write of a key replaces the earlier one, so a write set holds each key once.
@@ -96,6 +126,8 @@ pub struct KeyPage {
 pub struct Transaction {
     db: Option<Database>,
     writes: WriteSet,
+    /// What this call's writes change, by bucket (for quotas).
+    changes: HashMap<Arc<str>, Change>,
 }
 
 impl Transaction {
@@ -104,7 +136,33 @@ impl Transaction {
         Transaction {
             db,
             writes: WriteSet::default(),
+            changes: HashMap::new(),
         }
+    }
+
+    /// How `bucket` would stand once this call's writes are committed: keys and bytes.
+    pub fn usage(&self, bucket: &str) -> Result<Usage, StoreError> {
+        let committed = self.db()?.usage(bucket)?;
+        let c = self.changes.get(bucket).copied().unwrap_or_default();
+        Ok(Usage {
+            keys: committed.keys.saturating_add_signed(c.keys),
+            bytes: committed.bytes.saturating_add_signed(c.bytes),
+        })
+    }
+
+    /// What writing a value of `value_len` bytes to `key` (`None`: deleting it) would change
+    /// in `bucket`, from where this call left it.
+    pub fn change(
+        &self,
+        bucket: &str,
+        key: &str,
+        value_len: Option<usize>,
+    ) -> Result<Change, StoreError> {
+        let now = match self.writes.get(bucket, key) {
+            Some(v) => size(key, v.map(<[u8]>::len)),
+            None => size(key, self.db()?.get(bucket, key)?.map(|v| v.len())),
+        };
+        Ok(change_of(now, size(key, value_len)))
     }
 
     /// The database, if the host has one.
@@ -143,7 +201,13 @@ impl Transaction {
         key: String,
         value: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
-        self.db()?;
+        let c = self.change(bucket, &key, value.as_ref().map(Vec::len))?;
+        match self.changes.get_mut(&**bucket) {
+            Some(total) => *total += c,
+            None => {
+                self.changes.insert(bucket.clone(), c);
+            }
+        }
         self.writes.put(bucket, key, value);
         Ok(())
     }
@@ -185,11 +249,13 @@ impl Transaction {
 
     /// Takes this call's writes, leaving it clean.
     pub fn take(&mut self) -> WriteSet {
+        self.changes.clear();
         std::mem::take(&mut self.writes)
     }
 
     /// Drops this call's writes: none of them will ever be seen.
     pub fn rollback(&mut self) {
+        self.changes.clear();
         self.writes = WriteSet::default();
     }
 
@@ -197,7 +263,7 @@ impl Transaction {
     pub fn commit(
         &mut self,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + use<> {
-        let writes = std::mem::take(&mut self.writes);
+        let writes = self.take();
         let pending = match &self.db {
             Some(db) if !writes.is_empty() => Some(db.commit(writes)),
             _ => None,

@@ -1,5 +1,6 @@
 //! `durable`: keeps what it is told in its own `wasi:keyvalue` bucket, for the tests of
-//! durable state. Events: `set {key, value}`, `get {key}` (the value or `null`), `incr
+//! durable state. Events: `set {key, value, bucket?}`, `get {key, bucket?}` (the value or
+//! `null`; `bucket` names a shared bucket instead of the instance's own), `incr
 //! {key, by}` (an atomic counter), `keys`, `open {name}` (opens a bucket by name: `opened`
 //! or the error), `set-and-trap {key, value}` (writes, then panics: the write must vanish),
 //! `wakes` (how many times it has woken, kept across sleeps), `big {key_bytes,
@@ -18,11 +19,28 @@ struct Durable;
 struct Set {
     key: String,
     value: serde_json::Value,
+    /// A shared bucket to write instead of the instance's own.
+    bucket: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Key {
     key: String,
+    bucket: Option<String>,
+}
+
+/// Runs `f` on the shared bucket `name`, or on the instance's own.
+fn in_bucket<R>(
+    name: Option<&str>,
+    f: impl FnOnce(&kv::Bucket) -> Result<R, store::StoreError>,
+) -> Result<R, String> {
+    match name {
+        None => store::with_bucket(f),
+        Some(n) => kv::open(n)
+            .map_err(store::StoreError::from)
+            .and_then(|b| f(&b)),
+    }
+    .map_err(|e| e.to_string())
 }
 
 #[derive(Deserialize)]
@@ -78,12 +96,21 @@ impl Service for Durable {
         match event.name {
             "set" => event
                 .params::<Set>()
-                .and_then(|s| store::set(&s.key, &s.value).map_err(|e| e.to_string()))
+                .and_then(|s| {
+                    let bytes = serde_json::to_vec(&s.value).map_err(|e| e.to_string())?;
+                    in_bucket(s.bucket.as_deref(), |b| Ok(b.set(&s.key, &bytes)?))
+                })
                 .map(|()| "ok")
                 .into(),
             "get" => event
                 .params::<Key>()
-                .and_then(|k| store::get::<serde_json::Value>(&k.key).map_err(|e| e.to_string()))
+                .and_then(|k| {
+                    let bytes = in_bucket(k.bucket.as_deref(), |b| Ok(b.get(&k.key)?))?;
+                    match bytes {
+                        None => Ok(serde_json::Value::Null),
+                        Some(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
+                    }
+                })
                 .into(),
             "incr" => event
                 .params::<Incr>()
