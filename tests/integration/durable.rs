@@ -311,36 +311,23 @@ async fn writer(
     let mut acked = from;
     loop {
         let n = acked + 1;
-        let ask = wasmwire::broker::Ask::Request {
-            service: format!("acct/w{w}"),
-            event: "set".into(),
-            params: format!(r#"{{"key":"k{n}","value":{n}}}"#),
-            chain: vec![],
-            caller: None,
-            session: None,
-        };
+        let params = format!(r#"{{"key":"k{n}","value":{n}}}"#);
         match client
-            .net
-            .ask(client.conn, ask, Duration::from_secs(30))
+            .request(
+                &format!("acct/w{w}"),
+                "set",
+                &params,
+                Duration::from_secs(30),
+            )
             .await
         {
-            Ok(wasmwire::wire::Control::Response { .. }) => acked = n,
-            Ok(other) => panic!("set answered {other:?}"),
+            Ok(_) => acked = n,
             Err(f) if f.code == wasmwire::wire::ErrorCode::Busy => {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             Err(_) => return acked,
         }
     }
-}
-
-async fn dial(addr: &str) -> Option<wasmwire_tests::client::TestClient> {
-    let net = wasmwire_tests::client::client_net(
-        wasmwire::net::identity::Identity::generate().unwrap(),
-        wasmwire::wire::ALPN,
-    );
-    let (conn, _) = net.dial(&addr.parse().unwrap()).await.ok()?;
-    Some(wasmwire_tests::client::TestClient { net, conn })
 }
 
 /// A real host under a steady write load (16 writers, each `set` a call that writes and
@@ -439,7 +426,7 @@ async fn sigkill_under_write_load_loses_no_acknowledged_write() {
 async fn wait_until_dialled(addr: &str) -> wasmwire_tests::client::TestClient {
     let started = std::time::Instant::now();
     loop {
-        if let Some(c) = dial(addr).await {
+        if let Some(c) = wasmwire_tests::client::TestClient::dial(addr).await {
             return c;
         }
         assert!(
@@ -454,24 +441,16 @@ async fn ask_dump(
     client: &wasmwire_tests::client::TestClient,
     w: u64,
 ) -> serde_json::Map<String, serde_json::Value> {
-    let ask = wasmwire::broker::Ask::Request {
-        service: format!("acct/w{w}"),
-        event: "dump".into(),
-        params: "null".into(),
-        chain: vec![],
-        caller: None,
-        session: None,
-    };
-    match client
-        .net
-        .ask(client.conn, ask, Duration::from_secs(30))
+    let dump = client
+        .request(
+            &format!("acct/w{w}"),
+            "dump",
+            "null",
+            Duration::from_secs(30),
+        )
         .await
-    {
-        Ok(wasmwire::wire::Control::Response { result, .. }) => {
-            serde_json::from_str(&result).expect("dump is a JSON object")
-        }
-        other => panic!("dump of acct/w{w}: {other:?}"),
-    }
+        .unwrap_or_else(|f| panic!("dump of acct/w{w}: {f:?}"));
+    serde_json::from_str(&dump).expect("dump is a JSON object")
 }
 
 const SHARED: &str = r#"

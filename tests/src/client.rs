@@ -13,6 +13,40 @@ pub struct TestClient {
 }
 
 impl TestClient {
+    /// Dials the host at `addr` as a client with a key of its own; `None` if it does not
+    /// answer (not up yet, or gone).
+    pub async fn dial(addr: &str) -> Option<TestClient> {
+        let net = client_net(
+            wasmwire::net::identity::Identity::generate().ok()?,
+            wasmwire::wire::ALPN,
+        );
+        let (conn, _) = net.dial(&addr.parse().ok()?).await.ok()?;
+        Some(TestClient { net, conn })
+    }
+
+    /// Calls `event` of `service` with `params`, waiting up to `within`: its reply, or why
+    /// not.
+    pub async fn request(
+        &self,
+        service: &str,
+        event: &str,
+        params: &str,
+        within: Duration,
+    ) -> Result<String, wasmwire::broker::Failure> {
+        let ask = wasmwire::broker::Ask::Request {
+            service: service.into(),
+            event: event.into(),
+            params: params.into(),
+            chain: vec![],
+            caller: None,
+            session: None,
+        };
+        match self.net.ask(self.conn, ask, within).await? {
+            wasmwire::wire::Control::Response { result, .. } => Ok(result),
+            other => panic!("{service} {event} answered {other:?}"),
+        }
+    }
+
     /// Each service's name and state, as `list-services` answers.
     pub async fn list(&self) -> Vec<(String, String)> {
         self.services()

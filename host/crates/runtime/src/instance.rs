@@ -612,25 +612,11 @@ impl Route {
     ) -> Result<(), CallError> {
         match self {
             Route::Instance { to, end } => {
-                let kind = check(to, kind, payload.len())?;
-                to.reserve()?;
-                outbox.push(
-                    to,
-                    Envelope::Message {
-                        end: *end,
-                        kind,
-                        payload: payload.into(),
-                    },
-                );
+                outbox.push(to, reserved(to, *end, kind, payload)?);
                 Ok(())
             }
             Route::Client { to, max_message } => {
-                if payload.len() as u64 > *max_message {
-                    return Err(CallError::TooLarge {
-                        size: payload.len(),
-                        limit: *max_message,
-                    });
-                }
+                fits(payload.len(), *max_message)?;
                 to.try_send(ClientEvent::Message {
                     kind: kind.to_string(),
                     payload,
@@ -655,25 +641,18 @@ impl Route {
     ) -> Result<(), CallError> {
         match self {
             Route::Instance { to, end } => {
-                let kind = check(to, kind, payload.len())?;
-                to.reserve()?;
-                outbox.held.push(Held::Local(
-                    to.clone(),
-                    Envelope::Message {
-                        end: *end,
-                        kind,
-                        payload: payload.into(),
-                    },
-                ));
+                let envelope = reserved(to, *end, kind, payload)?;
+                outbox.held.push(Held::Local(to.clone(), envelope));
                 Ok(())
             }
-            Route::Client { max_message, .. } if payload.len() as u64 > *max_message => {
-                Err(CallError::TooLarge {
-                    size: payload.len(),
-                    limit: *max_message,
-                })
+            Route::Client { max_message, .. } => {
+                fits(payload.len(), *max_message)?;
+                outbox
+                    .held
+                    .push(Held::Send(self.clone(), Box::from(kind), payload));
+                Ok(())
             }
-            Route::Client { .. } | Route::Remote(_) => {
+            Route::Remote(_) => {
                 outbox
                     .held
                     .push(Held::Send(self.clone(), Box::from(kind), payload));
@@ -719,6 +698,35 @@ impl Route {
             Route::Remote(sink) => sink.close(),
         }
     }
+}
+
+/// A message for end `end` of `to`, checked (kind, size) and with its mailbox place taken.
+#[inline]
+fn reserved(
+    to: &Instance,
+    end: SessionId,
+    kind: &str,
+    payload: Vec<u8>,
+) -> Result<Envelope, CallError> {
+    let kind = check(to, kind, payload.len())?;
+    to.reserve()?;
+    Ok(Envelope::Message {
+        end,
+        kind,
+        payload: payload.into(),
+    })
+}
+
+/// Whether a payload of `len` bytes fits a client's `max_message`.
+#[inline]
+fn fits(len: usize, max_message: u64) -> Result<(), CallError> {
+    if len as u64 > max_message {
+        return Err(CallError::TooLarge {
+            size: len,
+            limit: max_message,
+        });
+    }
+    Ok(())
 }
 
 /// The receiver's number for a declared message kind, or why the message is refused.

@@ -41,8 +41,8 @@ type Error = store::Error;
 pub struct KeyValueCtx {
     /// The instance's name, for the log.
     instance: Arc<str>,
-    /// The instance's own bucket.
-    own: Arc<str>,
+    /// The instance's own bucket, named on its first `open` (most wakes open none).
+    own: Option<Arc<str>>,
     /// Its quotas: bytes, keys.
     own_quota: (u64, u64),
     /// The shared buckets it may open.
@@ -57,11 +57,18 @@ impl KeyValueCtx {
     pub(crate) fn new(name: &Arc<str>, limits: &wasmwire_manifest::Limits) -> KeyValueCtx {
         KeyValueCtx {
             instance: name.clone(),
-            own: own_bucket(name),
+            own: None,
             own_quota: (limits.max_data, limits.max_keys),
             shared: Arc::from([]),
             told_denied: false,
         }
+    }
+
+    /// The instance's own bucket.
+    fn own(&mut self) -> Arc<str> {
+        self.own
+            .get_or_insert_with(|| own_bucket(&self.instance))
+            .clone()
     }
 
     /// Lets the instance open these shared buckets.
@@ -266,7 +273,7 @@ impl store::Host for KeyValueCtxView<'_> {
         }
         let bucket = if identifier.is_empty() || identifier == "default" {
             BucketRef {
-                name: self.ctx.own.clone(),
+                name: self.ctx.own(),
                 writable: true,
                 max_data: self.ctx.own_quota.0,
                 max_keys: self.ctx.own_quota.1,

@@ -5,7 +5,7 @@
 //! or the error), `set-and-trap {key, value}` (writes, then panics: the write must vanish),
 //! `wakes` (how many times it has woken, kept across sleeps), `big {key_bytes,
 //! value_bytes}` (writes a key and value of those sizes, for the limits), `dump` (every
-//! JSON value by key). A `note` message is appended
+//! JSON value by key), `ping` (no storage at all). A `note` message is appended
 //! to the `notes` list and answered with a `noted` message holding the count.
 
 use serde::Deserialize;
@@ -77,6 +77,7 @@ impl Service for Durable {
         "wakes",
         "big",
         "dump",
+        "ping",
     ];
 
     fn wakeup(&mut self, _options: Options<'_>) -> Result<(), String> {
@@ -162,6 +163,8 @@ impl Service for Durable {
                 });
                 dump.into()
             }
+            // The same round trip with no storage: the baseline of a `get`.
+            "ping" => Reply::json("pong"),
             other => Reply::error(format!("unknown event {other}")),
         }
     }
