@@ -184,6 +184,7 @@ bench: services test-guests
 	$(CARGO) build --release --locked -p wasmwire   # (k) starts the real binary
 	$(CARGO) bench --locked -p wasmwire-tests --bench host
 	$(CARGO) bench --locked -p wasmwire-tests --bench net
+	$(CARGO) bench --locked -p wasmwire-tests --bench store
 	$(CARGO) bench --locked -p wasmwire-tests --bench scale
 
 sim: setup

@@ -2,7 +2,8 @@
 //! with values as JSON.
 //!
 //! What an export call writes is one transaction: visible to the same call at once, to
-//! everyone once the call returns, and gone if the call traps. The host makes it durable
+//! everyone once the call returns, and gone if the call traps. (A `connect` or `request`
+//! after a write commits the writes before it first, so a later trap keeps those.) The host makes it durable
 //! before anything the call caused — its reply, its messages — leaves, so a caller that has
 //! the reply knows the write survives a crash of the host. The bucket outlives sleep,
 //! crashes and restarts of the host; a keyed instance's is its key's own.

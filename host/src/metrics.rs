@@ -276,10 +276,12 @@ pub fn encode(stats: &HostStats) -> String {
 /// shows them).
 pub fn encode_store(text: String, db: &crate::store::Database) -> String {
     let mut registry = prometheus_client::registry::Registry::with_prefix("wasmwire");
-    let buckets = db.buckets().unwrap_or_default();
+    // The shared buckets only (a few, listed in the manifest): the totals are the
+    // committer's running figures, so a scrape never walks every key's bucket.
+    let shared = db.shared().unwrap_or_default();
     registry.register_collector(Box::new(StoreFigures {
         figures: db.figures().clone(),
-        buckets,
+        shared,
     }));
     let mut more = String::with_capacity(2048);
     let _ = prometheus_client::encoding::text::encode(&mut more, &registry);
@@ -292,7 +294,7 @@ pub fn encode_store(text: String, db: &crate::store::Database) -> String {
 #[derive(Debug)]
 struct StoreFigures {
     figures: Arc<crate::store::Figures>,
-    buckets: Vec<(String, crate::store::Usage)>,
+    shared: Vec<(String, crate::store::Usage)>,
 }
 
 impl Collector for StoreFigures {
@@ -338,16 +340,16 @@ impl Collector for StoreFigures {
             &mut e,
             "store_keys",
             "Keys held, every bucket together.",
-            gauge(self.buckets.iter().map(|(_, u)| u.keys).sum()),
+            gauge(f.keys.load(Relaxed).max(0) as u64),
         )?;
         family(
             &mut e,
             "store_bytes",
             "Bytes of keys and values held, every bucket together.",
-            gauge(self.buckets.iter().map(|(_, u)| u.bytes).sum()),
+            gauge(f.bytes.load(Relaxed).max(0) as u64),
         )?;
         let shared = || {
-            self.buckets
+            self.shared
                 .iter()
                 .filter_map(|(b, u)| Some((b.strip_prefix("s/")?.to_string(), *u)))
         };

@@ -82,7 +82,7 @@ pub struct HostConfig {
     pub keep_resident: u64,
     /// Folder of the compiled-component cache.
     pub cache_dir: PathBuf,
-    /// Folder of the services' durable data (one `data.redb` file; opened only when a
+    /// Folder of the services' durable data (fjall's `keyvalue/` folder; opened only when a
     /// component imports `wasi:keyvalue`).
     pub data_dir: PathBuf,
     /// Worker threads that run the instances.

@@ -128,7 +128,6 @@ impl Source<'_> {
     }
 }
 
-/// The expected word nearest to `word`, if it is a plausible typo of it.
 /// Whether `name` may name a shared bucket: 1 to 64 lowercase letters, digits, `-`, `_`
 /// or `.`, starting with a letter; not `default`, the instance's own bucket.
 fn check_bucket_name(name: &str) -> Result<(), String> {
@@ -149,6 +148,7 @@ fn check_bucket_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The expected word nearest to `word`, if it is a plausible typo of it.
 fn closest<'a>(word: &str, expected: &[&'a str]) -> Option<&'a str> {
     expected
         .iter()
@@ -458,6 +458,10 @@ impl Validator<'_> {
                 continue;
             }
             seen.push(name.clone());
+            if let Err(why) = check_bucket_name(&name) {
+                self.problem(&b.name, field("name"), why, None);
+                continue;
+            }
             let Some(entry) = out.iter_mut().find(|e| e.name == name) else {
                 let listed: Vec<&str> = out.iter().map(|e| e.name.as_str()).collect();
                 let help = match closest(&name, &listed) {

@@ -814,9 +814,11 @@ impl Outbox {
         self.flush();
     }
 
-    /// The call's writes are lost (it trapped, or the commit failed): what it held never
-    /// leaves, except the closes of its sessions.
+    /// The call's writes are lost (it trapped, or the commit failed): what it sent before
+    /// its first write goes out (first, so that a close held after it cannot overtake it);
+    /// what it held never leaves, except the closes of its sessions.
     pub(crate) fn discard_held(&mut self) {
+        self.flush();
         for h in self.held.drain(..) {
             match h {
                 // Gives back the mailbox place the message took.

@@ -114,6 +114,7 @@ impl Core {
     /// writes are gone, and what the call held never leaves.
     async fn finish(&mut self) -> Result<(), wasmtime::Error> {
         let state = self.store.data_mut();
+        state.txn.end_call();
         if state.txn.is_dirty() {
             let commit = state.txn.commit();
             if let Err(e) = commit.await {
@@ -130,8 +131,8 @@ impl Core {
     fn abandon(&mut self) {
         let state = self.store.data_mut();
         state.txn.rollback();
+        state.txn.end_call();
         state.service.outbox.discard_held();
-        state.service.outbox.flush();
     }
 
     /// The host state inside the store.

@@ -252,7 +252,7 @@ impl KeyValueCtxView<'_> {
 
     /// Checks that `more` bytes more fit in this call's writes.
     fn room(&self, more: usize) -> Result<(), Error> {
-        let now = self.txn.writes().bytes();
+        let now = self.txn.call_bytes();
         if now + more > MAX_CALL_WRITES {
             return Err(Error::Other(format!(
                 "one call may write at most {MAX_CALL_WRITES} bytes; this one has {now} and asks for {more} more"

@@ -140,8 +140,10 @@ impl HasData for HasService {
 impl ServiceCtxView<'_> {
     /// Before an output that waits for an answer (`connect`, `request`): the call's writes
     /// so far are made durable and what it held goes out, so that the other side never
-    /// acts on a write a crash could undo. A call that wrote nothing passes at once.
-    async fn durable_first(&mut self) -> Result<(), CallError> {
+    /// acts on a write a crash could undo. A call that wrote nothing passes at once. A
+    /// commit that fails traps the call, as it does at the call's end: the call cannot go
+    /// on as one transaction with half of it gone.
+    async fn durable_first(&mut self) -> wasmtime::Result<()> {
         if !self.txn.is_dirty() {
             return Ok(());
         }
@@ -157,9 +159,7 @@ impl ServiceCtxView<'_> {
             }
             Err(e) => {
                 self.ctx.outbox.discard_held();
-                Err(CallError::Unavailable(format!(
-                    "this call's writes could not be made durable, so nothing was sent: {e}"
-                )))
+                Err(wasmtime::Error::new(e))
             }
         }
     }
@@ -167,7 +167,6 @@ impl ServiceCtxView<'_> {
     /// Opens a session with what `addr` names, as the directory routes it.
     async fn connect_to(&mut self, addr: ServiceAddr) -> Result<SessionId, CallError> {
         let (me, directory) = self.ctx.node()?;
-        self.durable_first().await?;
         let destination = directory.route(&me, &addr)?;
         self.ctx.session_room()?;
         match destination {
@@ -277,7 +276,6 @@ impl ServiceCtxView<'_> {
         params: String,
     ) -> Result<String, CallError> {
         let (me, directory) = self.ctx.node()?;
-        self.durable_first().await?;
         match directory.route(&me, &addr)? {
             Destination::Local(target) => {
                 self.request_local(me, directory, target, event, params)
@@ -440,6 +438,7 @@ impl host::Host for ServiceCtxView<'_> {
         peer: Option<String>,
         service: String,
     ) -> wasmtime::Result<Result<SessionId, WitError>> {
+        self.durable_first().await?;
         let r = match peer.map(|p| p.parse::<PeerSel>()).transpose() {
             Ok(peer) => self.connect_to(ServiceAddr { peer, service }).await,
             Err(e) => Err(CallError::Invalid(e.to_string())),
@@ -453,6 +452,7 @@ impl host::Host for ServiceCtxView<'_> {
         event: String,
         params: String,
     ) -> wasmtime::Result<Result<String, WitError>> {
+        self.durable_first().await?;
         // `PEERID/name` or `*/name` is a service on another host; a bare name or
         // `class/KEY` is local (see `wire::addr`).
         let r = match ServiceAddr::try_from(service) {

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -124,6 +124,10 @@ pub struct Figures {
     pub commit_ns: AtomicU64,
     /// Commits that failed.
     pub failures: AtomicU64,
+    /// Keys held, every bucket together (counted at open, then kept by the committer).
+    pub keys: AtomicI64,
+    /// Bytes of keys and values held, every bucket together.
+    pub bytes: AtomicI64,
 }
 
 /// A write set and who waits for it to be durable.
@@ -192,6 +196,13 @@ impl Database {
             .keyspace("usage", KeyspaceCreateOptions::default)
             .map_err(|e| refused(e.to_string()))?;
         let figures = Arc::new(Figures::default());
+        // What is held already: once, here; from now on the committer keeps the totals.
+        for entry in usage.iter() {
+            let (_, v) = entry.into_inner().map_err(|e| refused(e.to_string()))?;
+            let u = Usage::decode(&v);
+            figures.keys.fetch_add(u.keys as i64, Ordering::Relaxed);
+            figures.bytes.fetch_add(u.bytes as i64, Ordering::Relaxed);
+        }
         let (jobs, rx) = mpsc::channel();
         let committer = {
             let store = Keyspaces {
@@ -277,6 +288,16 @@ impl Database {
             .map_or_else(Usage::default, |v| Usage::decode(&v)))
     }
 
+    /// Every shared bucket (`s/NAME`) ever written, with what it holds (zero once emptied).
+    pub fn shared(&self) -> Result<Vec<(String, Usage)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.inner.usage.prefix("s/") {
+            let (k, v) = entry.into_inner().map_err(io)?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), Usage::decode(&v)));
+        }
+        Ok(out)
+    }
+
     /// Every bucket that holds anything, by name, with what it holds.
     pub fn buckets(&self) -> Result<Vec<(String, Usage)>, StoreError> {
         let mut out = Vec::new();
@@ -338,7 +359,7 @@ impl Database {
             data: self.inner.data.clone(),
             usage: self.inner.usage.clone(),
         };
-        apply(&store, std::slice::from_ref(&writes))
+        apply(&store, std::slice::from_ref(&writes)).map(|_| ())
     }
 }
 
@@ -368,7 +389,9 @@ fn committer(store: &Keyspaces, rx: &mpsc::Receiver<Job>, figures: &Figures) {
             .commit_ns
             .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match &result {
-            Ok(()) => {
+            Ok(change) => {
+                figures.keys.fetch_add(change.keys, Ordering::Relaxed);
+                figures.bytes.fetch_add(change.bytes, Ordering::Relaxed);
                 figures.commits.fetch_add(1, Ordering::Relaxed);
                 figures
                     .write_sets
@@ -381,6 +404,7 @@ fn committer(store: &Keyspaces, rx: &mpsc::Receiver<Job>, figures: &Figures) {
             }
         }
         sets.clear();
+        let result = result.map(|_| ());
         for done in dones {
             let _ = done.send(result.clone());
         }
@@ -395,10 +419,12 @@ struct Keyspaces {
 }
 
 /// Writes `sets` in order as one atomic batch, with the usage of every bucket they change
-/// (so usage and data never disagree, whatever moment a crash picks), and fsyncs the
-/// journal.
-fn apply(store: &Keyspaces, sets: &[WriteSet]) -> Result<(), StoreError> {
-    let mut batch = store.db.batch();
+/// (so usage and data never disagree, whatever moment a crash picks). The journal is
+/// fsync'd before the batch becomes visible to any reader: no one reads a write that a
+/// power cut could still take back, and a batch whose fsync fails is never seen (fjall
+/// then refuses further writes until the host restarts and recovers).
+fn apply(store: &Keyspaces, sets: &[WriteSet]) -> Result<Change, StoreError> {
+    let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
     // The size each key has after the writes so far in this group (a key may be written by
     // several sets), and each bucket's change.
     let mut sizes: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
@@ -426,10 +452,12 @@ fn apply(store: &Keyspaces, sets: &[WriteSet]) -> Result<(), StoreError> {
             sizes.insert(stored, new);
         }
     }
+    let mut total = Change::default();
     for (bucket, c) in changes {
         if c == Change::default() {
             continue;
         }
+        total += c;
         let was = store
             .usage
             .get(bucket.as_bytes())
@@ -442,7 +470,7 @@ fn apply(store: &Keyspaces, sets: &[WriteSet]) -> Result<(), StoreError> {
         batch.insert(&store.usage, bucket.as_bytes(), now.encode().as_slice());
     }
     batch.commit().map_err(io)?;
-    store.db.persist(PersistMode::SyncAll).map_err(io)
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -128,6 +128,9 @@ pub struct Transaction {
     writes: WriteSet,
     /// What this call's writes change, by bucket (for quotas).
     changes: HashMap<Arc<str>, Change>,
+    /// Bytes of keys and values this export call has written, commits within it included
+    /// (a call's bound holds across its `connect`/`request` commits).
+    call_bytes: usize,
 }
 
 impl Transaction {
@@ -137,7 +140,18 @@ impl Transaction {
             db,
             writes: WriteSet::default(),
             changes: HashMap::new(),
+            call_bytes: 0,
         }
+    }
+
+    /// Bytes of keys and values this export call has written so far.
+    pub fn call_bytes(&self) -> usize {
+        self.call_bytes
+    }
+
+    /// The export call is over: the next one starts its count of bytes from zero.
+    pub fn end_call(&mut self) {
+        self.call_bytes = 0;
     }
 
     /// How `bucket` would stand once this call's writes are committed: keys and bytes.
@@ -208,6 +222,7 @@ impl Transaction {
                 self.changes.insert(bucket.clone(), c);
             }
         }
+        self.call_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
         self.writes.put(bucket, key, value);
         Ok(())
     }
