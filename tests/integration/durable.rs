@@ -307,6 +307,7 @@ async fn writer(
     client: std::sync::Arc<wasmwire_tests::client::TestClient>,
     w: u64,
     from: u64,
+    acks: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> u64 {
     let mut acked = from;
     loop {
@@ -321,7 +322,11 @@ async fn writer(
             )
             .await
         {
-            Ok(_) => acked = n,
+            Ok(_) => {
+                acked = n;
+                acks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // A full mailbox: back off a little and ask again (the retry is the behaviour).
             Err(f) if f.code == wasmwire::wire::ErrorCode::Busy => {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
@@ -385,14 +390,21 @@ async fn sigkill_under_write_load_loses_no_acknowledged_write() {
                 acked.iter().sum::<u64>() - found_extra
             );
         }
+        let acks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writers: Vec<_> = (0..WRITERS)
-            .map(|w| tokio::spawn(writer(client.clone(), w, acked[w as usize])))
+            .map(|w| tokio::spawn(writer(client.clone(), w, acked[w as usize], acks.clone())))
             .collect();
-        // Kill at a random moment 300–1300 ms into the load.
+        // Once the load flows (writes acknowledged, however slow the machine), kill at a
+        // random moment up to a second later: the random moment is what is under test.
+        wasmwire_tests::wait_until(Duration::from_secs(60), "writes acknowledged", || {
+            let flowing = acks.load(std::sync::atomic::Ordering::Relaxed) >= WRITERS;
+            async move { flowing.then_some(()) }
+        })
+        .await;
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        tokio::time::sleep(Duration::from_millis(300 + seed % 1000)).await;
+        tokio::time::sleep(Duration::from_millis(seed % 1000)).await;
         host.kill();
         let mut this_round = 0;
         for (w, t) in writers.into_iter().enumerate() {
@@ -424,17 +436,10 @@ async fn sigkill_under_write_load_loses_no_acknowledged_write() {
 }
 
 async fn wait_until_dialled(addr: &str) -> wasmwire_tests::client::TestClient {
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(c) = wasmwire_tests::client::TestClient::dial(addr).await {
-            return c;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the host did not come back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wasmwire_tests::wait_until(Duration::from_secs(60), "the host back", || {
+        wasmwire_tests::client::TestClient::dial(addr)
+    })
+    .await
 }
 
 async fn ask_dump(
