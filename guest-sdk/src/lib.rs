@@ -105,7 +105,8 @@ use std::thread::LocalKey;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "service",
+        // `service` and the `on-alarm` export: a service that sets no alarm is never called.
+        world: "service-with-alarms",
         // The world imports `wasi:keyvalue` from `wit/deps`: generate its bindings here too.
         generate_all,
         pub_export_macro: true,
@@ -342,6 +343,14 @@ pub trait Service: Default + 'static {
     fn on_timer(&mut self, timer: TimerId) {
         let _ = timer;
     }
+
+    /// The alarm set with [`set_alarm`] for `at_ms` is due. Unlike a timer it wakes a
+    /// sleeping instance (a retired key too, or after a host restart). The alarm is already
+    /// removed when this runs: call [`set_alarm`] here for the next one. A panic puts it
+    /// back, and the host tries again after 1, 2, 4… seconds (six tries in all).
+    fn on_alarm(&mut self, at_ms: u64) {
+        let _ = at_ms;
+    }
 }
 
 /// Writes a line to the host's log under this instance's name.
@@ -393,6 +402,31 @@ where
     let params = serde_json::to_string(params).map_err(|e| Error::Invalid(e.to_string()))?;
     let reply = host::request(service, event, &params)?;
     serde_json::from_str(&reply).map_err(|e| Error::Invalid(format!("bad reply: {e}")))
+}
+
+/// Sets this instance's one alarm (replacing any) to `at_ms`, milliseconds since the Unix
+/// epoch: when it is due the host wakes the instance, even from sleep or after a restart,
+/// and calls [`Service::on_alarm`]. It is written with the call's other writes (a panic
+/// drops it). Needs a host that keeps data.
+pub fn set_alarm(at_ms: u64) -> Result<(), Error> {
+    host::set_alarm(at_ms).map_err(Error::from)
+}
+
+/// Removes this instance's alarm, if it has one.
+pub fn cancel_alarm() {
+    host::cancel_alarm();
+}
+
+/// When this instance's alarm is due, if it has one.
+pub fn alarm() -> Option<u64> {
+    host::alarm()
+}
+
+/// Now, in milliseconds since the Unix epoch (the clock alarms are set in).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Starts a timer firing every `every_ms` milliseconds while the instance is awake.
@@ -463,6 +497,11 @@ macro_rules! export_service {
                     $crate::__private::with::<$service, _>(&__WASMWIRE_STATE, |s| s.on_timer(timer))
                 }
             }
+            impl $crate::__private::AlarmGuest for __WasmwireExport {
+                fn on_alarm(at_ms: u64) {
+                    $crate::__private::with::<$service, _>(&__WASMWIRE_STATE, |s| s.on_alarm(at_ms))
+                }
+            }
             $crate::bindings::__export_service_bindings!(__WasmwireExport with_types_in $crate::bindings);
         };
     };
@@ -470,6 +509,7 @@ macro_rules! export_service {
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::bindings::exports::wasmwire::service::alarm::Guest as AlarmGuest;
     pub use crate::bindings::exports::wasmwire::service::lifecycle::{Description, Guest};
     pub use crate::bindings::wasmwire::service::types::SessionInfo;
     pub use wit_bindgen;

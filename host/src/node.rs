@@ -135,6 +135,7 @@ impl Node {
         // services touches no data dir.
         let database = if classes.values().any(|c| c.class.stores) {
             let db = crate::store::Database::open(&manifest.host.data_dir)?;
+            db.set_reserve(manifest.host.data_reserve);
             tracing::info!(file = %db.path().display(), "durable data");
             Some(db)
         } else {

@@ -2,13 +2,17 @@
 //
 // describe: messages ["hello"], events ["greet", "stats", "crash"].
 // wakeup reads the JSON option `greeting` (default "Hello").
-// greet {"name": N} -> {"text": "<greeting>, N!", "count": greets so far this awake period}
+// greet {"name": N} -> {"text": "<greeting>, N!", "count": greets so far this awake period,
+//                      "total": greets ever (kept with wasi:keyvalue: it survives sleep,
+//                      a crash and a host restart)}
 // stats             -> {"count": greets so far this awake period}
 // crash             -> traps the instance (the host contains it and restarts it on demand)
 // message hello N   -> sends back "hello" "<greeting>, N!" on the same session
 //
 // State lives in module variables: one instance is one JS engine, kept for the whole
-// awake period, and a new awake period starts from a fresh instance.
+// awake period, and a new awake period starts from a fresh instance. What must outlive it
+// goes in the instance's own bucket, through ComponentizeJS's bindings of the standard
+// wasi:keyvalue interfaces (`open('default')`, `increment`).
 //
 // Errors: an export returning `result<_, string>` turns a thrown *string* into `err`. A
 // thrown `Error` is not: the generated bindings cannot lower it as the string error (they
@@ -16,7 +20,9 @@
 // (`unreachable`), as any exception escaping the bindings does. `crash` relies on that
 // (checked with ComponentizeJS 0.23.0).
 
-import { log, send } from 'wasmwire:service/host@0.1.1';
+import { log, send } from 'wasmwire:service/host@0.1.2';
+import { open } from 'wasi:keyvalue/store@0.2.0-draft2';
+import { increment } from 'wasi:keyvalue/atomics@0.2.0-draft2';
 
 let greeting = 'Hello';
 let greets = 0;
@@ -26,6 +32,21 @@ const decoder = new TextDecoder();
 
 function greet(name) {
   return `${greeting}, ${name}!`;
+}
+
+// The instance's own bucket, opened once per awake period (a handle is a resource the
+// host keeps until it is dropped, and the JS engine drops it only when collected).
+let bucket = null;
+
+// Adds one to the greets kept in the instance's own bucket; returns the new total.
+function countTotal() {
+  try {
+    bucket ??= open('default');
+    return Number(increment(bucket, 'greets', 1n));
+  } catch (e) {
+    const tag = e && e.payload ? e.payload.tag : String(e);
+    throw `could not keep the total: ${tag}`; // a string: an `err`, not a trap
+  }
 }
 
 function parse(text, what) {
@@ -74,7 +95,8 @@ export const lifecycle = {
         const p = parse(params, 'params');
         const who = p && typeof p === 'object' && 'name' in p ? String(p.name) : 'world';
         greets += 1;
-        return JSON.stringify({ text: greet(who), count: greets });
+        const total = countTotal();
+        return JSON.stringify({ text: greet(who), count: greets, total });
       }
       case 'stats':
         return JSON.stringify({ count: greets });

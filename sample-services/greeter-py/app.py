@@ -2,13 +2,17 @@
 
 describe: messages ["hello"], events ["greet", "stats", "crash"].
 wakeup reads the JSON option `greeting` (default "Hello").
-greet {"name": N} -> {"text": "<greeting>, N!", "count": greets so far this awake period}
+greet {"name": N} -> {"text": "<greeting>, N!", "count": greets so far this awake period,
+                      "total": greets ever (kept with wasi:keyvalue: it survives sleep,
+                      a crash and a host restart)}
 stats             -> {"count": greets so far this awake period}
 crash             -> traps the instance (the host contains it and restarts it on demand)
 message hello N   -> sends back "hello" "<greeting>, N!" on the same session
 
 State lives in module globals: one instance is one Python interpreter, kept for the
-whole awake period, and a new awake period starts from a fresh instance.
+whole awake period, and a new awake period starts from a fresh instance. What must
+outlive it goes in the instance's own bucket, through componentize-py's bindings of the
+standard wasi:keyvalue interfaces (`store.open("default")`, `atomics.increment`).
 """
 
 import json
@@ -17,7 +21,7 @@ from typing import Optional
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.exports import lifecycle
-from wit_world.imports import host, types
+from wit_world.imports import atomics, host, store, types
 
 greeting = "Hello"
 greets = 0
@@ -25,6 +29,12 @@ greets = 0
 
 def greet(name: str) -> str:
     return f"{greeting}, {name}!"
+
+
+def count_total() -> int:
+    """Adds one to the greets kept in the instance's own bucket; returns the new total."""
+    with store.open("default") as bucket:
+        return atomics.increment(bucket, "greets", 1)
 
 
 class Lifecycle(exports.Lifecycle):
@@ -69,7 +79,11 @@ class Lifecycle(exports.Lifecycle):
                 raise Err(f"params are not JSON: {e}")
             who = p.get("name", "world") if isinstance(p, dict) else "world"
             greets += 1
-            return json.dumps({"text": greet(str(who)), "count": greets})
+            try:
+                total = count_total()
+            except Err as e:
+                raise Err(f"could not keep the total: {e.value}")
+            return json.dumps({"text": greet(str(who)), "count": greets, "total": total})
         if name == "stats":
             return json.dumps({"count": greets})
         if name == "crash":

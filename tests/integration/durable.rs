@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 use wasmwire::node::Node;
 use wasmwire::runtime::session::ClientEvent;
-use wasmwire_tests::{json, manifest_text, root, scratch_dir, start, start_text};
+use wasmwire_tests::{
+    ask, json, manifest_text, root, scratch_dir, start, start_on_data, start_text,
+};
 
 const DURABLE: &str = r#"
 [[service]]
@@ -30,23 +32,7 @@ channel = 3
 
 /// A host on the data dir `data`, so that a second host can start on the same data.
 async fn start_on(data: &Path) -> Node {
-    let text = format!(
-        "[host]\nmax_awake = 32\ncache_dir = {:?}\ndata_dir = {:?}\n\n{DURABLE}",
-        root().join("target/test-cache").display().to_string(),
-        data.display().to_string()
-    );
-    start_text(&manifest_text(&text)).await
-}
-
-async fn ask(node: &Node, service: &str, event: &str, params: &str) -> serde_json::Value {
-    json(
-        &node
-            .request(service, event, params)
-            .await
-            .unwrap_or_else(|e| {
-                panic!("{service} {event} {params}: {e}");
-            }),
-    )
+    start_on_data(data, "max_awake = 32", DURABLE).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -588,4 +574,39 @@ fn a_scrape_shows_commits_and_what_shared_buckets_hold() {
         "own buckets are not labelled:\n{text}"
     );
     assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+}
+
+/// A disk below `[host] data_reserve` (here: a reserve larger than any disk) refuses
+/// writes with an error the guest sees; the instance keeps running and reads still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_a_write_with_an_error_and_the_instance_keeps_running() {
+    let data = scratch_dir("durable-full");
+    let text = format!(
+        "[host]\ncache_dir = {:?}\ndata_dir = {:?}\ndata_reserve = \"999999999GiB\"\n\n{DURABLE}",
+        root().join("target/test-cache").display().to_string(),
+        data.display().to_string()
+    );
+    let node = start_text(&manifest_text(&text)).await;
+    let refused = node
+        .request("durable", "set", r#"{"key":"a","value":1}"#)
+        .await;
+    match refused {
+        Err(wasmwire::runtime::instance::CallError::Failed(m)) => {
+            assert!(m.contains("disk of the data dir is full"), "{m}")
+        }
+        other => panic!("the write must fail: {other:?}"),
+    }
+    // Still running: the same instance answers, and nothing was written.
+    assert_eq!(ask(&node, "durable", "ping", "null").await, "pong");
+    assert_eq!(
+        ask(&node, "durable", "get", r#"{"key":"a"}"#).await,
+        json("null")
+    );
+    let i = node.directory().live("durable").expect("live");
+    assert_eq!(
+        i.stats.traps.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "no crash"
+    );
+    node.shutdown().await;
 }

@@ -196,3 +196,66 @@ async fn the_fuzzer_and_a_running_host_refuse_the_same_steps_for_the_same_reason
     );
     node.shutdown().await;
 }
+
+/// A service that stores gets a fresh bucket per run, storage errors among the faults,
+/// and its trapped calls' writes checked to be gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storing_service_gets_a_fresh_bucket_per_run_and_storage_faults() {
+    let path = test_guest("durable");
+    let s = settings("null", 7, 1);
+    let target = Target::load(&path, &s.limits).await.unwrap();
+    let steps = |text: &str| Replay::parse(text).unwrap().steps;
+
+    // One run writes; the next run's bucket is empty.
+    let (finding, _) = fuzz::replay(
+        &target,
+        &s,
+        &steps("event \"set\" \"{\\\"key\\\":\\\"a\\\",\\\"value\\\":1}\"\nevent \"expect-empty\" \"null\"\n"),
+    )
+    .await;
+    let finding = finding.expect("within one run the write is seen");
+    assert_eq!(finding.kind, Kind::Trap, "{finding:?}");
+    assert!(finding.cause.contains("expect-empty"), "{finding:?}");
+    let (finding, calls) =
+        fuzz::replay(&target, &s, &steps("event \"expect-empty\" \"null\"\n")).await;
+    assert!(
+        finding.is_none(),
+        "a new run starts with no data: {finding:?}"
+    );
+    assert!(calls >= 2, "wakeup and the event ran ({calls})");
+
+    // Storage works without faults, and a storage fault reaches the guest as an error.
+    let (finding, _) = fuzz::replay(&target, &s, &steps("event \"must-incr\" \"null\"\n")).await;
+    assert!(finding.is_none(), "{finding:?}");
+    let (finding, _) = fuzz::replay(
+        &target,
+        &s,
+        &steps("wake\nfault \"store\"\nevent \"must-incr\" \"null\"\n"),
+    )
+    .await;
+    let finding = finding.expect("the injected storage error is a panic of must-incr");
+    assert!(
+        finding.cause.contains("injected by the fuzzer"),
+        "{finding:?}"
+    );
+
+    // A call that writes and traps is a trap, not a broken rule: its write is gone.
+    let (finding, _) = fuzz::replay(
+        &target,
+        &s,
+        &steps("wake\nevent \"set-and-trap\" \"{\\\"key\\\":\\\"b\\\",\\\"value\\\":2}\"\n"),
+    )
+    .await;
+    let finding = finding.expect("set-and-trap traps");
+    assert_eq!(
+        (finding.kind, finding.export),
+        (Kind::Trap, "on-event"),
+        "{finding:?}"
+    );
+
+    // Fuzzing it finds its deliberate trap, never a leaked write.
+    let report = fuzz::fuzz(&target, &settings("null", 11, 300), |_| {});
+    if let Some(f) = report.failure {
+        assert_ne!(f.finding.kind, Kind::Invariant, "{:?}", f.finding);
+    }
+}

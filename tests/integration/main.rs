@@ -1,6 +1,7 @@
 //! Integration tests: real hosts running real components built from `sample-services/`
 //! and `tests/guests/`. One test binary (one link of wasmtime) with a module per topic.
 
+mod alarms;
 mod cache;
 mod chaos;
 mod cli;

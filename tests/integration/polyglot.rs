@@ -1,8 +1,9 @@
 //! The Python and JavaScript greeters (`sample-services/greeter-py` and `greeter-js`, built
 //! from `wit/` alone by `make services` with componentize-py and ComponentizeJS) behave as a
 //! Rust service does: they declare their kinds and events, keep state across the calls of
-//! an awake instance, answer a message on its session, and a trap in one is contained to
-//! that instance while a neighbour keeps answering.
+//! an awake instance and durable state in `wasi:keyvalue` across a crash and sleep (through
+//! their own toolchains' bindings), answer a message on its session, and a trap in one is
+//! contained to that instance while a neighbour keeps answering.
 
 use std::time::Duration;
 use wasmwire::node::Node;
@@ -67,11 +68,11 @@ async fn greeter_behaves_like_a_rust_service(greeter: &str) {
     // State kept across calls of one awake instance; the option reached wakeup().
     assert_eq!(
         greet(&node, greeter, "ann").await,
-        serde_json::json!({"text": "Hi, ann!", "count": 1})
+        serde_json::json!({"text": "Hi, ann!", "count": 1, "total": 1})
     );
     assert_eq!(
         greet(&node, greeter, "bea").await,
-        serde_json::json!({"text": "Hi, bea!", "count": 2})
+        serde_json::json!({"text": "Hi, bea!", "count": 2, "total": 2})
     );
     assert_eq!(
         json(&node.request(greeter, "stats", "null").await.unwrap()),
@@ -125,17 +126,18 @@ async fn greeter_behaves_like_a_rust_service(greeter: &str) {
         r#"{"after":"crash"}"#
     );
 
-    // Restarted on the next demand, from a fresh instance: the count starts over.
+    // Restarted on the next demand, from a fresh instance: the count starts over; the
+    // total, kept with wasi:keyvalue, does not.
     assert_eq!(
         greet(&node, greeter, "dee").await,
-        serde_json::json!({"text": "Hi, dee!", "count": 1})
+        serde_json::json!({"text": "Hi, dee!", "count": 1, "total": 3})
     );
 
-    // sleep() and a new awake period: a fresh instance again.
+    // sleep() and a new awake period: a fresh instance again, and the total goes on.
     assert_eq!(node.sleep(greeter).await, Ok(true));
     assert_eq!(
         greet(&node, greeter, "eve").await,
-        serde_json::json!({"text": "Hi, eve!", "count": 1})
+        serde_json::json!({"text": "Hi, eve!", "count": 1, "total": 4})
     );
     node.shutdown().await;
 }

@@ -153,10 +153,14 @@ pub fn peer_manifest_with_key(
     let cache = root().join("target/test-cache");
     let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
     let mut defaults = String::new();
+    // Each host its own data dir: manifests written side by side would otherwise share
+    // `.wasmwire/data`, which only one host may hold.
+    let data = format!("{:?}", dir.join("data").display().to_string());
     for (field, value) in [
         ("max_awake", "32"),
         ("keep_alive", "\"250ms\""),
         ("peer_timeout", "\"1500ms\""),
+        ("data_dir", data.as_str()),
     ] {
         let given = extra
             .lines()
@@ -474,4 +478,25 @@ request_timeout = "60s"
     .await;
     wait_connected(&a, b.peer_id().expect("an id"), Duration::from_secs(10)).await;
     (b, std::sync::Arc::new(a))
+}
+
+/// Starts a host on the data dir `data` with `host` lines added to `[host]` and the services
+/// of `body` (`{guest:…}`/`{service:…}` resolved): a second host can start on the same data.
+pub async fn start_on_data(data: &Path, host: &str, body: &str) -> Node {
+    let text = format!(
+        "[host]\ncache_dir = {:?}\ndata_dir = {:?}\n{host}\n\n{body}",
+        root().join("target/test-cache").display().to_string(),
+        data.display().to_string()
+    );
+    start_text(&manifest_text(&text)).await
+}
+
+/// Calls `event` on `service` and parses the JSON reply; panics (naming the call) on an error.
+pub async fn ask(node: &Node, service: &str, event: &str, params: &str) -> serde_json::Value {
+    json(
+        &node
+            .request(service, event, params)
+            .await
+            .unwrap_or_else(|e| panic!("{service} {event} {params}: {e}")),
+    )
 }

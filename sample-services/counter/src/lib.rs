@@ -1,19 +1,58 @@
-//! `counter`: a number that lives while the instance is awake. `incr` adds `by` (default 1)
-//! and returns the new value, `get` returns it. The start value comes from the options
-//! (`options = { start = 10 }`), so two instances of this one component count apart.
+//! `counter`: a number kept in the instance's own durable bucket, so it survives sleep, a
+//! crash and a host restart (each `incr` is one write, durable before its reply). `incr`
+//! adds `by` (default 1) and returns the new value, `get` returns it. The start value comes
+//! from the options (`options = { start = 10 }`), so two instances of this one component
+//! count apart; as a keyed class (`keyed = true`) each key counts on its own, and its count
+//! outlives the key's retirement. `durable = false` keeps the number in memory only (it
+//! starts again from `start` at every wake).
 
 use serde::Deserialize;
-use wasmwire_guest::{Event, Options, Reply, Service, SessionId, export_service};
+use wasmwire_guest::{Event, Options, Reply, Service, SessionId, export_service, store};
+
+/// Where the number is kept in the instance's bucket.
+const KEY: &str = "value";
 
 #[derive(Default)]
 struct Counter {
-    value: i64,
+    /// The number, once read (from the bucket, or `start` when there is none yet).
+    value: Option<i64>,
+    start: i64,
+    durable: bool,
 }
 
-#[derive(Deserialize, Default)]
+impl Counter {
+    /// The number, read from the bucket on first use: a storage error fails that call
+    /// (the caller is told, and the next call tries again), not the wake.
+    fn value(&mut self) -> Result<i64, String> {
+        if let Some(v) = self.value {
+            return Ok(v);
+        }
+        let v = if self.durable {
+            store::get(KEY)
+                .map_err(|e| format!("cannot read the count: {e}"))?
+                .unwrap_or(self.start)
+        } else {
+            self.start
+        };
+        self.value = Some(v);
+        Ok(v)
+    }
+}
+
+#[derive(Deserialize)]
 #[serde(default)]
 struct CounterOptions {
     start: i64,
+    durable: bool,
+}
+
+impl Default for CounterOptions {
+    fn default() -> Self {
+        CounterOptions {
+            start: 0,
+            durable: true,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -30,7 +69,9 @@ impl Service for Counter {
     const EVENTS: &'static [&'static str] = &["incr", "get"];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
-        self.value = options.parse::<CounterOptions>()?.start;
+        let o = options.parse::<CounterOptions>()?;
+        self.durable = o.durable;
+        self.start = o.start;
         Ok(())
     }
 
@@ -43,10 +84,19 @@ impl Service for Counter {
                 } else {
                     event.params::<Incr>().map(|i| i.by).unwrap_or(1)
                 };
-                self.value += by;
-                Reply::json(&self.value)
+                let value = match self.value() {
+                    Ok(v) => v + by,
+                    Err(e) => return Reply::error(e),
+                };
+                if self.durable
+                    && let Err(e) = store::set(KEY, &value)
+                {
+                    return Reply::error(format!("cannot keep the count: {e}"));
+                }
+                self.value = Some(value);
+                Reply::json(&value)
             }
-            "get" => Reply::json(&self.value),
+            "get" => self.value().into(),
             other => Reply::error(format!("unknown event {other}")),
         }
     }

@@ -85,12 +85,18 @@ pub struct HostConfig {
     /// Folder of the services' durable data (fjall's `keyvalue/` folder; opened only when a
     /// component imports `wasi:keyvalue`).
     pub data_dir: PathBuf,
+    /// Bytes kept free on the disk of `data_dir`: a write made with less free fails with
+    /// an error to the guest (which keeps running) instead of filling the disk.
+    pub data_reserve: u64,
     /// Worker threads that run the instances.
     pub threads: u32,
     /// How long a stopping host (SIGTERM, Ctrl-C) waits for its services to finish the work
     /// they accepted before it stops them where they are.
     pub shutdown_timeout: Duration,
 }
+
+/// The default of `[host] data_reserve`: 64 MiB.
+pub const DEFAULT_DATA_RESERVE: u64 = 64 << 20;
 
 /// The default of `[host] shutdown_timeout`.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -58,6 +58,8 @@ pub struct HostSection {
     pub cache_dir: Option<Spanned<String>>,
     /// Where the services' durable data (`wasi:keyvalue`) is kept.
     pub data_dir: Option<Spanned<String>>,
+    /// Disk space kept free under `data_dir`: a write that finds less fails.
+    pub data_reserve: Option<Spanned<ByteSize>>,
     /// Worker threads that run the instances (default: one per core).
     pub threads: Option<Spanned<u32>>,
     /// Interval of QUIC keep-alive pings.

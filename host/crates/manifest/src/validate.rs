@@ -261,6 +261,15 @@ impl Validator<'_> {
             64 << 20,
             "0 to 64MiB",
         );
+        let data_reserve = self.bounded(
+            &h.data_reserve,
+            "host.data_reserve",
+            super::DEFAULT_DATA_RESERVE,
+            |b| b.0,
+            0,
+            u64::MAX,
+            "a size such as \"256MiB\"",
+        );
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let threads = self.bounded(
             &h.threads,
@@ -366,6 +375,7 @@ impl Validator<'_> {
                 h.data_dir
                     .map_or(".wasmwire/data".to_string(), Spanned::into_inner),
             ),
+            data_reserve,
             threads,
             shutdown_timeout: self.duration(
                 &h.shutdown_timeout,

@@ -7,12 +7,13 @@
 //! was queued), the mailbox (taken in batches, so a burst costs
 //! one wake-up), due timers, the idle deadline, and an autostart instance's restart.
 
+use super::alarms::Due;
 use super::bindings::ServicePre;
 use super::directory::{Directory, StartActor};
 use super::instance::{
     CallError, Control, Envelope, Inbox, Instance, Kind, LifecycleEvent, Status,
 };
-use super::instance_core::{Core, Crash, WakeError, describe_error as describe};
+use super::instance_core::{AlarmCall, Core, Crash, WakeError, describe_error as describe};
 use super::state::HostState;
 use super::stats::InstanceStats;
 use super::supervisor::{Supervisor, Verdict};
@@ -316,6 +317,42 @@ impl InstanceActor {
                     self.crash(crash).await;
                 }
             }
+            Envelope::Alarm { at, attempt } => Box::pin(self.alarm(at, attempt)).await,
+        }
+    }
+
+    /// Wakes the instance (a key that had retired is a new actor here) and calls
+    /// `on-alarm`; a failure is told to the host's alarms, which try again later (without
+    /// counting a try when it was not the guest's doing).
+    async fn alarm(&mut self, at: u64, attempt: u32) {
+        let me = self.me.clone();
+        let due = || Due {
+            name: me.name.clone(),
+            at,
+            attempt,
+        };
+        let Some(alarms) = self.directory.alarms().cloned() else {
+            return;
+        };
+        if let Err(e) = self.ensure_awake().await {
+            // No free slot in the pool is not the guest's fault; a crash in `wakeup`, or an
+            // instance that is down, is.
+            if self.crashed || self.me.status() == Status::Down {
+                alarms.failed(due(), &e.to_string());
+            } else {
+                alarms.later(due(), super::alarms::now_ms() + 1000);
+            }
+            return;
+        }
+        let Some(a) = self.awake.as_mut() else { return };
+        match a.alarm(at).await {
+            Ok(AlarmCall::Called) => self.last_activity = Instant::now(),
+            Ok(AlarmCall::Stale) => {}
+            Ok(AlarmCall::Storage(why)) => alarms.failed(due(), &why),
+            Err(crash) => {
+                let cause = self.crash(crash).await;
+                alarms.failed(due(), &cause);
+            }
         }
     }
 
@@ -367,6 +404,7 @@ impl InstanceActor {
         let state = HostState::new(self.me.clone(), self.directory.clone(), self.ticks.clone());
         let woke = Core::wake(
             &self.pre,
+            &self.me.class,
             state,
             self.me.stats.clone(),
             &self.me.options_json,
@@ -485,6 +523,13 @@ impl InstanceActor {
                 }
                 Envelope::Connect { reply, .. } => {
                     let _ = reply.send(Err(e));
+                }
+                Envelope::Alarm { at, attempt } => {
+                    // Tried again later (if it has tries left): the instance may be up by then.
+                    if let Some(alarms) = self.directory.alarms() {
+                        let name = self.me.name.clone();
+                        alarms.failed(Due { name, at, attempt }, &e.to_string());
+                    }
                 }
                 Envelope::Message { .. } | Envelope::Disconnect { .. } | Envelope::Batch(_) => {}
             }

@@ -115,4 +115,16 @@ impl host::Host for Audited<'_> {
     fn self_info(&mut self) -> wasmtime::Result<InstanceInfo> {
         self.imports.self_info()
     }
+
+    fn set_alarm(&mut self, at_ms: u64) -> wasmtime::Result<Result<(), WitError>> {
+        self.imports.set_alarm(at_ms)
+    }
+
+    fn cancel_alarm(&mut self) -> wasmtime::Result<()> {
+        self.imports.cancel_alarm()
+    }
+
+    fn alarm(&mut self) -> wasmtime::Result<Option<u64>> {
+        self.imports.alarm()
+    }
 }

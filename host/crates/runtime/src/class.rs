@@ -16,11 +16,22 @@ pub struct Class {
     pub events: Box<[String]>,
     /// Whether the compiled code came from the cache.
     pub cache: CacheOutcome,
-    /// Whether it imports `wasi:keyvalue` (the host opens its data file only if one does).
+    /// Whether it imports `wasi:keyvalue` or `set-alarm` (the host opens its data file only
+    /// if one does).
     pub stores: bool,
+    /// Its `on-alarm` export (world `service-with-alarms`), if it has one.
+    pub on_alarm: Option<wasmtime::component::ComponentExportIndex>,
+    /// Where its `lifecycle` exports are, found once (a wake looks nothing up by name).
+    pub(crate) exports: crate::bindings::ServiceIndices,
 }
 
 impl Class {
+    /// Whether it exports `on-alarm`: only then may it set an alarm.
+    #[inline]
+    pub fn alarms(&self) -> bool {
+        self.on_alarm.is_some()
+    }
+
     /// The index of an accepted message kind.
     #[inline]
     pub fn message_index(&self, kind: &str) -> Option<u16> {

@@ -11,6 +11,7 @@
 //! - the queries that net, metrics and the CLI answer with ([`Directory::list_services`],
 //!   [`Directory::sessions`], [`Directory::figures`]).
 
+use super::alarms::Alarms;
 use super::instance::{
     CallError, Chain, Control, Envelope, Inbox, Instance, InstanceSpec, Keyed, Kind,
     LifecycleEvent, PeerInfo, ReplyRx, SessionId, Status, check_key,
@@ -62,6 +63,8 @@ pub struct Directory {
     closing: AtomicBool,
     /// The host's data file, if a component imports `wasi:keyvalue`.
     database: Option<Database>,
+    /// The host's alarms, if a component takes them and the host keeps data.
+    alarms: Option<Arc<Alarms>>,
 }
 
 /// Where the actors of keyed instances made on demand run, and how one is made.
@@ -202,7 +205,11 @@ impl PendingSession {
 }
 
 impl Directory {
-    pub(crate) fn new(instances: Vec<Arc<Instance>>, database: Option<Database>) -> Directory {
+    pub(crate) fn new(
+        instances: Vec<Arc<Instance>>,
+        database: Option<Database>,
+        alarms: Option<Arc<Alarms>>,
+    ) -> Directory {
         let names = instances
             .iter()
             .map(|i| (Box::from(&*i.name), i.index))
@@ -217,12 +224,23 @@ impl Directory {
             spawner: OnceLock::new(),
             closing: AtomicBool::new(false),
             database,
+            alarms,
         }
     }
 
     /// The host's data file, if it has one.
     pub fn database(&self) -> Option<&Database> {
         self.database.as_ref()
+    }
+
+    /// The host's alarms, if it has any services that take them.
+    pub fn alarms(&self) -> Option<&Arc<Alarms>> {
+        self.alarms.as_ref()
+    }
+
+    /// Whether the host has started to stop.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// Tasks alive on the worker threads' runtimes (every instance actor is one).
@@ -239,6 +257,9 @@ impl Directory {
     /// is refused with `closed`), so the instances being drained are all there are.
     pub fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
+        if let Some(a) = &self.alarms {
+            a.nudge();
+        }
     }
 
     /// Where keyed instances' actors run (set once, when the worker threads start).

@@ -5,9 +5,9 @@
 //! `describe` declared.
 
 use crate::audit::HasAudited;
-use crate::bindings::ServicePre;
 use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 use crate::bindings::wasmwire::service::{host, types};
+use crate::bindings::{ServiceIndices, ServicePre};
 use crate::cache::{self, CacheOutcome};
 use crate::class::Class;
 use crate::clock::TICK;
@@ -17,6 +17,7 @@ use crate::state::{self, HostState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmwire_manifest::{HostConfig, Manifest};
@@ -57,6 +58,13 @@ pub enum LoadError {
         reason: String,
     },
 }
+
+/// The host interface's name, before its version.
+const HOST_INTERFACE: &str = "wasmwire:service/host@0.1.";
+
+/// The alarm interface's name, before its version (a component exports the version it was
+/// built against).
+const ALARM_INTERFACE: &str = "wasmwire:service/alarm@0.1.";
 
 /// Most message kinds, and most events, a service may declare.
 pub const MAX_DECLARED: usize = 256;
@@ -244,17 +252,40 @@ impl Runtime {
     /// Loads a component and asks it what it accepts, on a throwaway instance.
     pub async fn load(&self, path: &Path) -> Result<Compiled, LoadError> {
         let (component, pre, cache) = self.compile(path)?;
-        // Only a component that imports the key-value interfaces needs the data file.
-        let stores = component
-            .component_type()
-            .imports(&self.engine)
-            .any(|(name, _)| name.starts_with("wasi:keyvalue/"));
+        // Only a component that imports the key-value interfaces, or sets alarms, needs the
+        // data file. (A component imports only the functions it calls.)
+        let ty = component.component_type();
+        let stores = ty.imports(&self.engine).any(|(name, item)| {
+            name.starts_with("wasi:keyvalue/")
+                || (name.starts_with(HOST_INTERFACE)
+                    && matches!(&item.ty, ComponentItem::ComponentInstance(i)
+                        if i.get_export(&self.engine, "set-alarm").is_some()))
+        });
+        // `on-alarm`, in the `alarm` interface of any 0.1.x version it was built against.
+        let on_alarm = ty
+            .exports(&self.engine)
+            .find(|(name, _)| name.starts_with(ALARM_INTERFACE))
+            .and_then(|(name, _)| {
+                let iface = component.get_export_index(None, name)?;
+                component.get_export_index(Some(&iface), "on-alarm")
+            });
         let failed = |e: wasmtime::Error| LoadError::Describe {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
         };
+        let exports = ServiceIndices::new(pre.instance_pre()).map_err(failed)?;
         let mut store = self.scratch_store(Arc::from("describe"));
-        let service = pre.instantiate_async(&mut store).await.map_err(failed)?;
+        let instance = pre
+            .instance_pre()
+            .instantiate_async(&mut store)
+            .await
+            .map_err(failed)?;
+        if let Some(i) = &on_alarm {
+            instance
+                .get_typed_func::<(u64,), ()>(&mut store, i)
+                .map_err(|e| failed(e.context("its on-alarm is not func(at-ms: u64)")))?;
+        }
+        let service = exports.load(&mut store, &instance).map_err(failed)?;
         let first_deadline = store.data_mut().clock.start();
         store.set_epoch_deadline(first_deadline);
         let d = service
@@ -275,6 +306,8 @@ impl Runtime {
                 events: d.events.into_boxed_slice(),
                 cache,
                 stores,
+                on_alarm,
+                exports,
             }),
             pre,
         })

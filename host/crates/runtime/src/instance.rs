@@ -98,6 +98,8 @@ pub(crate) enum Envelope {
         chain: Chain,
         reply: oneshot::Sender<Result<String, CallError>>,
     },
+    /// The instance's alarm set for `at` is due (`attempt` counts deliveries, from 1).
+    Alarm { at: u64, attempt: u32 },
 }
 
 impl Envelope {

@@ -19,7 +19,9 @@
 //! again, and the driver decides what follows (the actor's supervisor, the fuzzer's
 //! finding).
 
+use super::alarms::{self, BUCKET as ALARMS};
 use super::bindings::{Description, Service, ServicePre, SessionInfo};
+use super::class::Class;
 use super::instance::{CallError, Chain, PeerInfo, SessionId};
 use super::service_ctx::Deferred;
 use super::session::{Route, SessionEnd};
@@ -28,6 +30,7 @@ use super::stats::InstanceStats;
 use std::sync::Arc;
 use tokio::time::Instant;
 use wasmtime::Store;
+use wasmtime::component::TypedFunc;
 use wasmwire_wire::PeerId;
 
 /// An error text from `on-event` is cut to this many bytes (it is for people, not data).
@@ -39,6 +42,16 @@ pub(crate) struct Crash {
     pub export: &'static str,
     /// The trap or limit.
     pub error: wasmtime::Error,
+}
+
+/// What became of an alarm delivered to an awake instance.
+pub(crate) enum AlarmCall {
+    /// `on-alarm` ran and returned; the alarm is gone (or replaced by the one it set).
+    Called,
+    /// The stored alarm no longer says that time (moved or cancelled since): nothing to do.
+    Stale,
+    /// The stored alarm could not be read: not called, to be tried again.
+    Storage(String),
 }
 
 /// Why an instance could not be woken.
@@ -56,6 +69,8 @@ pub(crate) enum WakeError {
 pub(crate) struct Core {
     store: Store<HostState>,
     service: Service,
+    /// Its `on-alarm`, when its class exports one.
+    on_alarm: Option<TypedFunc<(u64,), ()>>,
     /// The instance's counters, held here so that every call reaches them directly.
     stats: Arc<InstanceStats>,
 }
@@ -64,16 +79,19 @@ pub(crate) struct Core {
 /// it sent goes out ([`Core::finish`]), or, if it trapped, its writes are dropped
 /// ([`Core::abandon`]).
 macro_rules! call {
-    ($core:expr, $export:literal, $method:ident $(, $arg:expr)*) => {{
-        let c = &mut $core;
-        InstanceStats::bump(&c.stats.calls);
-        let first_deadline = c.store.data_mut().clock.start();
-        c.store.set_epoch_deadline(first_deadline);
-        let r = c.service.wasmwire_service_lifecycle().$method(&mut c.store $(, $arg)*).await;
+    ($core:expr, $export:literal, $method:ident $(, $arg:expr)*) => {
+        call!($core, $export, |c| c.service.wasmwire_service_lifecycle().$method(&mut c.store $(, $arg)*))
+    };
+    ($core:expr, $export:literal, |$c:ident| $call:expr) => {{
+        let $c = &mut $core;
+        InstanceStats::bump(&$c.stats.calls);
+        let first_deadline = $c.store.data_mut().clock.start();
+        $c.store.set_epoch_deadline(first_deadline);
+        let r = $call.await;
         match r {
-            Ok(v) => c.finish().await.map(|()| v),
+            Ok(v) => $c.finish().await.map(|()| v),
             Err(error) => {
-                c.abandon();
+                $c.abandon();
                 Err(error)
             }
         }
@@ -87,18 +105,33 @@ impl Core {
     /// that a trap there is a crash of an awake instance, not a failed wake.
     pub(crate) async fn wake(
         pre: &ServicePre<HostState>,
+        class: &Class,
         state: HostState,
         stats: Arc<InstanceStats>,
         options: &str,
     ) -> Result<Core, WakeError> {
         let mut store = new_store(pre.engine(), state);
-        let service = pre
+        let instance = pre
+            .instance_pre()
             .instantiate_async(&mut store)
             .await
             .map_err(WakeError::Instantiate)?;
+        let service = class
+            .exports
+            .load(&mut store, &instance)
+            .map_err(WakeError::Instantiate)?;
+        let on_alarm = match &class.on_alarm {
+            Some(i) => Some(
+                instance
+                    .get_typed_func::<(u64,), ()>(&mut store, i)
+                    .map_err(WakeError::Instantiate)?,
+            ),
+            None => None,
+        };
         let mut core = Core {
             store,
             service,
+            on_alarm,
             stats,
         };
         match call!(core, "wakeup", call_wakeup, options) {
@@ -114,13 +147,19 @@ impl Core {
     /// writes are gone, and what the call held never leaves.
     async fn finish(&mut self) -> Result<(), wasmtime::Error> {
         let state = self.store.data_mut();
+        if state.service.firing.is_some() {
+            state.service.alarm_fired(&mut state.txn);
+        }
         state.txn.end_call();
         if state.txn.is_dirty() {
             let commit = state.txn.commit();
             if let Err(e) = commit.await {
-                self.store.data_mut().service.outbox.discard_held();
+                let service = &mut self.store.data_mut().service;
+                service.alarm_change = None;
+                service.outbox.discard_held();
                 return Err(wasmtime::Error::new(e));
             }
+            self.store.data_mut().service.alarm_committed();
         }
         self.store.data_mut().service.outbox.release();
         Ok(())
@@ -132,6 +171,8 @@ impl Core {
         let state = self.store.data_mut();
         state.txn.rollback();
         state.txn.end_call();
+        state.service.alarm_change = None;
+        state.service.firing = None;
         state.service.outbox.discard_held();
     }
 
@@ -161,6 +202,28 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Calls `on-alarm(at)` if the instance's stored alarm still says `at` (a call since it
+    /// was queued may have moved or cancelled it). The alarm is deleted with the call's
+    /// writes when it returns — unless it set or cancelled the alarm itself — so a trap
+    /// leaves it in place, even after a `connect` or `request` committed part of the call.
+    pub(crate) async fn alarm(&mut self, at: u64) -> Result<AlarmCall, Crash> {
+        let Some(on_alarm) = self.on_alarm else {
+            return Ok(AlarmCall::Stale);
+        };
+        let state = self.store.data_mut();
+        let stored = match state.txn.get(ALARMS, &state.service.name) {
+            Ok(v) => v.as_deref().and_then(alarms::decode),
+            Err(e) => return Ok(AlarmCall::Storage(e.to_string())),
+        };
+        if stored != Some(at) {
+            return Ok(AlarmCall::Stale);
+        }
+        state.service.firing = Some(at);
+        call!(*self, "on-alarm", |c| on_alarm
+            .call_async(&mut c.store, (at,)))?;
+        Ok(AlarmCall::Called)
     }
 
     /// Opens this end of a session whose other end is `from`, reached through `back`; the

@@ -71,6 +71,11 @@ impl KeyValueCtx {
             .clone()
     }
 
+    /// Makes `bucket` the instance's own (the fuzzer gives each run a fresh one).
+    pub(crate) fn own_is(&mut self, bucket: Arc<str>) {
+        self.own = Some(bucket);
+    }
+
     /// Lets the instance open these shared buckets.
     pub(crate) fn share(&mut self, buckets: Arc<[SharedBucket]>) {
         self.shared = buckets;

@@ -1,7 +1,8 @@
 //! # wasmwire-runtime: the wasmtime side of a wasmwire host
 //!
 //! Everything that runs a guest. The files import one way only; from the bottom:
-//! - leaves: [`bindings`] (the only `bindgen!`), `cache` (compiled components on disk),
+//! - leaves: [`bindings`] (the only `bindgen!`), [`alarms`] (the schedule of durable
+//!   wake-ups), `cache` (compiled components on disk),
 //!   [`clock`] (CPU deadlines), `guest_log`, [`heap`], [`stats`], [`supervisor`] (the
 //!   restart policy);
 //! - [`call`]: session ids, the error every entry point returns, the chain of waiters;
@@ -20,9 +21,10 @@
 //! - [`engine`]: the engine, the linker, and the loading of components;
 //! - `actor` (production) and [`fuzz`] (generated steps): the two drivers of the core;
 //! - [`workers`] and [`start`]: the worker threads, and a manifest's instances started on
-//!   them.
+//!   them, with the task that fires their alarms.
 
 pub(crate) mod actor;
+pub mod alarms;
 pub(crate) mod audit;
 pub mod bindings;
 mod cache;

@@ -9,6 +9,7 @@
 //! Another interface (the key-value store) is one more context and view beside this one;
 //! the fuzzer's audit wraps this view from outside (`audit.rs`).
 
+use super::alarms;
 use super::bindings::wasmwire::service::{host, types};
 use super::bindings::{Level, SessionInfo, WitError};
 use super::clock::CallClock;
@@ -64,6 +65,12 @@ pub struct ServiceCtx {
     pub(crate) max_message: u64,
     /// This instance's log rate limit, shared with its stdout/stderr.
     log_budget: Arc<LogBudget>,
+    /// How this call changed the instance's alarm (`Some(None)`: removed it), told to the
+    /// host's schedule once the call's writes are committed, forgotten if they are dropped.
+    pub(crate) alarm_change: Option<Option<u64>>,
+    /// The alarm whose `on-alarm` is running, while the guest has neither set nor
+    /// cancelled its alarm in that call: it is deleted with the call's writes.
+    pub(crate) firing: Option<u64>,
 }
 
 impl ServiceCtx {
@@ -86,6 +93,8 @@ impl ServiceCtx {
             max_sessions: limits.max_sessions,
             max_message: limits.max_message,
             log_budget,
+            alarm_change: None,
+            firing: None,
         }
     }
 
@@ -107,6 +116,56 @@ impl ServiceCtx {
             )));
         }
         Ok(())
+    }
+
+    /// The call's writes are committed: the schedule learns of the alarm it set or
+    /// removed, if it did.
+    pub(crate) fn alarm_committed(&mut self) {
+        if let Some(at) = self.alarm_change.take()
+            && let Some((me, directory)) = &self.me
+            && let Some(alarms) = directory.alarms()
+        {
+            alarms.changed(&me.name, at);
+        }
+    }
+
+    /// `on-alarm` returned without setting or cancelling the alarm: the one that fired is
+    /// deleted with the call's writes (if that write fails, it stays stored and fires
+    /// again at the next start).
+    pub(crate) fn alarm_fired(&mut self, txn: &mut Transaction) {
+        if self.firing.take().is_none() {
+            return;
+        }
+        match txn.put(alarms::bucket(), self.name.to_string(), None) {
+            Ok(()) => self.alarm_change = Some(None),
+            Err(e) => {
+                tracing::warn!(instance = %self.name, error = %e, "a fired alarm could not be deleted: it fires again at the next start")
+            }
+        }
+    }
+
+    /// Why this instance may not set an alarm, if it may not.
+    fn alarm_refusal(&self, txn: &Transaction) -> Option<WitError> {
+        let Some((me, _)) = &self.me else {
+            return Some(WitError::Unavailable("alarms need a running host".into()));
+        };
+        if !me.class.alarms() {
+            return Some(WitError::Invalid(format!(
+                "{} exports no on-alarm: build it for the world service-with-alarms (the SDK's Service::on_alarm)",
+                self.name
+            )));
+        }
+        if txn.database().is_none() {
+            return Some(WitError::Unavailable(
+                "this host keeps no data (set [host] data_dir)".into(),
+            ));
+        }
+        if self.me.as_ref().is_some_and(|(_, d)| d.alarms().is_none()) {
+            return Some(WitError::Unavailable(
+                "this host could not read its stored alarms at start (see its log)".into(),
+            ));
+        }
+        None
     }
 
     /// This instance and its directory, cloned for a call that awaits.
@@ -154,10 +213,12 @@ impl ServiceCtxView<'_> {
         self.clock.resume();
         match r {
             Ok(()) => {
+                self.ctx.alarm_committed();
                 self.ctx.outbox.release();
                 Ok(())
             }
             Err(e) => {
+                self.ctx.alarm_change = None;
                 self.ctx.outbox.discard_held();
                 Err(wasmtime::Error::new(e))
             }
@@ -512,5 +573,57 @@ impl host::Host for ServiceCtxView<'_> {
             key,
             host,
         })
+    }
+
+    fn set_alarm(&mut self, at_ms: u64) -> wasmtime::Result<Result<(), WitError>> {
+        if let Some(e) = self.ctx.alarm_refusal(self.txn) {
+            return Ok(Err(e));
+        }
+        let key = self.ctx.name.to_string();
+        if let Err(e) = self
+            .txn
+            .put(alarms::bucket(), key, Some(alarms::encode(at_ms)))
+        {
+            return Ok(Err(WitError::Unavailable(format!(
+                "cannot store the alarm: {e}"
+            ))));
+        }
+        self.ctx.firing = None;
+        self.ctx.alarm_change = Some(Some(at_ms));
+        Ok(Ok(()))
+    }
+
+    fn cancel_alarm(&mut self) -> wasmtime::Result<()> {
+        if self.ctx.alarm_refusal(self.txn).is_some() {
+            return Ok(());
+        }
+        let key = self.ctx.name.to_string();
+        // A cancel that cannot be recorded must not pass for one: the call traps (its
+        // writes dropped), as when a commit fails.
+        let stored = self
+            .txn
+            .get(alarms::BUCKET, &key)
+            .map_err(wasmtime::Error::new)?;
+        self.ctx.firing = None;
+        // Nothing to remove when there is no alarm: no write, so the call stays free.
+        if stored.is_some() {
+            self.txn
+                .put(alarms::bucket(), key, None)
+                .map_err(wasmtime::Error::new)?;
+            self.ctx.alarm_change = Some(None);
+        }
+        Ok(())
+    }
+
+    fn alarm(&mut self) -> wasmtime::Result<Option<u64>> {
+        // The alarm whose `on-alarm` is running is gone already, as far as the guest knows.
+        if self.ctx.me.is_none() || self.ctx.firing.is_some() || self.txn.database().is_none() {
+            return Ok(None);
+        }
+        let stored = self
+            .txn
+            .get(alarms::BUCKET, &self.ctx.name)
+            .map_err(wasmtime::Error::new)?;
+        Ok(stored.as_deref().and_then(alarms::decode))
     }
 }

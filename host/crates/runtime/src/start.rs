@@ -4,14 +4,17 @@
 //! with the code `key_starter` was given here.
 
 use crate::actor::{InstanceActor, key_starter};
+use crate::alarms::{self, Alarms, Due};
+use crate::call::CallError;
 use crate::directory::{Directory, Spawner};
 use crate::engine::Compiled;
-use crate::instance::{Instance, InstanceSpec, Keyed, Kind, SharedBucket};
+use crate::instance::{Envelope, Instance, InstanceSpec, Keyed, Kind, SharedBucket};
 use crate::workers::{Workers, place};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use wasmwire_manifest::{Access, DEFAULT_BUCKET_MAX_DATA, DEFAULT_BUCKET_MAX_KEYS, Manifest};
 use wasmwire_store::Database;
@@ -88,7 +91,20 @@ pub fn start_instances(
         instances.push(instance);
         inboxes.push(inbox);
     }
-    let directory = Arc::new(Directory::new(instances, database));
+    let alarms = match &database {
+        Some(db) if directory_has_alarms(&instances) => match Alarms::load(db) {
+            Ok(a) => {
+                tracing::info!(alarms = a.len(), "alarms loaded");
+                Some(Arc::new(a))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored alarms: none will fire");
+                None
+            }
+        },
+        _ => None,
+    };
+    let directory = Arc::new(Directory::new(instances, database, alarms.clone()));
     let placement = place(manifest, workers.len());
     let key_code = manifest
         .services
@@ -133,5 +149,68 @@ pub fn start_instances(
         );
         tasks.push(workers.spawn(worker, actor.run()));
     }
+    if let Some(alarms) = alarms {
+        tasks.push(tokio::spawn(fire_alarms(directory.clone(), alarms)));
+    }
     Started { directory, tasks }
+}
+
+/// Whether any service of the manifest takes alarms.
+fn directory_has_alarms(instances: &[Arc<Instance>]) -> bool {
+    instances.iter().any(|i| i.class.alarms())
+}
+
+/// How long the alarm driver puts off an alarm whose instance cannot take it yet (its
+/// mailbox is full, or its class has `max_instances` keys live).
+const ALARM_BUSY_RETRY_MS: u64 = 200;
+
+/// Fires due alarms until the host closes: each is delivered to its instance (a key is
+/// made if it is not live) as an `Alarm` envelope, through the mailbox like any other work.
+pub async fn fire_alarms(directory: Arc<Directory>, alarms: Arc<Alarms>) {
+    while !directory.is_closing() {
+        let (due, next) = alarms.take_due(alarms::now_ms());
+        for d in due {
+            deliver_alarm(&directory, &alarms, d);
+        }
+        match next {
+            Some(t) => {
+                let wait = Duration::from_millis(t.saturating_sub(alarms::now_ms()));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = alarms.changed_signal() => {}
+                }
+            }
+            None => alarms.changed_signal().await,
+        }
+    }
+}
+
+/// Queues one due alarm in its instance's mailbox.
+fn deliver_alarm(directory: &Arc<Directory>, alarms: &Alarms, due: Due) {
+    let later = || alarms::now_ms() + ALARM_BUSY_RETRY_MS;
+    let target = match directory.resolve(&due.name) {
+        Ok(t) => t,
+        // Its class has `max_instances` keys live: try again a little later.
+        Err(CallError::Busy | CallError::Full(_)) => return alarms.later(due, later()),
+        Err(CallError::Closed) => return,
+        Err(e) => {
+            // The manifest no longer runs it (or it is no longer keyed): left in the data.
+            tracing::warn!(instance = %due.name, error = %e, "alarm for an instance this manifest does not run: skipped");
+            return;
+        }
+    };
+    if !target.class.alarms() {
+        tracing::warn!(instance = %due.name, "alarm for a component that exports no on-alarm: skipped");
+        return;
+    }
+    match directory.reserve_on(&target) {
+        Ok(t) => t.deliver(Envelope::Alarm {
+            at: due.at,
+            attempt: due.attempt,
+        }),
+        Err(CallError::Busy | CallError::Full(_)) => alarms.later(due, later()),
+        Err(CallError::Closed) => {}
+        // Down: it counts as a failed try (a restart of the host tries again).
+        Err(e) => alarms.failed(due, &e.to_string()),
+    }
 }

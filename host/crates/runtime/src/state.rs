@@ -181,15 +181,22 @@ impl HostState {
 
     /// State for an instance driven by the fuzzer: `limits` as a manifest would give them,
     /// no other services, its output captured, and `audit` for the audited imports.
+    /// `storage` is the database its key-value imports reach and the bucket that is its
+    /// own (a fresh one per run).
     pub(crate) fn audited(
         name: Arc<str>,
         ticks: Arc<AtomicU64>,
         limits: &wasmwire_manifest::Limits,
         audit: Audit,
         capture: super::guest_log::Captured,
+        storage: Option<(wasmwire_store::Database, Arc<str>)>,
     ) -> HostState {
         let mut s = HostState::base(name, ticks, limits, Some(capture), Arc::default());
         s.audit = Some(Box::new(audit));
+        if let Some((db, bucket)) = storage {
+            s.txn = Transaction::new(Some(db));
+            s.keyvalue.own_is(bucket);
+        }
         s
     }
 

@@ -57,6 +57,19 @@ pub enum StoreError {
     /// The committer is gone (the host is stopping), or there is no database here.
     #[error("storage is closed")]
     Closed,
+    /// The disk of the data dir has less free than `[host] data_reserve`: nothing written.
+    #[error(
+        "the disk of the data dir is full: {free} bytes free, and [host] data_reserve keeps {reserve}"
+    )]
+    Full {
+        /// Bytes free when last measured.
+        free: u64,
+        /// The reserve.
+        reserve: u64,
+    },
+    /// A fault `wasmwire fuzz` injected.
+    #[error("storage failed: injected by the fuzzer")]
+    Injected,
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
@@ -143,6 +156,13 @@ pub struct Database {
 }
 
 struct Inner {
+    /// Whether commits are fsync'd (always, but in a scratch database).
+    sync: bool,
+    /// Bytes free on the data dir's disk, measured at open, after each commit and every
+    /// second (a write checks it: one load, no system call).
+    free: Arc<AtomicU64>,
+    /// Bytes a write must leave free (`[host] data_reserve`).
+    reserve: AtomicU64,
     db: fjall::Database,
     data: fjall::Keyspace,
     /// Each bucket's [`Usage`], kept in the same batches as the writes that change it.
@@ -169,6 +189,16 @@ impl Database {
     /// Opens (or creates) the database in `dir/keyvalue` and starts its committer thread.
     /// One another host has open, or one that cannot be read, is refused with what to do.
     pub fn open(dir: &Path) -> Result<Database, StoreError> {
+        Database::open_with(dir, true)
+    }
+
+    /// Opens a database whose commits are atomic but not fsync'd: for data thrown away
+    /// afterwards (`wasmwire fuzz`'s buckets), where an fsync per call would only slow it.
+    pub fn open_scratch(dir: &Path) -> Result<Database, StoreError> {
+        Database::open_with(dir, false)
+    }
+
+    fn open_with(dir: &Path, sync: bool) -> Result<Database, StoreError> {
         let path = dir.join(FOLDER);
         let refused = |reason: String| StoreError::Open {
             path: path.clone(),
@@ -203,21 +233,28 @@ impl Database {
             figures.keys.fetch_add(u.keys as i64, Ordering::Relaxed);
             figures.bytes.fetch_add(u.bytes as i64, Ordering::Relaxed);
         }
+        let free = Arc::new(AtomicU64::new(free_space(&path)));
         let (jobs, rx) = mpsc::channel();
         let committer = {
+            let free = free.clone();
+            let at = path.clone();
             let store = Keyspaces {
                 db: db.clone(),
                 data: data.clone(),
                 usage: usage.clone(),
+                sync,
             };
             let figures = figures.clone();
             std::thread::Builder::new()
                 .name("wasmwire-commit".into())
-                .spawn(move || committer(&store, &rx, &figures))
+                .spawn(move || committer(&store, &rx, &figures, &at, &free))
                 .map_err(|e| refused(format!("cannot start the committer thread: {e}")))?
         };
         Ok(Database {
             inner: Arc::new(Inner {
+                sync,
+                free,
+                reserve: AtomicU64::new(0),
                 db,
                 data,
                 usage,
@@ -227,6 +264,23 @@ impl Database {
                 figures,
             }),
         })
+    }
+
+    /// Keeps `bytes` free on the disk: from now on a write that finds less fails with
+    /// [`StoreError::Full`] (and is not made); deletes always pass.
+    pub fn set_reserve(&self, bytes: u64) {
+        self.inner.reserve.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Why a write may not be made now: the disk is below the reserve.
+    #[inline]
+    pub fn room(&self) -> Result<(), StoreError> {
+        let reserve = self.inner.reserve.load(Ordering::Relaxed);
+        let free = self.inner.free.load(Ordering::Relaxed);
+        if free < reserve {
+            return Err(StoreError::Full { free, reserve });
+        }
+        Ok(())
     }
 
     /// The database's folder.
@@ -358,6 +412,7 @@ impl Database {
             db: self.inner.db.clone(),
             data: self.inner.data.clone(),
             usage: self.inner.usage.clone(),
+            sync: self.inner.sync,
         };
         apply(&store, std::slice::from_ref(&writes)).map(|_| ())
     }
@@ -365,10 +420,25 @@ impl Database {
 
 /// The committer thread: each wake-up takes every write set waiting (up to [`MAX_GROUP`])
 /// and commits them as one batch, so the fsync is shared.
-fn committer(store: &Keyspaces, rx: &mpsc::Receiver<Job>, figures: &Figures) {
+fn committer(
+    store: &Keyspaces,
+    rx: &mpsc::Receiver<Job>,
+    figures: &Figures,
+    path: &Path,
+    free: &AtomicU64,
+) {
     let mut group: Vec<Job> = Vec::with_capacity(64);
     let mut sets: Vec<WriteSet> = Vec::with_capacity(64);
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Other processes fill disks too.
+                free.store(free_space(path), Ordering::Relaxed);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -408,6 +478,17 @@ fn committer(store: &Keyspaces, rx: &mpsc::Receiver<Job>, figures: &Figures) {
         for done in dones {
             let _ = done.send(result.clone());
         }
+        // After the answers: the measurement is for the next writes, not these.
+        free.store(free_space(path), Ordering::Relaxed);
+    }
+}
+
+/// Bytes free (to an unprivileged writer) on the disk that holds `path`; `u64::MAX` when
+/// it cannot be measured, so that a failed measurement never refuses writes.
+fn free_space(path: &Path) -> u64 {
+    match rustix::fs::statvfs(path) {
+        Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
+        Err(_) => u64::MAX,
     }
 }
 
@@ -416,6 +497,8 @@ struct Keyspaces {
     db: fjall::Database,
     data: fjall::Keyspace,
     usage: fjall::Keyspace,
+    /// fsync each batch's journal (see [`Database::open_scratch`] for when not).
+    sync: bool,
 }
 
 /// Writes `sets` in order as one atomic batch, with the usage of every bucket they change
@@ -424,7 +507,10 @@ struct Keyspaces {
 /// power cut could still take back, and a batch whose fsync fails is never seen (fjall
 /// then refuses further writes until the host restarts and recovers).
 fn apply(store: &Keyspaces, sets: &[WriteSet]) -> Result<Change, StoreError> {
-    let mut batch = store.db.batch().durability(Some(PersistMode::SyncAll));
+    let mut batch = store
+        .db
+        .batch()
+        .durability(store.sync.then_some(PersistMode::SyncAll));
     // The size each key has after the writes so far in this group (a key may be written by
     // several sets), and each bucket's change.
     let mut sizes: HashMap<Vec<u8>, Option<i64>> = HashMap::new();

@@ -131,6 +131,10 @@ pub struct Transaction {
     /// Bytes of keys and values this export call has written, commits within it included
     /// (a call's bound holds across its `connect`/`request` commits).
     call_bytes: usize,
+    /// Commits made with writes, all calls together.
+    commits: u64,
+    /// The next read or write fails with [`StoreError::Injected`] (set by the fuzzer).
+    fault: std::sync::atomic::AtomicBool,
 }
 
 impl Transaction {
@@ -141,7 +145,33 @@ impl Transaction {
             writes: WriteSet::default(),
             changes: HashMap::new(),
             call_bytes: 0,
+            commits: 0,
+            fault: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Makes the next read of the database (a `get` of a key this call did not write, a
+    /// `put`'s quota check, a listing) fail with [`StoreError::Injected`] (the fuzzer's
+    /// storage fault).
+    pub fn inject_fault(&mut self) {
+        *self.fault.get_mut() = true;
+    }
+
+    /// Commits made with writes so far (a call that wrote and then opened a `connect` or
+    /// `request` commits before it).
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+
+    /// An injected fault, once.
+    #[inline]
+    fn faulted(&self) -> Result<(), StoreError> {
+        if self.fault.load(std::sync::atomic::Ordering::Relaxed) {
+            self.fault
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            return Err(StoreError::Injected);
+        }
+        Ok(())
     }
 
     /// Bytes of keys and values this export call has written so far.
@@ -184,7 +214,9 @@ impl Transaction {
         self.db.as_ref()
     }
 
+    /// The database, for a read (an injected fault fails the next one).
     fn db(&self) -> Result<&Database, StoreError> {
+        self.faulted()?;
         self.db.as_ref().ok_or(StoreError::Closed)
     }
 
@@ -215,6 +247,9 @@ impl Transaction {
         key: String,
         value: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
+        if value.is_some() {
+            self.db()?.room()?;
+        }
         let c = self.change(bucket, &key, value.as_ref().map(Vec::len))?;
         match self.changes.get_mut(&**bucket) {
             Some(total) => *total += c,
@@ -280,7 +315,10 @@ impl Transaction {
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + use<> {
         let writes = self.take();
         let pending = match &self.db {
-            Some(db) if !writes.is_empty() => Some(db.commit(writes)),
+            Some(db) if !writes.is_empty() => {
+                self.commits += 1;
+                Some(db.commit(writes))
+            }
             _ => None,
         };
         async move {

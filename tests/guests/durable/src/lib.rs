@@ -7,6 +7,15 @@
 //! value_bytes}` (writes a key and value of those sizes, for the limits), `dump` (every
 //! JSON value by key), `ping` (no storage at all). A `note` message is appended
 //! to the `notes` list and answered with a `noted` message holding the count.
+//!
+//! Alarms: `alarm-in {ms}` sets the alarm `ms` from now (`at`, or the error), `alarm` is
+//! when it is due (or `null`), `cancel-alarm`, `fired` lists the times `on-alarm` was
+//! called for (kept in the bucket, with `fired-when`: when each call came), and `trap-alarms` makes `on-alarm` trap until the
+//! instance has woken once more (the trap rolls back, so the alarm fires again);
+//! `alarm-and-trap {ms}` sets an alarm and panics (the alarm must vanish).
+//!
+//! For the fuzzer's tests: `expect-empty` panics if the bucket holds a key other than
+//! `wakes`, `must-incr` panics if a storage call fails.
 
 use serde::Deserialize;
 use wasmwire_guest::store::{self, kv};
@@ -61,6 +70,19 @@ struct Big {
 }
 
 #[derive(Deserialize)]
+struct In {
+    ms: u64,
+}
+
+/// How many times this instance has woken (its `wakes` counter).
+fn wakes() -> i64 {
+    match store::with_bucket(|b| Ok(b.get("wakes")?)) {
+        Ok(Some(b)) if b.len() == 8 => i64::from_le_bytes(b.try_into().expect("8 bytes")),
+        _ => 0,
+    }
+}
+
+#[derive(Deserialize)]
 struct Name {
     name: String,
 }
@@ -78,10 +100,42 @@ impl Service for Durable {
         "big",
         "dump",
         "ping",
+        "alarm-in",
+        "alarm",
+        "cancel-alarm",
+        "fired",
+        "trap-alarms",
+        "alarm-and-trap",
+        "expect-empty",
+        "must-incr",
     ];
 
+    fn on_alarm(&mut self, at_ms: u64) {
+        // A write, then a request (refused: "nobody" is not in `uses`), which commits the
+        // write first: a trap after it must still leave the alarm to fire again.
+        let _ = store::increment("alarm-calls", 1);
+        let _ = wasmwire_guest::request("nobody", "ping", "null");
+        let trap_below: Option<i64> = store::get("trap-below-wakes").ok().flatten();
+        if trap_below.is_some_and(|t| wakes() < t) {
+            panic!("on-alarm told to trap");
+        }
+        let mut fired: Vec<u64> = store::get("fired").ok().flatten().unwrap_or_default();
+        fired.push(at_ms);
+        let _ = store::set("fired", &fired);
+        // When it was called, beside what for: an alarm is never early.
+        let mut when: Vec<u64> = store::get("fired-when").ok().flatten().unwrap_or_default();
+        when.push(wasmwire_guest::now_ms());
+        let _ = store::set("fired-when", &when);
+    }
+
     fn wakeup(&mut self, _options: Options<'_>) -> Result<(), String> {
-        store::increment("wakes", 1).map_err(|e| e.to_string())?;
+        // Counted if it can be (a full disk refuses the write; the service still runs).
+        if let Err(e) = store::increment("wakes", 1) {
+            wasmwire_guest::log(
+                wasmwire_guest::Level::Warn,
+                &format!("wakes not counted: {e}"),
+            );
+        }
         Ok(())
     }
 
@@ -163,6 +217,48 @@ impl Service for Durable {
                 });
                 dump.into()
             }
+            "alarm-in" => event
+                .params::<In>()
+                .and_then(|i| {
+                    let at = wasmwire_guest::now_ms() + i.ms;
+                    wasmwire_guest::set_alarm(at)
+                        .map(|()| at)
+                        .map_err(|e| e.to_string())
+                })
+                .into(),
+            "alarm" => Reply::json(&wasmwire_guest::alarm()),
+            // For the fuzzer: a run's bucket starts empty (but for this instance's own
+            // `wakes`), and a storage error is a panic, so that the run reports it.
+            "expect-empty" => {
+                let keys = store::keys().unwrap_or_default();
+                assert!(
+                    keys.iter().all(|k| k == "wakes"),
+                    "expect-empty: the bucket holds {keys:?}"
+                );
+                Reply::json("empty")
+            }
+            "must-incr" => match store::increment("must", 1) {
+                Ok(n) => Reply::json(&n),
+                Err(e) => panic!("must-incr: {e}"),
+            },
+            "alarm-and-trap" => {
+                if let Ok(i) = event.params::<In>() {
+                    let _ = wasmwire_guest::set_alarm(wasmwire_guest::now_ms() + i.ms);
+                }
+                panic!("alarm-and-trap: trapping after set-alarm");
+            }
+            "cancel-alarm" => {
+                wasmwire_guest::cancel_alarm();
+                Reply::json("ok")
+            }
+            "fired" => store::get::<Vec<u64>>("fired")
+                .map(Option::unwrap_or_default)
+                .map_err(|e| e.to_string())
+                .into(),
+            "trap-alarms" => store::set("trap-below-wakes", &(wakes() + 1))
+                .map(|()| "ok")
+                .map_err(|e| e.to_string())
+                .into(),
             // The same round trip with no storage: the baseline of a `get`.
             "ping" => Reply::json("pong"),
             other => Reply::error(format!("unknown event {other}")),

@@ -1,5 +1,5 @@
 //! `legacy`: a service built against `wasmwire:service@0.1.0` (the WIT as it was before
-//! `self-info`, kept in `wit/`), without the SDK's wrappers. The host implements 0.1.1;
+//! `self-info`, kept in `wit/`), without the SDK's wrappers. The host implements 0.1.2;
 //! this guest proves a component built before the bump still loads and runs.
 
 mod bindings {

@@ -48,11 +48,15 @@ pub struct Generator {
     /// Replies offered since the corpus filled.
     seen: u64,
     next_session: u64,
+    /// How many of `Fault::ALL` it injects (the storage fault only for a service that
+    /// stores).
+    faults: usize,
 }
 
 impl Generator {
-    /// A generator seeded with `seed`, knowing the options' shape.
-    pub fn new(seed: u64, options: &str) -> Generator {
+    /// A generator seeded with `seed`, knowing the options' shape and whether the
+    /// service stores data (then it injects storage faults too).
+    pub fn new(seed: u64, options: &str, stores: bool) -> Generator {
         let mut g = Generator {
             rng: Xoshiro256PlusPlus::seed_from_u64(seed),
             corpus: Vec::new(),
@@ -61,6 +65,11 @@ impl Generator {
             hasher: BuildHasherDefault::default(),
             seen: 0,
             next_session: 1,
+            faults: if stores {
+                Fault::ALL.len()
+            } else {
+                Fault::HOST_CALLS
+            },
         };
         g.learn(options.as_bytes());
         g
@@ -135,7 +144,9 @@ impl Generator {
                 84..90 if !view.timers.is_empty() => Some(Step::Timer {
                     id: self.pick(view.timers),
                 }),
-                90..95 => Some(Step::Fault(Fault::ALL[self.rng.random_range(0..4)])),
+                90..95 => Some(Step::Fault(
+                    Fault::ALL[self.rng.random_range(0..self.faults)],
+                )),
                 95..97 if view.awake && !has_sessions => Some(Step::Sleep),
                 97..99 => Some(Step::Wake),
                 99 => Some(Step::Describe),

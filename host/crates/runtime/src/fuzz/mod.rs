@@ -27,13 +27,14 @@ use crate::state::HostState;
 use crate::state::{CpuDeadline, MemoryLimit};
 use crate::stats::InstanceStats;
 use generate::{Generator, View};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 pub use step::{Fault, Replay, Step};
 use tokio::sync::mpsc;
 use wasmwire_manifest::Limits;
+use wasmwire_store::Database;
 
 /// Why fuzzing could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,9 @@ pub enum FuzzError {
     /// The component could not be loaded.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The scratch database for a service that stores could not be made.
+    #[error("cannot make a scratch data store for the runs: {0}")]
+    Storage(String),
 }
 
 /// A loaded service component, ready to be fuzzed.
@@ -52,6 +56,75 @@ pub struct Target {
     class: Arc<Class>,
     pre: ServicePre<HostState>,
     name: Arc<str>,
+    /// Where the runs of a service that imports `wasi:keyvalue` keep their data.
+    storage: Option<Scratch>,
+}
+
+/// The fuzzer's own data: a database in a temporary folder (commits not fsync'd: it is
+/// thrown away), a fresh bucket per run, and the folder removed with the target.
+struct Scratch {
+    db: Option<Database>,
+    dir: PathBuf,
+    /// Buckets handed out so far.
+    buckets: AtomicU64,
+}
+
+impl Scratch {
+    fn open() -> Result<Scratch, FuzzError> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wasmwire-fuzz-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let db = Database::open_scratch(&dir).map_err(|e| FuzzError::Storage(e.to_string()))?;
+        Ok(Scratch {
+            db: Some(db),
+            dir,
+            buckets: AtomicU64::new(0),
+        })
+    }
+
+    fn db(&self) -> &Database {
+        self.db.as_ref().expect("open until dropped")
+    }
+
+    /// A bucket no run has used: each run starts with no data.
+    fn fresh_bucket(&self) -> Arc<str> {
+        let n = self.buckets.fetch_add(1, Ordering::Relaxed);
+        Arc::from(format!("i/fuzz-run-{n}"))
+    }
+
+    /// A digest of what `bucket` holds, as committed.
+    fn digest(&self, bucket: &str) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
+        let mut h = BuildHasherDefault::<DefaultHasher>::default().build_hasher();
+        let db = self.db();
+        let mut after: Option<String> = None;
+        while let Ok(page) = db.keys(bucket, after.as_deref(), 1024) {
+            let Some(last) = page.last().cloned() else {
+                break;
+            };
+            for k in &page {
+                h.write(k.as_bytes());
+                h.write_u8(0xff);
+                if let Ok(Some(v)) = db.get(bucket, k) {
+                    h.write(&v);
+                }
+                h.write_u8(0xfe);
+            }
+            after = Some(last);
+        }
+        h.finish()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Closed first (the last handle: runs are over), then the folder goes.
+        drop(self.db.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Target {
@@ -70,11 +143,17 @@ impl Target {
         let name = path
             .file_stem()
             .map_or("service".into(), |s| s.to_string_lossy().into_owned());
+        let storage = if class.stores {
+            Some(Scratch::open()?)
+        } else {
+            None
+        };
         Ok(Target {
             runtime,
             class,
             pre,
             name: Arc::from(name.as_str()),
+            storage,
         })
     }
 
@@ -223,15 +302,23 @@ struct Harness<'t> {
     refusals: Vec<String>,
     messages: Vec<u64>,
     events: Vec<u64>,
+    /// This run's own bucket, when the service stores (empty when the run starts).
+    bucket: Option<Arc<str>>,
+    /// Before the step in progress: the digest of the bucket and the commits the live
+    /// instance had made, to check that a call that traps leaves no write behind.
+    mark: Option<(u64, u64)>,
 }
 
-fn wit_error(f: Fault) -> WitError {
-    match f {
+/// The error a host call returns for an injected fault (`None`: the storage fault, which
+/// a read or write of the data returns instead).
+fn wit_error(f: Fault) -> Option<WitError> {
+    Some(match f {
         Fault::Busy => WitError::Busy,
         Fault::Closed => WitError::Closed,
         Fault::Timeout => WitError::Timeout,
         Fault::Denied => WitError::Denied("injected by the fuzzer".into()),
-    }
+        Fault::Store => return None,
+    })
 }
 
 fn classify(error: &wasmtime::Error) -> Kind {
@@ -264,7 +351,36 @@ impl<'t> Harness<'t> {
             refusals: Vec::new(),
             messages: vec![0; target.class.messages.len()],
             events: vec![0; target.class.events.len()],
+            bucket: target.storage.as_ref().map(Scratch::fresh_bucket),
+            mark: None,
         }
+    }
+
+    /// Notes what the bucket holds before a step, if an instance is live and stores.
+    fn mark(&mut self) {
+        self.mark = match (&self.target.storage, &self.bucket, &self.live) {
+            (Some(s), Some(b), Some(l)) => Some((s.digest(b), l.state().txn.commits())),
+            _ => None,
+        };
+    }
+
+    /// After a call trapped: what it wrote must be gone (unless a `connect` or `request`
+    /// committed part of it first, which is allowed).
+    fn trapped_writes_gone(&self) -> Result<(), Finding> {
+        let (Some((before, commits)), Some(s), Some(b), Some(l)) =
+            (self.mark, &self.target.storage, &self.bucket, &self.live)
+        else {
+            return Ok(());
+        };
+        if l.state().txn.commits() != commits || s.digest(b) == before {
+            return Ok(());
+        }
+        Err(Finding {
+            step: 0,
+            kind: Kind::Invariant,
+            export: "keyvalue",
+            cause: "a call that trapped left writes behind: the next call would see them".into(),
+        })
     }
 
     /// Export calls made so far.
@@ -287,6 +403,10 @@ impl<'t> Harness<'t> {
     }
 
     fn crashed(&mut self, crash: Crash) -> Finding {
+        if let Err(broken) = self.trapped_writes_gone() {
+            self.live = None;
+            return broken;
+        }
         let Crash { export, error } = crash;
         // After a trap the instance cannot be entered again: drop it, as the host does.
         self.live = None;
@@ -329,21 +449,35 @@ impl<'t> Harness<'t> {
             return Ok(());
         }
         let t = self.target;
-        let state = HostState::audited(
+        let pending = self.pending_fault.take();
+        let mut state = HostState::audited(
             t.name.clone(),
             t.runtime.ticks(),
             &self.settings.limits,
             Audit {
-                fault: self.pending_fault.take().map(wit_error),
+                fault: pending.and_then(wit_error),
                 ..Audit::default()
             },
             self.output.clone(),
+            t.storage
+                .as_ref()
+                .zip(self.bucket.clone())
+                .map(|(s, b)| (s.db().clone(), b)),
         );
+        if pending == Some(Fault::Store) {
+            state.txn.inject_fault();
+        }
         let options = &self.settings.options;
-        match Core::wake(&t.pre, state, self.stats.clone(), options).await {
+        match Core::wake(&t.pre, &t.class, state, self.stats.clone(), options).await {
             Ok(core) => {
                 self.live = Some(core);
-                self.settle().await
+                self.settle().await?;
+                // The step that woke it calls into it next: what the bucket holds now is
+                // what a trap in that call must leave.
+                if t.storage.is_some() {
+                    self.mark();
+                }
+                Ok(())
             }
             Err(WakeError::Instantiate(e)) => Err(Finding {
                 step: 0,
@@ -409,6 +543,9 @@ impl<'t> Harness<'t> {
         let (target, settings) = (self.target, self.settings);
         let class = &target.class;
         let limits = &settings.limits;
+        if target.storage.is_some() {
+            self.mark();
+        }
         match step {
             Step::Wake => self.wake().await?,
             Step::Sleep => {
@@ -503,12 +640,15 @@ impl<'t> Harness<'t> {
                     }
                 }
             }
-            Step::Fault(f) => match self
-                .live
-                .as_mut()
-                .and_then(|l| l.state_mut().audit.as_mut())
-            {
-                Some(a) => a.fault = Some(wit_error(*f)),
+            Step::Fault(f) => match self.live.as_mut() {
+                Some(l) => match wit_error(*f) {
+                    Some(e) => {
+                        if let Some(a) = l.state_mut().audit.as_mut() {
+                            a.fault = Some(e);
+                        }
+                    }
+                    None => l.state_mut().txn.inject_fault(),
+                },
                 None => self.pending_fault = Some(*f),
             },
             Step::Describe => {
@@ -543,6 +683,16 @@ impl<'t> Harness<'t> {
     }
 }
 
+impl Drop for Harness<'_> {
+    /// The run's bucket is emptied after it: the scratch data stays as small as one run's.
+    fn drop(&mut self) {
+        self.live = None;
+        if let (Some(s), Some(b)) = (&self.target.storage, &self.bucket) {
+            let _ = s.db().clear(b);
+        }
+    }
+}
+
 /// Runs `steps` once on fresh instances; returns the first finding and the calls made.
 pub async fn replay(
     target: &Target,
@@ -556,7 +706,7 @@ pub async fn replay(
 /// Runs `steps` once on fresh instances; returns why the host refused steps before the
 /// guest saw them — each reason once, in the words a client or guest would get.
 pub async fn refusals(target: &Target, settings: &Settings, steps: &[Step]) -> Vec<String> {
-    run_steps(target, settings, steps, true).await.1.refusals
+    std::mem::take(&mut run_steps(target, settings, steps, true).await.1.refusals)
 }
 
 async fn run_steps<'t>(
@@ -756,7 +906,7 @@ async fn worker(
     shared: &Shared,
     started: Instant,
 ) -> Option<Failure> {
-    let mut generator = Generator::new(settings.seed ^ w, &settings.options);
+    let mut generator = Generator::new(settings.seed ^ w, &settings.options, target.class.stores);
     let max_steps = settings.max_steps.max(1);
     let (mut sessions, mut timers) = (Vec::new(), Vec::new());
     let mut steps = Vec::with_capacity(max_steps);

@@ -76,11 +76,24 @@ pub enum Fault {
     Timeout,
     /// `denied`.
     Denied,
+    /// A storage error: the next read or write of `wasi:keyvalue` that reaches the
+    /// database fails (`other("storage failed: …")`).
+    Store,
 }
 
 impl Fault {
-    /// Every fault.
-    pub const ALL: [Fault; 4] = [Fault::Busy, Fault::Closed, Fault::Timeout, Fault::Denied];
+    /// Every fault: the host-call errors first, then the storage one (made only for a
+    /// service that imports `wasi:keyvalue`).
+    pub const ALL: [Fault; 5] = [
+        Fault::Busy,
+        Fault::Closed,
+        Fault::Timeout,
+        Fault::Denied,
+        Fault::Store,
+    ];
+
+    /// How many of [`Fault::ALL`] are errors of host calls.
+    pub const HOST_CALLS: usize = 4;
 
     fn name(self) -> &'static str {
         match self {
@@ -88,6 +101,7 @@ impl Fault {
             Fault::Closed => "closed",
             Fault::Timeout => "timeout",
             Fault::Denied => "denied",
+            Fault::Store => "store",
         }
     }
 }
