@@ -169,6 +169,17 @@ async fn set_replaces_cancel_removes_and_a_trap_undoes_either() {
     assert_eq!(wait_fired(&node, "steady", next).await, vec![first, next]);
     assert!(!fired(&node, "steady").contains(&cancelled.as_u64().unwrap()));
 
+    // An on-alarm that sets the next alarm (after a request that committed its first
+    // write): that one is kept and fires in turn, twice, then there is none.
+    ask(&node, "durable", "alarm-repeat", r#"{"ms":150,"times":2}"#).await;
+    let three = wait_until(WITHIN, "three alarms in a row", || {
+        let f = fired(&node, "durable");
+        async move { (f.len() == 3).then_some(f) }
+    })
+    .await;
+    assert!(three.windows(2).all(|w| w[0] < w[1]), "{three:?}");
+    assert_eq!(ask(&node, "durable", "alarm", "null").await, json("null"));
+
     // An on-alarm that traps: its writes and the alarm's removal roll back, so the alarm
     // fires again (after a second) and the retry records it once.
     let traps_before = traps(&node, "steady");

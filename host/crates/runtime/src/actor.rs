@@ -334,10 +334,21 @@ impl InstanceActor {
         let Some(alarms) = self.directory.alarms().cloned() else {
             return;
         };
+        let traps = self
+            .me
+            .stats
+            .traps
+            .load(std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = self.ensure_awake().await {
-            // No free slot in the pool is not the guest's fault; a crash in `wakeup`, or an
-            // instance that is down, is.
-            if self.crashed || self.me.status() == Status::Down {
+            // No free slot in the pool is not the guest's fault; a crash in this `wakeup`,
+            // or an instance that is down, is.
+            let crashed_now = self
+                .me
+                .stats
+                .traps
+                .load(std::sync::atomic::Ordering::Relaxed)
+                != traps;
+            if crashed_now || self.me.status() == Status::Down {
                 alarms.failed(due(), &e.to_string());
             } else {
                 alarms.later(due(), super::alarms::now_ms() + 1000);

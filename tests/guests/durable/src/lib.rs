@@ -12,7 +12,8 @@
 //! when it is due (or `null`), `cancel-alarm`, `fired` lists the times `on-alarm` was
 //! called for (kept in the bucket, with `fired-when`: when each call came), and `trap-alarms` makes `on-alarm` trap until the
 //! instance has woken once more (the trap rolls back, so the alarm fires again);
-//! `alarm-and-trap {ms}` sets an alarm and panics (the alarm must vanish).
+//! `alarm-and-trap {ms}` sets an alarm and panics (the alarm must vanish);
+//! `alarm-repeat {ms, times}` sets one, and each `on-alarm` sets the next, `times` more.
 //!
 //! For the fuzzer's tests: `expect-empty` panics if the bucket holds a key other than
 //! `wakes`, `must-incr` panics if a storage call fails.
@@ -74,6 +75,14 @@ struct In {
     ms: u64,
 }
 
+/// `alarm-repeat`: an alarm every `ms`, `times` more after the first, each set by the
+/// `on-alarm` of the one before.
+#[derive(Deserialize, serde::Serialize)]
+struct Repeat {
+    ms: u64,
+    times: u32,
+}
+
 /// How many times this instance has woken (its `wakes` counter).
 fn wakes() -> i64 {
     match store::with_bucket(|b| Ok(b.get("wakes")?)) {
@@ -108,6 +117,7 @@ impl Service for Durable {
         "alarm-and-trap",
         "expect-empty",
         "must-incr",
+        "alarm-repeat",
     ];
 
     fn on_alarm(&mut self, at_ms: u64) {
@@ -118,6 +128,14 @@ impl Service for Durable {
         let trap_below: Option<i64> = store::get("trap-below-wakes").ok().flatten();
         if trap_below.is_some_and(|t| wakes() < t) {
             panic!("on-alarm told to trap");
+        }
+        // `alarm-repeat`: set the next one from here (after the request above committed).
+        if let Ok(Some(mut r)) = store::get::<Repeat>("repeat")
+            && r.times > 0
+        {
+            r.times -= 1;
+            let _ = store::set("repeat", &r);
+            let _ = wasmwire_guest::set_alarm(wasmwire_guest::now_ms() + r.ms);
         }
         let mut fired: Vec<u64> = store::get("fired").ok().flatten().unwrap_or_default();
         fired.push(at_ms);
@@ -227,6 +245,15 @@ impl Service for Durable {
                 })
                 .into(),
             "alarm" => Reply::json(&wasmwire_guest::alarm()),
+            "alarm-repeat" => event
+                .params::<Repeat>()
+                .and_then(|r| {
+                    store::set("repeat", &r).map_err(|e| e.to_string())?;
+                    wasmwire_guest::set_alarm(wasmwire_guest::now_ms() + r.ms)
+                        .map_err(|e| e.to_string())
+                })
+                .map(|()| "ok")
+                .into(),
             // For the fuzzer: a run's bucket starts empty (but for this instance's own
             // `wakes`), and a storage error is a panic, so that the run reports it.
             "expect-empty" => {
