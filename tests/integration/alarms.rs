@@ -126,6 +126,8 @@ async fn an_alarm_fires_after_a_host_restart() {
     node.shutdown().await;
     let early = early.as_u64().unwrap();
     let late = late.as_u64().unwrap();
+    // The behaviour under test is an alarm that falls due while no host runs: the wait is
+    // for the wall clock to pass its time (nothing else could signal it), not for an event.
     let now = wasmwire::runtime::alarms::now_ms();
     tokio::time::sleep(Duration::from_millis(early.saturating_sub(now) + 200)).await;
 
