@@ -30,6 +30,7 @@ fn main() {
             latency: Duration::from_millis(20),
             sample_every: Duration::from_secs(5),
             seed: 7,
+            max_connections: 1024,
         });
         let last = r.samples.last().cloned();
         println!(

@@ -7,6 +7,7 @@ mod chaos;
 mod cli;
 mod containment;
 mod deploy;
+mod discovery;
 mod durable;
 mod exhaustion;
 mod fuzz;

@@ -18,6 +18,7 @@ fn sixty_virtual_hosts_all_find_a_rare_service() {
         latency: Duration::from_millis(20),
         sample_every: Duration::from_secs(5),
         seed: 7,
+        max_connections: 1024,
     });
     let last = r.samples.last().expect("samples");
     eprintln!(
@@ -43,7 +44,7 @@ fn sixty_virtual_hosts_all_find_a_rare_service() {
     assert!(last.reach >= 0.95, "{:.2}", last.reach);
     assert!(
         last.seed_conns >= 55,
-        "every host keeps its seeds: {}",
+        "sixty hosts all dial each other (64 learned peers at most), seeds too: {}",
         last.seed_conns
     );
     assert!(
@@ -51,5 +52,38 @@ fn sixty_virtual_hosts_all_find_a_rare_service() {
         "learned table bounded: {}",
         last.learned.1
     );
+    assert!(last.alive >= 54);
+}
+
+/// The same network with hosts that hold at most 20 connections: the seeds fill up, turn
+/// newcomers away with `full` and a sample of their peers, and every host still finds the
+/// service through the hosts it learned that way.
+#[test]
+fn hosts_turned_away_by_full_seeds_join_through_the_sample() {
+    let r = run(SimConfig {
+        hosts: 60,
+        seeds: 3,
+        service_share: 0.05,
+        join_over: Duration::from_secs(60),
+        duration: Duration::from_secs(150),
+        churn_per_minute: 0.02,
+        latency: Duration::from_millis(20),
+        sample_every: Duration::from_secs(5),
+        seed: 7,
+        max_connections: 20,
+    });
+    let last = r.samples.last().expect("samples");
+    eprintln!(
+        "60 hosts, cap 20: full reach after {:?}; at the end {:.0}% reach, {:.0} msgs/host/min, connections {:.1}/{} (seeds {})",
+        r.full_reach_after,
+        last.reach * 100.0,
+        r.messages_per_host_minute,
+        last.conns.0,
+        last.conns.1,
+        last.seed_conns,
+    );
+    assert!(last.seed_conns <= 20, "the cap holds: {}", last.seed_conns);
+    assert!(last.conns.1 <= 20, "the cap holds: {}", last.conns.1);
+    assert!(last.reach >= 0.95, "{:.2}", last.reach);
     assert!(last.alive >= 54);
 }

@@ -42,6 +42,9 @@ pub struct SimConfig {
     pub sample_every: Duration,
     /// Seeds ids, choices and the brokers' jitter.
     pub seed: u64,
+    /// Connections a host holds at most (`BrokerLimits::max_connections`); a newcomer past
+    /// that gets `full` with a sample of the host's peers.
+    pub max_connections: usize,
 }
 
 /// One sample of the network.
@@ -82,12 +85,9 @@ struct Host {
     addr: SocketAddr,
     provides: bool,
     timer: u64,
-    /// Connections open (the real host refuses past `MAX_CONNECTIONS`).
+    /// Connections open (the real host refuses past `max_connections`).
     open: usize,
 }
-
-/// Connections a real host accepts at most (`net::MAX_CONNECTIONS`).
-const MAX_CONNECTIONS: usize = 1024;
 
 enum Ev {
     Deliver {
@@ -186,7 +186,10 @@ impl Net {
                 services,
                 allow: Arc::new(Allow::default()),
                 peers,
-                limits: BrokerLimits::default(),
+                limits: BrokerLimits {
+                    max_connections: self.config.max_connections,
+                    ..BrokerLimits::default()
+                },
                 seed: self.rng.next(),
             },
             self.now,
@@ -238,15 +241,7 @@ impl Net {
                         DialTo::Learned { addr, .. } => Some(*addr),
                         DialTo::Direct(a) => Some(*a),
                     };
-                    let full =
-                        |t: &Option<Host>| t.as_ref().is_none_or(|t| t.open >= MAX_CONNECTIONS);
                     match addr.and_then(|a| self.by_addr.get(&a).copied()) {
-                        // Refused at once: "too many connections".
-                        Some(target)
-                            if full(&self.hosts[target]) && self.hosts[target].is_some() =>
-                        {
-                            self.at(now + latency * 2, Ev::DialFailed { dialer: h, to })
-                        }
                         Some(target) if self.hosts[target].is_some() => {
                             // A QUIC handshake: one round trip.
                             self.at(
@@ -295,6 +290,13 @@ impl Net {
                     };
                     answers.push((conn, id, answer));
                 }
+                Event::Release { conn } => {
+                    // Nothing runs sessions here: a released bootstrap peer always goes.
+                    if let Some((a, b)) = self.conns.remove(&conn) {
+                        self.at(now, Ev::Closed { conn, at: a });
+                        self.at(now + latency, Ev::Closed { conn, at: b });
+                    }
+                }
                 Event::Ready { .. } | Event::Answered { .. } => {}
             }
         }
@@ -337,6 +339,12 @@ impl Net {
                 }
                 let conn = self.next_conn;
                 self.next_conn += 1;
+                if self.hosts[target]
+                    .as_ref()
+                    .is_some_and(|t| t.open >= self.config.max_connections)
+                {
+                    return self.refuse(conn, dialer, target, to);
+                }
                 self.conns.insert(conn, (dialer, target));
                 let (Some((t_id, t_addr)), Some((d_id, d_addr))) = (
                     self.hosts[target].as_ref().map(|t| (t.id, t.addr)),
@@ -413,48 +421,53 @@ impl Net {
         }
     }
 
+    /// A full host turns the dialler away: its `full` (a sample of its peers) arrives in
+    /// place of `hello`, and the connection closes.
+    fn refuse(&mut self, conn: ConnId, dialer: usize, target: usize, to: DialTo) {
+        let now = self.now;
+        let Some(t) = self.hosts[target].as_mut() else {
+            return;
+        };
+        let (t_id, t_addr) = (t.id, t.addr);
+        let full = t.broker.full_answer();
+        self.sent += 1;
+        if let Some(d) = self.hosts[dialer].as_mut() {
+            d.broker.handle_connected(conn, t_id, t_addr, Some(to), now);
+            d.broker.handle_control(conn, full, now);
+            d.broker.handle_closed(conn, now);
+            // The hello it wrote and the close it asked for go nowhere: `conns` has no
+            // entry for this connection.
+            self.drain(dialer);
+        }
+    }
+
     fn sample(&self) -> Sample {
         let seeds = self.config.seeds;
         let seed_conns = self.hosts[..seeds.min(self.hosts.len())]
             .iter()
             .flatten()
-            .map(|h| {
-                h.broker
-                    .ready_connections()
-                    .iter()
-                    .filter(|c| c.2 == Role::Host)
-                    .count()
-            })
+            .map(|h| h.broker.host_count())
             .max()
             .unwrap_or(0);
         let alive: Vec<&Host> = self.hosts.iter().skip(seeds).flatten().collect();
         let mut reached = 0;
         let (mut conns_sum, mut conns_max, mut learned_sum, mut learned_max) = (0, 0, 0, 0);
         for h in &alive {
-            let ready = h.broker.ready_connections();
-            let hosts: Vec<PeerId> = ready
-                .iter()
-                .filter(|(_, _, r)| *r == Role::Host)
-                .map(|(_, p, _)| *p)
-                .collect();
-            let direct = h.provides || !h.broker.find(SERVICE).is_empty();
+            let hosts = h.broker.host_peers();
+            let knows = |n: &Host| n.provides || n.broker.find_first(SERVICE, |_| true).is_some();
+            let direct = knows(h);
             let one_hop = || {
                 hosts.iter().any(|p| {
                     self.by_id
                         .get(p)
                         .and_then(|&i| self.hosts[i].as_ref())
-                        .is_some_and(|n| n.provides || !n.broker.find(SERVICE).is_empty())
+                        .is_some_and(knows)
                 })
             };
             if direct || one_hop() {
                 reached += 1;
             }
-            let learned = h
-                .broker
-                .peer_list(true, None, usize::MAX)
-                .iter()
-                .filter(|e| !e.connected)
-                .count();
+            let learned = h.broker.learned_count();
             conns_sum += hosts.len();
             conns_max = conns_max.max(hosts.len());
             learned_sum += learned;

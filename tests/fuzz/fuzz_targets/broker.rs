@@ -95,10 +95,15 @@ enum Built {
     Pong {
         id: u8,
     },
+    Full {
+        peers: Vec<(u8, Option<u8>)>,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
 enum Op {
+    /// This host is full: its `full` answer must encode and list only its ready hosts.
+    FullAnswer,
     Connect {
         conn: u8,
         peer: u8,
@@ -250,6 +255,10 @@ fn build(m: Built) -> Control {
         },
         Built::Ping { id: i } => Control::Ping { id: id(i) },
         Built::Pong { id: i } => Control::Pong { id: id(i) },
+        Built::Full { peers } => Control::Full {
+            reason: "full".into(),
+            peers: peers.into_iter().map(|(p, a)| entry(p, a, true)).collect(),
+        },
     }
 }
 
@@ -372,6 +381,20 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Close { conn } => broker.close(ConnId::from(conn % 8), "fuzz".into(), now),
+            Op::FullAnswer => {
+                let Control::Full { peers, .. } = broker.full_answer() else {
+                    panic!("full_answer is a `full`");
+                };
+                let ready: HashSet<String> = broker
+                    .ready_connections()
+                    .into_iter()
+                    .filter(|(_, _, r)| *r == Role::Host)
+                    .map(|(_, p, _)| p.to_string())
+                    .collect();
+                let listed: HashSet<String> = peers.iter().map(|e| e.peer.clone()).collect();
+                assert_eq!(listed.len(), peers.len(), "a sample has no repeats");
+                assert!(listed.is_subset(&ready), "{listed:?} not all in {ready:?}");
+            }
         }
         while let Some((_, message)) = broker.poll_transmit() {
             let mut out = BytesMut::new();
@@ -398,12 +421,25 @@ fuzz_target!(|ops: Vec<Op>| {
             );
         }
         let mut hosts = HashSet::new();
-        for (_, p, role) in broker.ready_connections() {
+        for (conn, p, role) in broker.ready_connections() {
             if role == Role::Host {
                 assert!(hosts.insert(p), "two ready host connections to {p}");
+                // The indexes agree with the connections.
+                assert_eq!(broker.connection_to(&p), Some(conn));
             }
         }
-        dials.truncate(64);
+        assert_eq!(broker.host_count(), hosts.len());
+        for s in SERVICES {
+            assert!(broker.find(s).iter().all(|p| hosts.contains(p)));
+        }
+        assert!(broker.learned_count() <= 8);
+        // Dials the script never settles fail, so the broker's count of dials under way
+        // stays true and it keeps dialling.
+        if dials.len() > 64 {
+            for d in dials.split_off(64) {
+                broker.handle_dial_failed(&d, now);
+            }
+        }
         incoming.truncate(512);
     }
 });

@@ -10,12 +10,18 @@ use wasmwire_wire::{PeerId, Role};
 /// Bounds and periods of the broker.
 #[derive(Debug, Clone)]
 pub struct BrokerLimits {
+    /// Connections (hosts and clients) a host holds at once; past that a newcomer gets
+    /// `full` with a sample of peers instead of `hello`.
+    pub max_connections: usize,
     /// How long a new connection may take to send its `hello`.
     pub hello_timeout: Duration,
     /// Peers learned by exchange that are kept at most.
     pub max_learned: usize,
     /// Host connections past which learned peers are no longer dialled.
     pub max_peers: usize,
+    /// Connections to hosts other than the configured ones at which configured peers stop
+    /// being dialled: they are bootstrap peers, dialled again when the host falls below.
+    pub bootstrap_until: usize,
     /// Dials of learned peers under way at once.
     pub max_dials: usize,
     /// Peers in one `peers` answer to a host.
@@ -38,9 +44,11 @@ pub struct BrokerLimits {
 impl Default for BrokerLimits {
     fn default() -> Self {
         BrokerLimits {
+            max_connections: 1024,
             hello_timeout: Duration::from_secs(5),
             max_learned: 256,
             max_peers: 64,
+            bootstrap_until: 8,
             max_dials: 4,
             peers_per_answer: 32,
             exchange_every: Duration::from_secs(30),
@@ -66,7 +74,8 @@ pub struct BrokerConfig {
     pub services: Vec<String>,
     /// Who may connect, be dialled, or be learned.
     pub allow: Arc<Allow>,
-    /// Configured peers (`[host] peers`), dialled at start and after loss.
+    /// Configured peers (`[host] peers`): bootstrap peers, dialled at start and after a
+    /// loss while the host has too few other connections.
     pub peers: Vec<PeerSpec>,
     /// Bounds and periods.
     pub limits: BrokerLimits,

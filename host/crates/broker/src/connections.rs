@@ -22,6 +22,8 @@ pub(crate) struct Conn {
     pub(crate) dialler_nonce: u64,
     /// It finished hello as a host (it stays true while the connection closes).
     pub(crate) host: bool,
+    /// It is a ready host connection to a configured peer (counted in `bootstrap_ready`).
+    pub(crate) bootstrap: bool,
 }
 
 #[derive(Debug)]
@@ -66,18 +68,12 @@ impl Bucket {
 impl Broker {
     /// The connection to use for `peer`: its ready connection to a host, if any.
     pub fn connection_to(&self, peer: &PeerId) -> Option<ConnId> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.peer == *peer && c.role() == Some(Role::Host))
-            .max_by_key(|(_, c)| c.opened)
-            .map(|(id, _)| *id)
+        self.hosts.get(peer).map(|(conn, _)| *conn)
     }
 
     /// Whether `peer` has a connection in any state but closing (a dial is not needed).
-    pub(crate) fn has_conn(&self, peer: &PeerId) -> bool {
-        self.conns
-            .values()
-            .any(|c| c.peer == *peer && !matches!(c.state, ConnState::Closing))
+    pub fn has_conn(&self, peer: &PeerId) -> bool {
+        self.live.contains_key(peer)
     }
 
     /// Ready connections (any role), for tests and introspection.
@@ -112,7 +108,7 @@ impl Broker {
         let nonce = self.next_random();
         if let Some(DialTo::Learned { peer, .. }) = &dialled {
             // Connected: it is no longer a peer to dial.
-            self.learned.remove(peer);
+            self.forget_learned(peer);
         }
         if dialled.is_none() {
             // A configured peer that shows up inbound is reachable: reset its back-off.
@@ -121,6 +117,13 @@ impl Broker {
                 c.backoff = min;
             }
         }
+        let deadline = now + self.config.limits.hello_timeout;
+        if self.conns.contains_key(&conn) {
+            // The driver names each connection once; a reused id ends the old one first.
+            self.handle_closed(conn, now);
+        }
+        *self.live.entry(peer).or_default() += 1;
+        self.timers.insert((deadline, Timer::Hello(conn)));
         self.conns.insert(
             conn,
             Conn {
@@ -128,9 +131,7 @@ impl Broker {
                 dialled: dialled.is_some(),
                 remote,
                 configured,
-                state: ConnState::AwaitHello {
-                    deadline: now + self.config.limits.hello_timeout,
-                },
+                state: ConnState::AwaitHello { deadline },
                 bucket: Bucket {
                     tokens: f64::from(self.config.limits.queries_per_second) * 2.0,
                     at: None,
@@ -142,6 +143,7 @@ impl Broker {
                 my_nonce: nonce,
                 dialler_nonce: 0,
                 host: false,
+                bootstrap: false,
             },
         );
         let hello = Hello {
@@ -190,21 +192,24 @@ impl Broker {
 
     /// A connection ended (closed by either side or lost).
     pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        self.retire(conn);
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        let failed: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.conn == conn)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in failed {
-            self.finish(
-                token,
-                Err(Failure::new(ErrorCode::Closed, "the connection closed")),
-                now,
-            );
+        if c.pending > 0 {
+            let failed: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.conn == conn)
+                .map(|(t, _)| *t)
+                .collect();
+            for token in failed {
+                self.finish(
+                    token,
+                    Err(Failure::new(ErrorCode::Closed, "the connection closed")),
+                    now,
+                );
+            }
         }
         if c.host && self.connection_to(&c.peer).is_none() {
             let lost: Vec<usize> = self
@@ -224,16 +229,108 @@ impl Broker {
         {
             self.schedule_redial(i, now);
         }
+        if c.host && !self.configured.is_empty() && !self.bootstrapped() {
+            // Below the bootstrap threshold again: the configured peers that were let go
+            // are dialled again.
+            for i in 0..self.configured.len() {
+                if self.configured[i]
+                    .peer
+                    .is_none_or(|p| self.connection_to(&p).is_none())
+                {
+                    self.schedule_redial(i, now);
+                }
+            }
+        }
     }
 
     /// Closes a connection (the driver gets `Event::Close`).
     pub fn close(&mut self, conn: ConnId, reason: String, _now: Instant) {
-        if let Some(c) = self.conns.get_mut(&conn)
-            && !matches!(c.state, ConnState::Closing)
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| !matches!(c.state, ConnState::Closing))
         {
-            c.state = ConnState::Closing;
+            self.retire(conn);
             self.events.push_back(Event::Close { conn, reason });
         }
+    }
+
+    /// Takes `conn` out of every index and timer and marks it closing (once).
+    pub(crate) fn retire(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if matches!(c.state, ConnState::Closing) {
+            return;
+        }
+        if let ConnState::AwaitHello { deadline } = c.state {
+            self.timers.remove(&(deadline, Timer::Hello(conn)));
+        }
+        if let Some(at) = c.next_exchange.take() {
+            self.timers.remove(&(at, Timer::Exchange(conn)));
+        }
+        let peer = c.peer;
+        if let Some(n) = self.live.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.live.remove(&peer);
+            }
+        }
+        if c.bootstrap {
+            c.bootstrap = false;
+            self.bootstrap_ready -= 1;
+        }
+        if self.hosts.get(&peer).is_some_and(|(k, _)| *k == conn)
+            && let Some((_, pos)) = self.hosts.remove(&peer)
+        {
+            self.host_list.swap_remove(pos);
+            if let Some(moved) = self.host_list.get(pos)
+                && let Some(entry) = self.hosts.get_mut(moved)
+            {
+                entry.1 = pos;
+            }
+            if let ConnState::Ready(a) = &c.state {
+                for s in &a.services {
+                    if let Some(m) = self.providers.get_mut(s) {
+                        m.remove(&c.opened);
+                        if m.is_empty() {
+                            self.providers.remove(s);
+                        }
+                    }
+                }
+            }
+        }
+        c.state = ConnState::Closing;
+    }
+
+    /// Takes a ready host connection into the indexes: by peer, in the list to sample
+    /// from, and under each service it exposes.
+    pub(crate) fn enter_ready(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        // Configured: dialled for a configured entry (a name may stand for many hosts), or
+        // a configured peer's id.
+        c.bootstrap =
+            c.configured.is_some() || self.configured.iter().any(|t| t.peer == Some(c.peer));
+        self.bootstrap_ready += usize::from(c.bootstrap);
+        let ConnState::Ready(a) = &c.state else {
+            return;
+        };
+        for s in &a.services {
+            self.providers
+                .entry(s.clone())
+                .or_default()
+                .insert(c.opened, c.peer);
+        }
+        self.hosts.insert(c.peer, (conn, self.host_list.len()));
+        self.host_list.push(c.peer);
+    }
+
+    /// Whether this host has enough connections to hosts other than its configured ones
+    /// (`BrokerLimits::bootstrap_until`) that configured peers need not be dialled.
+    pub(crate) fn bootstrapped(&self) -> bool {
+        self.hosts.len().saturating_sub(self.bootstrap_ready) >= self.config.limits.bootstrap_until
     }
 
     pub(crate) fn on_hello(&mut self, conn: ConnId, hello: Hello, now: Instant) {
@@ -269,6 +366,9 @@ impl Broker {
         let exchange = hello.role == Role::Host
             && me == Role::Host
             && features.iter().any(|f| f == "peer-exchange");
+        if let ConnState::AwaitHello { deadline } = c.state {
+            self.timers.remove(&(deadline, Timer::Hello(conn)));
+        }
         c.state = ConnState::Ready(Box::new(Agreed {
             role: hello.role,
             listen,
@@ -278,7 +378,6 @@ impl Broker {
                 Vec::new()
             },
         }));
-        c.next_exchange = exchange.then_some(now);
         c.dialler_nonce = if c.dialled { c.my_nonce } else { hello.nonce };
         c.host = hello.role == Role::Host;
         let (peer, role) = (c.peer, hello.role);
@@ -286,13 +385,16 @@ impl Broker {
             self.configured[i].peer = Some(peer);
             self.configured[i].backoff = self.config.limits.backoff_min;
         }
-        self.learned.remove(&peer);
-        if role == Role::Host && !self.keep_one(conn, now) {
-            return;
+        self.forget_learned(&peer);
+        if role == Role::Host {
+            if !self.keep_one(conn, now) {
+                return;
+            }
+            self.enter_ready(conn);
         }
         self.events.push_back(Event::Ready { conn, peer, role });
         if exchange {
-            self.exchange(conn, now);
+            self.exchange(conn, now, true);
         }
     }
 
@@ -313,10 +415,10 @@ impl Broker {
             (dialler == lower, c.dialler_nonce, dialler)
         };
         let other = self
-            .conns
-            .iter()
-            .find(|(id, c)| **id != conn && c.peer == peer && c.role() == Some(Role::Host))
-            .map(|(id, c)| (*id, key(c)));
+            .hosts
+            .get(&peer)
+            .filter(|(id, _)| *id != conn)
+            .and_then(|(id, _)| Some((*id, key(self.conns.get(id)?))));
         let Some((old, old_key)) = other else {
             return true;
         };

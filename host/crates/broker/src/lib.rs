@@ -37,7 +37,7 @@ pub use config::{Allow, BrokerConfig, BrokerLimits};
 use connections::{Conn, ConnState, advertised};
 use peers::{Configured, Learned};
 use requests::Pending;
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 pub use wasmwire_manifest::PeerSpec;
@@ -191,14 +191,44 @@ pub enum Event {
     },
     /// Dial a peer; report the outcome with `handle_connected` or `handle_dial_failed`.
     Dial(DialTo),
+    /// A bootstrap (configured) peer is no longer needed: this host has enough others.
+    /// Close the connection if no session uses it (report it with `handle_closed`); it is
+    /// dialled again when the host falls below its bootstrap threshold, or on demand.
+    Release {
+        /// The connection.
+        conn: ConnId,
+    },
 }
 
 /// The channel-0 state machine of one host.
+///
+/// Nothing an input does walks every connection or every learned peer: timers sit in
+/// ordered sets, and the ready host connections are indexed by peer, by service and in a
+/// list to sample from, so a seed with a thousand connections answers as cheaply as a host
+/// with three.
 pub struct Broker {
     config: BrokerConfig,
     conns: HashMap<ConnId, Conn>,
+    /// The ready host connection to each peer (there is one: see `keep_one`) and the
+    /// peer's place in `host_list`.
+    hosts: HashMap<PeerId, (ConnId, usize)>,
+    /// The peers of `hosts`, in a list to draw random samples from.
+    host_list: Vec<PeerId>,
+    /// Ready host connections to configured peers (see `Conn::bootstrap`).
+    bootstrap_ready: usize,
+    /// Connections per peer in any state but closing (a dial to it is not needed).
+    live: HashMap<PeerId, u32>,
+    /// The ready hosts that expose each service, by connection age.
+    providers: HashMap<String, BTreeMap<u64, PeerId>>,
+    /// Hello deadlines and peer-exchange times of connections.
+    timers: BTreeSet<(Instant, Timer)>,
     configured: Vec<Configured>,
     learned: HashMap<PeerId, Learned>,
+    /// When each learned peer that is not being dialled may be dialled.
+    learned_due: BTreeSet<(Instant, PeerId)>,
+    /// Hosts that answered `full`, and until when they are not learned again (at most
+    /// `max_learned` of them).
+    full_until: HashMap<PeerId, Instant>,
     dials: usize,
     pending: HashMap<u64, Pending>,
     deadlines: BTreeSet<(Instant, u64)>,
@@ -207,6 +237,15 @@ pub struct Broker {
     transmits: VecDeque<(ConnId, Control)>,
     events: VecDeque<Event>,
     rng: u64,
+}
+
+/// What a connection's timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// Its hello must have come.
+    Hello(ConnId),
+    /// Ask it for its peers.
+    Exchange(ConnId),
 }
 
 impl Broker {
@@ -227,8 +266,16 @@ impl Broker {
         Broker {
             config,
             conns: HashMap::new(),
+            hosts: HashMap::new(),
+            host_list: Vec::new(),
+            bootstrap_ready: 0,
+            live: HashMap::new(),
+            providers: HashMap::new(),
+            timers: BTreeSet::new(),
             configured,
             learned: HashMap::new(),
+            learned_due: BTreeSet::new(),
+            full_until: HashMap::new(),
             dials: 0,
             pending: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -254,6 +301,28 @@ impl Broker {
         };
         match (ready, message) {
             (false, Control::Hello(hello)) => self.on_hello(conn, hello, now),
+            (false, Control::Full { reason, peers })
+                if self.conns.get(&conn).is_some_and(|c| c.dialled) =>
+            {
+                // A full host's sample is learned like peer exchange (by hosts: a client
+                // learns no peers), then both close; the full host itself is not learned
+                // or dialled again for a while (its sample names the hosts it is
+                // connected to, which may be as full).
+                if self.config.role == Role::Host {
+                    if let Some(c) = self.conns.get(&conn) {
+                        let (peer, configured) = (c.peer, c.configured);
+                        // The key is the TLS handshake's: a configured entry written without
+                        // one learns it here, so its back-off can see the `full`.
+                        if let Some(t) = configured.and_then(|i| self.configured.get_mut(i)) {
+                            t.peer.get_or_insert(peer);
+                        }
+                        self.note_full(peer, now);
+                    }
+                    self.learn(conn, peers, now);
+                }
+                let reason = format!("the peer is full: {}", cut(&reason, 200));
+                self.close(conn, reason, now);
+            }
             (false, other) => {
                 let reason = format!("expected hello first, got {}", other.type_name());
                 self.close(conn, reason, now);
@@ -268,16 +337,33 @@ impl Broker {
 
     /// Time passed: hello and request deadlines, peer exchange, dials.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let late: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(
-                |(_, c)| matches!(c.state, ConnState::AwaitHello { deadline } if deadline <= now),
-            )
-            .map(|(id, _)| *id)
-            .collect();
-        for conn in late {
-            self.close(conn, "no hello in time".into(), now);
+        // The due ones are taken out first: an exchange puts its next time back in, and
+        // with a zero period that would be due at once, for ever.
+        let mut due = Vec::new();
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            due.push(timer);
+        }
+        for timer in due {
+            match timer {
+                Timer::Hello(conn) => {
+                    if matches!(
+                        self.conns.get(&conn).map(|c| &c.state),
+                        Some(ConnState::AwaitHello { .. })
+                    ) {
+                        self.close(conn, "no hello in time".into(), now);
+                    }
+                }
+                Timer::Exchange(conn) => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.next_exchange = None;
+                        self.exchange(conn, now, false);
+                    }
+                }
+            }
         }
         while let Some(&(at, token)) = self.deadlines.first() {
             if at > now {
@@ -292,15 +378,7 @@ impl Broker {
                 );
             }
         }
-        let exchange: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.next_exchange.is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        for conn in exchange {
-            self.exchange(conn, now);
-        }
+        let bootstrapped = self.bootstrapped();
         for i in 0..self.configured.len() {
             let t = &self.configured[i];
             if t.dialling || !t.next.is_some_and(|at| at <= now) {
@@ -308,7 +386,18 @@ impl Broker {
             }
             let peer = t.peer;
             self.configured[i].next = None;
-            if peer.is_some_and(|p| self.has_conn(&p) || !self.config.allow.permits(&p)) {
+            // A configured peer that answered `full` waits out its back-off.
+            if let Some(until) = peer.and_then(|p| self.full_until.get(&p))
+                && *until > now
+            {
+                self.configured[i].next = Some(*until);
+                continue;
+            }
+            // Enough other hosts: a configured peer is a bootstrap peer, dialled again only
+            // when this host falls below that (`handle_closed`).
+            if bootstrapped
+                || peer.is_some_and(|p| self.has_conn(&p) || !self.config.allow.permits(&p))
+            {
                 continue;
             }
             let t = &mut self.configured[i];
@@ -335,10 +424,6 @@ impl Broker {
     /// When `handle_timeout` must be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let hello = self.conns.values().filter_map(|c| match c.state {
-            ConnState::AwaitHello { deadline } => Some(deadline),
-            _ => c.next_exchange,
-        });
         let configured = self
             .configured
             .iter()
@@ -346,19 +431,26 @@ impl Broker {
             .filter_map(|t| t.next);
         // Learned peers are due only while they may be dialled at all; otherwise a due entry
         // would make the driver wake up at once, over and over.
-        let may_dial = self.dials < self.config.limits.max_dials
-            && self.host_count() < self.config.limits.max_peers;
+        let may_dial =
+            self.dials < self.config.limits.max_dials && self.host_count() < self.dial_limit();
         let learned = self
-            .learned
-            .values()
-            .filter(|l| !l.dialling)
-            .map(|l| l.next)
-            .min()
+            .learned_due
+            .first()
+            .map(|(t, _)| *t)
             .filter(|_| may_dial);
-        hello
-            .chain(configured)
+        configured
             .chain(learned)
+            .chain(self.timers.first().map(|(t, _)| *t))
             .chain(self.deadlines.first().map(|(t, _)| *t))
             .min()
     }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

@@ -21,25 +21,41 @@ pub(crate) struct Learned {
     pub(crate) dialling: bool,
 }
 
+/// How long a host that answered `full` is not learned again.
+pub(crate) const FULL_BACKOFF: Duration = Duration::from_secs(120);
+
 impl Broker {
     /// Connected hosts that said they expose `service`, nearest first (by connection age).
     pub fn find(&self, service: &str) -> Vec<PeerId> {
-        let mut found: Vec<(u64, PeerId)> = self
-            .conns
+        self.providers
+            .get(class_of(service))
+            .map(|m| m.values().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The first connected host (by connection age) that exposes `service` and passes
+    /// `pass`, without building a list.
+    pub fn find_first(&self, service: &str, pass: impl Fn(&PeerId) -> bool) -> Option<PeerId> {
+        self.providers
+            .get(class_of(service))?
             .values()
-            .filter_map(|c| match &c.state {
-                ConnState::Ready(a)
-                    if a.role == Role::Host
-                        && a.services.iter().any(|s| s == class_of(service)) =>
-                {
-                    Some((c.opened, c.peer))
-                }
-                _ => None,
-            })
-            .collect();
-        found.sort();
-        found.dedup_by_key(|(_, p)| *p);
-        found.into_iter().map(|(_, p)| p).collect()
+            .find(|p| pass(p))
+            .copied()
+    }
+
+    /// The hosts this host has a ready connection to, in no particular order.
+    pub fn host_peers(&self) -> &[PeerId] {
+        &self.host_list
+    }
+
+    /// Peers learned by exchange and not connected.
+    pub fn learned_count(&self) -> usize {
+        self.learned.len()
+    }
+
+    /// Ready connections to hosts.
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
     }
 
     /// Connected hosts, then learned ones, as `peers` lists them.
@@ -51,7 +67,11 @@ impl Broker {
     ) -> Vec<PeerEntry> {
         let mut out: Vec<PeerEntry> = Vec::new();
         let mut seen = HashSet::new();
-        let mut conns: Vec<&Conn> = self.conns.values().collect();
+        let mut conns: Vec<&Conn> = self
+            .hosts
+            .values()
+            .filter_map(|(conn, _)| self.conns.get(conn))
+            .collect();
         conns.sort_by_key(|c| c.opened);
         for c in conns {
             let ConnState::Ready(a) = &c.state else {
@@ -93,12 +113,28 @@ impl Broker {
         }
     }
 
-    pub(crate) fn exchange(&mut self, conn: ConnId, now: Instant) {
+    /// Asks `conn` for its peers (`first`: on hello), and schedules the next exchange.
+    pub(crate) fn exchange(&mut self, conn: ConnId, now: Instant, first: bool) {
         let every = self.config.limits.exchange_every;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        if c.role().is_none() {
+            return;
+        }
+        if let Some(at) = c.next_exchange.take() {
+            self.timers.remove(&(at, Timer::Exchange(conn)));
+        }
         c.next_exchange = Some(now + every);
+        self.timers.insert((now + every, Timer::Exchange(conn)));
+        // A bootstrap peer with nothing under way is let go once enough other hosts carry
+        // this one (the driver keeps it if sessions use it; the next exchange asks again).
+        // Never on hello: a connection just made (perhaps on demand) gets a period of use.
+        let idle = !first && c.bootstrap && c.pending == 0 && c.incoming == 0;
+        if idle && self.bootstrapped() {
+            self.events.push_back(Event::Release { conn });
+            return;
+        }
         let _ = self.send_request(conn, Ask::GetPeers, Duration::from_secs(5), now, true);
     }
 
@@ -119,6 +155,7 @@ impl Broker {
             };
             if peer == self.config.me
                 || peer == from_peer
+                || self.full_until.get(&peer).is_some_and(|t| *t > now)
                 || !self.config.allow.permits(&peer)
                 || self.has_conn(&peer)
                 || self.learned.contains_key(&peer)
@@ -136,32 +173,23 @@ impl Broker {
                     dialling: false,
                 },
             );
+            self.learned_due.insert((now, peer));
         }
         self.dial_learned(now);
     }
 
-    pub(crate) fn host_count(&self) -> usize {
-        self.conns
-            .values()
-            .filter(|c| c.role() == Some(Role::Host))
-            .count()
-    }
-
     pub(crate) fn dial_learned(&mut self, now: Instant) {
-        if self.host_count() >= self.config.limits.max_peers {
+        if self.host_count() >= self.dial_limit() {
             return;
         }
-        let mut due: Vec<(Instant, PeerId)> = self
-            .learned
-            .iter()
-            .filter(|(_, l)| !l.dialling && l.next <= now)
-            .map(|(p, l)| (l.next, *p))
-            .collect();
-        due.sort();
-        for (_, peer) in due {
-            if self.dials >= self.config.limits.max_dials {
+        while self.dials < self.config.limits.max_dials {
+            let Some(&(at, peer)) = self.learned_due.first() else {
+                break;
+            };
+            if at > now {
                 break;
             }
+            self.learned_due.pop_first();
             if self.has_conn(&peer) {
                 self.learned.remove(&peer);
                 continue;
@@ -174,6 +202,36 @@ impl Broker {
             let addr = l.addr;
             self.events
                 .push_back(Event::Dial(DialTo::Learned { peer, addr }));
+        }
+    }
+
+    /// Host connections past which learned peers are not dialled: `max_peers`, and never
+    /// more than half the connection cap, so every host keeps room for newcomers to dial
+    /// it (hosts that all dial up to their cap fill each other and turn everyone away).
+    pub(crate) fn dial_limit(&self) -> usize {
+        let l = &self.config.limits;
+        l.max_peers.min(l.max_connections / 2)
+    }
+
+    /// Remembers that `peer` answered `full`, so that samples naming it do not send this
+    /// host back to it for [`FULL_BACKOFF`].
+    pub(crate) fn note_full(&mut self, peer: PeerId, now: Instant) {
+        if self.full_until.len() >= self.config.limits.max_learned {
+            self.full_until.retain(|_, t| *t > now);
+        }
+        if self.full_until.len() < self.config.limits.max_learned {
+            self.full_until.insert(peer, now + FULL_BACKOFF);
+        }
+    }
+
+    /// Drops a learned peer (it connected, or is not worth dialling) and its due time.
+    pub(crate) fn forget_learned(&mut self, peer: &PeerId) {
+        if let Some(l) = self.learned.remove(peer) {
+            if l.dialling {
+                self.dials = self.dials.saturating_sub(1);
+            } else {
+                self.learned_due.remove(&(l.next, *peer));
+            }
         }
     }
 
@@ -205,10 +263,16 @@ impl Broker {
         if l.failures >= 3 {
             // An address that failed three times is forgotten: bogus answers cannot keep the
             // dialler busy.
-            self.learned.remove(&peer);
+            self.forget_learned(&peer);
             return;
         }
+        if !l.dialling {
+            self.learned_due.remove(&(l.next, peer));
+        }
         l.next = now + min * (1 << l.failures);
+        if !l.dialling {
+            self.learned_due.insert((l.next, peer));
+        }
     }
 
     pub(crate) fn schedule_redial(&mut self, index: usize, now: Instant) {
@@ -237,5 +301,48 @@ impl Broker {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         self.rng
+    }
+}
+
+impl Broker {
+    /// Makes sure `peer` is connected or being dialled: dials it now if this host knows
+    /// where it listens (a configured peer seen once, or a learned one), whatever the
+    /// limits on dialling learned peers (someone is waiting for it). Returns whether a
+    /// connection is there or on its way; `false`: no connection and no known address.
+    pub fn reach(&mut self, peer: PeerId, _now: Instant) -> bool {
+        if self.has_conn(&peer) || self.dialling(&peer) {
+            return true;
+        }
+        if peer == self.config.me || !self.config.allow.permits(&peer) {
+            return false;
+        }
+        if let Some(i) = self.configured.iter().position(|t| t.peer == Some(peer)) {
+            let t = &mut self.configured[i];
+            t.dialling = true;
+            t.next = None;
+            let spec = t.spec.clone();
+            self.events
+                .push_back(Event::Dial(DialTo::Configured { index: i, spec }));
+            return true;
+        }
+        let Some(l) = self.learned.get_mut(&peer) else {
+            return false;
+        };
+        self.learned_due.remove(&(l.next, peer));
+        l.dialling = true;
+        self.dials += 1;
+        let addr = l.addr;
+        self.events
+            .push_back(Event::Dial(DialTo::Learned { peer, addr }));
+        true
+    }
+
+    /// Whether a dial to `peer` is under way.
+    pub fn dialling(&self, peer: &PeerId) -> bool {
+        self.learned.get(peer).is_some_and(|l| l.dialling)
+            || self
+                .configured
+                .iter()
+                .any(|t| t.dialling && t.peer == Some(*peer))
     }
 }

@@ -40,32 +40,7 @@ impl Broker {
                     // A random sample, not the oldest connections: every host answering
                     // with the same first few would make those few the hubs everyone dials
                     // (found by the network simulation, `make sim`).
-                    let mut all: Vec<(PeerId, u64, Option<SocketAddr>)> = self
-                        .conns
-                        .values()
-                        .filter_map(|c| match &c.state {
-                            ConnState::Ready(a) if a.role == Role::Host && c.peer != asker => {
-                                Some((c.peer, c.opened, advertised(a.listen, c.remote)))
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    // One ready host connection per peer (the tie-break keeps one), so no
-                    // dedup; sorted by age only so that the sample depends on the seed alone.
-                    all.sort_unstable_by_key(|(_, opened, _)| *opened);
-                    let n = all.len().min(max);
-                    for i in 0..n {
-                        let j = i + (self.next_random() % (all.len() - i) as u64) as usize;
-                        all.swap(i, j);
-                    }
-                    all.truncate(n);
-                    all.into_iter()
-                        .map(|(p, _, addr)| PeerEntry {
-                            peer: p.to_string(),
-                            addr: addr.map(|a| a.to_string()),
-                            connected: true,
-                        })
-                        .collect()
+                    self.sample_hosts(Some(asker), max)
                 };
                 self.transmits
                     .push_back(reply(Control::Peers { id, peers }));
@@ -79,9 +54,10 @@ impl Broker {
                         connected: true,
                     });
                 }
-                for p in self.find(&service).into_iter().take(32) {
-                    let addr = self.connection_to(&p).and_then(|cid| {
-                        let c = &self.conns[&cid];
+                let providers = self.providers.get(class_of(&service));
+                for p in providers.into_iter().flat_map(|m| m.values()).take(32) {
+                    let addr = self.hosts.get(p).and_then(|(cid, _)| {
+                        let c = self.conns.get(cid)?;
                         match &c.state {
                             ConnState::Ready(a) => advertised(a.listen, c.remote),
                             _ => None,
@@ -167,5 +143,60 @@ impl Broker {
             // Hello and answers are handled before this point.
             _ => {}
         }
+    }
+
+    /// What a host at its connection cap sends instead of `hello` before it closes: a
+    /// random sample of its hosts, so that the newcomer it refuses learns where to go.
+    pub fn full_answer(&mut self) -> Control {
+        let reason = format!(
+            "{} connections open already",
+            self.config.limits.max_connections
+        );
+        let peers = self.sample_hosts(None, self.config.limits.peers_per_answer);
+        Control::Full { reason, peers }
+    }
+
+    /// Up to `max` ready hosts other than `except`, drawn at random — in time linear in
+    /// `max`, not in the connections.
+    pub(crate) fn sample_hosts(&mut self, except: Option<PeerId>, max: usize) -> Vec<PeerEntry> {
+        let n = self.host_list.len();
+        let skip = except.and_then(|p| self.hosts.get(&p)).map(|(_, pos)| *pos);
+        let available = n - usize::from(skip.is_some());
+        let m = available.min(max);
+        let picked: Vec<usize> = if m * 2 >= available {
+            // Most of them: a partial shuffle of every place (at most 2 · max of them).
+            let mut all: Vec<usize> = (0..n).filter(|i| Some(*i) != skip).collect();
+            for i in 0..m {
+                let j = i + (self.next_random() % (all.len() - i) as u64) as usize;
+                all.swap(i, j);
+            }
+            all.truncate(m);
+            all
+        } else {
+            // A few of many: draw places until `m` distinct ones (under two draws each).
+            let mut picked = Vec::with_capacity(m);
+            while picked.len() < m {
+                let i = (self.next_random() % n as u64) as usize;
+                if Some(i) != skip && !picked.contains(&i) {
+                    picked.push(i);
+                }
+            }
+            picked
+        };
+        picked
+            .into_iter()
+            .filter_map(|i| {
+                let peer = self.host_list[i];
+                let c = self.conns.get(&self.hosts.get(&peer)?.0)?;
+                let ConnState::Ready(a) = &c.state else {
+                    return None;
+                };
+                Some(PeerEntry {
+                    peer: peer.to_string(),
+                    addr: advertised(a.listen, c.remote).map(|a| a.to_string()),
+                    connected: true,
+                })
+            })
+            .collect()
     }
 }

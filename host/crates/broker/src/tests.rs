@@ -738,3 +738,261 @@ fn at_max_peers_learned_peers_wait_without_waking_the_driver() {
     let next = sim.nodes[0].broker.poll_timeout().unwrap();
     assert!(next > sim.now, "a due timeout would spin the driver");
 }
+
+/// Closes `conn` on both sides, as a lost link.
+fn lose(sim: &mut Sim, conn: ConnId) {
+    let now = sim.now;
+    let (a, b) = sim.links.remove(&conn).unwrap();
+    sim.nodes[a].broker.handle_closed(conn, now);
+    sim.nodes[b].broker.handle_closed(conn, now);
+    sim.drive();
+}
+
+fn configured_dials(events: &[Event]) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::Dial(DialTo::Configured { .. })))
+        .count()
+}
+
+#[test]
+fn configured_peers_are_bootstrap_peers_dialled_only_while_few_others() {
+    // Node 0 is configured with node 1; nodes 2..=9 are eight other hosts.
+    let ids = ids(10);
+    let spec = PeerSpec {
+        addr: "127.0.0.1:7401".into(),
+        expected: Some(ids[1]),
+    };
+    let mut sim = Sim::new(&ids, &[], &[vec![spec]]);
+    sim.advance(Duration::from_millis(1));
+    let dial = sim
+        .take_events(0)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Dial(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    let boot = sim.connect(0, 1, Some(dial));
+    sim.drive();
+    let others: Vec<ConnId> = (2..10).map(|i| sim.connect(i, 0, None)).collect();
+    sim.drive();
+    assert_eq!(sim.nodes[0].broker.host_count(), 9);
+    sim.take_events(0);
+    // With eight others, the lost bootstrap peer is not dialled again.
+    lose(&mut sim, boot);
+    sim.advance(Duration::from_secs(30));
+    assert_eq!(configured_dials(&sim.take_events(0)), 0);
+    // Seven others: it is.
+    lose(&mut sim, others[0]);
+    sim.advance(Duration::from_secs(1));
+    assert_eq!(configured_dials(&sim.take_events(0)), 1);
+}
+
+#[test]
+fn a_full_host_answers_with_a_sample_and_the_newcomer_learns_it_and_closes() {
+    // Node 0 is full with 60 hosts; node 61 is the newcomer it turns away.
+    let ids = ids(62);
+    let mut sim = Sim::new(&ids, &[], &[]);
+    for i in 1..=60 {
+        sim.connect(i, 0, None);
+    }
+    sim.drive();
+    for i in 0..62 {
+        sim.take_events(i);
+    }
+    let full = sim.nodes[0].broker.full_answer();
+    let Control::Full { reason, peers } = &full else {
+        panic!("{full:?}")
+    };
+    assert!(reason.contains("1024 connections"), "{reason}");
+    assert_eq!(peers.len(), 32);
+    let distinct: HashSet<&str> = peers.iter().map(|p| p.peer.as_str()).collect();
+    assert_eq!(distinct.len(), 32, "a sample has no repeats");
+    // The newcomer dialled node 0; the `full` comes through the codec in place of hello.
+    let conn = 999;
+    let now = sim.now;
+    let to = DialTo::Learned {
+        peer: ids[0],
+        addr: sim.nodes[0].addr,
+    };
+    let newcomer = &mut sim.nodes[61].broker;
+    newcomer.handle_connected(
+        conn,
+        ids[0],
+        "127.0.0.1:7400".parse().unwrap(),
+        Some(to),
+        now,
+    );
+    let bytes = serde_json::to_vec(&full).unwrap();
+    newcomer.handle_control(conn, decode_control(&bytes).unwrap(), now);
+    let mut dials = 0;
+    let mut closed = None;
+    while let Some(e) = newcomer.poll_event() {
+        match e {
+            Event::Dial(DialTo::Learned { peer, .. }) => {
+                assert!(distinct.contains(peer.to_string().as_str()));
+                dials += 1;
+            }
+            Event::Close { conn: c, reason } => closed = Some((c, reason)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        dials,
+        BrokerLimits::default().max_dials,
+        "it dials what it learned"
+    );
+    let (c, reason) = closed.expect("the newcomer closes too");
+    assert_eq!(c, conn);
+    assert!(reason.starts_with("the peer is full"), "{reason}");
+    assert_eq!(newcomer.learned_count(), 32);
+    // A `full` after hello is no way to close someone else's connection for them: ignored.
+    let c1 = sim
+        .links
+        .iter()
+        .find(|(_, (a, _))| *a == 1)
+        .map(|(c, _)| *c)
+        .unwrap();
+    let now = sim.now;
+    sim.nodes[1].broker.handle_control(c1, full, now);
+    assert!(sim.nodes[1].broker.poll_event().is_none());
+}
+
+#[test]
+fn peer_samples_never_list_the_asker_and_the_indexes_follow_closes() {
+    let ids = ids(50);
+    let services: Vec<&[&str]> = (0..50)
+        .map(|i| if i % 2 == 0 { &["even"][..] } else { &[][..] })
+        .collect();
+    let mut sim = Sim::new(&ids, &services, &[]);
+    let conns: Vec<ConnId> = (1..50).map(|i| sim.connect(i, 0, None)).collect();
+    sim.drive();
+    let hub = &mut sim.nodes[0].broker;
+    for _ in 0..20 {
+        for (few, asker) in [(5, ids[3]), (40, ids[7])] {
+            let sample = hub.sample_hosts(Some(asker), few);
+            assert_eq!(sample.len(), few);
+            let distinct: HashSet<&str> = sample.iter().map(|p| p.peer.as_str()).collect();
+            assert_eq!(distinct.len(), few);
+            assert!(!distinct.contains(asker.to_string().as_str()));
+        }
+    }
+    assert_eq!(hub.find("even").len(), 24);
+    // Close half; every index follows.
+    for (i, c) in conns.iter().enumerate().filter(|(i, _)| i % 2 == 1) {
+        let _ = i;
+        lose(&mut sim, *c);
+    }
+    let hub = &mut sim.nodes[0].broker;
+    assert_eq!(hub.host_count(), 25);
+    // Nodes 2, 4, ... were connections 1, 3, ...: closed.
+    assert!(hub.find("even").is_empty());
+    assert!(hub.connection_to(&ids[2]).is_none());
+    assert_eq!(hub.connection_to(&ids[1]), Some(conns[0]));
+    let sample = hub.sample_hosts(None, 100);
+    assert_eq!(sample.len(), 25);
+    assert!(sample.iter().all(|p| p.peer != ids[2].to_string()));
+    // One comes back.
+    sim.connect(2, 0, None);
+    sim.drive();
+    assert_eq!(sim.nodes[0].broker.find("even"), vec![ids[2]]);
+}
+
+#[test]
+fn a_configured_peer_that_answered_full_waits_out_its_backoff() {
+    let ids = ids(2);
+    // Written without an id: the `full` connection's key names it.
+    let mut sim = Sim::new(&ids, &[], &[vec!["127.0.0.1:7401".parse().unwrap()]]);
+    sim.advance(Duration::from_millis(1));
+    let dial = sim
+        .take_events(0)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Dial(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    let (conn, now) = (77, sim.now);
+    let full = sim.nodes[1].broker.full_answer();
+    let b = &mut sim.nodes[0].broker;
+    b.handle_connected(
+        conn,
+        ids[1],
+        "127.0.0.1:7401".parse().unwrap(),
+        Some(dial),
+        now,
+    );
+    b.handle_control(conn, full, now);
+    b.handle_closed(conn, now);
+    while b.poll_event().is_some() {}
+    sim.advance(peers::FULL_BACKOFF - Duration::from_secs(1));
+    assert_eq!(configured_dials(&sim.take_events(0)), 0);
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(configured_dials(&sim.take_events(0)), 1);
+    // A `full` on a connection it did not dial is a protocol error, not a sample.
+    let now = sim.now;
+    let b = &mut sim.nodes[0].broker;
+    b.handle_connected(78, ids[1], "127.0.0.1:7401".parse().unwrap(), None, now);
+    b.handle_control(
+        78,
+        Control::Full {
+            reason: "x".into(),
+            peers: vec![],
+        },
+        now,
+    );
+    let closed = std::iter::from_fn(|| b.poll_event()).find_map(|e| match e {
+        Event::Close { reason, .. } => Some(reason),
+        _ => None,
+    });
+    assert_eq!(closed.as_deref(), Some("expected hello first, got full"));
+}
+
+#[test]
+fn an_idle_bootstrap_peer_is_released_once_enough_others_carry_the_host() {
+    let ids = ids(10);
+    let spec = PeerSpec {
+        addr: "127.0.0.1:7401".into(),
+        expected: Some(ids[1]),
+    };
+    let mut sim = Sim::new(&ids, &[], &[vec![spec]]);
+    sim.advance(Duration::from_millis(1));
+    let dial = sim
+        .take_events(0)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Dial(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    let boot = sim.connect(0, 1, Some(dial));
+    sim.drive();
+    let every = BrokerLimits::default().exchange_every;
+    let released = |events: Vec<Event>| {
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Release { conn } if *conn == boot))
+    };
+    // Seven others: kept.
+    for i in 2..9 {
+        sim.connect(i, 0, None);
+    }
+    sim.drive();
+    sim.advance(every);
+    assert!(!released(sim.take_events(0)));
+    // Eight: released at the next exchange — unless a request is under way on it.
+    sim.connect(9, 0, None);
+    sim.drive();
+    let now = sim.now;
+    sim.nodes[0]
+        .broker
+        .request(boot, Ask::Ping, every * 2, now)
+        .unwrap();
+    sim.mute.push(1);
+    sim.advance(every);
+    assert!(!released(sim.take_events(0)), "a request is under way");
+    sim.mute.clear();
+    sim.advance(every * 2);
+    assert!(released(sim.take_events(0)));
+}

@@ -46,33 +46,56 @@ const CONTROL_QUEUE: usize = 1024;
 /// peer's.
 const INPUT_SHARE: usize = 32;
 
-/// Connections a host keeps open at once (hosts and clients together); past that a new
-/// connection is closed right after its handshake.
+/// Connections a host keeps open at once by default (hosts and clients together,
+/// `BrokerLimits::max_connections`); past that a newcomer gets `full` and is closed.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// One of the `MAX_CONNECTIONS` places, given back when dropped.
-struct ConnectionSlot(Arc<Shared>);
+/// Newcomers being turned away with `full` at once, past the connection cap; past this
+/// many more, a newcomer is closed with no answer (so a flood of dials costs bounded work).
+const MAX_REFUSING: usize = 64;
+
+/// How long a full host waits for a refused newcomer to read its `full` and close.
+const REFUSE_LINGER: Duration = Duration::from_secs(2);
+
+/// One of the `max_connections` places (or, for `refusing`, one of the [`MAX_REFUSING`]),
+/// given back when dropped.
+struct ConnectionSlot(Arc<Shared>, bool);
 
 impl ConnectionSlot {
     fn take(shared: &Arc<Shared>) -> Option<ConnectionSlot> {
-        let n = shared.open.fetch_add(1, Ordering::AcqRel);
-        if n >= MAX_CONNECTIONS {
-            shared.open.fetch_sub(1, Ordering::AcqRel);
+        Self::take_of(shared, false)
+    }
+
+    fn take_of(shared: &Arc<Shared>, refusing: bool) -> Option<ConnectionSlot> {
+        let (count, max) = if refusing {
+            (&shared.refusing, MAX_REFUSING)
+        } else {
+            (&shared.open, shared.max_connections)
+        };
+        let n = count.fetch_add(1, Ordering::AcqRel);
+        if n >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        Some(ConnectionSlot(shared.clone()))
+        Some(ConnectionSlot(shared.clone(), refusing))
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        let count = if self.1 {
+            &self.0.refusing
+        } else {
+            &self.0.open
+        };
+        count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// QUIC application close codes.
 pub mod close_codes {
-    /// The host is shutting down.
+    /// A normal end: the host is shutting down, a client is done, a bootstrap peer is
+    /// released.
     pub const SHUTDOWN: u32 = 0;
     /// The broker closed the connection: the reason says why.
     pub const PROTOCOL: u32 = 1;
@@ -143,6 +166,8 @@ pub struct Traffic {
     /// Session streams the peer has open to this host now (being accepted, open, or being
     /// refused): held at `max_streams` by the acceptor, see [`quic_stream_limit`].
     pub sessions_in: AtomicU64,
+    /// Session streams this host opened on the connection and still reads.
+    pub sessions_out: AtomicU64,
     /// The peer's id, for the watchdog's log lines.
     pub peer: Arc<str>,
     /// The host's progress watchdog.
@@ -219,6 +244,10 @@ enum Input {
     Peers {
         reply: oneshot::Sender<Vec<wire::PeerEntry>>,
     },
+    /// The `full` a refused newcomer gets.
+    Full {
+        reply: oneshot::Sender<Control>,
+    },
     Connections {
         reply: oneshot::Sender<Vec<(ConnId, PeerId, Role)>>,
     },
@@ -253,6 +282,10 @@ struct Shared {
     next_conn: AtomicU64,
     /// Connections open now (see `MAX_CONNECTIONS`).
     open: std::sync::atomic::AtomicUsize,
+    /// Connections most open at once (`BrokerLimits::max_connections`).
+    max_connections: usize,
+    /// Newcomers being answered `full` now (see [`MAX_REFUSING`]).
+    refusing: std::sync::atomic::AtomicUsize,
     handshake_timeout: Duration,
     runtime: tokio::runtime::Handle,
     /// Requests one peer may have waiting for answers (`BrokerLimits::max_incoming`).
@@ -323,6 +356,7 @@ impl Net {
         let me = config.identity.id;
         let now = Instant::now();
         let window = config.limits.max_incoming.max(1);
+        let max_connections = config.limits.max_connections;
         let broker = Broker::new(
             BrokerConfig {
                 me,
@@ -348,6 +382,8 @@ impl Net {
             directory,
             next_conn: AtomicU64::new(1),
             open: std::sync::atomic::AtomicUsize::new(0),
+            max_connections,
+            refusing: std::sync::atomic::AtomicUsize::new(0),
             handshake_timeout: config.transport.peer_timeout.max(Duration::from_secs(2)),
             runtime: tokio::runtime::Handle::current(),
             window,
@@ -414,6 +450,17 @@ impl Net {
             .send(input)
             .await
             .map_err(|_| "the network is shut down".to_string())
+    }
+
+    /// Sends a request to the host `peer`, dialling it first if it is not connected but
+    /// known (configured or learned), and waits for its answer.
+    pub async fn ask_peer(
+        &self,
+        peer: PeerId,
+        ask: Ask,
+        timeout: Duration,
+    ) -> Result<Control, Failure> {
+        ask_on(&self.shared, Target::Peer(peer), ask, timeout).await
     }
 
     /// Sends a request on a connection and waits for its answer.
@@ -650,6 +697,34 @@ async fn accept_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     }
 }
 
+/// Turns a newcomer away from a full host: `full` (a sample of this host's peers) on the
+/// control stream it opens, in place of `hello`, then a short wait for it to read that and
+/// close (the caller closes after at most [`REFUSE_LINGER`]).
+async fn refuse(shared: &Shared, connection: &quinn::Connection) {
+    // All of it within the linger: a refusing place is held for at most that long, even
+    // when the broker task is slow to answer.
+    let _ = tokio::time::timeout(REFUSE_LINGER, async {
+        let (reply, rx) = oneshot::channel();
+        if shared.input.send(Input::Full { reply }).await.is_err() {
+            return;
+        }
+        let Ok(full) = rx.await else {
+            return;
+        };
+        let mut frame = BytesMut::new();
+        wire::put_json(&mut frame, &full);
+        let Ok((mut send, _recv)) = connection.accept_bi().await else {
+            return;
+        };
+        if send.write_all(&frame).await.is_ok() && send.finish().is_ok() {
+            // Done when the newcomer has read it all (or closed the connection).
+            let _ = send.stopped().await;
+            connection.closed().await;
+        }
+    })
+    .await;
+}
+
 /// Runs one connection: the control stream's reader and writer, the acceptor of session
 /// streams, and the report of its end.
 async fn run_connection(
@@ -681,7 +756,13 @@ async fn run_connection(
         return;
     }
     let Some(_slot) = ConnectionSlot::take(&shared) else {
-        tracing::warn!(target: "wasmwire::net", %peer, %remote, "refused: {MAX_CONNECTIONS} connections open already");
+        let max = shared.max_connections;
+        tracing::warn!(target: "wasmwire::net", %peer, %remote, "refused: {max} connections open already");
+        if dialled.is_none()
+            && let Some(_place) = ConnectionSlot::take_of(&shared, true)
+        {
+            refuse(&shared, &connection).await;
+        }
         connection.close(close_codes::PROTOCOL.into(), b"too many connections");
         failed(dialled).await;
         return;
@@ -823,7 +904,7 @@ async fn read_control(
             // Everything the broker answers takes a permit; `carry_out` returns it when
             // the answer is written.
             let asks = match &message {
-                Ok(m) => !m.is_answer() && !matches!(m, Control::Hello(_)),
+                Ok(m) => !m.is_answer() && !matches!(m, Control::Hello(_) | Control::Full { .. }),
                 Err(wire::Undecodable::UnknownType { id, .. }) => id.is_some(),
                 Err(wire::Undecodable::Malformed(_)) => false,
             };
@@ -910,10 +991,29 @@ async fn accept_sessions(
 struct Waiters {
     asks: HashMap<u64, oneshot::Sender<Result<Control, Failure>>>,
     ready: HashMap<ConnId, Vec<oneshot::Sender<Result<PeerId, String>>>>,
+    /// Requests and session picks for a host being dialled for them (see [`Parked`]).
+    peers: HashMap<PeerId, Vec<Parked>>,
+}
+
+/// A request or session pick for `PEERID/...` where that host is not connected but known
+/// (configured, or learned by exchange): it waits while the host is dialled on demand, and
+/// goes out once the connection is ready (or fails when the dial does).
+enum Parked {
+    Ask {
+        ask: Ask,
+        timeout: Duration,
+        since: Instant,
+        reply: oneshot::Sender<Result<Control, Failure>>,
+    },
+    Pick {
+        reply: oneshot::Sender<Result<Picked, Failure>>,
+    },
 }
 
 struct Link {
     connection: quinn::Connection,
+    /// Why the broker closed it, if it did (quinn reports only "locally closed").
+    closing: Option<String>,
     /// Encoded control frames for the connection's writer task.
     control: mpsc::Sender<bytes::Bytes>,
     peer: PeerId,
@@ -977,6 +1077,7 @@ fn handle(
                 conn,
                 Link {
                     connection,
+                    closing: None,
                     control,
                     peer,
                     window,
@@ -997,8 +1098,13 @@ fn handle(
                 Err(e) => broker.handle_undecodable(conn, e, now),
             }
         }
-        Input::Closed { conn, reason } => {
+        Input::Closed { conn, mut reason } => {
             if let Some(link) = links.remove(&conn) {
+                if let Some(why) = link.closing {
+                    // Say why this host closed it ("the peer is full: ..."), not only that
+                    // it did.
+                    reason = format!("closed by this host: {why}");
+                }
                 // A reader still working through what it had buffered may wait for a
                 // request permit no answer will ever give back: let it end.
                 link.window.close();
@@ -1026,6 +1132,26 @@ fn handle(
             ask,
             timeout,
             reply,
+        } if let Some(peer) = dial_for(broker, &target, now) => {
+            waiters.peers.entry(peer).or_default().push(Parked::Ask {
+                ask,
+                timeout,
+                since: now,
+                reply,
+            });
+        }
+        Input::Pick { target, reply } if let Some(peer) = dial_for(broker, &target, now) => {
+            waiters
+                .peers
+                .entry(peer)
+                .or_default()
+                .push(Parked::Pick { reply });
+        }
+        Input::Ask {
+            target,
+            ask,
+            timeout,
+            reply,
         } => match resolve_target(broker, &target) {
             Err(f) => {
                 let _ = reply.send(Err(f));
@@ -1040,16 +1166,7 @@ fn handle(
             },
         },
         Input::Pick { target, reply } => {
-            let r = resolve_target(broker, &target).and_then(|conn| {
-                links
-                    .get(&conn)
-                    .map(|l| (l.peer, l.connection.clone(), l.traffic.clone()))
-                    .ok_or_else(|| Failure {
-                        code: ErrorCode::Closed,
-                        reason: "the connection closed".into(),
-                        oversize: None,
-                    })
-            });
+            let r = resolve_target(broker, &target).and_then(|conn| picked(links, conn));
             let _ = reply.send(r);
         }
         Input::WaitReady { conn, reply } => {
@@ -1064,6 +1181,9 @@ fn handle(
         }
         Input::Peers { reply } => {
             let _ = reply.send(broker.peer_list(true, None, 1024));
+        }
+        Input::Full { reply } => {
+            let _ = reply.send(broker.full_answer());
         }
         Input::Connections { reply } => {
             let _ = reply.send(broker.ready_connections());
@@ -1094,6 +1214,83 @@ fn handle(
     }
 }
 
+/// The connection's peer and handles, for opening a session on it.
+fn picked(links: &HashMap<ConnId, Link>, conn: ConnId) -> Result<Picked, Failure> {
+    links
+        .get(&conn)
+        .map(|l| (l.peer, l.connection.clone(), l.traffic.clone()))
+        .ok_or_else(|| Failure {
+            code: ErrorCode::Closed,
+            reason: "the connection closed".into(),
+            oversize: None,
+        })
+}
+
+/// The host to wait for, if `target` names one that is not connected but can be dialled
+/// (the dial is started here).
+fn dial_for(broker: &mut Broker, target: &Target, now: Instant) -> Option<PeerId> {
+    match target {
+        Target::Peer(p) if broker.connection_to(p).is_none() && broker.reach(*p, now) => Some(*p),
+        _ => None,
+    }
+}
+
+/// Sends what waited for hosts that are ready now, and fails what waited for hosts no
+/// longer being dialled. Returns whether it did anything.
+fn settle_parked(
+    broker: &mut Broker,
+    links: &HashMap<ConnId, Link>,
+    waiters: &mut Waiters,
+) -> bool {
+    let now = Instant::now();
+    let waiting: Vec<PeerId> = waiters.peers.keys().copied().collect();
+    let mut moved = false;
+    for peer in waiting {
+        let conn = broker.connection_to(&peer);
+        if conn.is_none() && (broker.has_conn(&peer) || broker.dialling(&peer)) {
+            continue;
+        }
+        moved = true;
+        for parked in waiters.peers.remove(&peer).unwrap_or_default() {
+            let Some(conn) = conn else {
+                let failure = Failure {
+                    code: ErrorCode::Unavailable,
+                    reason: format!("peer {peer} is not connected and could not be reached"),
+                    oversize: None,
+                };
+                match parked {
+                    Parked::Ask { reply, .. } => drop(reply.send(Err(failure))),
+                    Parked::Pick { reply } => drop(reply.send(Err(failure))),
+                }
+                continue;
+            };
+            match parked {
+                Parked::Ask {
+                    ask,
+                    timeout,
+                    since,
+                    reply,
+                } => {
+                    let left = timeout.saturating_sub(now.saturating_duration_since(since));
+                    let sent = if left.is_zero() {
+                        Err(Failure::new(ErrorCode::Timeout, "no answer in time"))
+                    } else {
+                        broker.request(conn, ask, left, now)
+                    };
+                    match sent {
+                        Ok(token) => {
+                            waiters.asks.insert(token, reply);
+                        }
+                        Err(f) => drop(reply.send(Err(f))),
+                    }
+                }
+                Parked::Pick { reply } => drop(reply.send(picked(links, conn))),
+            }
+        }
+    }
+    moved
+}
+
 fn resolve_target(broker: &Broker, target: &Target) -> Result<ConnId, Failure> {
     let unavailable = |reason: String| Failure {
         code: ErrorCode::Unavailable,
@@ -1106,9 +1303,7 @@ fn resolve_target(broker: &Broker, target: &Target) -> Result<ConnId, Failure> {
             .connection_to(p)
             .ok_or_else(|| unavailable(format!("peer {p} is not connected"))),
         Target::Any { service, allowed } => broker
-            .find(service)
-            .into_iter()
-            .find(|p| allowed.as_ref().is_none_or(|a| a.contains(p)))
+            .find_first(service, |p| allowed.as_ref().is_none_or(|a| a.contains(p)))
             .and_then(|p| broker.connection_to(&p))
             .ok_or_else(|| {
                 unavailable(format!(
@@ -1214,11 +1409,29 @@ fn carry_out(
                         let _ = w.send(result);
                     }
                 }
+                Event::Release { conn } => {
+                    if let Some(link) = links.get_mut(&conn) {
+                        let t = &link.traffic;
+                        let sessions = t.sessions_in.load(Ordering::Relaxed)
+                            + t.sessions_out.load(Ordering::Relaxed);
+                        if sessions == 0 {
+                            let reason = "released: this host has enough other peers";
+                            tracing::info!(target: "wasmwire::net", peer = %link.peer, "{reason}");
+                            link.connection
+                                .close(close_codes::SHUTDOWN.into(), reason.as_bytes());
+                            link.closing = Some(reason.into());
+                            broker.close(conn, reason.into(), Instant::now());
+                        }
+                    }
+                }
                 Event::Close { conn, reason } => {
-                    if let Some(link) = links.get(&conn) {
+                    if let Some(link) = links.get_mut(&conn)
+                        && link.closing.is_none()
+                    {
                         tracing::warn!(target: "wasmwire::net", peer = %link.peer, "closing connection: {reason}");
                         link.connection
                             .close(close_codes::PROTOCOL.into(), reason.as_bytes());
+                        link.closing = Some(reason);
                     }
                 }
                 Event::Dial(to) => {
@@ -1227,7 +1440,9 @@ fn carry_out(
                 }
             }
         }
-        if !moved {
+        // What waits for a host dialled on demand goes once nothing else moves (it may
+        // have just become ready, or its dial failed).
+        if !moved && (waiters.peers.is_empty() || !settle_parked(broker, links, waiters)) {
             return;
         }
     }
@@ -1413,7 +1628,12 @@ async fn ask_on(
         })
         .await
         .map_err(|_| closed())?;
-    rx.await.map_err(|_| closed())?
+    // The broker times its requests out itself; this bound is for one that waits for a
+    // host being dialled on demand, whose dial may take longer than the caller waits.
+    match tokio::time::timeout(timeout + Duration::from_millis(500), rx).await {
+        Ok(r) => r.map_err(|_| closed())?,
+        Err(_) => Err(Failure::new(ErrorCode::Timeout, "no answer in time")),
+    }
 }
 
 async fn pick(shared: &Shared, target: Target) -> Result<Picked, CallError> {
@@ -1525,12 +1745,18 @@ impl Peers for Net {
             shared
                 .runtime
                 .spawn(session::write_loop(send, outgoing, traffic.clone()));
-            shared.runtime.spawn(session::read_loop(
-                frames,
-                max_message,
-                session::Deliver::Instance(Inbound::new(from, end)),
-                traffic,
-            ));
+            // Counted while read, so that a connection carrying it is not released.
+            traffic.sessions_out.fetch_add(1, Ordering::Relaxed);
+            shared.runtime.spawn(async move {
+                let read = session::read_loop(
+                    frames,
+                    max_message,
+                    session::Deliver::Instance(Inbound::new(from, end)),
+                    traffic.clone(),
+                );
+                read.await;
+                traffic.sessions_out.fetch_sub(1, Ordering::Relaxed);
+            });
             Ok(RemoteSession {
                 sink,
                 peer,

@@ -424,6 +424,14 @@ pub enum Control {
         /// Request id.
         id: u64,
     },
+    /// Sent instead of `hello` by a host at its connection cap, just before it closes: a
+    /// refused newcomer still learns where to go.
+    Full {
+        /// Why (the cap).
+        reason: String,
+        /// A random sample of the hosts it is connected to (at most 32).
+        peers: Vec<PeerEntry>,
+    },
 }
 
 /// Every `type` a [`Control`] can have.
@@ -444,6 +452,7 @@ pub const CONTROL_TYPES: &[&str] = &[
     "stats",
     "ping",
     "pong",
+    "full",
 ];
 
 impl Control {
@@ -466,13 +475,14 @@ impl Control {
             Control::Stats { .. } => "stats",
             Control::Ping { .. } => "ping",
             Control::Pong { .. } => "pong",
+            Control::Full { .. } => "full",
         }
     }
 
-    /// The request id it carries (0 for `hello`).
+    /// The request id it carries (0 for `hello` and `full`).
     pub fn id(&self) -> u64 {
         match self {
-            Control::Hello(_) => 0,
+            Control::Hello(_) | Control::Full { .. } => 0,
             Control::Error { id, .. }
             | Control::ListServices { id }
             | Control::Services { id, .. }

@@ -1,0 +1,179 @@
+//! Finding the network over real QUIC: a host at its connection cap answers a newcomer
+//! with `full` and a sample of its peers, and the newcomer joins through them; a host
+//! known but not connected is dialled when something asks for it by id.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use wasmwire::broker::{Ask, BrokerLimits, PeerSpec};
+use wasmwire::net::{Net, NetConfig};
+use wasmwire::wire::{Control, ErrorCode, PeerId, Role};
+use wasmwire_tests::{free_port, wait_until};
+
+/// A host with no services on a free loopback port, configured with `peers`.
+fn host(peers: &[SocketAddr], limits: BrokerLimits) -> Net {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    Net::start(
+        NetConfig {
+            role: Role::Host,
+            listen: Some(listen),
+            advertise: None,
+            identity: wasmwire::net::identity::Identity::generate().unwrap(),
+            allow: vec![],
+            peers: peers
+                .iter()
+                .map(|a| PeerSpec {
+                    addr: a.to_string(),
+                    expected: None,
+                })
+                .collect(),
+            transport: Default::default(),
+            limits,
+            alpn: wasmwire::wire::ALPN.to_vec(),
+            resolver: None,
+        },
+        None,
+    )
+    .unwrap()
+}
+
+async fn hosts_of(net: &Net) -> Vec<PeerId> {
+    net.connections()
+        .await
+        .into_iter()
+        .filter(|(_, _, r)| *r == Role::Host)
+        .map(|(_, p, _)| p)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_turned_away_by_a_full_host_joins_through_its_sample() {
+    // The seed holds two connections at most; two hosts fill it.
+    let seed = host(
+        &[],
+        BrokerLimits {
+            max_connections: 2,
+            ..BrokerLimits::default()
+        },
+    );
+    let seed_addr = seed.local_addr().unwrap();
+    let (b, c) = (
+        host(&[seed_addr], BrokerLimits::default()),
+        host(&[seed_addr], BrokerLimits::default()),
+    );
+    wait_until(Duration::from_secs(20), "the seed is full", || {
+        let seed = seed.clone();
+        async move { (hosts_of(&seed).await.len() == 2).then_some(()) }
+    })
+    .await;
+    // The newcomer knows only the seed, which answers `full` with B and C.
+    let newcomer = host(&[seed_addr], BrokerLimits::default());
+    let joined = wait_until(
+        Duration::from_secs(30),
+        "the newcomer connected to a host it learned from the full seed",
+        || {
+            let (newcomer, b, c) = (newcomer.clone(), b.id(), c.id());
+            async move {
+                let hosts = hosts_of(&newcomer).await;
+                hosts.iter().find(|p| **p == b || **p == c).copied()
+            }
+        },
+    )
+    .await;
+    assert!(joined == b.id() || joined == c.id());
+    assert!(
+        !hosts_of(&newcomer).await.contains(&seed.id()),
+        "the full seed never took the newcomer"
+    );
+    let held = seed.connections().await.len();
+    assert!(held <= 2, "the seed holds {held} connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_known_but_not_connected_is_dialled_when_asked_for() {
+    let c = host(&[], BrokerLimits::default());
+    let b = host(&[c.local_addr().unwrap()], BrokerLimits::default());
+    // B knows C before A asks B for its peers (on hello; again only 30 s later).
+    wait_until(Duration::from_secs(20), "B connected to C", || {
+        let (b, c_id) = (b.clone(), c.id());
+        async move { hosts_of(&b).await.contains(&c_id).then_some(()) }
+    })
+    .await;
+    // A dials learned peers up to one connection: it learns C from B and leaves it.
+    let a = host(
+        &[b.local_addr().unwrap()],
+        BrokerLimits {
+            max_peers: 1,
+            ..BrokerLimits::default()
+        },
+    );
+    let c_id = c.id();
+    wait_until(Duration::from_secs(20), "A learned C from B", || {
+        let a = a.clone();
+        async move {
+            a.peers()
+                .await
+                .iter()
+                .any(|e| e.peer == c_id.to_string() && !e.connected)
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(!hosts_of(&a).await.contains(&c_id));
+    // Asked for by id, C is dialled there and then, and answers.
+    let answer = a
+        .ask_peer(c_id, Ask::Ping, Duration::from_secs(20))
+        .await
+        .expect("C answers once dialled");
+    assert!(matches!(answer, Control::Pong { .. }), "{answer:?}");
+    assert!(hosts_of(&a).await.contains(&c_id));
+    // An id nobody knows is no dial: it fails at once, saying so.
+    let nobody = wasmwire::net::identity::Identity::generate().unwrap().id;
+    let failure = a
+        .ask_peer(nobody, Ask::Ping, Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert_eq!(failure.code, ErrorCode::Unavailable, "{failure:?}");
+    assert!(failure.reason.contains("not connected"), "{failure:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_peer_is_released_once_others_exist_and_dialled_again_when_asked_for() {
+    let seed = host(&[], BrokerLimits::default());
+    let seed_addr = seed.local_addr().unwrap();
+    let b = host(&[seed_addr], BrokerLimits::default());
+    let c = host(&[seed_addr], BrokerLimits::default());
+    wait_until(Duration::from_secs(20), "the seed has B and C", || {
+        let seed = seed.clone();
+        async move { (hosts_of(&seed).await.len() == 2).then_some(()) }
+    })
+    .await;
+    // A needs two hosts besides its seed, and exchanges peers often (the default is 30 s).
+    let a = host(
+        &[seed_addr],
+        BrokerLimits {
+            bootstrap_until: 2,
+            exchange_every: Duration::from_millis(300),
+            ..BrokerLimits::default()
+        },
+    );
+    let (seed_id, b_id, c_id) = (seed.id(), b.id(), c.id());
+    wait_until(
+        Duration::from_secs(30),
+        "A holds B and C and has let its seed go",
+        || {
+            let a = a.clone();
+            async move {
+                let hosts = hosts_of(&a).await;
+                (hosts.contains(&b_id) && hosts.contains(&c_id) && !hosts.contains(&seed_id))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    // Released, not forgotten: asked for by id, the seed is dialled and answers.
+    let answer = a
+        .ask_peer(seed_id, Ask::Ping, Duration::from_secs(20))
+        .await
+        .expect("the released seed answers once dialled again");
+    assert!(matches!(answer, Control::Pong { .. }), "{answer:?}");
+}
