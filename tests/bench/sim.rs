@@ -1,7 +1,8 @@
 //! `make sim`: the broker network simulation (`wasmwire_tests::sim`) at growing sizes,
 //! printed as the table in `docs/scaling.md`. `SIM_HOSTS=100,1000` picks the sizes,
-//! `SIM_MINUTES` the simulated time (default 6), `SIM_CHURN` the share of hosts replaced
-//! per minute (default 0.02).
+//! `SIM_MINUTES` the simulated time (default 6; `SIM_MINUTES_BIG` for sizes past 20 000,
+//! default 3), `SIM_CHURN` the share of hosts replaced per minute (default 0.02),
+//! `SIM_LOSS` the share of control messages lost (default 0.01).
 
 use std::time::Duration;
 use wasmwire_tests::env_or;
@@ -9,45 +10,60 @@ use wasmwire_tests::sim::{SimConfig, run};
 
 fn main() {
     let sizes: Vec<usize> = std::env::var("SIM_HOSTS")
-        .unwrap_or_else(|_| "100,1000,2000,5000,10000".into())
+        .unwrap_or_else(|_| "100,1000,10000,100000".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let minutes: u64 = env_or("SIM_MINUTES", 6);
+    let minutes_big: u64 = env_or("SIM_MINUTES_BIG", 3);
     let churn: f64 = env_or("SIM_CHURN", 0.02);
+    let loss: f64 = env_or("SIM_LOSS", 0.01);
     println!(
-        "| hosts | run it | full reach after | reach at end | control msgs / host / min | connections mean / max | busiest seed | learned mean / max | wall |"
+        "| hosts | minutes | found in 30 s (1% / 10 hosts) | reach at end (1% / 10) | find time p50 / p99 / max | rounds p50 / p99 / max (bound) | lookup p50 / p99 | control msgs / host / min | connections mean / max | busiest host | busiest seed | table mean | records max | memory / host | wall |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for hosts in sizes {
+        let minutes = if hosts > 20_000 { minutes_big } else { minutes };
         let r = run(SimConfig {
             hosts,
             seeds: 3,
             service_share: 0.01,
+            few: 10,
+            loss,
+            jitter: Duration::from_millis(10),
             join_over: Duration::from_secs(60),
             duration: Duration::from_secs(minutes * 60),
             churn_per_minute: churn,
             latency: Duration::from_millis(20),
-            sample_every: Duration::from_secs(5),
+            sample_every: Duration::from_secs(30),
             seed: 7,
             max_connections: 1024,
         });
-        let last = r.samples.last().cloned();
+        let last = r.samples.last().cloned().expect("samples");
+        let bound = ((hosts as f64).log2() / 20f64.log2()).ceil() as u32 + 2;
+        let pct = |x: f64| format!("{:.1}%", x * 100.0);
         println!(
-            "| {hosts} | {} | {} | {} | {:.0} | {} | {} | {} | {:.1} s |",
-            r.providers,
-            r.full_reach_after
-                .map_or("never".to_string(), |d| format!("{} s", d.as_secs())),
-            last.as_ref()
-                .map_or("-".into(), |s| format!("{:.1}%", s.reach * 100.0)),
+            "| {hosts} | {minutes} | {} / {} | {} / {} | {:.2} / {:.2} / {:.1} s | {} / {} / {} ({bound}) | {:.2} / {:.2} s | {:.0} | {:.1} / {} | {} | {} | {:.0} | {} | {:.0} KiB | {:.1} s |",
+            pct(r.found_in_30s[0]),
+            pct(r.found_in_30s[1]),
+            pct(r.reach_at_end[0]),
+            pct(r.reach_at_end[1]),
+            r.find_time[0],
+            r.find_time[1],
+            r.find_time[2],
+            r.rounds[0],
+            r.rounds[1],
+            r.rounds[2],
+            r.lookup_time[0],
+            r.lookup_time[1],
             r.messages_per_host_minute,
-            last.as_ref()
-                .map_or("-".into(), |s| format!("{:.1} / {}", s.conns.0, s.conns.1)),
-            last.as_ref().map_or(0, |s| s.seed_conns),
-            last.as_ref().map_or("-".into(), |s| format!(
-                "{:.1} / {}",
-                s.learned.0, s.learned.1
-            )),
+            last.conns.0,
+            last.conns.1,
+            last.busiest,
+            last.seed_conns,
+            last.table,
+            last.records,
+            r.memory_per_host_kib,
             r.wall.as_secs_f64(),
         );
     }

@@ -177,3 +177,84 @@ async fn a_bootstrap_peer_is_released_once_others_exist_and_dialled_again_when_a
         .expect("the released seed answers once dialled again");
     assert!(matches!(answer, Control::Pong { .. }), "{answer:?}");
 }
+
+/// Keeps no learned peers (so peer exchange tells it nothing) and dials none: only the DHT
+/// can tell this host where others are.
+fn dht_only() -> BrokerLimits {
+    BrokerLimits {
+        max_learned: 0,
+        max_peers: 1,
+        ..BrokerLimits::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_nobody_configured_is_reached_by_id_through_the_dht() {
+    let c = host(&[], BrokerLimits::default());
+    let b = host(&[c.local_addr().unwrap()], BrokerLimits::default());
+    let c_id = c.id();
+    wait_until(Duration::from_secs(20), "B connected to C", || {
+        let b = b.clone();
+        async move { hosts_of(&b).await.contains(&c_id).then_some(()) }
+    })
+    .await;
+    let a = host(&[b.local_addr().unwrap()], dht_only());
+    let b_id = b.id();
+    wait_until(Duration::from_secs(20), "A connected to B", || {
+        let a = a.clone();
+        async move { hosts_of(&a).await.contains(&b_id).then_some(()) }
+    })
+    .await;
+    assert!(a.peers().await.iter().all(|e| e.peer != c_id.to_string()));
+    // `find-node` toward C's key at B finds C; A dials it and asks.
+    let answer = a
+        .ask_peer(c_id, Ask::Ping, Duration::from_secs(20))
+        .await
+        .expect("C found through the DHT and dialled");
+    assert!(matches!(answer, Control::Pong { .. }), "{answer:?}");
+    assert!(hosts_of(&a).await.contains(&c_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_found_through_the_dht_by_a_host_never_told_of_it() {
+    use wasmwire::runtime::directory::{Peers, RemoteRequest, RemoteTarget};
+    use wasmwire::wire::PeerSel;
+    // B runs nothing; P runs `echo`, knows only B, and publishes its record there.
+    let b = host(&[], BrokerLimits::default());
+    let b_addr = b.local_addr().unwrap().to_string();
+    let p = wasmwire_tests::start_peer(
+        &[b_addr],
+        "",
+        "[[service]]\nname = \"echo\"\ncomponent = \"{service:echo}\"\nchannel = 2\nexpose = true\n",
+    )
+    .await;
+    let p_id = p.peer_id().unwrap();
+    // A knows only B and learns nothing by exchange.
+    let a = host(&[b.local_addr().unwrap()], dht_only());
+    let answer = wait_until(
+        Duration::from_secs(30),
+        "A's request to */echo is answered",
+        || {
+            let a = a.clone();
+            async move {
+                let request = RemoteRequest {
+                    target: RemoteTarget {
+                        peer: PeerSel::Any,
+                        allowed: None,
+                        service: "echo".into(),
+                    },
+                    event: "echo".into(),
+                    params: "\"found\"".into(),
+                    timeout: Duration::from_secs(10),
+                    chain: vec![],
+                    caller: "test".into(),
+                    session: None,
+                };
+                a.request(request).await.ok()
+            }
+        },
+    )
+    .await;
+    assert_eq!(answer, "\"found\"");
+    assert!(hosts_of(&a).await.contains(&p_id), "A dialled the provider");
+}

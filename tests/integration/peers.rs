@@ -69,7 +69,7 @@ async fn remote_requests_reach_exposed_services_only_and_obey_uses() {
     // Not exposed: no peer offers it.
     let r = a.request("alice", "request", &ask("*/secret".into())).await;
     assert!(
-        matches!(&r, Err(CallError::Failed(m)) if m.contains("no connected peer") && m.contains("secret")),
+        matches!(&r, Err(CallError::Failed(m)) if m.contains("no peer exposes") && m.contains("secret")),
         "{r:?}"
     );
     let r = a

@@ -1,17 +1,25 @@
 //! The broker network simulation at a small size (the table in `docs/scaling.md` comes
-//! from `make sim`): 60 virtual hosts joining from 3 seeds over a minute, 2% replaced per
-//! minute, a service on 5% of them. Every host must be able to find it within a few
-//! minutes, and the tables stay within their bounds.
+//! from `make sim`): virtual hosts joining from 3 seeds over a minute, 2% replaced per
+//! minute, 1% of control messages lost. The simulation runs in virtual time and is
+//! deterministic for its seed, so these hold on a loaded machine as on an idle one.
 
 use std::time::Duration;
 use wasmwire_tests::sim::{SimConfig, run};
 
+/// 150 hosts; one service on 2% of them, another on 2 hosts only. Every host finds both
+/// through the DHT soon after joining, and again at the end; lookups take few rounds;
+/// connections and tables stay within their bounds.
 #[test]
-fn sixty_virtual_hosts_all_find_a_rare_service() {
+fn a_small_network_finds_rare_services_through_the_dht() {
+    // Seconds of both cores' time: a test that measures a pace must not run beside it.
+    let _alone = wasmwire_tests::ALONE.blocking_lock();
     let r = run(SimConfig {
-        hosts: 60,
+        hosts: 150,
         seeds: 3,
-        service_share: 0.05,
+        service_share: 0.02,
+        few: 2,
+        loss: 0.01,
+        jitter: Duration::from_millis(10),
         join_over: Duration::from_secs(60),
         duration: Duration::from_secs(150),
         churn_per_minute: 0.02,
@@ -22,48 +30,50 @@ fn sixty_virtual_hosts_all_find_a_rare_service() {
     });
     let last = r.samples.last().expect("samples");
     eprintln!(
-        "60 hosts: {} run the service; full reach after {:?}; at the end {:.0}% reach, {:.0} msgs/host/min, connections {:.1}/{} (seeds {}), learned {:.1}/{} ({:?} wall)",
-        r.providers,
-        r.full_reach_after,
-        last.reach * 100.0,
+        "150 hosts: found within 30 s {:?}, at the end {:?}, rounds {:?}, find time {:?} s, {:.0} msgs/host/min, busiest {} ({:?} wall)",
+        r.found_in_30s,
+        r.reach_at_end,
+        r.rounds,
+        r.find_time,
         r.messages_per_host_minute,
-        last.conns.0,
-        last.conns.1,
-        last.seed_conns,
-        last.learned.0,
-        last.learned.1,
+        last.busiest,
         r.wall
     );
-    assert!(r.providers >= 1);
-    assert!(
-        r.full_reach_after
-            .is_some_and(|d| d < Duration::from_secs(120)),
-        "{:?}",
-        r.full_reach_after
-    );
-    assert!(last.reach >= 0.95, "{:.2}", last.reach);
-    assert!(
-        last.seed_conns >= 55,
-        "sixty hosts all dial each other (64 learned peers at most), seeds too: {}",
-        last.seed_conns
-    );
+    assert!(r.providers >= 2);
+    for (i, name) in ["2%", "2 hosts"].iter().enumerate() {
+        assert!(
+            r.found_in_30s[i] >= 0.99,
+            "{name}: {:.3} found within 30 s of joining",
+            r.found_in_30s[i]
+        );
+        assert_eq!(r.reach_at_end[i], 1.0, "{name}: reach at the end");
+    }
+    // ⌈log₂ 150 / log₂ 20⌉ + 2 = 4.
+    assert!(r.rounds[2] <= 4, "rounds {:?}", r.rounds);
+    assert!(last.busiest <= 1024);
     assert!(
         last.learned.1 <= 256,
         "learned table bounded: {}",
         last.learned.1
     );
-    assert!(last.alive >= 54);
+    assert!(last.alive >= 140);
 }
 
-/// The same network with hosts that hold at most 20 connections: the seeds fill up, turn
-/// newcomers away with `full` and a sample of their peers, and every host still finds the
-/// service through the hosts it learned that way.
+/// Hosts that hold at most 20 connections: the seeds fill up, turn newcomers away with
+/// `full` and a sample of their peers, and every host still joins the network through the
+/// hosts it learned that way. (The services run on the first hosts to join, which fill up
+/// too: a host that cannot connect to a provider does not count it found, so reach is not
+/// what this checks.)
 #[test]
 fn hosts_turned_away_by_full_seeds_join_through_the_sample() {
+    let _alone = wasmwire_tests::ALONE.blocking_lock();
     let r = run(SimConfig {
         hosts: 60,
         seeds: 3,
         service_share: 0.05,
+        few: 3,
+        loss: 0.0,
+        jitter: Duration::ZERO,
         join_over: Duration::from_secs(60),
         duration: Duration::from_secs(150),
         churn_per_minute: 0.02,
@@ -74,16 +84,11 @@ fn hosts_turned_away_by_full_seeds_join_through_the_sample() {
     });
     let last = r.samples.last().expect("samples");
     eprintln!(
-        "60 hosts, cap 20: full reach after {:?}; at the end {:.0}% reach, {:.0} msgs/host/min, connections {:.1}/{} (seeds {})",
-        r.full_reach_after,
-        last.reach * 100.0,
-        r.messages_per_host_minute,
-        last.conns.0,
-        last.conns.1,
-        last.seed_conns,
+        "60 hosts, cap 20: reach at end {:?}, {:.0} msgs/host/min, connections {:.1}/{} (seeds {})",
+        r.reach_at_end, r.messages_per_host_minute, last.conns.0, last.conns.1, last.seed_conns,
     );
-    assert!(last.seed_conns <= 20, "the cap holds: {}", last.seed_conns);
-    assert!(last.conns.1 <= 20, "the cap holds: {}", last.conns.1);
-    assert!(last.reach >= 0.95, "{:.2}", last.reach);
+    assert!(last.busiest <= 20, "the cap holds: {}", last.busiest);
+    assert_eq!(last.isolated, 0, "every host joined");
+    assert!(last.conns.0 >= 10.0, "{:?}", last.conns);
     assert!(last.alive >= 54);
 }

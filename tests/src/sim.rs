@@ -1,9 +1,11 @@
 //! A network of virtual hosts: real [`Broker`]s (the sans-IO channel-0 state machine) in
-//! one process, connected by a virtual network with a fixed one-way latency, in virtual
-//! time. Hosts join from a few seeds, exchange peers, leave and are replaced; a service
-//! runs on a small share of them. What is measured is what a user would feel: how soon
-//! every host can find the service (directly, or with one `find-service` to a connected
-//! host), the control messages each host sends, and the sizes of the learned tables.
+//! one process, connected by a virtual network with latency, jitter and loss, in virtual
+//! time. Hosts join from a few seeds, exchange peers, join the DHT, leave and are
+//! replaced; one service runs on a share of them (1%), another on a fixed few (10). What
+//! is measured is what a user would feel: how soon a new host finds each service through
+//! the DHT (a real lookup, `Broker::probe`), whether every host still finds them at the
+//! end, the lookups' rounds and times, the control messages each host sends, and the
+//! connections and tables each holds.
 //!
 //! No sockets: the addresses are 127.x.y.z placeholders that name virtual hosts, and
 //! messages are handed over as values (the codec is fuzzed on its own).
@@ -14,12 +16,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmwire::broker::{
-    Allow, Broker, BrokerConfig, BrokerLimits, ConnId, DialTo, Event, Incoming, PeerSpec,
+    Allow, Broker, BrokerConfig, BrokerLimits, ConnId, DialTo, Event, Incoming, LookupDone,
+    PeerSpec,
 };
 use wasmwire::wire::{Control, PeerId, Role};
 
 /// The service a share of the hosts run.
 pub const SERVICE: &str = "rare";
+
+/// The service a fixed few hosts run (`SimConfig::few`).
+pub const FEW: &str = "few";
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -30,6 +36,12 @@ pub struct SimConfig {
     pub seeds: usize,
     /// Share of hosts that run [`SERVICE`].
     pub service_share: f64,
+    /// Hosts that run [`FEW`] (a host that leaves hands it to the next one to join).
+    pub few: usize,
+    /// Share of control messages lost on the way.
+    pub loss: f64,
+    /// Each message's latency is `latency` plus up to this much more.
+    pub jitter: Duration,
     /// Hosts join at random times over this long at the start.
     pub join_over: Duration,
     /// Simulated time in all.
@@ -58,8 +70,16 @@ pub struct Sample {
     pub reach: f64,
     /// Ready host connections per host (seeds apart): mean and max.
     pub conns: (f64, usize),
-    /// Ready host connections of the busiest seed (every host keeps one to each seed).
+    /// Ready host connections of the busiest seed.
     pub seed_conns: usize,
+    /// Ready host connections of the busiest host.
+    pub busiest: usize,
+    /// Hosts (seeds apart) with no host connection at all.
+    pub isolated: usize,
+    /// Hosts in the DHT routing table per host: mean.
+    pub table: f64,
+    /// Provider records kept by the host that keeps most.
+    pub records: usize,
     /// Learned (not connected) peers per host: mean and max.
     pub learned: (f64, usize),
 }
@@ -71,6 +91,19 @@ pub struct SimReport {
     pub samples: Vec<Sample>,
     /// Time after the last initial join until every alive host could find the service.
     pub full_reach_after: Option<Duration>,
+    /// Per service ([`SERVICE`], [`FEW`]): the share of hosts that found it through the
+    /// DHT within 30 s of joining (of those that joined 30 s or more before the end).
+    pub found_in_30s: [f64; 2],
+    /// Per service: the share of hosts whose lookup in the last minute found it.
+    pub reach_at_end: [f64; 2],
+    /// Seconds from joining to finding [`SERVICE`]: p50, p99, max.
+    pub find_time: [f64; 3],
+    /// Rounds of the lookups that found a service: p50, p99, max.
+    pub rounds: [u32; 3],
+    /// Seconds a lookup that found a service took: p50, p99.
+    pub lookup_time: [f64; 2],
+    /// Resident memory of the simulation per host (brokers, network, queue), in KiB.
+    pub memory_per_host_kib: f64,
     /// Control messages sent per alive host per minute, over the run.
     pub messages_per_host_minute: f64,
     /// Hosts that ran the service at the end.
@@ -83,10 +116,20 @@ struct Host {
     broker: Broker,
     id: PeerId,
     addr: SocketAddr,
-    provides: bool,
+    /// Runs [`SERVICE`], [`FEW`].
+    runs: [bool; 2],
     timer: u64,
     /// Connections open (the real host refuses past `max_connections`).
     open: usize,
+    /// Its connections, as the network knows them.
+    conns: Vec<ConnId>,
+    joined: Instant,
+    /// When it first found each service through the DHT.
+    found_at: [Option<Instant>; 2],
+    /// What its lookup of each service in the last minute said.
+    found_at_end: [Option<bool>; 2],
+    /// Its lookups are the last minute's.
+    final_probes: bool,
 }
 
 enum Ev {
@@ -114,6 +157,18 @@ enum Ev {
     },
     Join,
     Leave,
+    /// Host `host` looks each service it has not found yet up in the DHT.
+    Probe {
+        host: usize,
+        id: PeerId,
+    },
+    /// The last minute's lookups.
+    FinalProbe {
+        host: usize,
+        id: PeerId,
+    },
+    /// Schedules every host's last lookups.
+    FinalPhase,
 }
 
 /// SplitMix64: enough randomness for choices, with no dependency.
@@ -149,6 +204,12 @@ struct Net {
     sent: u64,
     host_time: Duration,
     seed_specs: Vec<PeerSpec>,
+    /// Hosts there now.
+    alive: u32,
+    /// Services ([`SERVICE`], [`FEW`]) hosts that left leave to the next ones to join.
+    to_hand: [usize; 2],
+    /// Rounds and seconds of the lookups that found a service.
+    lookups_found: Vec<(u32, f64)>,
 }
 
 impl Net {
@@ -165,12 +226,32 @@ impl Net {
         let id = id.unwrap_or_else(|| random_id(&mut self.rng));
         let addr = addr_of(index);
         let is_seed = index < self.config.seeds;
-        // Every `period`-th host runs the service: the share is exact, never zero.
-        let period = (1.0 / self.config.service_share.max(1e-6)).round().max(1.0) as usize;
-        let provides = !is_seed && (index - self.config.seeds) % period == period / 2;
+        // The first hosts to join run the services (a service is there before the hosts
+        // that look for it): the share is exact and never zero, the few exactly few.
+        let initial = self.config.hosts - self.config.seeds;
+        let shared = ((initial as f64 * self.config.service_share).round() as usize).max(1);
+        let n = index.wrapping_sub(self.config.seeds);
+        let mut provides = !is_seed && n < shared;
+        let mut few = !is_seed && n >= shared && n < shared + self.config.few;
+        // A newcomer takes over a service from a host that left (so that the share and
+        // the few stay what they are through the churn).
+        if !is_seed && index - self.config.seeds >= initial {
+            if self.to_hand[0] > 0 {
+                self.to_hand[0] -= 1;
+                provides = true;
+            }
+            if self.to_hand[1] > 0 {
+                self.to_hand[1] -= 1;
+                few = true;
+            }
+        }
+        // Every host runs a common service too (the DHT must not let it load a few hosts).
         let mut services = vec!["base".to_string()];
         if provides {
             services.push(SERVICE.to_string());
+        }
+        if few {
+            services.push(FEW.to_string());
         }
         let peers = self
             .seed_specs
@@ -198,12 +279,18 @@ impl Net {
             broker,
             id,
             addr,
-            provides,
+            runs: [provides, few],
             timer: 0,
             open: 0,
+            conns: Vec::new(),
+            joined: self.now,
+            found_at: [None; 2],
+            found_at_end: [None; 2],
+            final_probes: false,
         }));
         self.by_addr.insert(addr, index);
         self.by_id.insert(id, index);
+        self.alive += 1;
         index
     }
 
@@ -222,15 +309,28 @@ impl Net {
         while let Some(e) = host.broker.poll_event() {
             events.push(e);
         }
+        let mut done = Vec::new();
+        while let Some(d) = host.broker.poll_lookup_done() {
+            done.push(d);
+        }
         host.timer += 1;
         let generation = host.timer;
         let timeout = host.broker.poll_timeout();
         self.sent += out.len() as u64;
         for (conn, message) in out {
             if let Some(&(a, b)) = self.conns.get(&conn) {
+                if self.config.loss > 0.0
+                    && (self.rng.next() % 1_000_000) as f64 / 1e6 < self.config.loss
+                {
+                    continue;
+                }
                 let to = if a == h { b } else { a };
-                self.at(now + latency, Ev::Deliver { conn, to, message });
+                let at = now + latency + self.jitter();
+                self.at(at, Ev::Deliver { conn, to, message });
             }
+        }
+        for d in done {
+            self.lookup_done(h, d);
         }
         let mut answers = Vec::new();
         for e in events {
@@ -241,7 +341,12 @@ impl Net {
                         DialTo::Learned { addr, .. } => Some(*addr),
                         DialTo::Direct(a) => Some(*a),
                     };
+                    let full = self.hosts[h]
+                        .as_ref()
+                        .is_some_and(|x| x.open >= self.config.max_connections);
                     match addr.and_then(|a| self.by_addr.get(&a).copied()) {
+                        // A host at its cap refuses its own dials at once, as `net` does.
+                        _ if full => self.at(now, Ev::DialFailed { dialer: h, to }),
                         Some(target) if self.hosts[target].is_some() => {
                             // A QUIC handshake: one round trip.
                             self.at(
@@ -260,12 +365,7 @@ impl Net {
                         ),
                     }
                 }
-                Event::Close { conn, .. } => {
-                    if let Some((a, b)) = self.conns.remove(&conn) {
-                        self.at(now, Ev::Closed { conn, at: a });
-                        self.at(now + latency, Ev::Closed { conn, at: b });
-                    }
-                }
+                Event::Close { conn, .. } => self.disconnect(conn),
                 Event::Incoming {
                     conn, id, request, ..
                 } => {
@@ -290,13 +390,8 @@ impl Net {
                     };
                     answers.push((conn, id, answer));
                 }
-                Event::Release { conn } => {
-                    // Nothing runs sessions here: a released bootstrap peer always goes.
-                    if let Some((a, b)) = self.conns.remove(&conn) {
-                        self.at(now, Ev::Closed { conn, at: a });
-                        self.at(now + latency, Ev::Closed { conn, at: b });
-                    }
-                }
+                // Nothing runs sessions here: a released connection always goes.
+                Event::Release { conn } => self.disconnect(conn),
                 Event::Ready { .. } | Event::Answered { .. } => {}
             }
         }
@@ -319,6 +414,44 @@ impl Net {
         }
     }
 
+    /// Closes `conn` on both sides (the other side hears of it after the latency).
+    fn disconnect(&mut self, conn: ConnId) {
+        let now = self.now;
+        if let Some((a, b)) = self.conns.remove(&conn) {
+            self.at(now, Ev::Closed { conn, at: a });
+            self.at(now + self.config.latency, Ev::Closed { conn, at: b });
+        }
+    }
+
+    fn jitter(&mut self) -> Duration {
+        let j = self.config.jitter.as_micros() as usize;
+        if j == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.rng.below(j) as u64)
+    }
+
+    /// A lookup of host `h` finished: if it was a probe of a service, the figures.
+    fn lookup_done(&mut self, h: usize, d: LookupDone) {
+        let now = self.now;
+        let which = match d.service.as_deref() {
+            Some(SERVICE) => 0,
+            Some(FEW) => 1,
+            _ => return,
+        };
+        if d.found {
+            self.lookups_found.push((d.rounds, d.took.as_secs_f64()));
+        }
+        let Some(host) = self.hosts[h].as_mut() else {
+            return;
+        };
+        if host.final_probes {
+            host.found_at_end[which] = Some(d.found);
+        } else if d.found {
+            host.found_at[which].get_or_insert(now);
+        }
+    }
+
     fn apply(&mut self, ev: Ev) {
         let now = self.now;
         match ev {
@@ -330,7 +463,11 @@ impl Net {
             }
             Ev::Connected { dialer, target, to } => {
                 let alive = self.hosts[dialer].is_some() && self.hosts[target].is_some();
-                if !alive {
+                // A dialler that reached its cap while dialling gives the connection up.
+                let full = self.hosts[dialer]
+                    .as_ref()
+                    .is_some_and(|d| d.open >= self.config.max_connections);
+                if !alive || full {
                     if let Some(d) = self.hosts[dialer].as_mut() {
                         d.broker.handle_dial_failed(&to, now);
                         self.drain(dialer);
@@ -354,10 +491,12 @@ impl Net {
                 };
                 if let Some(d) = self.hosts[dialer].as_mut() {
                     d.open += 1;
+                    d.conns.push(conn);
                     d.broker.handle_connected(conn, t_id, t_addr, Some(to), now);
                 }
                 if let Some(t) = self.hosts[target].as_mut() {
                     t.open += 1;
+                    t.conns.push(conn);
                     t.broker.handle_connected(conn, d_id, d_addr, None, now);
                 }
                 self.drain(dialer);
@@ -370,7 +509,10 @@ impl Net {
                 }
             }
             Ev::Closed { conn, at } => {
-                if let Some(host) = self.hosts[at].as_mut() {
+                if let Some(host) = self.hosts[at].as_mut()
+                    && let Some(i) = host.conns.iter().position(|c| *c == conn)
+                {
+                    host.conns.swap_remove(i);
                     host.open = host.open.saturating_sub(1);
                     host.broker.handle_closed(conn, now);
                     self.drain(at);
@@ -386,36 +528,90 @@ impl Net {
             }
             Ev::Join => {
                 let h = self.new_host(None);
+                let id = self.hosts[h].as_ref().map(|x| x.id);
                 if let Some(x) = self.hosts[h].as_mut() {
                     x.broker.handle_timeout(now);
                 }
                 self.drain(h);
+                // It looks the services up once its first exchanges are done.
+                if let Some(id) = id {
+                    self.at(now + Duration::from_secs(3), Ev::Probe { host: h, id });
+                }
             }
-            Ev::Leave => {
-                let candidates: Vec<usize> = (self.config.seeds..self.hosts.len())
-                    .filter(|&i| self.hosts[i].is_some())
-                    .collect();
-                if candidates.is_empty() {
+            Ev::Probe { host, id } => {
+                let Some(x) = self.hosts[host].as_mut().filter(|x| x.id == id) else {
+                    return;
+                };
+                if x.final_probes {
                     return;
                 }
-                let h = candidates[self.rng.below(candidates.len())];
-                if let Some(x) = self.hosts[h].take() {
-                    self.by_addr.remove(&x.addr);
-                    self.by_id.remove(&x.id);
+                let mut asked = false;
+                for (i, name) in [SERVICE, FEW].into_iter().enumerate() {
+                    if x.runs[i] {
+                        x.found_at[i].get_or_insert(now);
+                    } else if x.found_at[i].is_none() {
+                        asked |= x.broker.probe(name, now);
+                    }
+                }
+                self.drain(host);
+                let missing = self.hosts[host]
+                    .as_ref()
+                    .is_some_and(|x| x.found_at.iter().any(Option::is_none));
+                if missing || !asked {
+                    self.at(now + Duration::from_secs(5), Ev::Probe { host, id });
+                }
+            }
+            Ev::FinalPhase => {
+                let there: Vec<(usize, PeerId)> = self
+                    .hosts
+                    .iter()
+                    .enumerate()
+                    .skip(self.config.seeds)
+                    .filter_map(|(i, h)| h.as_ref().map(|h| (i, h.id)))
+                    .collect();
+                for (host, id) in there {
+                    let offset = Duration::from_millis(self.rng.below(10_000) as u64);
+                    self.at(now + offset, Ev::FinalProbe { host, id });
+                }
+            }
+            Ev::FinalProbe { host, id } => {
+                let Some(x) = self.hosts[host].as_mut().filter(|x| x.id == id) else {
+                    return;
+                };
+                x.final_probes = true;
+                for (i, name) in [SERVICE, FEW].into_iter().enumerate() {
+                    if x.runs[i] {
+                        x.found_at_end[i] = Some(true);
+                    } else {
+                        x.broker.probe(name, now);
+                    }
+                }
+                self.drain(host);
+            }
+            Ev::Leave => {
+                // A random non-seed host that is still there (most are: tries are few).
+                let span = self.hosts.len() - self.config.seeds;
+                let Some(h) = (0..64)
+                    .map(|_| self.config.seeds + self.rng.below(span))
+                    .find(|&i| self.hosts[i].is_some())
+                else {
+                    return;
+                };
+                let Some(x) = self.hosts[h].take() else {
+                    return;
+                };
+                self.by_addr.remove(&x.addr);
+                self.by_id.remove(&x.id);
+                self.alive -= 1;
+                for i in 0..2 {
+                    self.to_hand[i] += usize::from(x.runs[i]);
                 }
                 // Its peers notice after their idle timeout (5 s).
-                let gone: Vec<(ConnId, usize)> = self
-                    .conns
-                    .iter()
-                    .filter_map(|(c, (a, b))| match (*a == h, *b == h) {
-                        (true, _) => Some((*c, *b)),
-                        (_, true) => Some((*c, *a)),
-                        _ => None,
-                    })
-                    .collect();
-                for (conn, other) in gone {
-                    self.conns.remove(&conn);
-                    self.at(now + Duration::from_secs(5), Ev::Closed { conn, at: other });
+                for conn in x.conns {
+                    if let Some((a, b)) = self.conns.remove(&conn) {
+                        let other = if a == h { b } else { a };
+                        self.at(now + Duration::from_secs(5), Ev::Closed { conn, at: other });
+                    }
                 }
             }
         }
@@ -452,9 +648,17 @@ impl Net {
         let alive: Vec<&Host> = self.hosts.iter().skip(seeds).flatten().collect();
         let mut reached = 0;
         let (mut conns_sum, mut conns_max, mut learned_sum, mut learned_max) = (0, 0, 0, 0);
+        let (mut table_sum, mut records, mut isolated) = (0, 0, 0);
+        let busiest = self
+            .hosts
+            .iter()
+            .flatten()
+            .map(|h| h.broker.host_count())
+            .max()
+            .unwrap_or(0);
         for h in &alive {
             let hosts = h.broker.host_peers();
-            let knows = |n: &Host| n.provides || n.broker.find_first(SERVICE, |_| true).is_some();
+            let knows = |n: &Host| n.runs[0] || n.broker.find_first(SERVICE, |_| true).is_some();
             let direct = knows(h);
             let one_hop = || {
                 hosts.iter().any(|p| {
@@ -468,10 +672,13 @@ impl Net {
                 reached += 1;
             }
             let learned = h.broker.learned_count();
+            isolated += usize::from(hosts.is_empty());
             conns_sum += hosts.len();
             conns_max = conns_max.max(hosts.len());
             learned_sum += learned;
             learned_max = learned_max.max(learned);
+            table_sum += h.broker.table_len();
+            records = records.max(h.broker.records_len());
         }
         let n = alive.len().max(1) as f64;
         Sample {
@@ -480,9 +687,29 @@ impl Net {
             reach: reached as f64 / n,
             conns: (conns_sum as f64 / n, conns_max),
             seed_conns,
+            busiest,
+            isolated,
+            table: table_sum as f64 / n,
+            records,
             learned: (learned_sum as f64 / n, learned_max),
         }
     }
+}
+
+/// The value at quantile `q` of sorted `v` (the default if empty).
+fn pick<T: Copy + Default>(v: &[T], q: f64) -> T {
+    if v.is_empty() {
+        return T::default();
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// This process's resident memory, in KiB (0 where `/proc` is missing).
+fn resident_kib() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |pages| pages * 4.0)
 }
 
 fn random_id(rng: &mut Rng) -> PeerId {
@@ -520,6 +747,9 @@ pub fn run(config: SimConfig) -> SimReport {
         sent: 0,
         host_time: Duration::ZERO,
         seed_specs: Vec::new(),
+        to_hand: [0; 2],
+        lookups_found: Vec::new(),
+        alive: 0,
         config: config.clone(),
     };
     // Seeds first, all at once: their ids and addresses are every other host's peers.
@@ -555,6 +785,10 @@ pub fn run(config: SimConfig) -> SimReport {
         net.at(t + Duration::from_millis(1), Ev::Join);
     }
     let end = start + config.duration;
+    // The last minute's lookups: every host there then, spread over 10 s, at least 30 s
+    // before the end so that each has time to finish.
+    let final_at = end.checked_sub(Duration::from_secs(45)).unwrap_or(start);
+    net.at(final_at, Ev::FinalPhase);
     let mut samples = Vec::new();
     let mut next_sample = start + config.sample_every;
     let mut last = start;
@@ -567,8 +801,7 @@ pub fn run(config: SimConfig) -> SimReport {
             samples.push(net.sample());
             next_sample += config.sample_every;
         }
-        let alive = net.hosts.iter().flatten().count() as u32;
-        net.host_time += (when - last) * alive;
+        net.host_time += (when - last) * net.alive;
         last = when;
         net.now = when;
         if let Some(ev) = net.events.remove(&n) {
@@ -585,11 +818,56 @@ pub fn run(config: SimConfig) -> SimReport {
         .find(|s| s.at >= config.join_over && s.reach >= 1.0)
         .map(|s| s.at - config.join_over);
     let host_minutes = net.host_time.as_secs_f64() / 60.0;
+    let alive: Vec<&Host> = net.hosts.iter().skip(config.seeds).flatten().collect();
+    let share = |hits: usize, of: usize| hits as f64 / of.max(1) as f64;
+    let mut found_in_30s = [0.0; 2];
+    let mut reach_at_end = [0.0; 2];
+    for (i, (f30, end_share)) in found_in_30s
+        .iter_mut()
+        .zip(reach_at_end.iter_mut())
+        .enumerate()
+    {
+        let old: Vec<&&Host> = alive
+            .iter()
+            .filter(|h| end.saturating_duration_since(h.joined) >= Duration::from_secs(30))
+            .collect();
+        let in_time = old
+            .iter()
+            .filter(|h| h.found_at[i].is_some_and(|t| t - h.joined <= Duration::from_secs(30)))
+            .count();
+        *f30 = share(in_time, old.len());
+        let asked: Vec<bool> = alive.iter().filter_map(|h| h.found_at_end[i]).collect();
+        *end_share = share(asked.iter().filter(|f| **f).count(), asked.len());
+    }
+    let mut times: Vec<f64> = alive
+        .iter()
+        .filter_map(|h| h.found_at[0].map(|t| (t - h.joined).as_secs_f64()))
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let mut rounds: Vec<u32> = net.lookups_found.iter().map(|(r, _)| *r).collect();
+    rounds.sort_unstable();
+    let mut took: Vec<f64> = net.lookups_found.iter().map(|(_, t)| *t).collect();
+    took.sort_by(f64::total_cmp);
+    let memory_per_host_kib = resident_kib() / net.hosts.len().max(1) as f64;
     SimReport {
         samples,
         full_reach_after,
+        found_in_30s,
+        reach_at_end,
+        find_time: [
+            pick(&times, 0.5),
+            pick(&times, 0.99),
+            times.last().copied().unwrap_or(0.0),
+        ],
+        rounds: [
+            pick(&rounds, 0.5),
+            pick(&rounds, 0.99),
+            rounds.last().copied().unwrap_or(0),
+        ],
+        lookup_time: [pick(&took, 0.5), pick(&took, 0.99)],
+        memory_per_host_kib,
         messages_per_host_minute: net.sent as f64 / host_minutes.max(1e-9),
-        providers: net.hosts.iter().flatten().filter(|h| h.provides).count(),
+        providers: alive.iter().filter(|h| h.runs[0]).count(),
         wall: wall.elapsed(),
     }
 }

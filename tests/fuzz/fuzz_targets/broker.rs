@@ -98,12 +98,36 @@ enum Built {
     Full {
         peers: Vec<(u8, Option<u8>)>,
     },
+    FindNode {
+        id: u8,
+        target: Option<u8>,
+    },
+    Nodes {
+        id: u8,
+        peers: Vec<(u8, Option<u8>)>,
+    },
+    AddProvider {
+        id: u8,
+        service: u8,
+    },
+    Stored {
+        id: u8,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
 enum Op {
     /// This host is full: its `full` answer must encode and list only its ready hosts.
     FullAnswer,
+    /// Something asks for a host by id (a dial, or a DHT lookup).
+    Reach {
+        peer: u8,
+    },
+    /// Something asks for a service no connected host runs (a DHT lookup).
+    Seek {
+        service: u8,
+        probe: bool,
+    },
     Connect {
         conn: u8,
         peer: u8,
@@ -194,6 +218,7 @@ fn build(m: Built) -> Control {
         Built::Found { id: i, peers } => Control::Found {
             id: id(i),
             service: "echo".into(),
+            closer: peers.iter().map(|(p, a)| entry(p + 1, *a, false)).collect(),
             peers: peers.into_iter().map(|(p, a)| entry(p, a, false)).collect(),
         },
         Built::ListServices { id: i } => Control::ListServices { id: id(i) },
@@ -255,6 +280,20 @@ fn build(m: Built) -> Control {
         },
         Built::Ping { id: i } => Control::Ping { id: id(i) },
         Built::Pong { id: i } => Control::Pong { id: id(i) },
+        Built::FindNode { id: i, target } => Control::FindNode {
+            id: id(i),
+            // A real key, or text that is not one.
+            target: target.map_or_else(|| "not-a-key".into(), |p| peer(p).to_string()),
+        },
+        Built::Nodes { id: i, peers } => Control::Nodes {
+            id: id(i),
+            peers: peers.into_iter().map(|(p, a)| entry(p, a, false)).collect(),
+        },
+        Built::AddProvider { id: i, service } => Control::AddProvider {
+            id: id(i),
+            service: SERVICES[service as usize % 3].into(),
+        },
+        Built::Stored { id: i } => Control::Stored { id: id(i) },
         Built::Full { peers } => Control::Full {
             reason: "full".into(),
             peers: peers.into_iter().map(|(p, a)| entry(p, a, true)).collect(),
@@ -263,12 +302,14 @@ fn build(m: Built) -> Control {
 }
 
 fn ask(what: u8) -> Ask {
-    match what % 6 {
+    match what % 8 {
         0 => Ask::ListServices,
         1 => Ask::ListSessions,
         2 => Ask::FindService("echo".into()),
         3 => Ask::GetPeers,
         4 => Ask::Ping,
+        5 => Ask::FindNode(peer(what).to_string()),
+        6 => Ask::AddProvider("echo".into()),
         _ => Ask::Request {
             service: "echo".into(),
             event: "e".into(),
@@ -381,6 +422,17 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Close { conn } => broker.close(ConnId::from(conn % 8), "fuzz".into(), now),
+            Op::Reach { peer: p } => {
+                broker.reach(peer(p), now);
+            }
+            Op::Seek { service, probe } => {
+                let service = SERVICES[service as usize % 3];
+                if probe {
+                    broker.probe(service, now);
+                } else {
+                    broker.seek(service, now);
+                }
+            }
             Op::FullAnswer => {
                 let Control::Full { peers, .. } = broker.full_answer() else {
                     panic!("full_answer is a `full`");
@@ -433,6 +485,7 @@ fuzz_target!(|ops: Vec<Op>| {
             assert!(broker.find(s).iter().all(|p| hosts.contains(p)));
         }
         assert!(broker.learned_count() <= 8);
+        while broker.poll_lookup_done().is_some() {}
         // Dials the script never settles fail, so the broker's count of dials under way
         // stays true and it keeps dialling.
         if dials.len() > 64 {

@@ -24,6 +24,9 @@ pub(crate) struct Conn {
     pub(crate) host: bool,
     /// It is a ready host connection to a configured peer (counted in `bootstrap_ready`).
     pub(crate) bootstrap: bool,
+    /// It was dialled for a lookup's query: released when idle and the host has more
+    /// connections than it dials for.
+    pub(crate) transient: bool,
 }
 
 #[derive(Debug)]
@@ -106,9 +109,11 @@ impl Broker {
             self.dial_finished(d);
         }
         let nonce = self.next_random();
+        let mut transient = false;
         if let Some(DialTo::Learned { peer, .. }) = &dialled {
             // Connected: it is no longer a peer to dial.
             self.forget_learned(peer);
+            transient = self.lookup_dials.remove(peer);
         }
         if dialled.is_none() {
             // A configured peer that shows up inbound is reachable: reset its back-off.
@@ -144,6 +149,7 @@ impl Broker {
                 dialler_nonce: 0,
                 host: false,
                 bootstrap: false,
+                transient,
             },
         );
         let hello = Hello {
@@ -196,6 +202,8 @@ impl Broker {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        // What waited for it and cannot get it now goes on without it.
+        self.settle_peer(c.peer, now);
         if c.pending > 0 {
             let failed: Vec<u64> = self
                 .pending
@@ -391,6 +399,24 @@ impl Broker {
                 return;
             }
             self.enter_ready(conn);
+            if let Some(c) = self.conns.get(&conn)
+                && let ConnState::Ready(a) = &c.state
+                && let Some(addr) = advertised(a.listen, c.remote)
+            {
+                // Said by the host itself, over its own connection: a live entry.
+                self.table.observe(peer, addr, true, now);
+            }
+            self.flush_queued(peer, conn, now);
+            if self.verifying.contains_key(&peer) {
+                self.provider_checked(peer, now);
+            }
+            if !self.publishing && me == Role::Host {
+                // Joining the DHT (and the first publication) waits for the first
+                // exchanges to fill the table.
+                self.publishing = true;
+                self.timers
+                    .insert((now + Duration::from_secs(2), Timer::Publish));
+            }
         }
         self.events.push_back(Event::Ready { conn, peer, role });
         if exchange {

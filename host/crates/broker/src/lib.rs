@@ -27,6 +27,8 @@ fn class_of(service: &str) -> &str {
 
 mod config;
 mod connections;
+pub mod dht;
+mod lookups;
 mod peers;
 mod queries;
 mod requests;
@@ -35,8 +37,10 @@ mod tests;
 
 pub use config::{Allow, BrokerConfig, BrokerLimits};
 use connections::{Conn, ConnState, advertised};
+pub use lookups::LookupDone;
+use lookups::{Goal, Lookup, LookupId, Queued};
 use peers::{Configured, Learned};
-use requests::Pending;
+use requests::{Pending, Purpose};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -128,6 +132,10 @@ pub enum Ask {
     GetPeers,
     /// `ping`.
     Ping,
+    /// `find-node` toward a key (as text).
+    FindNode(String),
+    /// `add-provider` for one of this host's services.
+    AddProvider(String),
 }
 
 /// Why one of our requests got no answer.
@@ -232,6 +240,25 @@ pub struct Broker {
     dials: usize,
     pending: HashMap<u64, Pending>,
     deadlines: BTreeSet<(Instant, u64)>,
+    /// The DHT's k-buckets.
+    table: dht::Table,
+    /// Provider records kept for others.
+    records: dht::Records,
+    lookups: HashMap<LookupId, Lookup>,
+    next_lookup: LookupId,
+    lookups_done: VecDeque<LookupDone>,
+    /// Requests waiting for a connection to a host being dialled for them.
+    queued: HashMap<PeerId, Vec<Queued>>,
+    /// Hosts being dialled for a lookup's query.
+    lookup_dials: HashSet<PeerId>,
+    /// Hosts `reach` looks up by id (they are dialled when found).
+    reaching: HashSet<PeerId>,
+    /// Providers being dialled to check them, and the lookups that wait on each.
+    verifying: HashMap<PeerId, Vec<LookupId>>,
+    /// This host's services are being published (the first time is scheduled at hello).
+    publishing: bool,
+    /// The service the next publication starts with.
+    publish_from: usize,
     next_token: u64,
     opened: u64,
     transmits: VecDeque<(ConnId, Control)>,
@@ -246,6 +273,10 @@ enum Timer {
     Hello(ConnId),
     /// Ask it for its peers.
     Exchange(ConnId),
+    /// A lookup's time is up.
+    Lookup(LookupId),
+    /// Publish this host's services again.
+    Publish,
 }
 
 impl Broker {
@@ -263,6 +294,7 @@ impl Broker {
             })
             .collect();
         let rng = config.seed | 1;
+        let table = dht::Table::new(&config.me);
         Broker {
             config,
             conns: HashMap::new(),
@@ -279,6 +311,17 @@ impl Broker {
             dials: 0,
             pending: HashMap::new(),
             deadlines: BTreeSet::new(),
+            table,
+            records: dht::Records::default(),
+            lookups: HashMap::new(),
+            next_lookup: 1,
+            lookups_done: VecDeque::new(),
+            queued: HashMap::new(),
+            lookup_dials: HashSet::new(),
+            reaching: HashSet::new(),
+            verifying: HashMap::new(),
+            publishing: false,
+            publish_from: 0,
             next_token: 1,
             opened: 0,
             transmits: VecDeque::new(),
@@ -363,8 +406,11 @@ impl Broker {
                         self.exchange(conn, now, false);
                     }
                 }
+                Timer::Lookup(id) => self.advance(id, now),
+                Timer::Publish => self.publish(now),
             }
         }
+        self.records.expire(now);
         while let Some(&(at, token)) = self.deadlines.first() {
             if at > now {
                 break;

@@ -107,8 +107,18 @@ impl Broker {
     pub fn handle_dial_failed(&mut self, to: &DialTo, now: Instant) {
         self.dial_finished(to);
         match to {
-            DialTo::Configured { index, .. } => self.schedule_redial(*index, now),
-            DialTo::Learned { peer, .. } => self.learned_failed(*peer, now),
+            DialTo::Configured { index, .. } => {
+                self.schedule_redial(*index, now);
+                if let Some(p) = self.configured.get(*index).and_then(|t| t.peer) {
+                    self.settle_peer(p, now);
+                }
+            }
+            DialTo::Learned { peer, .. } => {
+                self.table.failed(peer);
+                self.learned_failed(*peer, now);
+                self.lookup_dials.remove(peer);
+                self.settle_peer(*peer, now);
+            }
             DialTo::Direct(_) => {}
         }
     }
@@ -127,15 +137,30 @@ impl Broker {
         }
         c.next_exchange = Some(now + every);
         self.timers.insert((now + every, Timer::Exchange(conn)));
+        if first && c.transient {
+            // Made for one query: no exchange unless it stays.
+            return;
+        }
         // A bootstrap peer with nothing under way is let go once enough other hosts carry
-        // this one (the driver keeps it if sessions use it; the next exchange asks again).
-        // Never on hello: a connection just made (perhaps on demand) gets a period of use.
-        let idle = !first && c.bootstrap && c.pending == 0 && c.incoming == 0;
-        if idle && self.bootstrapped() {
+        // this one, and so is a connection made for a query once the host has more than
+        // it dials for (the driver keeps either if sessions use it; the next exchange asks
+        // again). Never on hello: a connection just made gets a period of use.
+        let idle = !first && c.pending == 0 && c.incoming == 0;
+        let (bootstrap, transient) = (c.bootstrap, c.transient);
+        if idle
+            && ((bootstrap && self.bootstrapped())
+                || (transient && self.hosts.len() > self.dial_limit()))
+        {
             self.events.push_back(Event::Release { conn });
             return;
         }
-        let _ = self.send_request(conn, Ask::GetPeers, Duration::from_secs(5), now, true);
+        let _ = self.send_request(
+            conn,
+            Ask::GetPeers,
+            Duration::from_secs(5),
+            now,
+            Purpose::Exchange,
+        );
     }
 
     /// Takes in a `peers` answer: bounded, allowed, not ourselves, not connected already.
@@ -153,6 +178,13 @@ impl Broker {
             ) else {
                 continue;
             };
+            if addr.port() != 0
+                && !addr.ip().is_unspecified()
+                && peer != self.config.me
+                && self.config.allow.permits(&peer)
+            {
+                self.table.observe(peer, addr, false, now);
+            }
             if peer == self.config.me
                 || peer == from_peer
                 || self.full_until.get(&peer).is_some_and(|t| *t > now)
@@ -309,7 +341,7 @@ impl Broker {
     /// where it listens (a configured peer seen once, or a learned one), whatever the
     /// limits on dialling learned peers (someone is waiting for it). Returns whether a
     /// connection is there or on its way; `false`: no connection and no known address.
-    pub fn reach(&mut self, peer: PeerId, _now: Instant) -> bool {
+    pub fn reach(&mut self, peer: PeerId, now: Instant) -> bool {
         if self.has_conn(&peer) || self.dialling(&peer) {
             return true;
         }
@@ -326,7 +358,21 @@ impl Broker {
             return true;
         }
         let Some(l) = self.learned.get_mut(&peer) else {
-            return false;
+            // Nobody told this host where it is: the DHT may know (it is dialled when
+            // the lookup finds it).
+            if let Some(e) = self.table.get(&peer) {
+                let addr = e.addr;
+                self.dial_for_query(peer, addr);
+                return true;
+            }
+            // Marked before the lookup starts: one that ends at once (nobody to ask)
+            // finds the mark and clears it.
+            self.reaching.insert(peer);
+            if self.start_lookup(Goal::Peer(peer), now).is_none() {
+                self.reaching.remove(&peer);
+                return false;
+            }
+            return self.dialling(&peer) || self.has_conn(&peer);
         };
         self.learned_due.remove(&(l.next, peer));
         l.dialling = true;
@@ -339,7 +385,9 @@ impl Broker {
 
     /// Whether a dial to `peer` is under way.
     pub fn dialling(&self, peer: &PeerId) -> bool {
-        self.learned.get(peer).is_some_and(|l| l.dialling)
+        self.reaching.contains(peer)
+            || self.lookup_dials.contains(peer)
+            || self.learned.get(peer).is_some_and(|l| l.dialling)
             || self
                 .configured
                 .iter()

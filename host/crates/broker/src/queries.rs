@@ -13,7 +13,10 @@ impl Broker {
         let reply = |m: Control| (conn, m);
         match message {
             Control::Ping { id } => self.transmits.push_back(reply(Control::Pong { id })),
-            Control::GetPeers { id } | Control::FindService { id, .. }
+            Control::GetPeers { id }
+            | Control::FindService { id, .. }
+            | Control::FindNode { id, .. }
+            | Control::AddProvider { id, .. }
                 if !c.bucket.take(limits.queries_per_second, now) =>
             {
                 self.transmits.push_back(reply(Control::Error {
@@ -69,8 +72,81 @@ impl Broker {
                         connected: true,
                     });
                 }
+                let asker = self.conns.get(&conn).map(|c| c.peer);
+                let key = dht::Key::of_service(class_of(&service));
+                let from = self.next_random() as usize;
+                for r in self.records.providers(&key, dht::K, from, now) {
+                    if peers.len() >= 2 * dht::K {
+                        break;
+                    }
+                    let peer = r.provider.to_string();
+                    if !peers.iter().any(|p| p.peer == peer) {
+                        peers.push(PeerEntry {
+                            peer,
+                            addr: Some(r.addr.to_string()),
+                            connected: false,
+                        });
+                    }
+                }
+                let closer = self.closer(&key, asker.as_ref());
+                self.transmits.push_back(reply(Control::Found {
+                    id,
+                    service,
+                    peers,
+                    closer,
+                }));
+            }
+            Control::FindNode { id, target } => {
+                let asker = c.peer;
+                let Some(key) = dht::Key::from_text(&target) else {
+                    self.transmits.push_back(reply(Control::Error {
+                        id,
+                        code: ErrorCode::Invalid,
+                        reason: "find-node: the target is not a key (52 base32 characters)".into(),
+                        oversize: None,
+                    }));
+                    return;
+                };
+                let peers = self.closer(&key, Some(&asker));
                 self.transmits
-                    .push_back(reply(Control::Found { id, service, peers }));
+                    .push_back(reply(Control::Nodes { id, peers }));
+            }
+            Control::AddProvider { id, service } => {
+                // The record names the sender, at the address its connection advertises:
+                // a host can store records only for itself.
+                let provider = c.peer;
+                let addr = match &c.state {
+                    ConnState::Ready(a) if a.role == Role::Host => advertised(a.listen, c.remote),
+                    _ => None,
+                };
+                let answer = match addr {
+                    None => Err("add-provider: only a host that listens can provide"),
+                    Some(_) if service.is_empty() || service.len() > 128 => {
+                        Err("add-provider: a service name is 1 to 128 bytes")
+                    }
+                    Some(addr) => {
+                        let key = dht::Key::of_service(class_of(&service));
+                        self.records
+                            .add(key, provider, addr, now)
+                            .map_err(|e| match e {
+                                dht::RecordRefused::Full => {
+                                    "add-provider: this host keeps no more records"
+                                }
+                                dht::RecordRefused::TooMany => {
+                                    "add-provider: that host has as many records here as one may"
+                                }
+                            })
+                    }
+                };
+                self.transmits.push_back(reply(match answer {
+                    Ok(()) => Control::Stored { id },
+                    Err(reason) => Control::Error {
+                        id,
+                        code: ErrorCode::Busy,
+                        reason: reason.into(),
+                        oversize: None,
+                    },
+                }));
             }
             m @ (Control::ListServices { .. }
             | Control::ListSessions { .. }
@@ -143,6 +219,19 @@ impl Broker {
             // Hello and answers are handled before this point.
             _ => {}
         }
+    }
+
+    /// The hosts of the routing table closest to `key` (at most k), as entries.
+    fn closer(&self, key: &dht::Key, except: Option<&PeerId>) -> Vec<PeerEntry> {
+        self.table
+            .closest(key, dht::K, except)
+            .into_iter()
+            .map(|e| PeerEntry {
+                peer: e.peer.to_string(),
+                addr: Some(e.addr.to_string()),
+                connected: self.hosts.contains_key(&e.peer),
+            })
+            .collect()
     }
 
     /// What a host at its connection cap sends instead of `hello` before it closes: a

@@ -7,7 +7,20 @@ use super::*;
 pub(crate) struct Pending {
     pub(crate) conn: ConnId,
     pub(crate) deadline: Instant,
-    pub(crate) internal: bool,
+    pub(crate) purpose: Purpose,
+}
+
+/// Who a request's answer goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// The driver: `Event::Answered`.
+    Caller,
+    /// Peer exchange: the peers are learned.
+    Exchange,
+    /// A lookup's query to a host.
+    Lookup(LookupId, PeerId),
+    /// Storing a provider record (the answer is not needed).
+    Store,
 }
 
 impl Broker {
@@ -20,7 +33,7 @@ impl Broker {
         timeout: Duration,
         now: Instant,
     ) -> Result<u64, Failure> {
-        self.send_request(conn, ask, timeout, now, false)
+        self.send_request(conn, ask, timeout, now, Purpose::Caller)
     }
 
     /// Answers an `Event::Incoming`.
@@ -53,7 +66,7 @@ impl Broker {
         ask: Ask,
         timeout: Duration,
         now: Instant,
-        internal: bool,
+        purpose: Purpose,
     ) -> Result<u64, Failure> {
         let max = self.config.limits.max_pending;
         let Some(c) = self.conns.get_mut(&conn) else {
@@ -98,6 +111,8 @@ impl Broker {
             },
             Ask::GetPeers => Control::GetPeers { id },
             Ask::Ping => Control::Ping { id },
+            Ask::FindNode(target) => Control::FindNode { id, target },
+            Ask::AddProvider(service) => Control::AddProvider { id, service },
         };
         let deadline = now + timeout;
         self.pending.insert(
@@ -105,7 +120,7 @@ impl Broker {
             Pending {
                 conn,
                 deadline,
-                internal,
+                purpose,
             },
         );
         self.deadlines.insert((deadline, id));
@@ -121,12 +136,12 @@ impl Broker {
         if let Some(c) = self.conns.get_mut(&p.conn) {
             c.pending = c.pending.saturating_sub(1);
         }
-        if p.internal {
-            if let Ok(Control::Peers { peers, .. }) = result {
-                self.learn(p.conn, peers, now);
-            }
-        } else {
-            self.events.push_back(Event::Answered { token, result });
+        match (p.purpose, result) {
+            (Purpose::Caller, result) => self.events.push_back(Event::Answered { token, result }),
+            (Purpose::Exchange, Ok(Control::Peers { peers, .. })) => self.learn(p.conn, peers, now),
+            (Purpose::Exchange | Purpose::Store, _) => {}
+            (Purpose::Lookup(id, peer), Ok(answer)) => self.query_answered(id, peer, answer, now),
+            (purpose @ Purpose::Lookup(..), Err(_)) => self.query_failed(purpose, now),
         }
     }
 

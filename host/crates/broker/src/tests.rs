@@ -25,6 +25,8 @@ struct Sim {
     auto_dial: bool,
     /// Nodes that do not answer (their transmits are dropped).
     mute: Vec<usize>,
+    /// Nodes that answer every DHT query with hosts nobody can reach (see `lie`).
+    liars: Vec<usize>,
 }
 
 /// A new peer id, different from every other in this test binary. The broker never checks
@@ -50,8 +52,44 @@ fn ids(n: usize) -> Vec<PeerId> {
     v
 }
 
+/// What a lying host answers to a DHT query: twenty hosts with fresh ids at addresses
+/// where nobody listens, as providers too — and `None` for anything else.
+fn lie(asked: &Control) -> Option<Control> {
+    let bogus = || -> Vec<PeerEntry> {
+        (0..20)
+            .map(|n| PeerEntry {
+                peer: new_id().to_string(),
+                addr: Some(format!("10.9.9.{n}:7400")),
+                connected: false,
+            })
+            .collect()
+    };
+    match asked {
+        Control::FindNode { id, .. } => Some(Control::Nodes {
+            id: *id,
+            peers: bogus(),
+        }),
+        Control::FindService { id, service } => Some(Control::Found {
+            id: *id,
+            service: service.clone(),
+            peers: bogus(),
+            closer: bogus(),
+        }),
+        _ => None,
+    }
+}
+
 impl Sim {
     fn new(ids: &[PeerId], services: &[&[&str]], peers: &[Vec<PeerSpec>]) -> Sim {
+        Sim::with_limits(ids, services, peers, BrokerLimits::default())
+    }
+
+    fn with_limits(
+        ids: &[PeerId],
+        services: &[&[&str]],
+        peers: &[Vec<PeerSpec>],
+        limits: BrokerLimits,
+    ) -> Sim {
         let now = Instant::now();
         let nodes = ids
             .iter()
@@ -70,7 +108,7 @@ impl Sim {
                                 .unwrap_or_default(),
                             allow: Arc::new(Allow::default()),
                             peers: peers.get(i).cloned().unwrap_or_default(),
-                            limits: BrokerLimits::default(),
+                            limits: limits.clone(),
                             seed: 42 + i as u64,
                         },
                         now,
@@ -87,6 +125,7 @@ impl Sim {
             now,
             auto_dial: false,
             mute: Vec::new(),
+            liars: Vec::new(),
         }
     }
 
@@ -136,6 +175,12 @@ impl Sim {
                     // Through the real codec, as on the wire.
                     let bytes = serde_json::to_vec(&m).unwrap();
                     let now = self.now;
+                    if self.liars.contains(&j)
+                        && let Some(answer) = lie(&m)
+                    {
+                        self.nodes[i].broker.handle_control(conn, answer, now);
+                        continue;
+                    }
                     match decode_control(&bytes) {
                         Ok(m) => self.nodes[j].broker.handle_control(conn, m, now),
                         Err(e) => self.nodes[j].broker.handle_undecodable(conn, e, now),
@@ -144,7 +189,8 @@ impl Sim {
                 while let Some(e) = self.nodes[i].broker.poll_event() {
                     moved = true;
                     match &e {
-                        Event::Close { conn, .. } => {
+                        // No sessions here: a released connection always goes.
+                        Event::Close { conn, .. } | Event::Release { conn } => {
                             let conn = *conn;
                             let now = self.now;
                             if let Some(j) = self.other(conn, i) {
@@ -155,10 +201,17 @@ impl Sim {
                         }
                         Event::Dial(DialTo::Learned { addr, .. }) if self.auto_dial => {
                             let target = self.nodes.iter().position(|n| n.addr == *addr);
-                            if let Some(t) = target {
-                                let d = e.clone();
-                                let Event::Dial(d) = d else { unreachable!() };
-                                self.connect(i, t, Some(d));
+                            let d = e.clone();
+                            let Event::Dial(d) = d else { unreachable!() };
+                            match target {
+                                Some(t) => {
+                                    self.connect(i, t, Some(d));
+                                }
+                                // Nobody listens there: the dial fails.
+                                None => {
+                                    let now = self.now;
+                                    self.nodes[i].broker.handle_dial_failed(&d, now);
+                                }
                             }
                         }
                         _ => {}
@@ -635,7 +688,13 @@ fn learned_peers_are_bounded_and_bogus_ones_forgotten() {
     // Node 1 answers a get-peers with 1000 entries, most bogus.
     let t = sim.nodes[0]
         .broker
-        .send_request(conn, Ask::GetPeers, Duration::from_secs(1), now, true)
+        .send_request(
+            conn,
+            Ask::GetPeers,
+            Duration::from_secs(1),
+            now,
+            Purpose::Exchange,
+        )
         .unwrap();
     let mut peers = Vec::new();
     for i in 0..1000u32 {
@@ -995,4 +1054,163 @@ fn an_idle_bootstrap_peer_is_released_once_enough_others_carry_the_host() {
     sim.mute.clear();
     sim.advance(every * 2);
     assert!(released(sim.take_events(0)));
+}
+
+/// Forty hosts in a line (each connected to the next only, and dialling no learned peer
+/// past its first connection): nobody knows more than a few others, yet the DHT finds a
+/// service one host runs and a host by its id from the other end.
+fn line(n: usize, services: &[&[&str]]) -> (Vec<PeerId>, Sim) {
+    let ids = ids(n);
+    let limits = BrokerLimits {
+        max_peers: 1,
+        ..BrokerLimits::default()
+    };
+    let mut sim = Sim::with_limits(&ids, services, &[], limits);
+    sim.auto_dial = true;
+    for i in 0..n - 1 {
+        sim.connect(i, i + 1, None);
+        sim.drive();
+    }
+    (ids, sim)
+}
+
+#[test]
+fn the_dht_finds_a_service_one_host_in_forty_runs() {
+    let mut services: Vec<&[&str]> = vec![&[]; 40];
+    services[39] = &["rare"];
+    let (ids, mut sim) = line(40, &services);
+    // The provider publishes its record (2 s after its first hello) at the hosts closest
+    // to the service's key.
+    sim.advance(Duration::from_secs(10));
+    let stored: usize = sim.nodes.iter().map(|n| n.broker.records_len()).sum();
+    assert!(stored >= 5, "records stored: {stored}");
+    // Connections made for the joins' queries are let go at the next exchanges.
+    sim.advance(Duration::from_secs(70));
+    // A host not connected to the provider seeks it: the lookup finds the record and
+    // dials the provider.
+    let s = (0..39)
+        .find(|i| sim.nodes[*i].broker.find("rare").is_empty())
+        .expect("a host the provider is not connected to");
+    for i in 0..40 {
+        while sim.nodes[i].broker.poll_lookup_done().is_some() {}
+    }
+    let now = sim.now;
+    assert!(sim.nodes[s].broker.seek("rare", now));
+    assert!(sim.nodes[s].broker.seeking("rare"));
+    sim.drive();
+    sim.advance(Duration::from_secs(5));
+    assert_eq!(sim.nodes[s].broker.find("rare"), vec![ids[39]]);
+    let done: Vec<LookupDone> =
+        std::iter::from_fn(|| sim.nodes[s].broker.poll_lookup_done()).collect();
+    let seek = done
+        .iter()
+        .find(|d| d.service.is_some())
+        .expect("the service lookup finished");
+    assert!(seek.found, "{seek:?}");
+    assert!(seek.rounds <= 6, "{seek:?}");
+    assert!(!sim.nodes[s].broker.seeking("rare"));
+    // A service nobody runs: the lookup ends, found nothing, and says so.
+    let now = sim.now;
+    assert!(sim.nodes[s].broker.seek("nothing", now));
+    sim.drive();
+    sim.advance(Duration::from_secs(35));
+    assert!(!sim.nodes[s].broker.seeking("nothing"));
+    let done: Vec<LookupDone> =
+        std::iter::from_fn(|| sim.nodes[s].broker.poll_lookup_done()).collect();
+    assert!(
+        done.iter()
+            .any(|d| d.service.as_deref() == Some("nothing") && !d.found),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn the_dht_finds_a_host_by_id_and_reach_dials_it() {
+    let (ids, mut sim) = line(40, &[]);
+    // The hosts join the DHT (a lookup of their own key), then let the connections made
+    // for its queries go.
+    sim.advance(Duration::from_secs(70));
+    let far = *ids
+        .iter()
+        .rev()
+        .find(|p| sim.nodes[0].broker.connection_to(p).is_none() && **p != ids[0])
+        .expect("a host node 0 is not connected to");
+    assert!(!sim.nodes[0].broker.has_conn(&far));
+    let now = sim.now;
+    assert!(sim.nodes[0].broker.reach(far, now), "a lookup starts");
+    assert!(sim.nodes[0].broker.dialling(&far));
+    sim.drive();
+    sim.advance(Duration::from_secs(5));
+    assert!(
+        sim.nodes[0].broker.connection_to(&far).is_some(),
+        "found by id and dialled"
+    );
+    // An id nobody has: the lookup ends, and the wait with it.
+    let nobody = new_id();
+    let now = sim.now;
+    assert!(sim.nodes[0].broker.reach(nobody, now));
+    sim.drive();
+    sim.advance(Duration::from_secs(35));
+    assert!(!sim.nodes[0].broker.dialling(&nobody));
+}
+
+#[test]
+fn lookups_succeed_past_hosts_that_lie_and_a_flood_of_records_stays_bounded() {
+    let mut services: Vec<&[&str]> = vec![&[]; 40];
+    services[39] = &["rare"];
+    let (ids, mut sim) = line(40, &services);
+    // Three hosts answer every lookup with twenty hosts (and providers) nobody can reach.
+    sim.liars = vec![5, 17, 28];
+    sim.advance(Duration::from_secs(70));
+    let s = (0..39)
+        .find(|i| !sim.liars.contains(i) && sim.nodes[*i].broker.find("rare").is_empty())
+        .expect("a host the provider is not connected to");
+    for i in 0..40 {
+        while sim.nodes[i].broker.poll_lookup_done().is_some() {}
+    }
+    let now = sim.now;
+    assert!(sim.nodes[s].broker.seek("rare", now));
+    sim.drive();
+    sim.advance(Duration::from_secs(5));
+    // (Connected to the provider; an idle connection made for a lookup goes later.)
+    assert_eq!(
+        sim.nodes[s].broker.find("rare"),
+        vec![ids[39]],
+        "found past the liars"
+    );
+    let done: Vec<LookupDone> =
+        std::iter::from_fn(|| sim.nodes[s].broker.poll_lookup_done()).collect();
+    assert!(
+        done.iter().any(|d| d.found && d.service.is_some()),
+        "{done:?}"
+    );
+    for n in &sim.nodes {
+        assert!(n.broker.learned_count() <= BrokerLimits::default().max_learned);
+        assert!(n.broker.table_len() <= 256 * dht::K);
+    }
+    // One host floods another with provider records for a thousand services: 64 are kept.
+    // (On their connection, if the joins made one; else on a new one.)
+    let conn = match sim.nodes[31].broker.connection_to(&ids[30]) {
+        Some(c) => c,
+        None => {
+            let c = sim.connect(30, 31, None);
+            sim.drive();
+            c
+        }
+    };
+    let now = sim.now;
+    let before = sim.nodes[31].broker.records_len();
+    for n in 0..1000 {
+        let id = 100_000 + n;
+        let m = Control::AddProvider {
+            id,
+            service: format!("s{n}"),
+        };
+        sim.now = now + Duration::from_millis(100 * n);
+        let at = sim.now;
+        sim.nodes[31].broker.handle_control(conn, m, at);
+    }
+    let kept = sim.nodes[31].broker.records_len() - before;
+    assert!(kept <= dht::MAX_RECORDS_PER_PROVIDER, "{kept} records kept");
+    assert!(kept >= 32, "the first ones are stored: {kept}");
 }

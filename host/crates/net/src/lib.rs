@@ -991,13 +991,15 @@ async fn accept_sessions(
 struct Waiters {
     asks: HashMap<u64, oneshot::Sender<Result<Control, Failure>>>,
     ready: HashMap<ConnId, Vec<oneshot::Sender<Result<PeerId, String>>>>,
-    /// Requests and session picks for a host being dialled for them (see [`Parked`]).
-    peers: HashMap<PeerId, Vec<Parked>>,
+    /// Requests and session picks waiting for a host to be found or dialled for them
+    /// (see [`Parked`]).
+    parked: Vec<(Target, Parked)>,
 }
 
-/// A request or session pick for `PEERID/...` where that host is not connected but known
-/// (configured, or learned by exchange): it waits while the host is dialled on demand, and
-/// goes out once the connection is ready (or fails when the dial does).
+/// A request or session pick whose target is not connected yet: `PEERID/...` for a host
+/// that is known (configured or learned) or being looked up in the DHT, or `*/name` for a
+/// service no connected host runs, being looked up. It waits while that goes on, goes out
+/// once a connection can take it, and fails when the search or the dial does.
 enum Parked {
     Ask {
         ask: Ask,
@@ -1132,20 +1134,17 @@ fn handle(
             ask,
             timeout,
             reply,
-        } if let Some(peer) = dial_for(broker, &target, now) => {
-            waiters.peers.entry(peer).or_default().push(Parked::Ask {
+        } if search(broker, &target, now) => {
+            let parked = Parked::Ask {
                 ask,
                 timeout,
                 since: now,
                 reply,
-            });
+            };
+            waiters.parked.push((target, parked));
         }
-        Input::Pick { target, reply } if let Some(peer) = dial_for(broker, &target, now) => {
-            waiters
-                .peers
-                .entry(peer)
-                .or_default()
-                .push(Parked::Pick { reply });
+        Input::Pick { target, reply } if search(broker, &target, now) => {
+            waiters.parked.push((target, Parked::Pick { reply }));
         }
         Input::Ask {
             target,
@@ -1226,66 +1225,88 @@ fn picked(links: &HashMap<ConnId, Link>, conn: ConnId) -> Result<Picked, Failure
         })
 }
 
-/// The host to wait for, if `target` names one that is not connected but can be dialled
-/// (the dial is started here).
-fn dial_for(broker: &mut Broker, target: &Target, now: Instant) -> Option<PeerId> {
+/// Whether `target` is not connected but being searched for (a dial, or a DHT lookup,
+/// started here if need be): the request waits for it.
+fn search(broker: &mut Broker, target: &Target, now: Instant) -> bool {
     match target {
-        Target::Peer(p) if broker.connection_to(p).is_none() && broker.reach(*p, now) => Some(*p),
-        _ => None,
+        Target::Peer(p) => broker.connection_to(p).is_none() && broker.reach(*p, now),
+        Target::Any { service, allowed } => {
+            let allowed = |p: &PeerId| allowed.as_ref().is_none_or(|a| a.contains(p));
+            broker.find_first(service, allowed).is_none() && broker.seek(service, now)
+        }
+        Target::Conn(_) => false,
     }
 }
 
-/// Sends what waited for hosts that are ready now, and fails what waited for hosts no
-/// longer being dialled. Returns whether it did anything.
+/// Whether the search for `target` goes on.
+fn searching(broker: &Broker, target: &Target) -> bool {
+    match target {
+        Target::Peer(p) => broker.has_conn(p) || broker.dialling(p),
+        Target::Any { service, .. } => broker.seeking(service),
+        Target::Conn(_) => false,
+    }
+}
+
+/// Sends what waited for targets that a connection can take now, and fails what waited
+/// for targets no longer searched for. Returns whether it did anything.
 fn settle_parked(
     broker: &mut Broker,
     links: &HashMap<ConnId, Link>,
     waiters: &mut Waiters,
 ) -> bool {
     let now = Instant::now();
-    let waiting: Vec<PeerId> = waiters.peers.keys().copied().collect();
     let mut moved = false;
-    for peer in waiting {
-        let conn = broker.connection_to(&peer);
-        if conn.is_none() && (broker.has_conn(&peer) || broker.dialling(&peer)) {
+    let mut i = 0;
+    while i < waiters.parked.len() {
+        // The caller gave up (its own time-out): forget it. A request past its time-out
+        // fails as it would on a connection.
+        let gone = match &waiters.parked[i].1 {
+            Parked::Ask {
+                reply,
+                timeout,
+                since,
+                ..
+            } => reply.is_closed() || now.saturating_duration_since(*since) >= *timeout,
+            Parked::Pick { reply } => reply.is_closed(),
+        };
+        let resolved = resolve_target(broker, &waiters.parked[i].0);
+        if !gone && resolved.is_err() && searching(broker, &waiters.parked[i].0) {
+            i += 1;
             continue;
         }
         moved = true;
-        for parked in waiters.peers.remove(&peer).unwrap_or_default() {
-            let Some(conn) = conn else {
-                let failure = Failure {
-                    code: ErrorCode::Unavailable,
-                    reason: format!("peer {peer} is not connected and could not be reached"),
-                    oversize: None,
-                };
+        let (_, parked) = waiters.parked.swap_remove(i);
+        let conn = match resolved {
+            Ok(conn) => conn,
+            Err(failure) => {
                 match parked {
                     Parked::Ask { reply, .. } => drop(reply.send(Err(failure))),
                     Parked::Pick { reply } => drop(reply.send(Err(failure))),
                 }
                 continue;
-            };
-            match parked {
-                Parked::Ask {
-                    ask,
-                    timeout,
-                    since,
-                    reply,
-                } => {
-                    let left = timeout.saturating_sub(now.saturating_duration_since(since));
-                    let sent = if left.is_zero() {
-                        Err(Failure::new(ErrorCode::Timeout, "no answer in time"))
-                    } else {
-                        broker.request(conn, ask, left, now)
-                    };
-                    match sent {
-                        Ok(token) => {
-                            waiters.asks.insert(token, reply);
-                        }
-                        Err(f) => drop(reply.send(Err(f))),
-                    }
-                }
-                Parked::Pick { reply } => drop(reply.send(picked(links, conn))),
             }
+        };
+        match parked {
+            Parked::Ask {
+                ask,
+                timeout,
+                since,
+                reply,
+            } => {
+                let left = timeout.saturating_sub(now.saturating_duration_since(since));
+                let sent = if left.is_zero() {
+                    Err(Failure::new(ErrorCode::Timeout, "no answer in time"))
+                } else {
+                    broker.request(conn, ask, left, now)
+                };
+                match sent {
+                    Ok(token) => {
+                        waiters.asks.insert(token, reply);
+                    }
+                    Err(f) => drop(reply.send(Err(f))),
+                }
+            }
+            Parked::Pick { reply } => drop(reply.send(picked(links, conn))),
         }
     }
     moved
@@ -1301,13 +1322,17 @@ fn resolve_target(broker: &Broker, target: &Target) -> Result<ConnId, Failure> {
         Target::Conn(c) => Ok(*c),
         Target::Peer(p) => broker
             .connection_to(p)
-            .ok_or_else(|| unavailable(format!("peer {p} is not connected"))),
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "peer {p} is not connected and could not be reached (not found in the DHT, or its dial failed)"
+                ))
+            }),
         Target::Any { service, allowed } => broker
             .find_first(service, |p| allowed.as_ref().is_none_or(|a| a.contains(p)))
             .and_then(|p| broker.connection_to(&p))
             .ok_or_else(|| {
                 unavailable(format!(
-                    "no connected peer{} exposes {service}",
+                    "no peer{} exposes {service} (none connected, none found in the DHT)",
                     if allowed.is_some() {
                         " allowed by `uses`"
                     } else {
@@ -1442,7 +1467,7 @@ fn carry_out(
         }
         // What waits for a host dialled on demand goes once nothing else moves (it may
         // have just become ready, or its dial failed).
-        if !moved && (waiters.peers.is_empty() || !settle_parked(broker, links, waiters)) {
+        if !moved && (waiters.parked.is_empty() || !settle_parked(broker, links, waiters)) {
             return;
         }
     }

@@ -358,6 +358,10 @@ pub enum Control {
         service: String,
         /// Peers that run it (the answering host itself included, if it does).
         peers: Vec<PeerEntry>,
+        /// Hosts closer to the service's key than the answering host (at most 20): where
+        /// an iterative lookup asks next (DHT, `docs/protocol.md` §5.6).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        closer: Vec<PeerEntry>,
     },
     /// Calls an event on an exposed service.
     Request {
@@ -424,6 +428,33 @@ pub enum Control {
         /// Request id.
         id: u64,
     },
+    /// Asks for the hosts the answerer knows closest to a key (Kademlia's FIND_NODE).
+    FindNode {
+        /// Request id.
+        id: u64,
+        /// The key, as 52 base32 characters (a host's key is the SHA-256 of its id).
+        target: String,
+    },
+    /// Answers `find-node`: at most 20 hosts, closest to the key first.
+    Nodes {
+        /// Request id.
+        id: u64,
+        /// The hosts.
+        peers: Vec<PeerEntry>,
+    },
+    /// Tells the answerer that the sender runs a service: a provider record, kept for an
+    /// hour (the sender refreshes it every 30 minutes).
+    AddProvider {
+        /// Request id.
+        id: u64,
+        /// The service (a manifest name).
+        service: String,
+    },
+    /// Answers `add-provider`: the record is stored.
+    Stored {
+        /// Request id.
+        id: u64,
+    },
     /// Sent instead of `hello` by a host at its connection cap, just before it closes: a
     /// refused newcomer still learns where to go.
     Full {
@@ -453,6 +484,10 @@ pub const CONTROL_TYPES: &[&str] = &[
     "ping",
     "pong",
     "full",
+    "find-node",
+    "nodes",
+    "add-provider",
+    "stored",
 ];
 
 impl Control {
@@ -476,6 +511,10 @@ impl Control {
             Control::Ping { .. } => "ping",
             Control::Pong { .. } => "pong",
             Control::Full { .. } => "full",
+            Control::FindNode { .. } => "find-node",
+            Control::Nodes { .. } => "nodes",
+            Control::AddProvider { .. } => "add-provider",
+            Control::Stored { .. } => "stored",
         }
     }
 
@@ -497,7 +536,11 @@ impl Control {
             | Control::GetStats { id }
             | Control::Stats { id, .. }
             | Control::Ping { id }
-            | Control::Pong { id } => *id,
+            | Control::Pong { id }
+            | Control::FindNode { id, .. }
+            | Control::Nodes { id, .. }
+            | Control::AddProvider { id, .. }
+            | Control::Stored { id } => *id,
         }
     }
 
@@ -513,6 +556,8 @@ impl Control {
                 | Control::Peers { .. }
                 | Control::Stats { .. }
                 | Control::Pong { .. }
+                | Control::Nodes { .. }
+                | Control::Stored { .. }
         )
     }
 }

@@ -1,0 +1,516 @@
+//! The DHT's tables (Kademlia): keys and their XOR distance, the k-buckets of hosts by
+//! distance from this host, and the provider records this host keeps for others. Pure data
+//! structures with time passed in; the lookups that use them are in `lookups`.
+
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use wasmwire_wire::PeerId;
+
+/// Hosts per bucket, hosts per answer, and the hosts a record is stored at (Kademlia's k).
+pub const K: usize = 20;
+
+/// Queries one lookup has in flight at once (Kademlia's α).
+pub const ALPHA: usize = 3;
+
+/// How long a provider record is kept without a refresh.
+pub const RECORD_TTL: Duration = Duration::from_secs(3600);
+
+/// How often a host stores its provider records again.
+pub const REPUBLISH_EVERY: Duration = Duration::from_secs(1800);
+
+/// A point of the DHT's key space: a host's is the SHA-256 of its id (an id is a public
+/// key that TLS checks, so placing a host near a chosen key takes making key pairs until
+/// one lands there), a service's the SHA-256 of its name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Key(pub [u8; 32]);
+
+impl Key {
+    /// The key of a host.
+    pub fn of_peer(peer: &PeerId) -> Key {
+        Key::hash(b"wasmwire/peer/", &peer.0)
+    }
+
+    /// The key of a service (a manifest name; a keyed class's, not one of its keys').
+    pub fn of_service(name: &str) -> Key {
+        Key::hash(b"wasmwire/service/", name.as_bytes())
+    }
+
+    fn hash(domain: &[u8], bytes: &[u8]) -> Key {
+        let mut h = Sha256::new();
+        h.update(domain);
+        h.update(bytes);
+        Key(h.finalize().into())
+    }
+
+    /// XOR distance to `other`, comparable as bytes.
+    pub fn distance(&self, other: &Key) -> [u8; 32] {
+        let mut d = [0u8; 32];
+        for (i, b) in d.iter_mut().enumerate() {
+            *b = self.0[i] ^ other.0[i];
+        }
+        d
+    }
+
+    /// The bucket `other` falls in from here: the number of leading bits they share
+    /// (`None` for the same key).
+    pub fn bucket_of(&self, other: &Key) -> Option<usize> {
+        let d = self.distance(other);
+        let zeros: u32 = d
+            .iter()
+            .position(|b| *b != 0)
+            .map(|i| i as u32 * 8 + d[i].leading_zeros())?;
+        Some(zeros as usize)
+    }
+
+    /// As text, the same way a peer id is written (`find-node`'s `target`).
+    pub fn to_text(&self) -> String {
+        PeerId(self.0).to_string()
+    }
+
+    /// From text written by [`Key::to_text`].
+    pub fn from_text(s: &str) -> Option<Key> {
+        s.parse::<PeerId>().ok().map(|p| Key(p.0))
+    }
+}
+
+/// A host in the routing table.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Its id.
+    pub peer: PeerId,
+    /// Its key.
+    pub key: Key,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// When it was first heard of.
+    pub first_seen: Instant,
+    /// Dials or queries that failed since it last answered.
+    pub failures: u8,
+    /// It said hello itself (not only heard of from others).
+    pub verified: bool,
+}
+
+/// The k-buckets: at most [`K`] hosts per distance class from this host. A full bucket
+/// keeps its hosts and turns newcomers away unless one of its hosts has been failing, or
+/// the newcomer said hello itself and the bucket holds hosts only heard of: long-lived
+/// hosts stay (they are the likeliest to stay longer), hosts met beat hearsay, and a
+/// flood of ids heard of cannot push out hosts met (Sybil care as far as it is cheap).
+#[derive(Debug)]
+pub struct Table {
+    me: Key,
+    buckets: Vec<Vec<Entry>>,
+    by_peer: HashMap<PeerId, usize>,
+}
+
+impl Table {
+    /// An empty table around `me`.
+    pub fn new(me: &PeerId) -> Table {
+        Table {
+            me: Key::of_peer(me),
+            buckets: (0..256).map(|_| Vec::new()).collect(),
+            by_peer: HashMap::new(),
+        }
+    }
+
+    /// This host's key.
+    pub fn me(&self) -> Key {
+        self.me
+    }
+
+    /// Hosts in the table.
+    pub fn len(&self) -> usize {
+        self.by_peer.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_peer.is_empty()
+    }
+
+    /// Whether `peer` is in the table.
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.by_peer.contains_key(peer)
+    }
+
+    /// The entry of `peer`, if it is in the table.
+    pub fn get(&self, peer: &PeerId) -> Option<&Entry> {
+        let b = *self.by_peer.get(peer)?;
+        self.buckets[b].iter().find(|e| e.peer == *peer)
+    }
+
+    /// Heard of `peer` at `addr`. `live`: it is connected and said so itself (its address
+    /// then replaces a hearsay one, and its failures are forgiven); otherwise hearsay,
+    /// which never changes a known host's address. Returns whether it is in the table.
+    pub fn observe(&mut self, peer: PeerId, addr: SocketAddr, live: bool, now: Instant) -> bool {
+        let key = Key::of_peer(&peer);
+        let Some(b) = self.me.bucket_of(&key) else {
+            return false;
+        };
+        let bucket = &mut self.buckets[b];
+        if let Some(e) = bucket.iter_mut().find(|e| e.peer == peer) {
+            if live {
+                e.addr = addr;
+                e.failures = 0;
+                e.verified = true;
+            }
+            return true;
+        }
+        let entry = Entry {
+            peer,
+            key,
+            addr,
+            first_seen: now,
+            failures: 0,
+            verified: live,
+        };
+        let failing = (0..bucket.len())
+            .filter(|i| bucket[*i].failures > 0)
+            .max_by_key(|i| bucket[*i].failures);
+        // A host met replaces the newest of those only heard of.
+        let hearsay = || {
+            (0..bucket.len())
+                .filter(|i| !bucket[*i].verified)
+                .max_by_key(|i| bucket[*i].first_seen)
+        };
+        if bucket.len() < K {
+            bucket.push(entry);
+        } else if let Some(out) = failing.or_else(|| if live { hearsay() } else { None }) {
+            // A newcomer never pushes out a working host met.
+            self.by_peer.remove(&bucket[out].peer);
+            bucket[out] = entry;
+        } else {
+            return false;
+        }
+        self.by_peer.insert(peer, b);
+        true
+    }
+
+    /// A dial or a query to `peer` failed: three in a row and it is dropped.
+    pub fn failed(&mut self, peer: &PeerId) {
+        let Some(&b) = self.by_peer.get(peer) else {
+            return;
+        };
+        let bucket = &mut self.buckets[b];
+        if let Some(i) = bucket.iter().position(|e| e.peer == *peer) {
+            bucket[i].failures += 1;
+            if bucket[i].failures >= 3 {
+                bucket.remove(i);
+                self.by_peer.remove(peer);
+            }
+        }
+    }
+
+    /// `peer` answered: its failures are forgiven.
+    pub fn answered(&mut self, peer: &PeerId) {
+        let Some(&b) = self.by_peer.get(peer) else {
+            return;
+        };
+        if let Some(e) = self.buckets[b].iter_mut().find(|e| e.peer == *peer) {
+            e.failures = 0;
+        }
+    }
+
+    /// At most `n` hosts closest to `target`, closest first, `except` left out. Walks the
+    /// table (k · log₂ N hosts: a few hundred), never the connections.
+    pub fn closest(&self, target: &Key, n: usize, except: Option<&PeerId>) -> Vec<&Entry> {
+        let mut all: Vec<(&Entry, [u8; 32])> = self
+            .buckets
+            .iter()
+            .flatten()
+            .filter(|e| Some(&e.peer) != except)
+            .map(|e| (e, e.key.distance(target)))
+            .collect();
+        let n = n.min(all.len());
+        if n == 0 {
+            return Vec::new();
+        }
+        all.select_nth_unstable_by(n - 1, |a, b| a.1.cmp(&b.1));
+        all.truncate(n);
+        all.sort_unstable_by_key(|a| a.1);
+        all.into_iter().map(|(e, _)| e).collect()
+    }
+}
+
+/// One provider record: `provider` runs the service and listens at `addr`.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The host that runs it.
+    pub provider: PeerId,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// When the record goes unless refreshed.
+    pub expires: Instant,
+}
+
+/// Why a record was not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordRefused {
+    /// This host keeps no more records.
+    Full,
+    /// That provider has as many records here as one may.
+    TooMany,
+}
+
+/// The provider records this host keeps for others, bounded in all and per provider, each
+/// gone an hour after its last refresh.
+#[derive(Debug, Default)]
+pub struct Records {
+    by_key: HashMap<Key, Vec<Record>>,
+    per_provider: HashMap<PeerId, usize>,
+    expiries: BTreeSet<(Instant, Key, PeerId)>,
+    total: usize,
+}
+
+/// Records a host keeps at most.
+pub const MAX_RECORDS: usize = 8192;
+
+/// Records one provider may have at one host (services it runs that hash near that host).
+pub const MAX_RECORDS_PER_PROVIDER: usize = 64;
+
+/// Providers kept per key (the first ones stay; refreshes keep them).
+pub const MAX_PROVIDERS_PER_KEY: usize = 64;
+
+impl Records {
+    /// Stores (or refreshes) that `provider` at `addr` runs the service of `key`.
+    pub fn add(
+        &mut self,
+        key: Key,
+        provider: PeerId,
+        addr: SocketAddr,
+        now: Instant,
+    ) -> Result<(), RecordRefused> {
+        self.expire(now);
+        let expires = now + RECORD_TTL;
+        let list = self.by_key.entry(key).or_default();
+        if let Some(r) = list.iter_mut().find(|r| r.provider == provider) {
+            self.expiries.remove(&(r.expires, key, provider));
+            r.expires = expires;
+            r.addr = addr;
+            self.expiries.insert((expires, key, provider));
+            return Ok(());
+        }
+        if self.total >= MAX_RECORDS || list.len() >= MAX_PROVIDERS_PER_KEY {
+            if list.is_empty() {
+                self.by_key.remove(&key);
+            }
+            return Err(RecordRefused::Full);
+        }
+        let n = self.per_provider.entry(provider).or_default();
+        if *n >= MAX_RECORDS_PER_PROVIDER {
+            if list.is_empty() {
+                self.by_key.remove(&key);
+            }
+            return Err(RecordRefused::TooMany);
+        }
+        *n += 1;
+        list.push(Record {
+            provider,
+            addr,
+            expires,
+        });
+        self.expiries.insert((expires, key, provider));
+        self.total += 1;
+        Ok(())
+    }
+
+    /// The live providers of `key`, at most `n`, starting at a place `from` picks (a
+    /// random one spreads the answers over all the providers kept, so that the first few
+    /// to store cannot be the only ones ever named).
+    pub fn providers(&self, key: &Key, n: usize, from: usize, now: Instant) -> Vec<&Record> {
+        let Some(list) = self.by_key.get(key) else {
+            return Vec::new();
+        };
+        let start = from % list.len().max(1);
+        list[start..]
+            .iter()
+            .chain(&list[..start])
+            .filter(|r| r.expires > now)
+            .take(n)
+            .collect()
+    }
+
+    /// Records kept now.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// Whether none are kept.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Drops the records whose time is up.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(&(at, key, provider)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop_first();
+            if let Some(list) = self.by_key.get_mut(&key) {
+                list.retain(|r| r.provider != provider);
+                if list.is_empty() {
+                    self.by_key.remove(&key);
+                }
+            }
+            if let Some(n) = self.per_provider.get_mut(&provider) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_provider.remove(&provider);
+                }
+            }
+            self.total -= 1;
+        }
+    }
+
+    /// When the next record expires.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.expiries.first().map(|(t, _, _)| *t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u32) -> PeerId {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&n.to_be_bytes());
+        PeerId(b)
+    }
+
+    fn addr(n: u32) -> SocketAddr {
+        SocketAddr::from(([127, 0, (n >> 8) as u8, n as u8], 7400))
+    }
+
+    /// Ids whose keys fall in bucket `b` of `me`.
+    fn in_bucket(me: &PeerId, b: usize, n: usize) -> Vec<PeerId> {
+        let k = Key::of_peer(me);
+        (1..200_000)
+            .map(id)
+            .filter(|p| k.bucket_of(&Key::of_peer(p)) == Some(b))
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn keys_and_distances() {
+        let a = Key::of_peer(&id(1));
+        assert_eq!(a.bucket_of(&a), None);
+        assert_eq!(a.distance(&a), [0; 32]);
+        let b = Key::of_peer(&id(2));
+        assert_eq!(a.distance(&b), b.distance(&a));
+        assert_eq!(Key::from_text(&a.to_text()), Some(a));
+        assert_eq!(Key::from_text("nope"), None);
+        assert_ne!(Key::of_service("chat"), Key::of_service("chats"));
+        assert_ne!(Key::of_service("x").0, Key::of_peer(&id(0)).0);
+    }
+
+    #[test]
+    fn a_full_bucket_keeps_its_working_hosts_and_replaces_failing_ones() {
+        let me = id(0);
+        let mut t = Table::new(&me);
+        let now = Instant::now();
+        let ids = in_bucket(&me, 1, K + 2);
+        assert_eq!(ids.len(), K + 2);
+        for (i, p) in ids[..K].iter().enumerate() {
+            assert!(t.observe(*p, addr(i as u32), false, now));
+        }
+        // Full of working hosts heard of: one heard of is turned away, one met gets in.
+        assert!(!t.observe(ids[K], addr(99), false, now));
+        assert!(!t.contains(&ids[K]));
+        assert!(t.observe(ids[K], addr(99), true, now));
+        assert!(t.contains(&ids[K]));
+        assert_eq!(t.len(), K);
+        // Full of hosts met: even one met is turned away.
+        for (i, p) in ids[..K].iter().enumerate() {
+            t.observe(*p, addr(i as u32), true, now);
+        }
+        let newcomer = in_bucket(&me, 1, K + 3)[K + 2];
+        assert!(!t.observe(newcomer, addr(97), true, now));
+        // One fails: the next newcomer takes its place.
+        t.failed(&ids[3]);
+        assert!(t.observe(ids[K + 1], addr(98), false, now));
+        assert!(!t.contains(&ids[3]));
+        assert_eq!(t.len(), K);
+        // Hearsay never moves a known host; the host itself does.
+        assert!(t.observe(ids[0], addr(500), false, now));
+        assert_eq!(t.get(&ids[0]).unwrap().addr, addr(0));
+        assert!(t.observe(ids[0], addr(501), true, now));
+        assert_eq!(t.get(&ids[0]).unwrap().addr, addr(501));
+        // Three failures in a row and a host is gone; an answer forgives.
+        t.failed(&ids[1]);
+        t.failed(&ids[1]);
+        t.answered(&ids[1]);
+        t.failed(&ids[1]);
+        assert!(t.contains(&ids[1]));
+        t.failed(&ids[1]);
+        t.failed(&ids[1]);
+        assert!(!t.contains(&ids[1]));
+        // Itself is never in its table.
+        assert!(!t.observe(me, addr(1), true, now));
+    }
+
+    #[test]
+    fn closest_sorts_by_distance_and_leaves_out_who_asks() {
+        let me = id(0);
+        let mut t = Table::new(&me);
+        let now = Instant::now();
+        for n in 1..300 {
+            t.observe(id(n), addr(n), false, now);
+        }
+        let target = Key::of_service("chat");
+        let got = t.closest(&target, K, Some(&id(5)));
+        assert_eq!(got.len(), K);
+        assert!(got.iter().all(|e| e.peer != id(5)));
+        for w in got.windows(2) {
+            assert!(w[0].key.distance(&target) < w[1].key.distance(&target));
+        }
+        // Nothing closer was left out.
+        let worst = got.last().unwrap().key.distance(&target);
+        let closer = (1..300)
+            .map(id)
+            .filter(|p| t.contains(p) && *p != id(5))
+            .filter(|p| Key::of_peer(p).distance(&target) < worst)
+            .count();
+        assert_eq!(closer, K - 1);
+    }
+
+    #[test]
+    fn records_are_bounded_refreshed_and_expire() {
+        let mut r = Records::default();
+        let now = Instant::now();
+        let key = Key::of_service("chat");
+        r.add(key, id(1), addr(1), now).unwrap();
+        r.add(key, id(1), addr(2), now + Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(r.len(), 1, "a refresh is not a second record");
+        assert_eq!(r.providers(&key, 10, 7, now)[0].addr, addr(2));
+        // One provider, many services: capped.
+        for n in 0..MAX_RECORDS_PER_PROVIDER as u32 + 5 {
+            let k = Key::of_service(&format!("s{n}"));
+            let res = r.add(k, id(2), addr(2), now);
+            assert_eq!(res.is_ok(), n < MAX_RECORDS_PER_PROVIDER as u32, "{n}");
+        }
+        // Many providers, one service: capped.
+        let hot = Key::of_service("hot");
+        for n in 0..MAX_PROVIDERS_PER_KEY as u32 + 5 {
+            let res = r.add(hot, id(1000 + n), addr(3), now);
+            assert_eq!(res.is_ok(), n < MAX_PROVIDERS_PER_KEY as u32, "{n}");
+        }
+        let total = 1 + MAX_RECORDS_PER_PROVIDER + MAX_PROVIDERS_PER_KEY;
+        assert_eq!(r.len(), total);
+        // An hour later, all but the refreshed one are gone.
+        r.expire(now + RECORD_TTL + Duration::from_secs(1));
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            r.providers(&key, 10, 0, now + RECORD_TTL + Duration::from_secs(1))
+                .len(),
+            1
+        );
+        r.expire(now + RECORD_TTL + Duration::from_secs(11));
+        assert!(r.is_empty());
+        assert!(r.providers(&hot, 10, 3, now).is_empty());
+    }
+}
