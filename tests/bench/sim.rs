@@ -2,7 +2,9 @@
 //! printed as the table in `docs/scaling.md`. `SIM_HOSTS=100,1000` picks the sizes,
 //! `SIM_MINUTES` the simulated time (default 6; `SIM_MINUTES_BIG` for sizes past 20 000,
 //! default 3), `SIM_CHURN` the share of hosts replaced per minute (default 0.02),
-//! `SIM_LOSS` the share of control messages lost (default 0.01).
+//! `SIM_LOSS` the share of control messages lost (default 0.01), `SIM_MAX_PEERS` the
+//! connections past which hosts dial no learned peers (default 64; `SIM_MAX_PEERS_BIG` for
+//! sizes past 20 000, default 16, so that 100 000 hosts fit in memory).
 
 use std::time::Duration;
 use wasmwire_tests::env_or;
@@ -18,12 +20,18 @@ fn main() {
     let minutes_big: u64 = env_or("SIM_MINUTES_BIG", 3);
     let churn: f64 = env_or("SIM_CHURN", 0.02);
     let loss: f64 = env_or("SIM_LOSS", 0.01);
+    let max_peers: usize = env_or("SIM_MAX_PEERS", 64);
+    let max_peers_big: usize = env_or("SIM_MAX_PEERS_BIG", 16);
     println!(
-        "| hosts | minutes | found in 30 s (1% / 10 hosts) | reach at end (1% / 10) | find time p50 / p99 / max | rounds p50 / p99 / max (bound) | lookup p50 / p99 | control msgs / host / min | connections mean / max | busiest host | busiest seed | table mean | records max | memory / host | wall |"
+        "| hosts | minutes | max peers | found in 30 s (1% / 10 hosts) | reach at end (1% / 10) | find time p50 / p99 / max | rounds p50 / p99 / max (bound) | lookup p50 / p99 | control msgs / host / min | connections mean / max | busiest host | busiest seed | table mean | records max | memory / host | wall |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for hosts in sizes {
-        let minutes = if hosts > 20_000 { minutes_big } else { minutes };
+        let (minutes, max_peers) = if hosts > 20_000 {
+            (minutes_big, max_peers_big)
+        } else {
+            (minutes, max_peers)
+        };
         let r = run(SimConfig {
             hosts,
             seeds: 3,
@@ -38,12 +46,13 @@ fn main() {
             sample_every: Duration::from_secs(30),
             seed: 7,
             max_connections: 1024,
+            max_peers,
         });
         let last = r.samples.last().cloned().expect("samples");
         let bound = ((hosts as f64).log2() / 20f64.log2()).ceil() as u32 + 2;
         let pct = |x: f64| format!("{:.1}%", x * 100.0);
         println!(
-            "| {hosts} | {minutes} | {} / {} | {} / {} | {:.2} / {:.2} / {:.1} s | {} / {} / {} ({bound}) | {:.2} / {:.2} s | {:.0} | {:.1} / {} | {} | {} | {:.0} | {} | {:.0} KiB | {:.1} s |",
+            "| {hosts} | {minutes} | {max_peers} | {} / {} | {} / {} | {:.2} / {:.2} / {:.1} s | {} / {} / {} ({bound}) | {:.2} / {:.2} s | {:.0} | {:.1} / {} | {} | {} | {:.0} | {} | {:.0} KiB | {:.1} s |",
             pct(r.found_in_30s[0]),
             pct(r.found_in_30s[1]),
             pct(r.reach_at_end[0]),

@@ -57,6 +57,9 @@ pub struct SimConfig {
     /// Connections a host holds at most (`BrokerLimits::max_connections`); a newcomer past
     /// that gets `full` with a sample of the host's peers.
     pub max_connections: usize,
+    /// Host connections past which learned peers are not dialled (`BrokerLimits::max_peers`,
+    /// 64 by default; fewer make each host, and the 100 000-host run, lighter).
+    pub max_peers: usize,
 }
 
 /// One sample of the network.
@@ -94,7 +97,7 @@ pub struct SimReport {
     /// Per service ([`SERVICE`], [`FEW`]): the share of hosts that found it through the
     /// DHT within 30 s of joining (of those that joined 30 s or more before the end).
     pub found_in_30s: [f64; 2],
-    /// Per service: the share of hosts whose lookup in the last minute found it.
+    /// Per service: the share of hosts whose lookup at the end (see `run`) found it.
     pub reach_at_end: [f64; 2],
     /// Seconds from joining to finding [`SERVICE`]: p50, p99, max.
     pub find_time: [f64; 3],
@@ -118,7 +121,8 @@ struct Host {
     addr: SocketAddr,
     /// Runs [`SERVICE`], [`FEW`].
     runs: [bool; 2],
-    timer: u64,
+    /// When its one queued wake-up is due.
+    wake: Option<Instant>,
     /// Connections open (the real host refuses past `max_connections`).
     open: usize,
     /// Its connections, as the network knows them.
@@ -126,9 +130,9 @@ struct Host {
     joined: Instant,
     /// When it first found each service through the DHT.
     found_at: [Option<Instant>; 2],
-    /// What its lookup of each service in the last minute said.
+    /// What its lookup of each service at the end said.
     found_at_end: [Option<bool>; 2],
-    /// Its lookups are the last minute's.
+    /// Its lookups are the last ones.
     final_probes: bool,
 }
 
@@ -153,7 +157,7 @@ enum Ev {
     },
     Timer {
         host: usize,
-        generation: u64,
+        at: Instant,
     },
     Join,
     Leave,
@@ -162,7 +166,7 @@ enum Ev {
         host: usize,
         id: PeerId,
     },
-    /// The last minute's lookups.
+    /// The last lookups.
     FinalProbe {
         host: usize,
         id: PeerId,
@@ -206,6 +210,8 @@ struct Net {
     seed_specs: Vec<PeerSpec>,
     /// Hosts there now.
     alive: u32,
+    /// Over how long the last lookups are spread.
+    final_window: Duration,
     /// Services ([`SERVICE`], [`FEW`]) hosts that left leave to the next ones to join.
     to_hand: [usize; 2],
     /// Rounds and seconds of the lookups that found a service.
@@ -269,6 +275,7 @@ impl Net {
                 peers,
                 limits: BrokerLimits {
                     max_connections: self.config.max_connections,
+                    max_peers: self.config.max_peers,
                     ..BrokerLimits::default()
                 },
                 seed: self.rng.next(),
@@ -280,7 +287,7 @@ impl Net {
             id,
             addr,
             runs: [provides, few],
-            timer: 0,
+            wake: None,
             open: 0,
             conns: Vec::new(),
             joined: self.now,
@@ -313,8 +320,6 @@ impl Net {
         while let Some(d) = host.broker.poll_lookup_done() {
             done.push(d);
         }
-        host.timer += 1;
-        let generation = host.timer;
         let timeout = host.broker.poll_timeout();
         self.sent += out.len() as u64;
         for (conn, message) in out {
@@ -403,14 +408,14 @@ impl Net {
             }
             return self.drain(h);
         }
-        if let Some(t) = timeout {
-            self.at(
-                t.max(now),
-                Ev::Timer {
-                    host: h,
-                    generation,
-                },
-            );
+        // One wake-up queued per host: a new one only when it is due sooner (a later
+        // one would be a stale event in the queue for every message a host handles).
+        if let Some(t) = timeout.map(|t| t.max(now))
+            && let Some(x) = self.hosts[h].as_mut()
+            && x.wake.is_none_or(|w| t < w)
+        {
+            x.wake = Some(t);
+            self.at(t, Ev::Timer { host: h, at: t });
         }
     }
 
@@ -518,10 +523,11 @@ impl Net {
                     self.drain(at);
                 }
             }
-            Ev::Timer { host, generation } => {
+            Ev::Timer { host, at } => {
                 if let Some(x) = self.hosts[host].as_mut()
-                    && x.timer == generation
+                    && x.wake == Some(at)
                 {
+                    x.wake = None;
                     x.broker.handle_timeout(now);
                     self.drain(host);
                 }
@@ -569,8 +575,9 @@ impl Net {
                     .skip(self.config.seeds)
                     .filter_map(|(i, h)| h.as_ref().map(|h| (i, h.id)))
                     .collect();
+                let window = self.final_window.as_millis().max(1) as usize;
                 for (host, id) in there {
-                    let offset = Duration::from_millis(self.rng.below(10_000) as u64);
+                    let offset = Duration::from_millis(self.rng.below(window) as u64);
                     self.at(now + offset, Ev::FinalProbe { host, id });
                 }
             }
@@ -750,6 +757,7 @@ pub fn run(config: SimConfig) -> SimReport {
         to_hand: [0; 2],
         lookups_found: Vec::new(),
         alive: 0,
+        final_window: Duration::ZERO,
         config: config.clone(),
     };
     // Seeds first, all at once: their ids and addresses are every other host's peers.
@@ -785,9 +793,15 @@ pub fn run(config: SimConfig) -> SimReport {
         net.at(t + Duration::from_millis(1), Ev::Join);
     }
     let end = start + config.duration;
-    // The last minute's lookups: every host there then, spread over 10 s, at least 30 s
-    // before the end so that each has time to finish.
-    let final_at = end.checked_sub(Duration::from_secs(45)).unwrap_or(start);
+    // The last lookups: every host there then, each at a random time over the last third
+    // of the run (two minutes at most), ending 45 s before the end so that each has time
+    // to finish. (All at once would be a flash crowd at the few hosts that run the rare
+    // service, which measures their connection cap rather than the DHT.)
+    let window = (config.duration / 3).min(Duration::from_secs(120));
+    let final_at = end
+        .checked_sub(Duration::from_secs(45) + window)
+        .unwrap_or(start);
+    net.final_window = window;
     net.at(final_at, Ev::FinalPhase);
     let mut samples = Vec::new();
     let mut next_sample = start + config.sample_every;

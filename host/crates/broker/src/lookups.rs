@@ -460,6 +460,26 @@ impl Broker {
             Goal::Service(s) | Goal::Probe(s) => Some(s.clone()),
             _ => None,
         };
+        // The connections it made only for its queries go now; a provider found stays
+        // for a request that waits for it, not for a probe (nothing waits: a provider
+        // that every host probes would otherwise hold a connection from each).
+        let keep = match &l.goal {
+            Goal::Service(s) => Some(s.as_str()),
+            _ => None,
+        };
+        let mut made: Vec<ConnId> = l
+            .candidates
+            .values()
+            .filter(|c| c.asked != Asked::Not)
+            .filter_map(|c| self.connection_to(&c.peer))
+            .collect();
+        if matches!(l.goal, Goal::Probe(_)) {
+            made.extend(l.tried.iter().filter_map(|p| self.connection_to(p)));
+        }
+        let keep = keep.map(str::to_string);
+        for conn in made {
+            self.release_if_done(conn, keep.as_deref());
+        }
         let mut stored = false;
         match l.goal {
             Goal::Peer(p) => {
@@ -504,6 +524,25 @@ impl Broker {
         // Only the latest few are kept for a driver that never reads them.
         while self.lookups_done.len() > 1024 {
             self.lookups_done.pop_front();
+        }
+    }
+
+    /// Releases `conn` if it was made only for queries, none is under way on it, and the
+    /// host has more connections than it dials for — unless its host runs `keep` (a
+    /// service just looked for). Done as soon as a lookup ends: the hosts closest to a
+    /// sought key would otherwise hold a connection from every host that looked it up in
+    /// the last exchange period.
+    pub(crate) fn release_if_done(&mut self, conn: ConnId, keep: Option<&str>) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let ConnState::Ready(a) = &c.state else {
+            return;
+        };
+        let runs = keep.is_some_and(|s| a.services.iter().any(|x| x == s));
+        let idle = c.transient && c.pending == 0 && c.incoming == 0;
+        if idle && !runs && self.hosts.len() > self.dial_limit() {
+            self.events.push_back(Event::Release { conn });
         }
     }
 

@@ -21,6 +21,9 @@ pub(crate) struct Learned {
     pub(crate) dialling: bool,
 }
 
+/// Connections a host asks for peers per exchange period, on average, however many it has.
+const EXCHANGES_PER_PERIOD: usize = 8;
+
 /// How long a host that answered `full` is not learned again.
 pub(crate) const FULL_BACKOFF: Duration = Duration::from_secs(120);
 
@@ -152,6 +155,16 @@ impl Broker {
                 || (transient && self.hosts.len() > self.dial_limit()))
         {
             self.events.push_back(Event::Release { conn });
+            return;
+        }
+        // Asking every connection every period would make a host's exchange traffic grow
+        // with its connections; past 8, each is asked with the chance that makes it 8 a
+        // period on average (the DHT, not exchange, finds the rest).
+        let n = self.hosts.len();
+        if !first
+            && n > EXCHANGES_PER_PERIOD
+            && self.next_random() % n as u64 >= EXCHANGES_PER_PERIOD as u64
+        {
             return;
         }
         let _ = self.send_request(

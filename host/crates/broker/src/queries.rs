@@ -58,7 +58,9 @@ impl Broker {
                     });
                 }
                 let providers = self.providers.get(class_of(&service));
-                for p in providers.into_iter().flat_map(|m| m.values()).take(32) {
+                // At most k in all: itself, then connected hosts, then records.
+                let room = dht::K - peers.len();
+                for p in providers.into_iter().flat_map(|m| m.values()).take(room) {
                     let addr = self.hosts.get(p).and_then(|(cid, _)| {
                         let c = self.conns.get(cid)?;
                         match &c.state {
@@ -76,7 +78,7 @@ impl Broker {
                 let key = dht::Key::of_service(class_of(&service));
                 let from = self.next_random() as usize;
                 for r in self.records.providers(&key, dht::K, from, now) {
-                    if peers.len() >= 2 * dht::K {
+                    if peers.len() >= dht::K {
                         break;
                     }
                     let peer = r.provider.to_string();

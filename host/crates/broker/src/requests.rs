@@ -136,6 +136,9 @@ impl Broker {
         if let Some(c) = self.conns.get_mut(&p.conn) {
             c.pending = c.pending.saturating_sub(1);
         }
+        if p.purpose == Purpose::Store {
+            self.release_if_done(p.conn, None);
+        }
         match (p.purpose, result) {
             (Purpose::Caller, result) => self.events.push_back(Event::Answered { token, result }),
             (Purpose::Exchange, Ok(Control::Peers { peers, .. })) => self.learn(p.conn, peers, now),
