@@ -4,7 +4,9 @@
 //! default 3), `SIM_CHURN` the share of hosts replaced per minute (default 0.02),
 //! `SIM_LOSS` the share of control messages lost (default 0.01), `SIM_MAX_PEERS` the
 //! connections past which hosts dial no learned peers (default 64; `SIM_MAX_PEERS_BIG` for
-//! sizes past 20 000, default 16, so that 100 000 hosts fit in memory).
+//! sizes past 20 000, default 16, so that 100 000 hosts fit in memory). Runs of 5 minutes
+//! or more split the network in two halves for a minute from a quarter of the way in
+//! (`SIM_PARTITION=0` leaves it whole) and measure how soon it heals.
 
 use std::time::Duration;
 use wasmwire_tests::env_or;
@@ -22,37 +24,39 @@ fn main() {
     let loss: f64 = env_or("SIM_LOSS", 0.01);
     let max_peers: usize = env_or("SIM_MAX_PEERS", 64);
     let max_peers_big: usize = env_or("SIM_MAX_PEERS_BIG", 16);
+    let partition: u8 = env_or("SIM_PARTITION", 1);
     println!(
-        "| hosts | minutes | max peers | found in 30 s (1% / 10 hosts) | reach at end (1% / 10) | find time p50 / p99 / max | rounds p50 / p99 / max (bound) | lookup p50 / p99 | control msgs / host / min | connections mean / max | busiest host | busiest seed | table mean | records max | memory / host | wall |"
+        "| hosts | minutes | max peers | found in 30 s (1% / 10 hosts) | reach at end (1% / 10) | find time p50 / p99 / max | rounds p50 / p99 / max (bound) | lookup p50 / p99 | control msgs / host / min | connections mean / max | busiest host | busiest seed | table mean | records max | healed in 60 s / slowest | memory / host | wall |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for hosts in sizes {
         let (minutes, max_peers) = if hosts > 20_000 {
             (minutes_big, max_peers_big)
         } else {
             (minutes, max_peers)
         };
+        let duration = Duration::from_secs(minutes * 60);
+        let split_at = (duration / 4).max(Duration::from_secs(90));
+        let pct = |x: f64| format!("{:.1}%", x * 100.0);
         let r = run(SimConfig {
             hosts,
-            seeds: 3,
-            service_share: 0.01,
-            few: 10,
             loss,
-            jitter: Duration::from_millis(10),
-            join_over: Duration::from_secs(60),
-            duration: Duration::from_secs(minutes * 60),
+            duration,
             churn_per_minute: churn,
-            latency: Duration::from_millis(20),
-            sample_every: Duration::from_secs(30),
-            seed: 7,
-            max_connections: 1024,
             max_peers,
+            partition: (partition > 0 && minutes >= 5)
+                .then_some((split_at, Duration::from_secs(60))),
+            ..SimConfig::default()
+        });
+        let healed = r.healed.map_or("–".to_string(), |(share, slowest)| {
+            format!("{} / {slowest:.1} s", pct(share))
         });
         let last = r.samples.last().cloned().expect("samples");
         let bound = ((hosts as f64).log2() / 20f64.log2()).ceil() as u32 + 2;
-        let pct = |x: f64| format!("{:.1}%", x * 100.0);
         println!(
-            "| {hosts} | {minutes} | {max_peers} | {} / {} | {} / {} | {:.2} / {:.2} / {:.1} s | {} / {} / {} ({bound}) | {:.2} / {:.2} s | {:.0} | {:.1} / {} | {} | {} | {:.0} | {} | {:.0} KiB | {:.1} s |",
+            "| {hosts} | {minutes} | {max_peers} | {} / {} | {} / {} | {:.2} / {:.2} / {:.1} s | {} / {} / {} ({bound}) | {:.2} / {:.2} s | {:.0} | {:.1} / {} | {} | {} | {:.0} | {} | {healed} | {:.0} KiB | {:.1} s |",
             pct(r.found_in_30s[0]),
             pct(r.found_in_30s[1]),
             pct(r.reach_at_end[0]),

@@ -2,48 +2,10 @@
 //! with `full` and a sample of its peers, and the newcomer joins through them; a host
 //! known but not connected is dialled when something asks for it by id.
 
-use std::net::SocketAddr;
 use std::time::Duration;
-use wasmwire::broker::{Ask, BrokerLimits, PeerSpec};
-use wasmwire::net::{Net, NetConfig};
-use wasmwire::wire::{Control, ErrorCode, PeerId, Role};
-use wasmwire_tests::{free_port, wait_until};
-
-/// A host with no services on a free loopback port, configured with `peers`.
-fn host(peers: &[SocketAddr], limits: BrokerLimits) -> Net {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    Net::start(
-        NetConfig {
-            role: Role::Host,
-            listen: Some(listen),
-            advertise: None,
-            identity: wasmwire::net::identity::Identity::generate().unwrap(),
-            allow: vec![],
-            peers: peers
-                .iter()
-                .map(|a| PeerSpec {
-                    addr: a.to_string(),
-                    expected: None,
-                })
-                .collect(),
-            transport: Default::default(),
-            limits,
-            alpn: wasmwire::wire::ALPN.to_vec(),
-            resolver: None,
-        },
-        None,
-    )
-    .unwrap()
-}
-
-async fn hosts_of(net: &Net) -> Vec<PeerId> {
-    net.connections()
-        .await
-        .into_iter()
-        .filter(|(_, _, r)| *r == Role::Host)
-        .map(|(_, p, _)| p)
-        .collect()
-}
+use wasmwire::broker::{Ask, BrokerLimits};
+use wasmwire::wire::{Control, ErrorCode, PeerId};
+use wasmwire_tests::{bare_host as host, dht_only, hosts_of, request_any, wait_linked, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newcomer_turned_away_by_a_full_host_joins_through_its_sample() {
@@ -93,11 +55,7 @@ async fn a_host_known_but_not_connected_is_dialled_when_asked_for() {
     let c = host(&[], BrokerLimits::default());
     let b = host(&[c.local_addr().unwrap()], BrokerLimits::default());
     // B knows C before A asks B for its peers (on hello; again only 30 s later).
-    wait_until(Duration::from_secs(20), "B connected to C", || {
-        let (b, c_id) = (b.clone(), c.id());
-        async move { hosts_of(&b).await.contains(&c_id).then_some(()) }
-    })
-    .await;
+    wait_linked(&b, c.id(), "B connected to C").await;
     // A dials learned peers up to one connection: it learns C from B and leaves it.
     let a = host(
         &[b.local_addr().unwrap()],
@@ -178,33 +136,15 @@ async fn a_bootstrap_peer_is_released_once_others_exist_and_dialled_again_when_a
     assert!(matches!(answer, Control::Pong { .. }), "{answer:?}");
 }
 
-/// Keeps no learned peers (so peer exchange tells it nothing) and dials none: only the DHT
-/// can tell this host where others are.
-fn dht_only() -> BrokerLimits {
-    BrokerLimits {
-        max_learned: 0,
-        max_peers: 1,
-        ..BrokerLimits::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_nobody_configured_is_reached_by_id_through_the_dht() {
     let c = host(&[], BrokerLimits::default());
     let b = host(&[c.local_addr().unwrap()], BrokerLimits::default());
     let c_id = c.id();
-    wait_until(Duration::from_secs(20), "B connected to C", || {
-        let b = b.clone();
-        async move { hosts_of(&b).await.contains(&c_id).then_some(()) }
-    })
-    .await;
+    wait_linked(&b, c_id, "B connected to C").await;
     let a = host(&[b.local_addr().unwrap()], dht_only());
     let b_id = b.id();
-    wait_until(Duration::from_secs(20), "A connected to B", || {
-        let a = a.clone();
-        async move { hosts_of(&a).await.contains(&b_id).then_some(()) }
-    })
-    .await;
+    wait_linked(&a, b_id, "A connected to B").await;
     assert!(a.peers().await.iter().all(|e| e.peer != c_id.to_string()));
     // `find-node` toward C's key at B finds C; A dials it and asks.
     let answer = a
@@ -217,8 +157,6 @@ async fn a_host_nobody_configured_is_reached_by_id_through_the_dht() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_is_found_through_the_dht_by_a_host_never_told_of_it() {
-    use wasmwire::runtime::directory::{Peers, RemoteRequest, RemoteTarget};
-    use wasmwire::wire::PeerSel;
     // B runs nothing; P runs `echo`, knows only B, and publishes its record there.
     let b = host(&[], BrokerLimits::default());
     let b_addr = b.local_addr().unwrap().to_string();
@@ -234,27 +172,78 @@ async fn a_service_is_found_through_the_dht_by_a_host_never_told_of_it() {
     let answer = wait_until(
         Duration::from_secs(30),
         "A's request to */echo is answered",
-        || {
-            let a = a.clone();
-            async move {
-                let request = RemoteRequest {
-                    target: RemoteTarget {
-                        peer: PeerSel::Any,
-                        allowed: None,
-                        service: "echo".into(),
-                    },
-                    event: "echo".into(),
-                    params: "\"found\"".into(),
-                    timeout: Duration::from_secs(10),
-                    chain: vec![],
-                    caller: "test".into(),
-                    session: None,
-                };
-                a.request(request).await.ok()
-            }
-        },
+        || request_any(&a, "echo", "echo", "\"found\""),
     )
     .await;
     assert_eq!(answer, "\"found\"");
     assert!(hosts_of(&a).await.contains(&p_id), "A dialled the provider");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hosts_join_through_one_bootstrap_peer_and_find_each_other_through_the_dht() {
+    // S is the only bootstrap peer anyone is configured with.
+    let s = host(&[], BrokerLimits::default());
+    let s_addr = s.local_addr().unwrap();
+    // C and D need two hosts besides S, exchange peers often (the default is 30 s), and
+    // dial no more once they hold two (so that neither dials A when it hears of it).
+    let two = BrokerLimits {
+        bootstrap_until: 2,
+        max_peers: 2,
+        exchange_every: Duration::from_millis(300),
+        ..BrokerLimits::default()
+    };
+    let c = host(&[s_addr], two.clone());
+    let d = host(&[s_addr], two);
+    let p = wasmwire_tests::start_peer(
+        &[s_addr.to_string()],
+        "",
+        "[[service]]\nname = \"echo\"\ncomponent = \"{service:echo}\"\nchannel = 2\nexpose = true\n",
+    )
+    .await;
+    let p_id = p.peer_id().unwrap();
+    let (s_id, c_id, d_id) = (s.id(), c.id(), d.id());
+    wait_until(
+        Duration::from_secs(30),
+        "C and D hold each other and P, and have let S go",
+        || {
+            let (c, d) = (c.clone(), d.clone());
+            async move {
+                let (hc, hd) = (hosts_of(&c).await, hosts_of(&d).await);
+                let holds = |h: &[PeerId], other: PeerId| {
+                    h.contains(&other) && h.contains(&p_id) && !h.contains(&s_id)
+                };
+                (holds(&hc, d_id) && holds(&hd, c_id)).then_some(())
+            }
+        },
+    )
+    .await;
+    // A joins last through S and learns nobody by exchange: it finds `echo` on P and
+    // reaches D by id through the DHT.
+    // (It exchanges often too, so that the connections its lookups make are let go soon.)
+    let a = host(
+        &[s_addr],
+        BrokerLimits {
+            exchange_every: Duration::from_millis(300),
+            ..dht_only()
+        },
+    );
+    wait_linked(&a, s_id, "A connected to S").await;
+    let answer = wait_until(Duration::from_secs(40), "A's */echo answered", || {
+        request_any(&a, "echo", "echo", "\"five\"")
+    })
+    .await;
+    assert_eq!(answer, "\"five\"");
+    // The lookup may have dialled D to ask it: that connection is let go, and D is then
+    // reached again by id from what the DHT told A (A learns nothing by exchange).
+    wait_until(Duration::from_secs(20), "A let D go", || {
+        let a = a.clone();
+        async move { (!hosts_of(&a).await.contains(&d_id)).then_some(()) }
+    })
+    .await;
+    assert_eq!(a.tables().await.learned, 0);
+    let pong = a
+        .ask_peer(d_id, Ask::Ping, Duration::from_secs(20))
+        .await
+        .expect("D found through the DHT and dialled");
+    assert!(matches!(pong, Control::Pong { .. }), "{pong:?}");
 }

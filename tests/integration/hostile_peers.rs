@@ -3,14 +3,21 @@
 //! keeps asking the same host for requests. Every attack must end its stream or connection
 //! with a reason (or be answered with an error), the host must not grow without bound, and
 //! the good client must be served throughout; the ratio of its request rate during each
-//! attack to its rate just before is printed.
+//! attack to its rate just before is printed. The DHT attacks (a Sybil flood of provider
+//! records, answers that point lookups at addresses where nothing answers, a host that
+//! claims to be closest to every key) must leave the learned tables bounded and lookups
+//! working.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmwire::broker::Ask;
 use wasmwire::wire::Control;
 use wasmwire_tests::client::{TestClient, WITHIN, client_of};
-use wasmwire_tests::hostile::{ATTACKS, attack_once, chatter};
-use wasmwire_tests::{addr_of, start_peer};
+use wasmwire_tests::hostile::{ATTACKS, Lie, attack_once, chatter, lying_host, record_flood};
+use wasmwire_tests::{
+    addr_of, bare_host, dht_only, hosts_of, request_any, start_peer, wait_linked, wait_until,
+};
 
 const HOST: &str = r#"
 [[service]]
@@ -178,4 +185,107 @@ async fn chatty_connections_cannot_starve_the_others_in_the_broker() {
     }
     good.close().await;
     b.shutdown().await;
+}
+
+/// Waits until a liar has answered a lookup query (it was asked beside the honest hosts;
+/// the lookup may have finished before its answer came).
+async fn asked(answers: &AtomicUsize, what: &str) {
+    wait_until(Duration::from_secs(10), what, || async move {
+        (answers.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+}
+
+/// A host that knows only `b`, and a host lying to it as `lie` says (advertising
+/// `listen`) connected to it: the host, the liar's count of answers, and the liar's task.
+async fn beside_a_liar(
+    b: std::net::SocketAddr,
+    lie: Lie,
+    listen: &'static str,
+) -> (
+    wasmwire::net::Net,
+    Arc<AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    let a = bare_host(&[b], dht_only());
+    let addr = a.local_addr().unwrap().to_string();
+    let answers = Arc::new(AtomicUsize::new(0));
+    let liar = tokio::spawn({
+        let answers = answers.clone();
+        async move {
+            let within = Duration::from_secs(120);
+            lying_host(&addr, listen, lie, within, &answers).await
+        }
+    });
+    wait_until(
+        Duration::from_secs(20),
+        "the host holds B and the liar",
+        || {
+            let a = a.clone();
+            async move { (hosts_of(&a).await.len() >= 2).then_some(()) }
+        },
+    )
+    .await;
+    (a, answers, liar)
+}
+
+/// Asks `*/echo` from `a` until answered (each try may run a lookup); panics after 60 s.
+async fn echo_through_the_dht(a: &wasmwire::net::Net, what: &str) {
+    let answer = wait_until(Duration::from_secs(60), what, || {
+        request_any(a, "echo", "echo", "\"found\"")
+    })
+    .await;
+    assert_eq!(answer, "\"found\"");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dht_attacks_leave_the_tables_bounded_and_lookups_working() {
+    use wasmwire::broker::BrokerLimits;
+    // B keeps records; P runs `echo`, knows only B, and publishes its record there.
+    let b = bare_host(&[], BrokerLimits::default());
+    let b_addr = b.local_addr().unwrap();
+    let p = start_peer(&[b_addr.to_string()], "", HOST).await;
+    let p_id = p.peer_id().unwrap();
+    wait_linked(&b, p_id, "P connected to B").await;
+    wait_until(Duration::from_secs(30), "B keeps P's record", || {
+        let b = b.clone();
+        async move { (b.tables().await.records >= 2).then_some(()) }
+    })
+    .await;
+
+    // 1. A Sybil flood: 220 fresh hosts store records for `echo` and 63 other names each.
+    let (stored, refused) = record_flood(&b_addr.to_string(), 220, "echo").await;
+    let t = b.tables().await;
+    eprintln!("record flood: {stored} stored, {refused} refused; B keeps {t:?}");
+    assert!(t.records <= 8192, "records bounded: {t:?}");
+    assert!(refused > 0, "past the caps, records are refused");
+    assert!(t.table <= 256 * 20, "{t:?}");
+    // A host that knows only B finds P among 64 records of `echo` and the flood's ids.
+    let a1 = bare_host(&[b_addr], dht_only());
+    echo_through_the_dht(&a1, "*/echo answered after the record flood").await;
+
+    // 2. A host whose answers point lookups at 20 hosts where nothing answers, named as
+    // providers too; A2 knows only B and the liar.
+    let (a2, lies, liar) = beside_a_liar(b_addr, Lie::Unreachable, "192.0.2.9:7400").await;
+    echo_through_the_dht(&a2, "*/echo answered beside a liar").await;
+    asked(&lies, "the liar answered A2's lookup").await;
+    let t2 = a2.tables().await;
+    assert!(t2.table <= 256 * 20 && t2.learned == 0, "{t2:?}");
+
+    // 3. A host that claims to be closest to every key (20 ids near each key asked, all
+    // at its own address, where nothing listens); A3 knows only B and the liar, and
+    // reaches P by id as well as by name.
+    let (a3, claims, closest) = beside_a_liar(b_addr, Lie::Closest, "127.0.0.1:9").await;
+    let pong = a3
+        .ask_peer(p_id, Ask::Ping, Duration::from_secs(30))
+        .await
+        .expect("P reached by id beside a liar");
+    assert!(matches!(pong, Control::Pong { .. }), "{pong:?}");
+    echo_through_the_dht(&a3, "*/echo answered beside a host closest to every key").await;
+    let t3 = a3.tables().await;
+    assert!(t3.table <= 256 * 20, "{t3:?}");
+    asked(&claims, "the liar answered A3's lookups").await;
+    liar.abort();
+    closest.abort();
+    eprintln!("tables after the lies: A2 {t2:?}, A3 {t3:?}");
 }

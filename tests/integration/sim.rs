@@ -15,19 +15,11 @@ fn a_small_network_finds_rare_services_through_the_dht() {
     let _alone = wasmwire_tests::ALONE.blocking_lock();
     let r = run(SimConfig {
         hosts: 150,
-        seeds: 3,
         service_share: 0.02,
         few: 2,
-        loss: 0.01,
-        jitter: Duration::from_millis(10),
-        join_over: Duration::from_secs(60),
         duration: Duration::from_secs(150),
-        churn_per_minute: 0.02,
-        latency: Duration::from_millis(20),
         sample_every: Duration::from_secs(5),
-        seed: 7,
-        max_connections: 1024,
-        max_peers: 64,
+        ..SimConfig::default()
     });
     let last = r.samples.last().expect("samples");
     eprintln!(
@@ -71,19 +63,14 @@ fn hosts_turned_away_by_full_seeds_join_through_the_sample() {
     let _alone = wasmwire_tests::ALONE.blocking_lock();
     let r = run(SimConfig {
         hosts: 60,
-        seeds: 3,
         service_share: 0.05,
         few: 3,
         loss: 0.0,
         jitter: Duration::ZERO,
-        join_over: Duration::from_secs(60),
         duration: Duration::from_secs(150),
-        churn_per_minute: 0.02,
-        latency: Duration::from_millis(20),
         sample_every: Duration::from_secs(5),
-        seed: 7,
         max_connections: 20,
-        max_peers: 64,
+        ..SimConfig::default()
     });
     let last = r.samples.last().expect("samples");
     eprintln!(
@@ -94,4 +81,30 @@ fn hosts_turned_away_by_full_seeds_join_through_the_sample() {
     assert_eq!(last.isolated, 0, "every host joined");
     assert!(last.conns.0 >= 10.0, "{:?}", last.conns);
     assert!(last.alive >= 54);
+}
+
+/// 200 hosts split in two halves for 40 s (the few hosts that run one service all on one
+/// side): when it heals, every host on the other side finds that service again within
+/// 60 s (and before the last lookups, from 155 s on).
+#[test]
+fn after_a_partition_heals_every_host_finds_the_other_side_within_a_minute() {
+    let _alone = wasmwire_tests::ALONE.blocking_lock();
+    let r = run(SimConfig {
+        hosts: 200,
+        few: 3,
+        duration: Duration::from_secs(300),
+        sample_every: Duration::from_secs(10),
+        partition: Some((Duration::from_secs(70), Duration::from_secs(40))),
+        ..SimConfig::default()
+    });
+    eprintln!(
+        "200 hosts, split 70-110 s: healed {:?}, found within 30 s {:?}, at the end {:?} ({:?} wall)",
+        r.healed, r.found_in_30s, r.reach_at_end, r.wall
+    );
+    let (share, slowest) = r.healed.expect("the partition healed 60 s before the end");
+    assert_eq!(
+        share, 1.0,
+        "found the other side within 60 s (slowest {slowest} s)"
+    );
+    assert_eq!(r.reach_at_end, [1.0, 1.0]);
 }

@@ -298,3 +298,160 @@ pub async fn chatter(addr: &str, frames: usize, within: Duration) -> (usize, boo
     endpoint.close(0u32.into(), b"");
     (answers(&got), open)
 }
+
+/// How a lying host answers the DHT queries a host sends it ([`lying_host`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lie {
+    /// Every `find-node` and `find-service` is answered with 20 hosts that do not exist
+    /// (fresh ids at addresses where nothing answers), named as providers too.
+    Unreachable,
+    /// Every answer names 20 fresh ids whose keys share 12 leading bits with whatever was
+    /// asked for (closer than any real host of a small network), all at this liar's own
+    /// address, where nothing listens: a peer claiming to be close to every key.
+    Closest,
+}
+
+/// Fresh ids, none of them a real host's: SplitMix64 from a seed.
+struct FakeIds(u64);
+
+impl FakeIds {
+    fn next(&mut self) -> wasmwire::wire::PeerId {
+        let mut bytes = [0u8; 32];
+        for chunk in bytes.chunks_mut(8) {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        wasmwire::wire::PeerId(bytes)
+    }
+
+    /// A fresh id whose key shares at least 12 leading bits with `target` (about 4 096
+    /// hashes).
+    fn near(&mut self, target: &wasmwire::broker::dht::Key) -> wasmwire::wire::PeerId {
+        use wasmwire::broker::dht::Key;
+        loop {
+            let id = self.next();
+            let d = Key::of_peer(&id).distance(target);
+            if d[0] == 0 && d[1] < 0x10 {
+                return id;
+            }
+        }
+    }
+}
+
+/// A host that lies in the DHT: dials `addr`, says hello as a host that listens at
+/// `listen` (nothing does), and answers every query the host sends it as `lie` says
+/// (`get-peers` with nothing, `ping` with `pong`) until `within` passes or the host
+/// closes the connection, counting the lookup queries it answered in `answered`.
+pub async fn lying_host(
+    addr: &str,
+    listen: &str,
+    lie: Lie,
+    within: Duration,
+    answered: &std::sync::atomic::AtomicUsize,
+) {
+    use wasmwire::broker::dht::Key;
+    let (endpoint, conn) = raw_connection(addr).await;
+    let (mut control, mut control_in) = conn.open_bi().await.unwrap();
+    let hello = json!({"type": "hello", "role": "host", "major": 1, "minor": 0,
+                       "features": ["peer-exchange", "find-service"], "listen": listen,
+                       "nonce": 7});
+    let _ = control.write_all(&frame_of(&hello)).await;
+    let mut ids = FakeIds(0x5eed ^ u64::from(std::process::id()));
+    let unreachable = ["192.0.2.1:7400", "127.0.0.1:9", "198.51.100.7:7400"];
+    let mut buf = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        while let Ok(Some(f)) = wire::split_frame(&mut buf, wire::MAX_CONTROL_FRAME) {
+            let Ok(asked) = control::decode_control(&f) else {
+                continue;
+            };
+            let target = match &asked {
+                Control::FindNode { target, .. } => Key::from_text(target),
+                Control::FindService { service, .. } => Some(Key::of_service(service)),
+                _ => None,
+            };
+            let fakes: Vec<serde_json::Value> = match (lie, target) {
+                (_, None) => Vec::new(),
+                (Lie::Unreachable, Some(_)) => (0..20)
+                    .map(|i| json!({"peer": ids.next().to_string(), "addr": unreachable[i % 3], "connected": true}))
+                    .collect(),
+                (Lie::Closest, Some(t)) => (0..20)
+                    .map(|_| json!({"peer": ids.near(&t).to_string(), "addr": listen, "connected": true}))
+                    .collect(),
+            };
+            let answer = match asked {
+                Control::FindNode { id, .. } => json!({"type": "nodes", "id": id, "peers": fakes}),
+                Control::FindService { id, service } => {
+                    let peers = if lie == Lie::Unreachable {
+                        fakes.clone()
+                    } else {
+                        vec![]
+                    };
+                    json!({"type": "found", "id": id, "service": service, "peers": peers, "closer": fakes})
+                }
+                Control::GetPeers { id } => json!({"type": "peers", "id": id, "peers": []}),
+                Control::Ping { id } => json!({"type": "pong", "id": id}),
+                _ => continue,
+            };
+            if target.is_some() {
+                answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if control.write_all(&frame_of(&answer)).await.is_err() {
+                return;
+            }
+        }
+        match tokio::time::timeout_at(deadline, control_in.read_chunk(64 << 10, true)).await {
+            Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk.bytes),
+            _ => break,
+        }
+    }
+    endpoint.close(0u32.into(), b"");
+}
+
+/// A flood of provider records from `identities` fresh hosts (a Sybil attack), each
+/// saying hello as a host at an address where nothing listens and sending `add-provider`
+/// for `service` and then for 63 other names. Returns how many the host stored and how
+/// many it refused (`busy`, `rate-limited`).
+pub async fn record_flood(addr: &str, identities: usize, service: &str) -> (usize, usize) {
+    let (mut stored, mut refused) = (0, 0);
+    for n in 0..identities {
+        let (endpoint, conn) = raw_connection(addr).await;
+        let Ok((mut control, mut control_in)) = conn.open_bi().await else {
+            continue;
+        };
+        let listen = format!("192.0.2.{}:{}", 1 + n % 250, 7400 + n / 250);
+        let mut out = frame_of(
+            &json!({"type": "hello", "role": "host", "major": 1, "minor": 0,
+                                       "features": ["peer-exchange", "find-service"],
+                                       "listen": listen, "nonce": n}),
+        );
+        for i in 0..64u64 {
+            let name = if i == 0 {
+                service.to_string()
+            } else {
+                format!("{service}-{i}")
+            };
+            out.extend_from_slice(&frame_of(
+                &json!({"type": "add-provider", "id": i + 1, "service": name}),
+            ));
+        }
+        let _ = control.write_all(&out).await;
+        let got = read_controls(&mut control_in, Duration::from_secs(5), |g| {
+            g.iter().filter(|c| c.is_answer()).count() >= 64
+        })
+        .await;
+        stored += got
+            .iter()
+            .filter(|c| matches!(c, Control::Stored { .. }))
+            .count();
+        refused += got
+            .iter()
+            .filter(|c| matches!(c, Control::Error { .. }))
+            .count();
+        endpoint.close(0u32.into(), b"");
+    }
+    (stored, refused)
+}

@@ -500,3 +500,87 @@ pub async fn ask(node: &Node, service: &str, event: &str, params: &str) -> serde
             .unwrap_or_else(|e| panic!("{service} {event} {params}: {e}")),
     )
 }
+
+/// A host (a bare [`Net`]: the broker and QUIC, no runtime) with no services on a free loopback port, configured with `peers`.
+pub fn bare_host(
+    peers: &[std::net::SocketAddr],
+    limits: wasmwire::broker::BrokerLimits,
+) -> wasmwire::net::Net {
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    wasmwire::net::Net::start(
+        wasmwire::net::NetConfig {
+            role: wasmwire::wire::Role::Host,
+            listen: Some(listen),
+            advertise: None,
+            identity: wasmwire::net::identity::Identity::generate().unwrap(),
+            allow: vec![],
+            peers: peers
+                .iter()
+                .map(|a| wasmwire::broker::PeerSpec {
+                    addr: a.to_string(),
+                    expected: None,
+                })
+                .collect(),
+            transport: Default::default(),
+            limits,
+            alpn: wasmwire::wire::ALPN.to_vec(),
+            resolver: None,
+        },
+        None,
+    )
+    .unwrap()
+}
+
+/// The hosts `net` has ready connections to.
+pub async fn hosts_of(net: &wasmwire::net::Net) -> Vec<wasmwire::wire::PeerId> {
+    net.connections()
+        .await
+        .into_iter()
+        .filter(|(_, _, r)| *r == wasmwire::wire::Role::Host)
+        .map(|(_, p, _)| p)
+        .collect()
+}
+
+/// Waits (up to 20 s) until `net` has a ready connection to the host `peer`.
+pub async fn wait_linked(net: &wasmwire::net::Net, peer: wasmwire::wire::PeerId, what: &str) {
+    wait_until(Duration::from_secs(20), what, || async move {
+        hosts_of(net).await.contains(&peer).then_some(())
+    })
+    .await;
+}
+
+/// Limits of a host that keeps no learned peers (so peer exchange tells it nothing) and
+/// dials none: only the DHT can tell it where others are.
+pub fn dht_only() -> wasmwire::broker::BrokerLimits {
+    wasmwire::broker::BrokerLimits {
+        max_learned: 0,
+        max_peers: 1,
+        ..Default::default()
+    }
+}
+
+/// Sends `event` with `params` to `service` on whichever host runs it (`*/service`) from
+/// `net`, as a service's request would go (a lookup runs if no connected host runs it);
+/// the answer, or `None` if it failed.
+pub async fn request_any(
+    net: &wasmwire::net::Net,
+    service: &str,
+    event: &str,
+    params: &str,
+) -> Option<String> {
+    use wasmwire::runtime::directory::{Peers, RemoteRequest, RemoteTarget};
+    let request = RemoteRequest {
+        target: RemoteTarget {
+            peer: wasmwire::wire::PeerSel::Any,
+            allowed: None,
+            service: service.into(),
+        },
+        event: event.into(),
+        params: params.into(),
+        timeout: Duration::from_secs(20),
+        chain: vec![],
+        caller: "test".into(),
+        session: None,
+    };
+    net.request(request).await.ok()
+}

@@ -58,8 +58,40 @@ pub struct SimConfig {
     /// that gets `full` with a sample of the host's peers.
     pub max_connections: usize,
     /// Host connections past which learned peers are not dialled (`BrokerLimits::max_peers`,
-    /// 64 by default; fewer make each host, and the 100 000-host run, lighter).
+    /// 64 by default; fewer make each host, and the 100 000-host run, lighter). Hosts keep
+    /// four times as many learned peers (`max_learned`) and shed connections others made
+    /// past twice as many (`high_water`).
     pub max_peers: usize,
+    /// A partition into two halves: when it starts and how long it lasts. Every host is
+    /// on one side (the [`FEW`] hosts all on the first); while it lasts nothing crosses
+    /// (messages are lost, dials time out, connections across close on their idle
+    /// timeout). When it heals, every host of the second side looks [`FEW`] up until it
+    /// finds it (`SimReport::healed`).
+    pub partition: Option<(Duration, Duration)>,
+}
+
+impl Default for SimConfig {
+    /// 1 000 hosts from 3 seeds over a minute, 1% run [`SERVICE`] and 10 run [`FEW`],
+    /// 20 ms ± 10 ms latency, 1% loss, 2% churn a minute, 6 minutes, no partition.
+    fn default() -> Self {
+        SimConfig {
+            hosts: 1000,
+            seeds: 3,
+            service_share: 0.01,
+            few: 10,
+            loss: 0.01,
+            jitter: Duration::from_millis(10),
+            join_over: Duration::from_secs(60),
+            duration: Duration::from_secs(360),
+            churn_per_minute: 0.02,
+            latency: Duration::from_millis(20),
+            sample_every: Duration::from_secs(30),
+            seed: 7,
+            max_connections: 1024,
+            max_peers: 64,
+            partition: None,
+        }
+    }
 }
 
 /// One sample of the network.
@@ -113,6 +145,10 @@ pub struct SimReport {
     pub providers: usize,
     /// Wall time the simulation took.
     pub wall: Duration,
+    /// After the partition healed (`SimConfig::partition`): the share of the second
+    /// side's hosts there then (and 60 s on) that found [`FEW`] within 60 s, and the
+    /// seconds the slowest took (`f64::INFINITY` if one never did).
+    pub healed: Option<(f64, f64)>,
 }
 
 struct Host {
@@ -132,8 +168,12 @@ struct Host {
     found_at: [Option<Instant>; 2],
     /// What its lookup of each service at the end said.
     found_at_end: [Option<bool>; 2],
-    /// Its lookups are the last ones.
-    final_probes: bool,
+    /// When its last lookups started (what they found is `found_at_end`).
+    final_from: Option<Instant>,
+    /// Its side of the partition (0 or 1).
+    side: u8,
+    /// The partition healed while it was there: when it found [`FEW`] again.
+    healed: Option<Option<Instant>>,
 }
 
 enum Ev {
@@ -173,6 +213,15 @@ enum Ev {
     },
     /// Schedules every host's last lookups.
     FinalPhase,
+    /// The network splits in two.
+    Split,
+    /// The two sides can reach each other again.
+    Heal,
+    /// Host `host` (on the second side) looks [`FEW`] up after the partition healed.
+    HealProbe {
+        host: usize,
+        id: PeerId,
+    },
 }
 
 /// SplitMix64: enough randomness for choices, with no dependency.
@@ -216,6 +265,10 @@ struct Net {
     to_hand: [usize; 2],
     /// Rounds and seconds of the lookups that found a service.
     lookups_found: Vec<(u32, f64)>,
+    /// Nothing crosses between the sides now.
+    split: bool,
+    /// When the partition healed.
+    healed_at: Option<Instant>,
 }
 
 impl Net {
@@ -259,6 +312,15 @@ impl Net {
         if few {
             services.push(FEW.to_string());
         }
+        // Seeds alternate sides; the few are on the first (so that the second side cannot
+        // find them while split); the rest at random.
+        let side = if is_seed {
+            (index % 2) as u8
+        } else if few {
+            0
+        } else {
+            (self.rng.next() % 2) as u8
+        };
         let peers = self
             .seed_specs
             .iter()
@@ -276,6 +338,9 @@ impl Net {
                 limits: BrokerLimits {
                     max_connections: self.config.max_connections,
                     max_peers: self.config.max_peers,
+                    high_water: self.config.max_peers * 2,
+                    // (256 at the default 64 peers; fewer peers, fewer kept to dial.)
+                    max_learned: self.config.max_peers * 4,
                     ..BrokerLimits::default()
                 },
                 seed: self.rng.next(),
@@ -293,7 +358,9 @@ impl Net {
             joined: self.now,
             found_at: [None; 2],
             found_at_end: [None; 2],
-            final_probes: false,
+            final_from: None,
+            side,
+            healed: None,
         }));
         self.by_addr.insert(addr, index);
         self.by_id.insert(id, index);
@@ -330,6 +397,9 @@ impl Net {
                     continue;
                 }
                 let to = if a == h { b } else { a };
+                if self.apart(a, b) {
+                    continue;
+                }
                 let at = now + latency + self.jitter();
                 self.at(at, Ev::Deliver { conn, to, message });
             }
@@ -352,7 +422,7 @@ impl Net {
                     match addr.and_then(|a| self.by_addr.get(&a).copied()) {
                         // A host at its cap refuses its own dials at once, as `net` does.
                         _ if full => self.at(now, Ev::DialFailed { dialer: h, to }),
-                        Some(target) if self.hosts[target].is_some() => {
+                        Some(target) if self.hosts[target].is_some() && !self.apart(h, target) => {
                             // A QUIC handshake: one round trip.
                             self.at(
                                 now + latency * 2,
@@ -419,6 +489,15 @@ impl Net {
         }
     }
 
+    /// Whether hosts `a` and `b` are on different sides of a partition in force.
+    fn apart(&self, a: usize, b: usize) -> bool {
+        self.split
+            && match (&self.hosts[a], &self.hosts[b]) {
+                (Some(x), Some(y)) => x.side != y.side,
+                _ => false,
+            }
+    }
+
     /// Closes `conn` on both sides (the other side hears of it after the latency).
     fn disconnect(&mut self, conn: ConnId) {
         let now = self.now;
@@ -450,10 +529,17 @@ impl Net {
         let Some(host) = self.hosts[h].as_mut() else {
             return;
         };
-        if host.final_probes {
+        // (Only the last lookups themselves count at the end: not one that started before.)
+        if host.final_from.is_some_and(|t| now - d.took >= t) {
             host.found_at_end[which] = Some(d.found);
         } else if d.found {
             host.found_at[which].get_or_insert(now);
+        }
+        if which == 1
+            && d.found
+            && let Some(healed @ None) = host.healed.as_mut()
+        {
+            *healed = Some(now);
         }
     }
 
@@ -461,13 +547,23 @@ impl Net {
         let now = self.now;
         match ev {
             Ev::Deliver { conn, to, message } => {
+                // Lost if the network split while it was on its way.
+                let from = self
+                    .conns
+                    .get(&conn)
+                    .map(|&(a, b)| if a == to { b } else { a });
+                if from.is_some_and(|f| self.apart(f, to)) {
+                    return;
+                }
                 if let Some(host) = self.hosts[to].as_mut() {
                     host.broker.handle_control(conn, message, now);
                     self.drain(to);
                 }
             }
             Ev::Connected { dialer, target, to } => {
-                let alive = self.hosts[dialer].is_some() && self.hosts[target].is_some();
+                let alive = self.hosts[dialer].is_some()
+                    && self.hosts[target].is_some()
+                    && !self.apart(dialer, target);
                 // A dialler that reached its cap while dialling gives the connection up.
                 let full = self.hosts[dialer]
                     .as_ref()
@@ -548,7 +644,7 @@ impl Net {
                 let Some(x) = self.hosts[host].as_mut().filter(|x| x.id == id) else {
                     return;
                 };
-                if x.final_probes {
+                if x.final_from.is_some() {
                     return;
                 }
                 let mut asked = false;
@@ -585,7 +681,7 @@ impl Net {
                 let Some(x) = self.hosts[host].as_mut().filter(|x| x.id == id) else {
                     return;
                 };
-                x.final_probes = true;
+                x.final_from = Some(now);
                 for (i, name) in [SERVICE, FEW].into_iter().enumerate() {
                     if x.runs[i] {
                         x.found_at_end[i] = Some(true);
@@ -594,6 +690,54 @@ impl Net {
                     }
                 }
                 self.drain(host);
+            }
+            Ev::Split => {
+                self.split = true;
+                // Connections across close on both sides after their idle timeout (5 s).
+                let mut across: Vec<(ConnId, usize, usize)> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, (a, b))| self.apart(*a, *b))
+                    .map(|(c, (a, b))| (*c, *a, *b))
+                    .collect();
+                // (In a fixed order: the run is deterministic for its seed.)
+                across.sort_unstable();
+                for (conn, a, b) in across {
+                    self.conns.remove(&conn);
+                    self.at(now + Duration::from_secs(5), Ev::Closed { conn, at: a });
+                    self.at(now + Duration::from_secs(5), Ev::Closed { conn, at: b });
+                }
+            }
+            Ev::Heal => {
+                self.split = false;
+                self.healed_at = Some(now);
+                let second: Vec<(usize, PeerId)> = self
+                    .hosts
+                    .iter()
+                    .enumerate()
+                    .skip(self.config.seeds)
+                    .filter_map(|(i, h)| h.as_ref().filter(|h| h.side == 1).map(|h| (i, h.id)))
+                    .collect();
+                // Spread over 5 s, as hosts would notice at different times (all at once
+                // would be a flash crowd at the few, which measures their connection cap).
+                for (host, id) in second {
+                    if let Some(x) = self.hosts[host].as_mut() {
+                        x.healed = Some(None);
+                    }
+                    let offset = Duration::from_millis(self.rng.below(5000) as u64);
+                    self.at(now + offset, Ev::HealProbe { host, id });
+                }
+            }
+            Ev::HealProbe { host, id } => {
+                let Some(x) = self.hosts[host].as_mut().filter(|x| x.id == id) else {
+                    return;
+                };
+                if x.healed != Some(None) {
+                    return;
+                }
+                x.broker.probe(FEW, now);
+                self.drain(host);
+                self.at(now + Duration::from_secs(10), Ev::HealProbe { host, id });
             }
             Ev::Leave => {
                 // A random non-seed host that is still there (most are: tries are few).
@@ -758,6 +902,8 @@ pub fn run(config: SimConfig) -> SimReport {
         lookups_found: Vec::new(),
         alive: 0,
         final_window: Duration::ZERO,
+        split: false,
+        healed_at: None,
         config: config.clone(),
     };
     // Seeds first, all at once: their ids and addresses are every other host's peers.
@@ -793,6 +939,10 @@ pub fn run(config: SimConfig) -> SimReport {
         net.at(t + Duration::from_millis(1), Ev::Join);
     }
     let end = start + config.duration;
+    if let Some((from, lasts)) = config.partition {
+        net.at(start + from, Ev::Split);
+        net.at(start + from + lasts, Ev::Heal);
+    }
     // The last lookups: every host there then, each at a random time over the last third
     // of the run (two minutes at most), ending 45 s before the end so that each has time
     // to finish. (All at once would be a flash crowd at the few hosts that run the rare
@@ -834,6 +984,15 @@ pub fn run(config: SimConfig) -> SimReport {
     let host_minutes = net.host_time.as_secs_f64() / 60.0;
     let alive: Vec<&Host> = net.hosts.iter().skip(config.seeds).flatten().collect();
     let share = |hits: usize, of: usize| hits as f64 / of.max(1) as f64;
+    // A host that joined while the network was split (or just before) cannot find what
+    // runs only on the other side until it heals: `healed` measures that, and the figures
+    // of finding after joining leave it out.
+    let cut_off = |h: &Host| {
+        config.partition.is_some_and(|(from, lasts)| {
+            let joined = h.joined - start;
+            joined + Duration::from_secs(30) >= from && joined <= from + lasts
+        })
+    };
     let mut found_in_30s = [0.0; 2];
     let mut reach_at_end = [0.0; 2];
     for (i, (f30, end_share)) in found_in_30s
@@ -844,6 +1003,7 @@ pub fn run(config: SimConfig) -> SimReport {
         let old: Vec<&&Host> = alive
             .iter()
             .filter(|h| end.saturating_duration_since(h.joined) >= Duration::from_secs(30))
+            .filter(|h| !cut_off(h))
             .collect();
         let in_time = old
             .iter()
@@ -855,6 +1015,7 @@ pub fn run(config: SimConfig) -> SimReport {
     }
     let mut times: Vec<f64> = alive
         .iter()
+        .filter(|h| !cut_off(h))
         .filter_map(|h| h.found_at[0].map(|t| (t - h.joined).as_secs_f64()))
         .collect();
     times.sort_by(f64::total_cmp);
@@ -863,6 +1024,19 @@ pub fn run(config: SimConfig) -> SimReport {
     let mut took: Vec<f64> = net.lookups_found.iter().map(|(_, t)| *t).collect();
     took.sort_by(f64::total_cmp);
     let memory_per_host_kib = resident_kib() / net.hosts.len().max(1) as f64;
+    let healed = net
+        .healed_at
+        .filter(|at| end.saturating_duration_since(*at) >= Duration::from_secs(60))
+        .map(|at| {
+            let took: Vec<f64> = alive
+                .iter()
+                .filter_map(|h| h.healed)
+                .map(|t| t.map_or(f64::INFINITY, |t| (t - at).as_secs_f64()))
+                .collect();
+            let in_time = took.iter().filter(|t| **t <= 60.0).count();
+            let slowest = took.iter().copied().fold(0.0, f64::max);
+            (share(in_time, took.len()), slowest)
+        });
     SimReport {
         samples,
         full_reach_after,
@@ -883,5 +1057,6 @@ pub fn run(config: SimConfig) -> SimReport {
         messages_per_host_minute: net.sent as f64 / host_minutes.max(1e-9),
         providers: alive.iter().filter(|h| h.runs[0]).count(),
         wall: wall.elapsed(),
+        healed,
     }
 }

@@ -22,6 +22,11 @@ pub struct BrokerLimits {
     /// Connections to hosts other than the configured ones at which configured peers stop
     /// being dialled: they are bootstrap peers, dialled again when the host falls below.
     pub bootstrap_until: usize,
+    /// Host connections past which the idle ones other hosts made to this one are closed,
+    /// each at its next exchange after a first period of use: how many hosts a popular
+    /// host (a seed, a provider) keeps does not grow with the network (they dial again
+    /// when they need it).
+    pub high_water: usize,
     /// Dials of learned peers under way at once.
     pub max_dials: usize,
     /// Peers in one `peers` answer to a host.
@@ -49,6 +54,7 @@ impl Default for BrokerLimits {
             max_learned: 256,
             max_peers: 64,
             bootstrap_until: 8,
+            high_water: 128,
             max_dials: 4,
             peers_per_answer: 32,
             exchange_every: Duration::from_secs(30),

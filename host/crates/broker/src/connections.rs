@@ -27,6 +27,9 @@ pub(crate) struct Conn {
     /// It was dialled for a lookup's query: released when idle and the host has more
     /// connections than it dials for.
     pub(crate) transient: bool,
+    /// Released (`Event::Release`) as this host's connection to its peer, and not closed
+    /// yet: counted in `Broker::released`.
+    pub(crate) released: bool,
 }
 
 #[derive(Debug)]
@@ -150,6 +153,7 @@ impl Broker {
                 host: false,
                 bootstrap: false,
                 transient,
+                released: false,
             },
         );
         let hello = Hello {
@@ -249,6 +253,9 @@ impl Broker {
                 }
             }
         }
+        trim(&mut self.conns);
+        trim(&mut self.hosts);
+        trim(&mut self.live);
     }
 
     /// Closes a connection (the driver gets `Event::Close`).
@@ -287,6 +294,10 @@ impl Broker {
         if c.bootstrap {
             c.bootstrap = false;
             self.bootstrap_ready -= 1;
+        }
+        if c.released {
+            c.released = false;
+            self.released -= 1;
         }
         if self.hosts.get(&peer).is_some_and(|(k, _)| *k == conn)
             && let Some((_, pos)) = self.hosts.remove(&peer)

@@ -101,7 +101,9 @@ pub struct Entry {
 pub struct Table {
     me: Key,
     buckets: Vec<Vec<Entry>>,
-    by_peer: HashMap<PeerId, usize>,
+    /// Hosts in all buckets. (No index by id: a host's bucket follows from its key, and
+    /// an index would double what a host of a large network spends on its table.)
+    len: usize,
 }
 
 impl Table {
@@ -109,8 +111,10 @@ impl Table {
     pub fn new(me: &PeerId) -> Table {
         Table {
             me: Key::of_peer(me),
-            buckets: (0..256).map(|_| Vec::new()).collect(),
-            by_peer: HashMap::new(),
+            // Grown to the deepest bucket used (about log₂ N of the 256): a host of a
+            // network of 100 000 keeps a few dozen, not 256 empty ones.
+            buckets: Vec::new(),
+            len: 0,
         }
     }
 
@@ -121,23 +125,30 @@ impl Table {
 
     /// Hosts in the table.
     pub fn len(&self) -> usize {
-        self.by_peer.len()
+        self.len
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.by_peer.is_empty()
+        self.len == 0
     }
 
     /// Whether `peer` is in the table.
     pub fn contains(&self, peer: &PeerId) -> bool {
-        self.by_peer.contains_key(peer)
+        self.get(peer).is_some()
     }
 
     /// The entry of `peer`, if it is in the table.
     pub fn get(&self, peer: &PeerId) -> Option<&Entry> {
-        let b = *self.by_peer.get(peer)?;
-        self.buckets[b].iter().find(|e| e.peer == *peer)
+        let (b, i) = self.position(peer)?;
+        Some(&self.buckets[b][i])
+    }
+
+    /// Where `peer` is: its bucket and its place in it.
+    fn position(&self, peer: &PeerId) -> Option<(usize, usize)> {
+        let b = self.me.bucket_of(&Key::of_peer(peer))?;
+        let i = self.buckets.get(b)?.iter().position(|e| e.peer == *peer)?;
+        Some((b, i))
     }
 
     /// Heard of `peer` at `addr`. `live`: it is connected and said so itself (its address
@@ -148,6 +159,9 @@ impl Table {
         let Some(b) = self.me.bucket_of(&key) else {
             return false;
         };
+        if self.buckets.len() <= b {
+            self.buckets.resize_with(b + 1, Vec::new);
+        }
         let bucket = &mut self.buckets[b];
         if let Some(e) = bucket.iter_mut().find(|e| e.peer == peer) {
             if live {
@@ -175,40 +189,39 @@ impl Table {
                 .max_by_key(|i| bucket[*i].first_seen)
         };
         if bucket.len() < K {
+            // Grown by doubling up to K exactly (not past it: a host of a large network
+            // keeps dozens of full buckets).
+            if bucket.len() == bucket.capacity() {
+                bucket.reserve_exact(bucket.len().max(4).min(K - bucket.len()));
+            }
             bucket.push(entry);
+            self.len += 1;
         } else if let Some(out) = failing.or_else(|| if live { hearsay() } else { None }) {
             // A newcomer never pushes out a working host met.
-            self.by_peer.remove(&bucket[out].peer);
             bucket[out] = entry;
         } else {
             return false;
         }
-        self.by_peer.insert(peer, b);
         true
     }
 
     /// A dial or a query to `peer` failed: three in a row and it is dropped.
     pub fn failed(&mut self, peer: &PeerId) {
-        let Some(&b) = self.by_peer.get(peer) else {
+        let Some((b, i)) = self.position(peer) else {
             return;
         };
         let bucket = &mut self.buckets[b];
-        if let Some(i) = bucket.iter().position(|e| e.peer == *peer) {
-            bucket[i].failures += 1;
-            if bucket[i].failures >= 3 {
-                bucket.remove(i);
-                self.by_peer.remove(peer);
-            }
+        bucket[i].failures += 1;
+        if bucket[i].failures >= 3 {
+            bucket.remove(i);
+            self.len -= 1;
         }
     }
 
     /// `peer` answered: its failures are forgiven.
     pub fn answered(&mut self, peer: &PeerId) {
-        let Some(&b) = self.by_peer.get(peer) else {
-            return;
-        };
-        if let Some(e) = self.buckets[b].iter_mut().find(|e| e.peer == *peer) {
-            e.failures = 0;
+        if let Some((b, i)) = self.position(peer) {
+            self.buckets[b][i].failures = 0;
         }
     }
 
@@ -315,20 +328,36 @@ impl Records {
         Ok(())
     }
 
-    /// The live providers of `key`, at most `n`, starting at a place `from` picks (a
-    /// random one spreads the answers over all the providers kept, so that the first few
-    /// to store cannot be the only ones ever named).
+    /// The live providers of `key`, at most `n`: the oldest `n / 2` (records are kept in
+    /// the order they were first stored) taken in turn with as many of the others, both
+    /// from places `from` picks. The oldest are always named however many newcomers store
+    /// records after them (a flood of fresh ids cannot crowd a long-lived provider out of
+    /// the answers), the rest spreads the answers over every provider kept, and the
+    /// rotation spreads the first dials over the oldest.
     pub fn providers(&self, key: &Key, n: usize, from: usize, now: Instant) -> Vec<&Record> {
         let Some(list) = self.by_key.get(key) else {
             return Vec::new();
         };
-        let start = from % list.len().max(1);
-        list[start..]
-            .iter()
-            .chain(&list[..start])
-            .filter(|r| r.expires > now)
-            .take(n)
-            .collect()
+        let live = |r: &&Record| r.expires > now;
+        let (old, rest) = list.split_at((n / 2).min(list.len()));
+        fn rotated(part: &[Record], from: usize) -> impl Iterator<Item = &Record> {
+            let (a, b) = part.split_at(from % part.len().max(1));
+            b.iter().chain(a)
+        }
+        let mut old = rotated(old, from).filter(live);
+        let mut rest = rotated(rest, from).filter(live);
+        let mut named = Vec::with_capacity(n.min(list.len()));
+        while named.len() < n {
+            let (a, b) = (old.next(), rest.next());
+            if a.is_none() && b.is_none() {
+                break;
+            }
+            named.extend(a);
+            if named.len() < n {
+                named.extend(b);
+            }
+        }
+        named
     }
 
     /// Records kept now.
@@ -512,5 +541,35 @@ mod tests {
         r.expire(now + RECORD_TTL + Duration::from_secs(11));
         assert!(r.is_empty());
         assert!(r.providers(&hot, 10, 3, now).is_empty());
+    }
+
+    #[test]
+    fn answers_name_the_oldest_providers_however_many_came_after() {
+        let mut r = Records::default();
+        let now = Instant::now();
+        let key = Key::of_service("chat");
+        // Two long-lived providers, then 60 fresh ids (a Sybil flood) store records.
+        for n in 0..62u32 {
+            r.add(
+                key,
+                id(n),
+                addr(n),
+                now + Duration::from_millis(u64::from(n)),
+            )
+            .unwrap();
+        }
+        let mut rest = std::collections::HashSet::new();
+        for from in 0..200 {
+            let named: Vec<PeerId> = r
+                .providers(&key, K, from, now)
+                .iter()
+                .map(|x| x.provider)
+                .collect();
+            assert_eq!(named.len(), K);
+            assert!(named.contains(&id(0)) && named.contains(&id(1)), "{from}");
+            rest.extend(named);
+        }
+        // The random half spreads the answers over every provider kept.
+        assert_eq!(rest.len(), 62);
     }
 }

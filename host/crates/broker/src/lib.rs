@@ -199,9 +199,10 @@ pub enum Event {
     },
     /// Dial a peer; report the outcome with `handle_connected` or `handle_dial_failed`.
     Dial(DialTo),
-    /// A bootstrap (configured) peer is no longer needed: this host has enough others.
-    /// Close the connection if no session uses it (report it with `handle_closed`); it is
-    /// dialled again when the host falls below its bootstrap threshold, or on demand.
+    /// A connection is no longer needed: a bootstrap (configured) peer's once this host has
+    /// enough others, one made for a lookup's query, or one another host made once this
+    /// host holds more than its high-water mark. Close it if no session uses it (report it
+    /// with `handle_closed`); the peer is dialled again when needed.
     Release {
         /// The connection.
         conn: ConnId,
@@ -261,6 +262,9 @@ pub struct Broker {
     publish_from: usize,
     next_token: u64,
     opened: u64,
+    /// Host connections released (`Event::Release`) and not closed yet: no longer
+    /// counted as held, so that releases decided together do not overshoot.
+    released: usize,
     transmits: VecDeque<(ConnId, Control)>,
     events: VecDeque<Event>,
     rng: u64,
@@ -324,6 +328,7 @@ impl Broker {
             publish_from: 0,
             next_token: 1,
             opened: 0,
+            released: 0,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             rng,
@@ -458,13 +463,23 @@ impl Broker {
     /// The next control message to write.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<(ConnId, Control)> {
-        self.transmits.pop_front()
+        let next = self.transmits.pop_front();
+        if next.is_none() && self.transmits.capacity() > 4 * DRAINED_ROOM {
+            // A big burst is over: its room goes back (see `trim`). (Smaller ones keep
+            // theirs, so that the usual bursts do not reallocate each time.)
+            self.transmits.shrink_to(DRAINED_ROOM);
+        }
+        next
     }
 
     /// The next thing to act on.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let next = self.events.pop_front();
+        if next.is_none() && self.events.capacity() > 4 * DRAINED_ROOM {
+            self.events.shrink_to(DRAINED_ROOM);
+        }
+        next
     }
 
     /// When `handle_timeout` must be called next.
@@ -499,4 +514,17 @@ fn cut(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// Room a drained output queue keeps.
+const DRAINED_ROOM: usize = 8;
+
+/// Gives back the room a map grew to at a peak once it holds under a quarter of that: a
+/// host that once held many connections (a seed while the network forms, a host under a
+/// flash crowd) does not keep their room for good. Amortised: a shrink halves the room at
+/// least, and only after as many removals.
+fn trim<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
 }

@@ -52,6 +52,8 @@ struct Candidate {
     asked: Asked,
     /// Providers it named in its answer.
     named: usize,
+    /// Who named it (`None`: this host's own table).
+    via: Option<PeerId>,
 }
 
 /// One running lookup.
@@ -63,8 +65,8 @@ pub(crate) struct Lookup {
     in_flight: usize,
     /// Providers heard of (a service lookup), not yet believed: one counts when this host
     /// connects to it and its hello lists the service (a host that lies about providers
-    /// gains nothing).
-    found: Vec<(PeerId, SocketAddr)>,
+    /// gains nothing), each with who named it.
+    found: Vec<(PeerId, SocketAddr, PeerId)>,
     /// Providers dialled to check them, and those checked.
     trying: Vec<PeerId>,
     tried: HashSet<PeerId>,
@@ -161,6 +163,7 @@ impl Broker {
                     round: 1,
                     asked: Asked::Not,
                     named: 0,
+                    via: None,
                 },
             );
         }
@@ -205,19 +208,28 @@ impl Broker {
             .filter(|c| c.asked != Asked::Failed)
             .take(K)
             .all(|c| c.asked == Asked::Answered);
-        let untried: Vec<(PeerId, SocketAddr)> = l
+        // Providers from whoever has the fewest being checked go first: a host that names
+        // many that do not answer delays only its own (each dial takes its time-out).
+        let checking_via = |v: &PeerId| {
+            l.trying
+                .iter()
+                .filter(|p| l.found.iter().any(|f| f.0 == **p && f.2 == *v))
+                .count()
+        };
+        let mut untried: Vec<(PeerId, SocketAddr, PeerId)> = l
             .found
             .iter()
-            .filter(|(p, _)| !l.tried.contains(p))
+            .filter(|(p, _, _)| !l.tried.contains(p))
             .copied()
             .collect();
+        untried.sort_by_key(|f| checking_via(&f.2));
         let checking = !l.trying.is_empty() || !untried.is_empty();
         if found || now >= l.deadline || (settled && l.in_flight == 0 && !checking) {
             return self.finish_lookup(id, found, now);
         }
         // Providers heard of are dialled, two at a time, to check them.
         let room = 2usize.saturating_sub(l.trying.len());
-        for (peer, addr) in untried.into_iter().take(room) {
+        for (peer, addr, _) in untried.into_iter().take(room) {
             let skip = self.has_conn(&peer) || !self.config.allow.permits(&peer);
             let Some(l) = self.lookups.get_mut(&id) else {
                 return;
@@ -237,19 +249,32 @@ impl Broker {
             return;
         };
         let checking = !l.trying.is_empty();
-        let mut next = Vec::new();
+        let mut next: Vec<(PeerId, SocketAddr, u32, Option<PeerId>)> = Vec::new();
         let mut in_flight = l.in_flight;
-        for c in l
-            .candidates
-            .values()
-            .filter(|c| c.asked != Asked::Failed)
-            .take(K)
-        {
-            if in_flight >= ALPHA {
-                break;
-            }
-            if c.asked == Asked::Not {
-                next.push((c.peer, c.addr, c.round));
+        // At most α − 1 queries in flight to hosts one answerer named while hosts others
+        // named (or this host's table holds) are left to ask among the k closest: one
+        // that answers with hosts that never answer a dial (each costs a handshake
+        // time-out) holds up part of a lookup, not all of it. Then, if slots are left,
+        // the closest whoever named them.
+        let live = || l.candidates.values().filter(|c| c.asked != Asked::Failed);
+        let load = |v: &PeerId, next: &[(PeerId, SocketAddr, u32, Option<PeerId>)]| {
+            let waiting = live()
+                .filter(|c| c.asked == Asked::Waiting && c.via.as_ref() == Some(v))
+                .count();
+            waiting + next.iter().filter(|n| n.3.as_ref() == Some(v)).count()
+        };
+        for capped in [true, false] {
+            for c in live().take(K) {
+                if in_flight >= ALPHA {
+                    break;
+                }
+                if c.asked != Asked::Not || next.iter().any(|n| n.0 == c.peer) {
+                    continue;
+                }
+                if capped && c.via.is_some_and(|v| load(&v, &next) >= ALPHA - 1) {
+                    continue;
+                }
+                next.push((c.peer, c.addr, c.round, c.via));
                 in_flight += 1;
             }
         }
@@ -263,7 +288,7 @@ impl Broker {
         // All marked asked before any is sent: a query that fails at once advances the
         // lookup, which must not pick these again.
         if let Some(l) = self.lookups.get_mut(&id) {
-            for (peer, _, round) in &next {
+            for (peer, _, round, _) in &next {
                 l.in_flight += 1;
                 l.rounds = l.rounds.max(*round);
                 if let Some(c) = l.candidates.values_mut().find(|c| c.peer == *peer) {
@@ -271,7 +296,7 @@ impl Broker {
                 }
             }
         }
-        for (peer, addr, _) in next {
+        for (peer, addr, _, _) in next {
             self.ask_host(peer, addr, ask.clone(), Purpose::Lookup(id, peer), now);
         }
     }
@@ -421,7 +446,7 @@ impl Broker {
                 && l.found.len() < 64
                 && !l.found.iter().any(|f| f.0 == peer)
             {
-                l.found.push((peer, addr));
+                l.found.push((peer, addr, from));
             }
             let d = Key::of_peer(&peer).distance(&l.target);
             l.candidates.entry(d).or_insert(Candidate {
@@ -430,10 +455,26 @@ impl Broker {
                 round,
                 asked: Asked::Not,
                 named: 0,
+                via: Some(from),
             });
         }
+        // Past the bound, hosts that failed go first (farthest first), then the farthest:
+        // hosts a liar named that failed must not push out live ones still to ask.
         while l.candidates.len() > MAX_CANDIDATES {
-            l.candidates.pop_last();
+            let failed = l
+                .candidates
+                .iter()
+                .rev()
+                .find(|(_, c)| c.asked == Asked::Failed)
+                .map(|(d, _)| *d);
+            match failed {
+                Some(d) => {
+                    l.candidates.remove(&d);
+                }
+                None => {
+                    l.candidates.pop_last();
+                }
+            }
         }
         self.advance(id, now);
     }
@@ -541,8 +582,8 @@ impl Broker {
         };
         let runs = keep.is_some_and(|s| a.services.iter().any(|x| x == s));
         let idle = c.transient && c.pending == 0 && c.incoming == 0;
-        if idle && !runs && self.hosts.len() > self.dial_limit() {
-            self.events.push_back(Event::Release { conn });
+        if idle && !runs && self.held() > self.dial_limit() {
+            self.release(conn);
         }
     }
 

@@ -61,6 +61,26 @@ impl Broker {
         self.hosts.len()
     }
 
+    /// Ready connections to hosts, those released and not closed yet apart.
+    pub(crate) fn held(&self) -> usize {
+        self.hosts.len() - self.released
+    }
+
+    /// Lets `conn` go: the driver closes it unless sessions use it.
+    pub(crate) fn release(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.released {
+            return;
+        }
+        if self.hosts.get(&c.peer).is_some_and(|(k, _)| *k == conn) {
+            c.released = true;
+            self.released += 1;
+        }
+        self.events.push_back(Event::Release { conn });
+    }
+
     /// Connected hosts, then learned ones, as `peers` lists them.
     pub fn peer_list(
         &self,
@@ -138,6 +158,9 @@ impl Broker {
         if let Some(at) = c.next_exchange.take() {
             self.timers.remove(&(at, Timer::Exchange(conn)));
         }
+        // Released a period ago and still open: the driver keeps it for its sessions.
+        let kept = std::mem::take(&mut c.released);
+        self.released -= usize::from(kept);
         c.next_exchange = Some(now + every);
         self.timers.insert((now + every, Timer::Exchange(conn)));
         if first && c.transient {
@@ -146,21 +169,25 @@ impl Broker {
         }
         // A bootstrap peer with nothing under way is let go once enough other hosts carry
         // this one, and so is a connection made for a query once the host has more than
-        // it dials for (the driver keeps either if sessions use it; the next exchange asks
-        // again). Never on hello: a connection just made gets a period of use.
+        // it dials for, and one another host made to this one once this one holds more
+        // than its high-water mark (the driver keeps any of them if sessions use it; the
+        // next exchange asks again). Never on hello: a connection just made gets a period
+        // of use.
         let idle = !first && c.pending == 0 && c.incoming == 0;
         let (bootstrap, transient) = (c.bootstrap, c.transient);
+        let inbound = c.host && !c.dialled && !bootstrap;
+        let n = self.held();
         if idle
             && ((bootstrap && self.bootstrapped())
-                || (transient && self.hosts.len() > self.dial_limit()))
+                || (transient && n > self.dial_limit())
+                || (inbound && n > self.config.limits.high_water))
         {
-            self.events.push_back(Event::Release { conn });
+            self.release(conn);
             return;
         }
         // Asking every connection every period would make a host's exchange traffic grow
         // with its connections; past 8, each is asked with the chance that makes it 8 a
         // period on average (the DHT, not exchange, finds the rest).
-        let n = self.hosts.len();
         if !first
             && n > EXCHANGES_PER_PERIOD
             && self.next_random() % n as u64 >= EXCHANGES_PER_PERIOD as u64

@@ -133,6 +133,7 @@ impl Broker {
             return;
         };
         self.deadlines.remove(&(p.deadline, token));
+        trim(&mut self.pending);
         if let Some(c) = self.conns.get_mut(&p.conn) {
             c.pending = c.pending.saturating_sub(1);
         }

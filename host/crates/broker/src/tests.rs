@@ -27,14 +27,30 @@ struct Sim {
     mute: Vec<usize>,
     /// Nodes that answer every DHT query with hosts nobody can reach (see `lie`).
     liars: Vec<usize>,
+    /// A dial to an address nobody listens at fails after this long (the driver's
+    /// handshake time-out) rather than at once.
+    hang_dials: Option<Duration>,
+    /// Those dials, with when they fail.
+    hung: Vec<(Instant, usize, DialTo)>,
+    /// Liars name ids whose keys share this many leading bits with the key asked for
+    /// (closer than any real host of a small network) rather than random ones.
+    lie_near: u32,
 }
 
-/// A new peer id, different from every other in this test binary. The broker never checks
-/// that an id is a real key (TLS does, in `net`), so any 32 bytes do; a splitmix64 stream
-/// spreads them like real keys.
+/// A new peer id, different from every other this test made. The broker never checks that
+/// an id is a real key (TLS does, in `net`), so any 32 bytes do; a splitmix64 stream
+/// spreads them like real keys. The stream is the test's own (each test runs on a thread
+/// of its own): its ids, and so its network's shape, do not depend on which other tests
+/// ran beside it.
 fn new_id() -> PeerId {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let mut x = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    thread_local! {
+        static NEXT: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+    }
+    let mut x = NEXT.with(|n| {
+        let x = n.get();
+        n.set(x + 1);
+        x
+    });
     let mut id = [0u8; 32];
     for chunk in id.chunks_mut(8) {
         x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -52,15 +68,36 @@ fn ids(n: usize) -> Vec<PeerId> {
     v
 }
 
-/// What a lying host answers to a DHT query: twenty hosts with fresh ids at addresses
-/// where nobody listens, as providers too — and `None` for anything else.
-fn lie(asked: &Control) -> Option<Control> {
+/// What a lying host answers to a DHT query: twenty hosts with fresh ids (sharing `near`
+/// leading bits with the key asked for) at addresses where nobody listens, as providers
+/// too — and `None` for anything else.
+fn lie(asked: &Control, near: u32) -> Option<Control> {
+    let target = match asked {
+        Control::FindNode { target, .. } => dht::Key::from_text(target)?,
+        Control::FindService { service, .. } => dht::Key::of_service(service),
+        _ => return None,
+    };
+    let close = |id: &PeerId| {
+        let d = dht::Key::of_peer(id).distance(&target);
+        let zeros: u32 = d
+            .iter()
+            .scan(true, |go, b| {
+                let z = if *go { b.leading_zeros() } else { 0 };
+                *go &= *b == 0;
+                Some(z)
+            })
+            .sum();
+        zeros >= near
+    };
     let bogus = || -> Vec<PeerEntry> {
         (0..20)
-            .map(|n| PeerEntry {
-                peer: new_id().to_string(),
-                addr: Some(format!("10.9.9.{n}:7400")),
-                connected: false,
+            .map(|n| {
+                let peer = std::iter::repeat_with(new_id).find(close).unwrap();
+                PeerEntry {
+                    peer: peer.to_string(),
+                    addr: Some(format!("10.9.9.{n}:7400")),
+                    connected: false,
+                }
             })
             .collect()
     };
@@ -126,6 +163,9 @@ impl Sim {
             auto_dial: false,
             mute: Vec::new(),
             liars: Vec::new(),
+            hang_dials: None,
+            hung: Vec::new(),
+            lie_near: 0,
         }
     }
 
@@ -176,7 +216,7 @@ impl Sim {
                     let bytes = serde_json::to_vec(&m).unwrap();
                     let now = self.now;
                     if self.liars.contains(&j)
-                        && let Some(answer) = lie(&m)
+                        && let Some(answer) = lie(&m, self.lie_near)
                     {
                         self.nodes[i].broker.handle_control(conn, answer, now);
                         continue;
@@ -207,7 +247,10 @@ impl Sim {
                                 Some(t) => {
                                     self.connect(i, t, Some(d));
                                 }
-                                // Nobody listens there: the dial fails.
+                                // Nobody listens there: the dial fails (or hangs).
+                                None if let Some(after) = self.hang_dials => {
+                                    self.hung.push((self.now + after, i, d));
+                                }
                                 None => {
                                     let now = self.now;
                                     self.nodes[i].broker.handle_dial_failed(&d, now);
@@ -233,11 +276,17 @@ impl Sim {
                 .nodes
                 .iter()
                 .filter_map(|n| n.broker.poll_timeout())
+                .chain(self.hung.iter().map(|h| h.0))
                 .filter(|t| *t <= end)
                 .min();
             let Some(t) = next else { break };
             self.now = t.max(self.now);
             let now = self.now;
+            let (due, hung): (Vec<_>, Vec<_>) = self.hung.drain(..).partition(|h| h.0 <= now);
+            self.hung = hung;
+            for (_, i, dial) in due {
+                self.nodes[i].broker.handle_dial_failed(&dial, now);
+            }
             for n in &mut self.nodes {
                 n.broker.handle_timeout(now);
             }
@@ -1213,4 +1262,68 @@ fn lookups_succeed_past_hosts_that_lie_and_a_flood_of_records_stays_bounded() {
     let kept = sim.nodes[31].broker.records_len() - before;
     assert!(kept <= dht::MAX_RECORDS_PER_PROVIDER, "{kept} records kept");
     assert!(kept >= 32, "the first ones are stored: {kept}");
+}
+
+#[test]
+fn past_its_high_water_mark_a_host_lets_idle_connections_others_made_go() {
+    let ids = ids(8);
+    let limits = BrokerLimits {
+        high_water: 3,
+        ..BrokerLimits::default()
+    };
+    let mut sim = Sim::with_limits(&ids, &[], &[], limits);
+    // Node 0 dials two hosts; five others dial it.
+    let mine = [sim.connect(0, 1, None), sim.connect(0, 2, None)];
+    for i in 3..8 {
+        sim.connect(i, 0, None);
+    }
+    sim.drive();
+    assert_eq!(sim.nodes[0].broker.host_count(), 7);
+    // A connection just made gets a first period of use.
+    let every = BrokerLimits::default().exchange_every;
+    sim.advance(every / 2);
+    assert_eq!(sim.nodes[0].broker.host_count(), 7);
+    // Then, at their exchanges, the idle ones others made go until it holds 3; its own stay.
+    sim.advance(every * 2);
+    assert_eq!(sim.nodes[0].broker.host_count(), 3);
+    let kept = sim.kept(0);
+    assert!(mine.iter().all(|c| kept.contains(c)), "{kept:?}");
+}
+
+/// Forty hosts in a line that know each other; then every fourth starts lying (ids
+/// sharing `near` leading bits with the key asked for, at addresses where a dial fails
+/// after `hang`); a host the provider is not connected to seeks `rare`. Whether it found
+/// the provider within `within`.
+fn seek_past_liars(near: u32, hang: Duration, within: Duration) -> bool {
+    let mut services: Vec<&[&str]> = vec![&[]; 40];
+    services[39] = &["rare"];
+    let (ids, mut sim) = line(40, &services);
+    sim.advance(Duration::from_secs(70));
+    sim.liars = (0..40).filter(|i| i % 4 == 1).collect();
+    sim.lie_near = near;
+    sim.hang_dials = Some(hang);
+    let s = (0..39)
+        .find(|i| !sim.liars.contains(i) && sim.nodes[*i].broker.find("rare").is_empty())
+        .expect("a host the provider is not connected to");
+    let now = sim.now;
+    assert!(sim.nodes[s].broker.seek("rare", now));
+    sim.drive();
+    sim.advance(within);
+    sim.nodes[s].broker.find("rare") == vec![ids[39]]
+}
+
+#[test]
+fn liars_whose_hosts_never_answer_a_dial_hold_up_some_queries_never_the_lookup() {
+    // Without limits, the α queries and both provider checks would all wait on dials
+    // that never end until the lookup's 30 s ran out.
+    let hour = Duration::from_secs(3600);
+    assert!(seek_past_liars(0, hour, Duration::from_secs(10)));
+}
+
+#[test]
+fn a_liar_that_names_the_hosts_closest_to_every_key_holds_up_a_lookup_for_a_while_only() {
+    // Twenty ids closer to the key than any real host in each answer, each a dial that
+    // fails after 5 s: found within the lookup's 30 s all the same.
+    let five = Duration::from_secs(5);
+    assert!(seek_past_liars(10, five, Duration::from_secs(29)));
 }

@@ -174,6 +174,18 @@ pub struct Traffic {
     pub watchdog: Arc<watchdog::Watchdog>,
 }
 
+/// What the broker keeps of the network, as [`Net::tables`] reports it: each bounded
+/// however the network behaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableFigures {
+    /// Hosts in the DHT routing table.
+    pub table: usize,
+    /// Provider records kept for other hosts.
+    pub records: usize,
+    /// Peers learned by exchange, not connected.
+    pub learned: usize,
+}
+
 /// One ready connection's figures, as [`Net::links`] reports them.
 #[derive(Debug, Clone)]
 pub struct LinkFigures {
@@ -253,6 +265,9 @@ enum Input {
     },
     Links {
         reply: oneshot::Sender<Vec<LinkFigures>>,
+    },
+    Tables {
+        reply: oneshot::Sender<TableFigures>,
     },
 }
 
@@ -482,6 +497,15 @@ impl Net {
         let (reply, rx) = oneshot::channel();
         if self.send(Input::Links { reply }).await.is_err() {
             return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// The sizes of what the broker keeps of the network.
+    pub async fn tables(&self) -> TableFigures {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Input::Tables { reply }).await.is_err() {
+            return TableFigures::default();
         }
         rx.await.unwrap_or_default()
     }
@@ -1187,6 +1211,13 @@ fn handle(
         Input::Connections { reply } => {
             let _ = reply.send(broker.ready_connections());
         }
+        Input::Tables { reply } => {
+            let _ = reply.send(TableFigures {
+                table: broker.table_len(),
+                records: broker.records_len(),
+                learned: broker.learned_count(),
+            });
+        }
         Input::Links { reply } => {
             let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
             let figures = links
@@ -1441,7 +1472,8 @@ fn carry_out(
                             + t.sessions_out.load(Ordering::Relaxed);
                         if sessions == 0 {
                             let reason = "released: this host has enough other peers";
-                            tracing::info!(target: "wasmwire::net", peer = %link.peer, "{reason}");
+                            // (Debug: a busy seed lets connections go every period.)
+                            tracing::debug!(target: "wasmwire::net", peer = %link.peer, "{reason}");
                             link.connection
                                 .close(close_codes::SHUTDOWN.into(), reason.as_bytes());
                             link.closing = Some(reason.into());
