@@ -458,23 +458,11 @@ impl Broker {
                 via: Some(from),
             });
         }
-        // Past the bound, hosts that failed go first (farthest first), then the farthest:
-        // hosts a liar named that failed must not push out live ones still to ask.
+        // (The farthest go, failed or not: keeping farther live hosts in place of closer
+        // ones that failed lets lookups wander down long chains — past the rounds bound
+        // in the simulation at 3 000 hosts.)
         while l.candidates.len() > MAX_CANDIDATES {
-            let failed = l
-                .candidates
-                .iter()
-                .rev()
-                .find(|(_, c)| c.asked == Asked::Failed)
-                .map(|(d, _)| *d);
-            match failed {
-                Some(d) => {
-                    l.candidates.remove(&d);
-                }
-                None => {
-                    l.candidates.pop_last();
-                }
-            }
+            l.candidates.pop_last();
         }
         self.advance(id, now);
     }
