@@ -4,7 +4,8 @@
 #   make bench  release-build benchmarks, each beside a baseline from the same run
 #   make demo   two hosts on loopback, a chat room on each, messages crossing hosts
 #   make fuzz   each cargo-fuzz target for FUZZ_SECONDS (600) — see tests/fuzz/
-#   make sim    the broker network simulation at 100 to 10 000 virtual hosts (docs/scaling.md)
+#   make sim    the broker network simulation at 100 to 100 000 virtual hosts (docs/scaling.md;
+#               knobs SIM_HOSTS, SIM_MINUTES, ... in tests/bench/sim.rs)
 #   make chaos  hosts behind lossy relays with links cut, every message checked (CHAOS_SECONDS=120)
 #   make soak   three host processes under mixed load, one killed every 5 min (SOAK_MINUTES=30)
 #

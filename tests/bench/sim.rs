@@ -6,7 +6,8 @@
 //! connections past which hosts dial no learned peers (default 64; `SIM_MAX_PEERS_BIG` for
 //! sizes past 20 000, default 16, so that 100 000 hosts fit in memory). Runs of 5 minutes
 //! or more split the network in two halves for a minute from a quarter of the way in
-//! (`SIM_PARTITION=0` leaves it whole) and measure how soon it heals.
+//! (`SIM_PARTITION=0` leaves it whole) and measure how soon it heals. `SIM_PROGRESS=1`
+//! prints a line to stderr every 30 simulated seconds (always on past 20 000 hosts).
 
 use std::time::Duration;
 use wasmwire_tests::env_or;
@@ -25,6 +26,7 @@ fn main() {
     let max_peers: usize = env_or("SIM_MAX_PEERS", 64);
     let max_peers_big: usize = env_or("SIM_MAX_PEERS_BIG", 16);
     let partition: u8 = env_or("SIM_PARTITION", 1);
+    let progress: u8 = env_or("SIM_PROGRESS", 0);
     println!(
         "| hosts | minutes | max peers | found in 30 s (1% / 10 hosts) | reach at end (1% / 10) | find time p50 / p99 / max | rounds p50 / p99 / max (bound) | lookup p50 / p99 | control msgs / host / min | connections mean / max | busiest host | busiest seed | table mean | records max | healed in 60 s / slowest | memory / host | wall |"
     );
@@ -46,6 +48,8 @@ fn main() {
             duration,
             churn_per_minute: churn,
             max_peers,
+            // The long runs say how far they are.
+            progress: progress > 0 || hosts > 20_000,
             partition: (partition > 0 && minutes >= 5)
                 .then_some((split_at, Duration::from_secs(60))),
             ..SimConfig::default()

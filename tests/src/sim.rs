@@ -68,6 +68,9 @@ pub struct SimConfig {
     /// timeout). When it heals, every host of the second side looks [`FEW`] up until it
     /// finds it (`SimReport::healed`).
     pub partition: Option<(Duration, Duration)>,
+    /// Prints a line to stderr at each sample (virtual time, wall time, hosts, connections),
+    /// so that a long run shows how far it is.
+    pub progress: bool,
 }
 
 impl Default for SimConfig {
@@ -90,6 +93,7 @@ impl Default for SimConfig {
             max_connections: 1024,
             max_peers: 64,
             partition: None,
+            progress: false,
         }
     }
 }
@@ -962,7 +966,21 @@ pub fn run(config: SimConfig) -> SimReport {
         }
         while next_sample <= when {
             net.now = next_sample;
-            samples.push(net.sample());
+            let s = net.sample();
+            if config.progress {
+                eprintln!(
+                    "sim: {} hosts, {} s of {} s simulated in {:.0} s, {} alive, connections {:.1} / {}, table {:.0}",
+                    config.hosts,
+                    s.at.as_secs(),
+                    config.duration.as_secs(),
+                    wall.elapsed().as_secs_f64(),
+                    s.alive,
+                    s.conns.0,
+                    s.conns.1,
+                    s.table,
+                );
+            }
+            samples.push(s);
             next_sample += config.sample_every;
         }
         net.host_time += (when - last) * net.alive;

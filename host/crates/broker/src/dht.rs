@@ -17,8 +17,15 @@ pub const ALPHA: usize = 3;
 /// How long a provider record is kept without a refresh.
 pub const RECORD_TTL: Duration = Duration::from_secs(3600);
 
-/// How often a host stores its provider records again.
+/// How often a host stores its provider records again, once its neighbourhood is settled.
 pub const REPUBLISH_EVERY: Duration = Duration::from_secs(1800);
+
+/// How soon a host stores its provider records again after the first time; the wait
+/// doubles up to [`REPUBLISH_EVERY`], and each time only the services whose k closest
+/// hosts changed since the time before go again. Those hosts change as a network grows,
+/// and records are taken only from their provider, so only the provider can move them
+/// to the new closest: early, while they change most.
+pub const FIRST_REPUBLISH: Duration = Duration::from_secs(15);
 
 /// A point of the DHT's key space: a host's is the SHA-256 of its id (an id is a public
 /// key that TLS checks, so placing a host near a chosen key takes making key pairs until

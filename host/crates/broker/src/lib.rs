@@ -260,6 +260,10 @@ pub struct Broker {
     publishing: bool,
     /// The service the next publication starts with.
     publish_from: usize,
+    /// How long until the next publication ([`dht::FIRST_REPUBLISH`], doubling).
+    publish_every: Duration,
+    /// Where each service's record went the last time.
+    placements: HashMap<String, lookups::Placement>,
     next_token: u64,
     opened: u64,
     /// Host connections released (`Event::Release`) and not closed yet: no longer
@@ -326,6 +330,8 @@ impl Broker {
             verifying: HashMap::new(),
             publishing: false,
             publish_from: 0,
+            publish_every: dht::FIRST_REPUBLISH,
+            placements: HashMap::new(),
             next_token: 1,
             opened: 0,
             released: 0,

@@ -5,7 +5,7 @@
 //! the query, which waits for its hello (`queued`).
 
 use super::*;
-use dht::{ALPHA, K, Key, REPUBLISH_EVERY};
+use dht::{ALPHA, FIRST_REPUBLISH, K, Key, REPUBLISH_EVERY};
 
 /// Names one lookup for the life of a broker.
 pub(crate) type LookupId = u64;
@@ -89,6 +89,16 @@ pub struct LookupDone {
     pub took: Duration,
 }
 
+/// Where a service's record was stored the last time this host published it.
+#[derive(Debug, Default)]
+pub(crate) struct Placement {
+    /// The closest hosts that answered (those that named k providers included).
+    at: Vec<PeerId>,
+    /// Whether they were mostly the same as the time before (or all named k providers):
+    /// the publications between periods leave the service out.
+    settled: bool,
+}
+
 /// A request that waits for a connection to a host being dialled for it.
 #[derive(Debug)]
 pub(crate) struct Queued {
@@ -123,7 +133,8 @@ impl Broker {
 
     /// Looks for hosts that run `service` as [`Broker::seek`] does (a provider counts once
     /// connected), with nothing waiting on it: the outcome comes out of
-    /// [`Broker::poll_lookup_done`] (the simulator measures reach this way).
+    /// [`Broker::poll_lookup_done`] (the simulator measures reach this way), and the
+    /// connections it made, the provider's too, are let go when it ends.
     pub fn probe(&mut self, service: &str, now: Instant) -> bool {
         let class = class_of(service).to_string();
         self.start_lookup(Goal::Probe(class), now).is_some()
@@ -506,8 +517,16 @@ impl Broker {
             made.extend(l.tried.iter().filter_map(|p| self.connection_to(p)));
         }
         let keep = keep.map(str::to_string);
+        let probe = matches!(l.goal, Goal::Probe(_));
         for conn in made {
-            self.release_if_done(conn, keep.as_deref());
+            if probe {
+                // Nothing waits on a probe: what it made goes however few connections
+                // the host holds. (A newcomer below its dial limit would keep them, and
+                // the few hosts that run a service every newcomer checks would fill up.)
+                self.release_if_idle(conn, None);
+            } else {
+                self.release_if_done(conn, keep.as_deref());
+            }
         }
         let mut stored = false;
         match l.goal {
@@ -529,15 +548,26 @@ impl Broker {
                 // without this rule every host running it would store at the same k hosts,
                 // which would carry the whole network. (A host that lies about providers
                 // only spares itself a record.)
-                let closest: Vec<(PeerId, SocketAddr)> = l
+                let answered: Vec<&Candidate> = l
                     .candidates
                     .values()
                     .filter(|c| c.asked == Asked::Answered)
                     .take(K)
+                    .collect();
+                let closest: Vec<(PeerId, SocketAddr)> = answered
+                    .iter()
                     .filter(|c| c.named < K)
                     .map(|c| (c.peer, c.addr))
                     .collect();
                 stored = !closest.is_empty();
+                // Settled once the closest hosts are mostly those of the last time (or
+                // all name k providers already): the early publications stop for it.
+                let at: Vec<PeerId> = answered.iter().map(|c| c.peer).collect();
+                let p = self.placements.entry(s.clone()).or_default();
+                let same = at.iter().filter(|x| p.at.contains(x)).count();
+                let common = !at.is_empty() && closest.is_empty();
+                p.settled = common || (!at.is_empty() && same * 4 >= at.len() * 3);
+                p.at = at;
                 for (peer, addr) in closest {
                     let ask = Ask::AddProvider(s.clone());
                     self.ask_host(peer, addr, ask, Purpose::Store, now);
@@ -562,6 +592,14 @@ impl Broker {
     /// sought key would otherwise hold a connection from every host that looked it up in
     /// the last exchange period.
     pub(crate) fn release_if_done(&mut self, conn: ConnId, keep: Option<&str>) {
+        if self.held() > self.dial_limit() {
+            self.release_if_idle(conn, keep);
+        }
+    }
+
+    /// Releases `conn` if it was made only for queries and none is under way on it —
+    /// unless its host runs `keep`.
+    fn release_if_idle(&mut self, conn: ConnId, keep: Option<&str>) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -570,7 +608,7 @@ impl Broker {
         };
         let runs = keep.is_some_and(|s| a.services.iter().any(|x| x == s));
         let idle = c.transient && c.pending == 0 && c.incoming == 0;
-        if idle && !runs && self.held() > self.dial_limit() {
+        if idle && !runs {
             self.release(conn);
         }
     }
@@ -591,21 +629,43 @@ impl Broker {
     /// (each at the k hosts closest to its key); then schedules the next time.
     pub(crate) fn publish(&mut self, now: Instant) {
         let every = if self.hosts.is_empty() {
-            // Nobody to store at yet: soon again.
+            // Nobody to store at yet (or any more): soon again, and then as a newcomer.
+            self.publish_every = FIRST_REPUBLISH;
+            self.placements.clear();
             Duration::from_secs(5)
         } else {
-            let me = self.config.me;
-            self.start_lookup(Goal::Peer(me), now);
-            // At most half the lookup slots, so that requests' lookups still run; the
-            // services past that are published first next time.
+            // Its own key only the first time and then every period: the early
+            // publications below are for records, which must follow the closest hosts.
+            let every = self.publish_every;
+            let all = every == FIRST_REPUBLISH || every == REPUBLISH_EVERY;
+            if all {
+                let me = self.config.me;
+                self.start_lookup(Goal::Peer(me), now);
+            }
+            // Every service the first time and then every period; in between, those whose
+            // closest hosts still change. At most half the lookup slots, so that
+            // requests' lookups still run; the services past that go first next time.
             let services = self.config.services.len();
-            let n = services.min(MAX_LOOKUPS / 2);
-            for i in 0..n {
-                let s = self.config.services[(self.publish_from + i) % services].clone();
+            let due: Vec<String> = (0..services)
+                .map(|i| &self.config.services[(self.publish_from + i) % services])
+                .filter(|s| all || !self.placements.get(*s).is_some_and(|p| p.settled))
+                .take(MAX_LOOKUPS / 2)
+                .cloned()
+                .collect();
+            if all {
+                self.publish_from = (self.publish_from + due.len()) % services.max(1);
+            }
+            for s in due {
                 self.start_lookup(Goal::Publish(s), now);
             }
-            self.publish_from = (self.publish_from + n) % services.max(1);
-            REPUBLISH_EVERY
+            if services == 0 {
+                // Nothing to move: its own key once a period is all.
+                self.publish_every = REPUBLISH_EVERY;
+                REPUBLISH_EVERY
+            } else {
+                self.publish_every = (every * 2).min(REPUBLISH_EVERY);
+                every
+            }
         };
         self.timers.insert((now + every, Timer::Publish));
     }

@@ -35,6 +35,8 @@ struct Sim {
     /// Liars name ids whose keys share this many leading bits with the key asked for
     /// (closer than any real host of a small network) rather than random ones.
     lie_near: u32,
+    /// `find-service` queries each node sent.
+    finds: Vec<usize>,
 }
 
 /// A new peer id, different from every other this test made. The broker never checks that
@@ -166,6 +168,7 @@ impl Sim {
             hang_dials: None,
             hung: Vec::new(),
             lie_near: 0,
+            finds: vec![0; ids.len()],
         }
     }
 
@@ -206,6 +209,9 @@ impl Sim {
             for i in 0..self.nodes.len() {
                 while let Some((conn, m)) = self.nodes[i].broker.poll_transmit() {
                     moved = true;
+                    if matches!(m, Control::FindService { .. }) {
+                        self.finds[i] += 1;
+                    }
                     if self.mute.contains(&i) {
                         continue;
                     }
@@ -1326,4 +1332,103 @@ fn a_liar_that_names_the_hosts_closest_to_every_key_holds_up_a_lookup_for_a_whil
     // fails after 5 s: found within the lookup's 30 s all the same.
     let five = Duration::from_secs(5);
     assert!(seek_past_liars(10, five, Duration::from_secs(29)));
+}
+
+#[test]
+fn records_follow_the_closest_hosts_as_the_network_grows() {
+    let n = 60;
+    let ids = ids(n);
+    let mut services: Vec<&[&str]> = vec![&[]; n];
+    services[0] = &["rare"];
+    let limits = BrokerLimits {
+        max_peers: 1,
+        ..BrokerLimits::default()
+    };
+    let mut sim = Sim::with_limits(&ids, &services, &[], limits);
+    sim.auto_dial = true;
+    // The provider and nine others: it publishes at all of them.
+    for i in 0..9 {
+        sim.connect(i, i + 1, None);
+        sim.drive();
+    }
+    sim.advance(Duration::from_secs(10));
+    let early: usize = sim.nodes.iter().map(|n| n.broker.records_len()).sum();
+    assert!((1..=9).contains(&early), "records stored: {early}");
+    // Fifty more join, each through the one before it: most of the k hosts closest to
+    // the key are newcomers now, and only the provider can store its record there.
+    for i in 10..n {
+        sim.connect(i, i - 1, None);
+        sim.drive();
+    }
+    sim.advance(Duration::from_secs(120));
+    let key = dht::Key::of_service("rare");
+    let mut closest: Vec<usize> = (1..n).collect();
+    closest.sort_by_key(|i| dht::Key::of_peer(&ids[*i]).distance(&key));
+    let holding = closest[..dht::K]
+        .iter()
+        .filter(|i| sim.nodes[**i].broker.records_len() > 0)
+        .count();
+    assert!(
+        holding >= dht::K * 3 / 4,
+        "{holding} of the {} hosts closest to the key hold the record",
+        dht::K
+    );
+}
+
+#[test]
+fn once_its_closest_hosts_settle_a_record_is_stored_again_only_each_period() {
+    let mut services: Vec<&[&str]> = vec![&[]; 30];
+    services[0] = &["rare"];
+    let (_, mut sim) = line(30, &services);
+    // Published at joining, then 15 s, 30 s, 60 s later while the closest hosts change.
+    sim.advance(Duration::from_secs(300));
+    let early = sim.finds[0];
+    assert!(early > 0, "published");
+    // Nothing changes in this network: no early publication after that ...
+    sim.advance(Duration::from_secs(25 * 60));
+    assert_eq!(sim.finds[0], early, "published again before the period");
+    // ... until the period comes round.
+    sim.advance(Duration::from_secs(10 * 60));
+    assert!(sim.finds[0] > early, "published again at the period");
+}
+
+#[test]
+fn a_probe_lets_go_of_what_it_dialled_however_few_connections_the_host_holds() {
+    let n = 30;
+    let ids = ids(n);
+    let (provider, newcomer) = (n - 2, n - 1);
+    let mut services: Vec<&[&str]> = vec![&[]; n];
+    services[provider] = &["rare"];
+    // Room for 16, and no learned peers to fill it with: only lookups dial.
+    let limits = BrokerLimits {
+        max_peers: 16,
+        max_learned: 0,
+        ..BrokerLimits::default()
+    };
+    let mut sim = Sim::with_limits(&ids, &services, &[], limits);
+    sim.auto_dial = true;
+    for i in 0..provider {
+        sim.connect(i, i + 1, None);
+        sim.drive();
+    }
+    sim.advance(Duration::from_secs(70));
+    // A newcomer (one connection, far below its dial limit) checks the service at once.
+    sim.connect(newcomer, 0, None);
+    sim.drive();
+    assert!(!sim.ready(newcomer).contains(&ids[provider]));
+    let now = sim.now;
+    assert!(sim.nodes[newcomer].broker.probe("rare", now));
+    sim.drive();
+    let done: Vec<LookupDone> =
+        std::iter::from_fn(|| sim.nodes[newcomer].broker.poll_lookup_done()).collect();
+    assert!(
+        done.iter()
+            .any(|d| d.service.as_deref() == Some("rare") && d.found),
+        "{done:?}"
+    );
+    // Found, checked by connecting — and let go: nothing waits on a probe.
+    assert!(
+        !sim.ready(newcomer).contains(&ids[provider]),
+        "the provider is let go"
+    );
 }
