@@ -21,7 +21,7 @@ pub const RECORD_TTL: Duration = Duration::from_secs(3600);
 pub const REPUBLISH_EVERY: Duration = Duration::from_secs(1800);
 
 /// How soon a host stores its provider records again after the first time; the wait
-/// doubles up to [`REPUBLISH_EVERY`], and each time only the services whose k closest
+/// doubles up to [`REPUBLISH_EVERY`], and until then only the services whose k closest
 /// hosts changed since the time before go again. Those hosts change as a network grows,
 /// and records are taken only from their provider, so only the provider can move them
 /// to the new closest: early, while they change most.

@@ -260,7 +260,8 @@ pub struct Broker {
     publishing: bool,
     /// The service the next publication starts with.
     publish_from: usize,
-    /// How long until the next publication ([`dht::FIRST_REPUBLISH`], doubling).
+    /// The wait the next publication schedules after itself ([`dht::FIRST_REPUBLISH`],
+    /// doubling up to [`dht::REPUBLISH_EVERY`]).
     publish_every: Duration,
     /// Where each service's record went the last time.
     placements: HashMap<String, lookups::Placement>,

@@ -70,6 +70,8 @@ pub(crate) struct Lookup {
     /// Providers dialled to check them, and those checked.
     trying: Vec<PeerId>,
     tried: HashSet<PeerId>,
+    /// Hosts this lookup dialled itself (for a query or to check a provider).
+    dialled: Vec<PeerId>,
     /// The deepest round asked.
     rounds: u32,
     started: Instant,
@@ -192,6 +194,7 @@ impl Broker {
                 found: Vec::new(),
                 trying: Vec::new(),
                 tried: HashSet::new(),
+                dialled: Vec::new(),
                 rounds: 0,
                 started: now,
                 deadline,
@@ -251,8 +254,12 @@ impl Broker {
                 continue;
             }
             l.trying.push(peer);
+            let dial = !self.dialling(&peer);
+            if dial && let Some(l) = self.lookups.get_mut(&id) {
+                l.dialled.push(peer);
+            }
             self.verifying.entry(peer).or_default().push(id);
-            if !self.dialling(&peer) {
+            if dial {
                 self.dial_for_query(peer, addr);
             }
         }
@@ -333,11 +340,18 @@ impl Broker {
         if peer == self.config.me || !self.config.allow.permits(&peer) {
             return self.query_failed(purpose, now);
         }
+        let lookup = match &purpose {
+            Purpose::Lookup(id, _) => Some(*id),
+            _ => None,
+        };
         self.queued
             .entry(peer)
             .or_default()
             .push(Queued { ask, purpose });
         if !self.has_conn(&peer) && !self.dialling(&peer) {
+            if let Some(l) = lookup.and_then(|id| self.lookups.get_mut(&id)) {
+                l.dialled.push(peer);
+            }
             self.dial_for_query(peer, addr);
         }
     }
@@ -517,16 +531,21 @@ impl Broker {
             made.extend(l.tried.iter().filter_map(|p| self.connection_to(p)));
         }
         let keep = keep.map(str::to_string);
-        let probe = matches!(l.goal, Goal::Probe(_));
-        for conn in made {
-            if probe {
-                // Nothing waits on a probe: what it made goes however few connections
-                // the host holds. (A newcomer below its dial limit would keep them, and
-                // the few hosts that run a service every newcomer checks would fill up.)
+        if matches!(l.goal, Goal::Probe(_)) {
+            // Nothing waits on a probe: what it dialled goes however few connections the
+            // host holds. (A newcomer below its dial limit would keep them, and the few
+            // hosts that run a service every newcomer checks would fill up.)
+            let dialled: Vec<ConnId> = l
+                .dialled
+                .iter()
+                .filter_map(|p| self.connection_to(p))
+                .collect();
+            for conn in dialled {
                 self.release_if_idle(conn, None);
-            } else {
-                self.release_if_done(conn, keep.as_deref());
             }
+        }
+        for conn in made {
+            self.release_if_done(conn, keep.as_deref());
         }
         let mut stored = false;
         match l.goal {
@@ -566,7 +585,10 @@ impl Broker {
                 let p = self.placements.entry(s.clone()).or_default();
                 let same = at.iter().filter(|x| p.at.contains(x)).count();
                 let common = !at.is_empty() && closest.is_empty();
-                p.settled = common || (!at.is_empty() && same * 4 >= at.len() * 3);
+                // (Against the longer list: a lookup that heard from a few only is no
+                // sign that nothing moved.)
+                let of = at.len().max(p.at.len());
+                p.settled = common || (!at.is_empty() && same * 4 >= of * 3);
                 p.at = at;
                 for (peer, addr) in closest {
                     let ask = Ask::AddProvider(s.clone());
@@ -624,9 +646,10 @@ impl Broker {
         }
     }
 
-    /// Looks up this host's own key — which makes the hosts closest to it connect to it
-    /// and put it in their tables, as a Kademlia node joins — and publishes its services
-    /// (each at the k hosts closest to its key); then schedules the next time.
+    /// Publishes this host's services (each at the k hosts closest to its key) and, the
+    /// first time and then every period, looks up its own key — which makes the hosts
+    /// closest to it connect to it and put it in their tables, as a Kademlia node joins;
+    /// then schedules the next time. Between periods, only services not settled go.
     pub(crate) fn publish(&mut self, now: Instant) {
         let every = if self.hosts.is_empty() {
             // Nobody to store at yet (or any more): soon again, and then as a newcomer.
@@ -637,7 +660,9 @@ impl Broker {
             // Its own key only the first time and then every period: the early
             // publications below are for records, which must follow the closest hosts.
             let every = self.publish_every;
-            let all = every == FIRST_REPUBLISH || every == REPUBLISH_EVERY;
+            // (The first wait is the shortest and the period the longest: neither comes
+            // between.)
+            let all = every <= FIRST_REPUBLISH || every >= REPUBLISH_EVERY;
             if all {
                 let me = self.config.me;
                 self.start_lookup(Goal::Peer(me), now);
