@@ -433,6 +433,8 @@ impl Broker {
         if exchange {
             self.exchange(conn, now, true);
         }
+        // Dialled for a probe that ended meanwhile: nothing waits for it.
+        self.let_go_if_idle(conn);
     }
 
     /// One connection per pair of hosts: when `conn` becomes ready beside another ready

@@ -254,6 +254,8 @@ pub struct Broker {
     lookup_dials: HashSet<PeerId>,
     /// Hosts `reach` looks up by id (they are dialled when found).
     reaching: HashSet<PeerId>,
+    /// Hosts a finished probe was still dialling: let go as soon as they are ready.
+    let_go: HashSet<PeerId>,
     /// Providers being dialled to check them, and the lookups that wait on each.
     verifying: HashMap<PeerId, Vec<LookupId>>,
     /// This host's services are being published (the first time is scheduled at hello).
@@ -328,6 +330,7 @@ impl Broker {
             queued: HashMap::new(),
             lookup_dials: HashSet::new(),
             reaching: HashSet::new(),
+            let_go: HashSet::new(),
             verifying: HashMap::new(),
             publishing: false,
             publish_from: 0,

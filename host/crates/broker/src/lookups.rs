@@ -390,6 +390,7 @@ impl Broker {
         if self.has_conn(&peer) || self.dialling(&peer) {
             return;
         }
+        self.let_go.remove(&peer);
         if self.queued.contains_key(&peer) {
             self.fail_queued(peer, now);
         }
@@ -535,13 +536,18 @@ impl Broker {
             // Nothing waits on a probe: what it dialled goes however few connections the
             // host holds. (A newcomer below its dial limit would keep them, and the few
             // hosts that run a service every newcomer checks would fill up.)
-            let dialled: Vec<ConnId> = l
-                .dialled
-                .iter()
-                .filter_map(|p| self.connection_to(p))
-                .collect();
+            // A dial still under way (another provider, slower than the one that
+            // answered) goes once it is ready, and a connection with a query of ours
+            // still on it once that is answered.
+            let mut dialled: Vec<ConnId> = Vec::new();
+            for p in &l.dialled {
+                if self.has_conn(p) || self.dialling(p) {
+                    self.let_go.insert(*p);
+                    dialled.extend(self.connection_to(p));
+                }
+            }
             for conn in dialled {
-                self.release_if_idle(conn, None);
+                self.let_go_if_idle(conn);
             }
         }
         for conn in made {
@@ -633,6 +639,19 @@ impl Broker {
         if idle && !runs {
             self.release(conn);
         }
+    }
+
+    /// Lets `conn` go if a probe that ended dialled its host and nothing of ours is under
+    /// way on it any more.
+    pub(crate) fn let_go_if_idle(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let peer = c.peer;
+        if c.pending > 0 || !matches!(c.state, ConnState::Ready(_)) || !self.let_go.remove(&peer) {
+            return;
+        }
+        self.release_if_idle(conn, None);
     }
 
     /// A provider being checked connected (or could not be): the lookups that wait on it

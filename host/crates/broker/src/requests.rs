@@ -140,6 +140,9 @@ impl Broker {
         if p.purpose == Purpose::Store {
             self.release_if_done(p.conn, None);
         }
+        if !self.let_go.is_empty() {
+            self.let_go_if_idle(p.conn);
+        }
         match (p.purpose, result) {
             (Purpose::Caller, result) => self.events.push_back(Event::Answered { token, result }),
             (Purpose::Exchange, Ok(Control::Peers { peers, .. })) => self.learn(p.conn, peers, now),

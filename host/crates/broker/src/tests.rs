@@ -37,6 +37,10 @@ struct Sim {
     lie_near: u32,
     /// `find-service` queries each node sent.
     finds: Vec<usize>,
+    /// Dials to these nodes wait (in `parked`) until `connect_parked`: a slow handshake.
+    slow: Vec<usize>,
+    /// Those dials: (dialler, target, dial).
+    parked: Vec<(usize, usize, DialTo)>,
 }
 
 /// A new peer id, different from every other this test made. The broker never checks that
@@ -169,6 +173,8 @@ impl Sim {
             hung: Vec::new(),
             lie_near: 0,
             finds: vec![0; ids.len()],
+            slow: Vec::new(),
+            parked: Vec::new(),
         }
     }
 
@@ -250,6 +256,9 @@ impl Sim {
                             let d = e.clone();
                             let Event::Dial(d) = d else { unreachable!() };
                             match target {
+                                Some(t) if self.slow.contains(&t) => {
+                                    self.parked.push((i, t, d));
+                                }
                                 Some(t) => {
                                     self.connect(i, t, Some(d));
                                 }
@@ -271,6 +280,14 @@ impl Sim {
             if !moved {
                 break;
             }
+        }
+    }
+
+    /// The slow dials parked so far finish their handshakes.
+    fn connect_parked(&mut self) {
+        for (a, b, d) in std::mem::take(&mut self.parked) {
+            self.connect(a, b, Some(d));
+            self.drive();
         }
     }
 
@@ -1436,4 +1453,57 @@ fn a_probe_lets_go_of_what_it_dialled_however_few_connections_the_host_holds() {
         !sim.ready(newcomer).contains(&ids[provider]),
         "the provider is let go"
     );
+}
+
+#[test]
+fn a_probe_lets_go_of_a_provider_whose_dial_finishes_after_it_ended() {
+    let n = 30;
+    let ids = ids(n);
+    let (first, second, newcomer) = (n - 3, n - 2, n - 1);
+    let mut services: Vec<&[&str]> = vec![&[]; n];
+    services[first] = &["rare"];
+    services[second] = &["rare"];
+    let limits = BrokerLimits {
+        max_peers: 16,
+        max_learned: 0,
+        ..BrokerLimits::default()
+    };
+    let mut sim = Sim::with_limits(&ids, &services, &[], limits);
+    sim.auto_dial = true;
+    for i in 0..second {
+        sim.connect(i, i + 1, None);
+        sim.drive();
+    }
+    sim.advance(Duration::from_secs(70));
+    sim.connect(newcomer, 0, None);
+    sim.drive();
+    // Both providers' handshakes are slow: the newcomer dials both to check them, and the
+    // probe ends when the first is ready.
+    sim.slow = vec![first, second];
+    let now = sim.now;
+    assert!(sim.nodes[newcomer].broker.probe("rare", now));
+    sim.drive();
+    let parked: Vec<usize> = sim.parked.iter().map(|p| p.1).collect();
+    assert!(
+        parked.contains(&first) && parked.contains(&second),
+        "both providers are being dialled: {parked:?}"
+    );
+    let mut rest = std::mem::take(&mut sim.parked);
+    let last = rest.pop().unwrap();
+    sim.parked = rest;
+    sim.connect_parked();
+    let done: Vec<LookupDone> =
+        std::iter::from_fn(|| sim.nodes[newcomer].broker.poll_lookup_done()).collect();
+    assert!(
+        done.iter()
+            .any(|d| d.service.as_deref() == Some("rare") && d.found),
+        "{done:?}"
+    );
+    // The other is ready after the probe ended, with nothing waiting for it: let go at
+    // once, as the one that answered was.
+    sim.parked = vec![last];
+    sim.connect_parked();
+    let ready = sim.ready(newcomer);
+    assert!(!ready.contains(&ids[first]), "{ready:?}");
+    assert!(!ready.contains(&ids[second]), "{ready:?}");
 }
