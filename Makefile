@@ -166,7 +166,8 @@ endef
 
 # Every target for FUZZ_SECONDS each; stops at the first crash (its input is saved in
 # tests/fuzz/artifacts/TARGET/, and `cargo +nightly fuzz run --fuzz-dir tests/fuzz -s none
-# -O TARGET FILE` replays it).
+# -O TARGET FILE` replays it; one from the smoke run, with `-D --target-dir
+# target/fuzz-smoke` for `-O`, since only that build checks overflow and debug assertions).
 fuzz: fuzz-build
 	$(foreach t,$(FUZZ_TARGETS),$(call fuzz_one,$(t)))
 

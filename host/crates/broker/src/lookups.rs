@@ -254,6 +254,10 @@ impl Broker {
                 continue;
             }
             l.trying.push(peer);
+            if !matches!(l.goal, Goal::Probe(_)) {
+                // Wanted now by a lookup that keeps what it finds.
+                self.let_go.remove(&peer);
+            }
             let dial = !self.dialling(&peer);
             if dial && let Some(l) = self.lookups.get_mut(&id) {
                 l.dialled.push(peer);
@@ -641,14 +645,15 @@ impl Broker {
         }
     }
 
-    /// Lets `conn` go if a probe that ended dialled its host and nothing of ours is under
-    /// way on it any more.
+    /// Lets `conn` go if a probe that ended dialled its host and no request either way is
+    /// under way on it any more (else a later call does: when it becomes ready, and when
+    /// a request on it ends).
     pub(crate) fn let_go_if_idle(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let peer = c.peer;
-        if c.pending > 0 || !matches!(c.state, ConnState::Ready(_)) || !self.let_go.remove(&peer) {
+        let busy = c.pending > 0 || c.incoming > 0 || !matches!(c.state, ConnState::Ready(_));
+        if busy || !self.let_go.remove(&c.peer) {
             return;
         }
         self.release_if_idle(conn, None);

@@ -382,6 +382,8 @@ impl Broker {
     /// limits on dialling learned peers (someone is waiting for it). Returns whether a
     /// connection is there or on its way; `false`: no connection and no known address.
     pub fn reach(&mut self, peer: PeerId, now: Instant) -> bool {
+        // Wanted: not let go when a probe's dial to it finishes.
+        self.let_go.remove(&peer);
         if self.has_conn(&peer) || self.dialling(&peer) {
             return true;
         }

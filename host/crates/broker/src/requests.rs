@@ -52,6 +52,9 @@ impl Broker {
             },
         };
         self.transmits.push_back((conn, message));
+        if !self.let_go.is_empty() {
+            self.let_go_if_idle(conn);
+        }
     }
 
     /// Fails one of our requests the driver could not send (its frame was too large); its
@@ -140,15 +143,17 @@ impl Broker {
         if p.purpose == Purpose::Store {
             self.release_if_done(p.conn, None);
         }
-        if !self.let_go.is_empty() {
-            self.let_go_if_idle(p.conn);
-        }
+        let conn = p.conn;
         match (p.purpose, result) {
             (Purpose::Caller, result) => self.events.push_back(Event::Answered { token, result }),
             (Purpose::Exchange, Ok(Control::Peers { peers, .. })) => self.learn(p.conn, peers, now),
             (Purpose::Exchange | Purpose::Store, _) => {}
             (Purpose::Lookup(id, peer), Ok(answer)) => self.query_answered(id, peer, answer, now),
             (purpose @ Purpose::Lookup(..), Err(_)) => self.query_failed(purpose, now),
+        }
+        // After the answer is taken in: what it starts may use the connection.
+        if !self.let_go.is_empty() {
+            self.let_go_if_idle(conn);
         }
     }
 
