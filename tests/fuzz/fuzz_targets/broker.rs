@@ -218,7 +218,10 @@ fn build(m: Built) -> Control {
         Built::Found { id: i, peers } => Control::Found {
             id: id(i),
             service: "echo".into(),
-            closer: peers.iter().map(|(p, a)| entry(p + 1, *a, false)).collect(),
+            closer: peers
+                .iter()
+                .map(|(p, a)| entry(p.wrapping_add(1), *a, false))
+                .collect(),
             peers: peers.into_iter().map(|(p, a)| entry(p, a, false)).collect(),
         },
         Built::ListServices { id: i } => Control::ListServices { id: id(i) },
