@@ -94,6 +94,13 @@
 //! - A trap (a panic), a call that runs past its CPU deadline, or a memory limit hit kills this
 //!   instance only; the host restarts it on the next demand.
 //! - [`connect`] and [`request`] reach only the services named in the instance's `uses`.
+//! - Messages waiting in the mailbox come in one call (`on-messages`, WIT 0.1.3), each
+//!   passed to [`Service::on_message`] in order; a handler that calls [`close`] or
+//!   [`connect`] ends the batch there, so `on_disconnect`/`on_connect` come between messages
+//!   as they would one call at a time. A batch is one call, with a CPU budget of
+//!   `call_timeout` per message; a panic drops the messages after it with the sessions. A
+//!   service that uses [`store`] or alarms gets one call per message (each its own
+//!   transaction) instead.
 
 extern crate self as wasmwire_guest;
 
@@ -105,8 +112,9 @@ use std::thread::LocalKey;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        // `service` and the `on-alarm` export: a service that sets no alarm is never called.
-        world: "service-with-alarms",
+        // `service` with the `on-alarm` export (a service that sets no alarm is never
+        // called) and `on-messages` (the host hands it messages in batches).
+        world: "service-with-batches",
         // The world imports `wasi:keyvalue` from `wit/deps`: generate its bindings here too.
         generate_all,
         pub_export_macro: true,
@@ -375,6 +383,7 @@ pub fn send_json<T: serde::Serialize + ?Sized>(
 
 /// Closes a session; both ends get `on_disconnect`.
 pub fn close(session: SessionId) {
+    __private::changed_sessions();
     host::close(session);
 }
 
@@ -385,6 +394,7 @@ pub fn sessions() -> Vec<Session> {
 
 /// Opens a session to a service on this host (`peer = None`) or on a peer host.
 pub fn connect(peer: Option<&str>, service: &str) -> Result<SessionId, Error> {
+    __private::changed_sessions();
     host::connect(peer, service).map_err(Error::from)
 }
 
@@ -502,6 +512,11 @@ macro_rules! export_service {
                     $crate::__private::with::<$service, _>(&__WASMWIRE_STATE, |s| s.on_alarm(at_ms))
                 }
             }
+            impl $crate::__private::InboxGuest for __WasmwireExport {
+                fn on_messages(batch: ::std::vec::Vec<$crate::__private::Delivered>) -> u32 {
+                    $crate::__private::on_messages::<$service>(&__WASMWIRE_STATE, batch)
+                }
+            }
             $crate::bindings::__export_service_bindings!(__WasmwireExport with_types_in $crate::bindings);
         };
     };
@@ -510,6 +525,9 @@ macro_rules! export_service {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::bindings::exports::wasmwire::service::alarm::Guest as AlarmGuest;
+    pub use crate::bindings::exports::wasmwire::service::inbox::{
+        Guest as InboxGuest, Message as Delivered,
+    };
     pub use crate::bindings::exports::wasmwire::service::lifecycle::{Description, Guest};
     pub use crate::bindings::wasmwire::service::types::SessionInfo;
     pub use wit_bindgen;
@@ -537,6 +555,41 @@ pub mod __private {
         if let Some(mut service) = state.with(|s| s.borrow_mut().take()) {
             service.sleep();
         }
+    }
+
+    thread_local! {
+        /// Calls to `close` and `connect` so far: a batch stops after a message whose
+        /// handling made one, so that the `on-disconnect`/`on-connect` it causes comes
+        /// before the next message, as it does between `on-message` calls.
+        static SESSION_CHANGES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Counts a `close` or `connect`.
+    pub fn changed_sessions() {
+        SESSION_CHANGES.with(|c| c.set(c.get() + 1));
+    }
+
+    /// `on-messages`: each message to [`Service::on_message`] in order, up to and including
+    /// the first whose handling opened or closed a session; returns how many.
+    pub fn on_messages<S: Service>(state: &'static State<S>, batch: Vec<Delivered>) -> u32 {
+        with(state, |s| {
+            let mut handled = 0;
+            for m in &batch {
+                let before = SESSION_CHANGES.with(std::cell::Cell::get);
+                s.on_message(
+                    m.session,
+                    Message {
+                        kind: &m.kind,
+                        payload: &m.payload,
+                    },
+                );
+                handled += 1;
+                if SESSION_CHANGES.with(std::cell::Cell::get) != before {
+                    break;
+                }
+            }
+            handled
+        })
     }
 
     /// Runs a handler on the awake state; the host only calls handlers between wakeup and sleep,

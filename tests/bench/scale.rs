@@ -467,7 +467,7 @@ fn sync_call_ns(wasm: &std::path::Path) -> f64 {
     let mut store = wasmtime::Store::new(&engine, ());
     let instance = linker.instantiate(&mut store, &component).unwrap();
     let iface = instance
-        .get_export_index(&mut store, None, "wasmwire:service/lifecycle@0.1.2")
+        .get_export_index(&mut store, None, "wasmwire:service/lifecycle@0.1.3")
         .expect("lifecycle export");
     let idx = instance
         .get_export_index(&mut store, Some(&iface), "on-event")

@@ -83,5 +83,13 @@ fn main() {
             r.memory_per_host_kib,
             r.wall.as_secs_f64(),
         );
+        // Why the last lookups that failed did (on stderr: the table stays a table).
+        for (name, (missed, unheard)) in ["1%", "10 hosts"].iter().zip(r.missed_at_end) {
+            if missed > 0 {
+                eprintln!(
+                    "sim: {hosts} hosts, service on {name}: {missed} of the last lookups failed, {unheard} of them hearing of no provider (the rest could not connect to one)"
+                );
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! and `tests/guests/`. One test binary (one link of wasmtime) with a module per topic.
 
 mod alarms;
+mod batches;
 mod cache;
 mod chaos;
 mod cli;

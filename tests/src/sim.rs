@@ -135,6 +135,9 @@ pub struct SimReport {
     pub found_in_30s: [f64; 2],
     /// Per service: the share of hosts whose lookup at the end (see `run`) found it.
     pub reach_at_end: [f64; 2],
+    /// Per service: the lookups at the end that failed, and of those, how many heard of
+    /// no provider at all (the rest heard of some and could not connect to one).
+    pub missed_at_end: [(usize, usize); 2],
     /// Seconds from joining to finding [`SERVICE`]: p50, p99, max.
     pub find_time: [f64; 3],
     /// Rounds of the lookups that found a service: p50, p99, max.
@@ -269,6 +272,8 @@ struct Net {
     to_hand: [usize; 2],
     /// Rounds and seconds of the lookups that found a service.
     lookups_found: Vec<(u32, f64)>,
+    /// [`SimReport::missed_at_end`].
+    missed_at_end: [(usize, usize); 2],
     /// Nothing crosses between the sides now.
     split: bool,
     /// When the partition healed.
@@ -536,6 +541,11 @@ impl Net {
         // (Only the last lookups themselves count at the end: not one that started before.)
         if host.final_from.is_some_and(|t| now - d.took >= t) {
             host.found_at_end[which] = Some(d.found);
+            if !d.found {
+                let m = &mut self.missed_at_end[which];
+                m.0 += 1;
+                m.1 += usize::from(d.heard == 0);
+            }
         } else if d.found {
             host.found_at[which].get_or_insert(now);
         }
@@ -904,6 +914,7 @@ pub fn run(config: SimConfig) -> SimReport {
         seed_specs: Vec::new(),
         to_hand: [0; 2],
         lookups_found: Vec::new(),
+        missed_at_end: [(0, 0); 2],
         alive: 0,
         final_window: Duration::ZERO,
         split: false,
@@ -1060,6 +1071,7 @@ pub fn run(config: SimConfig) -> SimReport {
         full_reach_after,
         found_in_30s,
         reach_at_end,
+        missed_at_end: net.missed_at_end,
         find_time: [
             pick(&times, 0.5),
             pick(&times, 0.99),

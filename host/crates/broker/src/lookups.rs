@@ -89,6 +89,9 @@ pub struct LookupDone {
     pub rounds: u32,
     /// How long it took.
     pub took: Duration,
+    /// Providers its answers named (a service lookup): a lookup that failed having heard of
+    /// some could not connect to any of them.
+    pub heard: usize,
 }
 
 /// Where a service's record was stored the last time this host published it.
@@ -215,12 +218,20 @@ impl Broker {
             Goal::Peer(p) => l.candidates.values().any(|c| c.peer == *p),
             Goal::Publish(_) => false,
         };
-        // Done once the k closest that did not fail have all answered.
+        // Done once the k closest that did not fail have all answered — or, for a service
+        // nobody named a provider of yet, the 2k closest. Records are stored at the k
+        // closest when their provider publishes, and in a growing network the k closest
+        // are newer hosts by the time of a lookup; the hosts that hold the records are
+        // then a little farther out, and only the provider may move its records.
+        let reach = match &l.goal {
+            Goal::Service(_) | Goal::Probe(_) if l.found.is_empty() => 2 * K,
+            _ => K,
+        };
         let settled = l
             .candidates
             .values()
             .filter(|c| c.asked != Asked::Failed)
-            .take(K)
+            .take(reach)
             .all(|c| c.asked == Asked::Answered);
         // Providers from whoever has the fewest being checked go first: a host that names
         // many that do not answer delays only its own (each dial takes its time-out).
@@ -286,7 +297,7 @@ impl Broker {
             waiting + next.iter().filter(|n| n.3.as_ref() == Some(v)).count()
         };
         for capped in [true, false] {
-            for c in live().take(K) {
+            for c in live().take(reach) {
                 if in_flight >= ALPHA {
                     break;
                 }
@@ -611,6 +622,7 @@ impl Broker {
             found: found || stored,
             rounds: l.rounds,
             took: now.saturating_duration_since(l.started),
+            heard: l.found.len(),
         });
         // Only the latest few are kept for a driver that never reads them.
         while self.lookups_done.len() > 1024 {

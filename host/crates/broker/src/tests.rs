@@ -1414,14 +1414,16 @@ fn once_its_closest_hosts_settle_a_record_is_stored_again_only_each_period() {
     assert!(sim.finds[0] > early, "published again at the period");
 }
 
-#[test]
-fn a_probe_lets_go_of_what_it_dialled_however_few_connections_the_host_holds() {
-    let n = 30;
+/// A line of `n - 1` hosts whose last `providers` run `rare`, 70 s old, with room for 16
+/// connections each and no learned peers (only lookups dial), and a newcomer (the last
+/// id) joined at its first host: far below its dial limit.
+fn probe_line(n: usize, providers: usize) -> (Sim, Vec<PeerId>, usize) {
     let ids = ids(n);
-    let (provider, newcomer) = (n - 2, n - 1);
+    let newcomer = n - 1;
     let mut services: Vec<&[&str]> = vec![&[]; n];
-    services[provider] = &["rare"];
-    // Room for 16, and no learned peers to fill it with: only lookups dial.
+    for s in &mut services[newcomer - providers..newcomer] {
+        *s = &["rare"];
+    }
     let limits = BrokerLimits {
         max_peers: 16,
         max_learned: 0,
@@ -1429,25 +1431,33 @@ fn a_probe_lets_go_of_what_it_dialled_however_few_connections_the_host_holds() {
     };
     let mut sim = Sim::with_limits(&ids, &services, &[], limits);
     sim.auto_dial = true;
-    for i in 0..provider {
+    for i in 0..newcomer - 1 {
         sim.connect(i, i + 1, None);
         sim.drive();
     }
     sim.advance(Duration::from_secs(70));
-    // A newcomer (one connection, far below its dial limit) checks the service at once.
     sim.connect(newcomer, 0, None);
     sim.drive();
+    (sim, ids, newcomer)
+}
+
+/// Whether `host`'s lookups that ended since the last call include one that found `rare`.
+fn found_rare(sim: &mut Sim, host: usize) -> bool {
+    let done: Vec<LookupDone> =
+        std::iter::from_fn(|| sim.nodes[host].broker.poll_lookup_done()).collect();
+    done.iter()
+        .any(|d| d.service.as_deref() == Some("rare") && d.found)
+}
+
+#[test]
+fn a_probe_lets_go_of_what_it_dialled_however_few_connections_the_host_holds() {
+    let (mut sim, ids, newcomer) = probe_line(30, 1);
+    let provider = newcomer - 1;
     assert!(!sim.ready(newcomer).contains(&ids[provider]));
     let now = sim.now;
     assert!(sim.nodes[newcomer].broker.probe("rare", now));
     sim.drive();
-    let done: Vec<LookupDone> =
-        std::iter::from_fn(|| sim.nodes[newcomer].broker.poll_lookup_done()).collect();
-    assert!(
-        done.iter()
-            .any(|d| d.service.as_deref() == Some("rare") && d.found),
-        "{done:?}"
-    );
+    assert!(found_rare(&mut sim, newcomer));
     // Found, checked by connecting — and let go: nothing waits on a probe.
     assert!(
         !sim.ready(newcomer).contains(&ids[provider]),
@@ -1457,26 +1467,8 @@ fn a_probe_lets_go_of_what_it_dialled_however_few_connections_the_host_holds() {
 
 #[test]
 fn a_probe_lets_go_of_a_provider_whose_dial_finishes_after_it_ended() {
-    let n = 30;
-    let ids = ids(n);
-    let (first, second, newcomer) = (n - 3, n - 2, n - 1);
-    let mut services: Vec<&[&str]> = vec![&[]; n];
-    services[first] = &["rare"];
-    services[second] = &["rare"];
-    let limits = BrokerLimits {
-        max_peers: 16,
-        max_learned: 0,
-        ..BrokerLimits::default()
-    };
-    let mut sim = Sim::with_limits(&ids, &services, &[], limits);
-    sim.auto_dial = true;
-    for i in 0..second {
-        sim.connect(i, i + 1, None);
-        sim.drive();
-    }
-    sim.advance(Duration::from_secs(70));
-    sim.connect(newcomer, 0, None);
-    sim.drive();
+    let (mut sim, ids, newcomer) = probe_line(30, 2);
+    let (first, second) = (newcomer - 2, newcomer - 1);
     // Both providers' handshakes are slow: the newcomer dials both to check them, and the
     // probe ends when the first is ready.
     sim.slow = vec![first, second];
@@ -1492,13 +1484,7 @@ fn a_probe_lets_go_of_a_provider_whose_dial_finishes_after_it_ended() {
     let last = rest.pop().unwrap();
     sim.parked = rest;
     sim.connect_parked();
-    let done: Vec<LookupDone> =
-        std::iter::from_fn(|| sim.nodes[newcomer].broker.poll_lookup_done()).collect();
-    assert!(
-        done.iter()
-            .any(|d| d.service.as_deref() == Some("rare") && d.found),
-        "{done:?}"
-    );
+    assert!(found_rare(&mut sim, newcomer));
     // The other is ready after the probe ended, with nothing waiting for it: let go at
     // once, as the one that answered was.
     sim.parked = vec![last];

@@ -21,11 +21,36 @@ pub struct Class {
     pub stores: bool,
     /// Its `on-alarm` export (world `service-with-alarms`), if it has one.
     pub on_alarm: Option<wasmtime::component::ComponentExportIndex>,
+    /// Its `on-messages` export (world `service-with-batches`), if it has one: the
+    /// actor then hands it runs of messages in one call.
+    pub on_messages: Option<wasmtime::component::ComponentExportIndex>,
     /// Where its `lifecycle` exports are, found once (a wake looks nothing up by name).
     pub(crate) exports: crate::bindings::ServiceIndices,
 }
 
+/// One message of a batch, as `inbox.on-messages` takes it: borrowed from the envelopes
+/// it came in, so a batch copies no payload on the host side.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+pub(crate) struct Delivered<'a> {
+    /// This end's session.
+    pub session: u64,
+    /// Its declared kind.
+    pub kind: &'a str,
+    /// Its bytes.
+    pub payload: &'a [u8],
+}
+
 impl Class {
+    /// Whether the actor hands it runs of messages in one call: it exports `on-messages`
+    /// and keeps no data. (A batch is one call, so one transaction: a trap in it would
+    /// drop the writes of the messages handled before it, which are not delivered again.
+    /// A service that writes gets one `on-message` per message, each its own transaction.)
+    #[inline]
+    pub fn batches(&self) -> bool {
+        self.on_messages.is_some() && !self.stores
+    }
+
     /// Whether it exports `on-alarm`: only then may it set an alarm.
     #[inline]
     pub fn alarms(&self) -> bool {

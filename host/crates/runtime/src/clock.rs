@@ -106,7 +106,12 @@ pub(crate) struct CallClock {
     /// The instance's `call_timeout` in nanoseconds.
     limit_ns: u64,
     /// The instance's `call_timeout`.
-    pub limit_time: Duration,
+    limit_time: Duration,
+    /// What the call in progress may use: `call_timeout` for each message it delivers
+    /// (one, except for a batch).
+    budget_ns: u64,
+    /// How many `call_timeout`s the call in progress has.
+    shares: u32,
 }
 
 /// What the epoch callback should do next.
@@ -126,12 +131,25 @@ impl CallClock {
             used: 0,
             limit_ns: (limit.as_nanos() as u64).max(1),
             limit_time: limit,
+            budget_ns: (limit.as_nanos() as u64).max(1),
+            shares: 1,
         }
     }
 
     /// Marks the start of a guest call (no clock read); returns the first epoch deadline.
     #[inline]
     pub fn start(&mut self) -> u64 {
+        self.start_for(1)
+    }
+
+    /// Marks the start of a call that delivers `shares` messages at once, allowed
+    /// `call_timeout` for each: a batch must not kill a guest that would have handled the
+    /// same messages one call each.
+    #[inline]
+    pub fn start_for(&mut self, shares: u32) -> u64 {
+        let shares = shares.max(1);
+        self.shares = shares;
+        self.budget_ns = self.limit_ns.saturating_mul(u64::from(shares));
         self.used = 0;
         self.mark.thread.store(0, Ordering::Relaxed);
         self.mark
@@ -147,7 +165,7 @@ impl CallClock {
     }
 
     fn ticks_left(&self) -> u64 {
-        self.limit_ns
+        self.budget_ns
             .saturating_sub(self.used)
             .div_ceil(TICK_NS)
             .clamp(1, SLICE)
@@ -157,11 +175,16 @@ impl CallClock {
     /// call or let it yield and run on.
     pub fn tick(&mut self) -> Verdict {
         self.used += self.mark.take(&self.ticks);
-        if self.used >= self.limit_ns {
+        if self.used >= self.budget_ns {
             Verdict::Exceeded
         } else {
             Verdict::Yield(self.ticks_left())
         }
+    }
+
+    /// What the call in progress was allowed: `call_timeout`, times the messages of a batch.
+    pub fn budget(&self) -> Duration {
+        self.limit_time.saturating_mul(self.shares)
     }
 
     /// The guest is about to wait in a host call: charge what it computed until now.
@@ -223,6 +246,25 @@ mod tests {
         clock.resume();
         spin_cpu(Duration::from_millis(12));
         assert!(matches!(clock.tick(), Verdict::Exceeded));
+    }
+
+    #[test]
+    fn a_batch_may_use_call_timeout_for_each_message_and_no_more() {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let mut clock = CallClock::new(ticks, Duration::from_millis(10));
+        clock.start_for(3);
+        clock.resume();
+        spin_cpu(Duration::from_millis(12));
+        assert!(
+            matches!(clock.tick(), Verdict::Yield(_)),
+            "within 3 x 10 ms"
+        );
+        spin_cpu(Duration::from_millis(20));
+        assert!(matches!(clock.tick(), Verdict::Exceeded));
+        assert_eq!(clock.budget(), Duration::from_millis(30));
+        // The next call of one message has one share again.
+        clock.start();
+        assert_eq!(clock.budget(), Duration::from_millis(10));
     }
 
     #[test]

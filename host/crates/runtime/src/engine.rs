@@ -9,7 +9,7 @@ use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 use crate::bindings::wasmwire::service::{host, types};
 use crate::bindings::{ServiceIndices, ServicePre};
 use crate::cache::{self, CacheOutcome};
-use crate::class::Class;
+use crate::class::{Class, Delivered};
 use crate::clock::TICK;
 use crate::keyvalue::HasKeyValue;
 use crate::service_ctx::HasService;
@@ -65,6 +65,9 @@ const HOST_INTERFACE: &str = "wasmwire:service/host@0.1.";
 /// The alarm interface's name, before its version (a component exports the version it was
 /// built against).
 const ALARM_INTERFACE: &str = "wasmwire:service/alarm@0.1.";
+
+/// The batched-delivery interface's name, before its version (since 0.1.3).
+const INBOX_INTERFACE: &str = "wasmwire:service/inbox@0.1.";
 
 /// Most message kinds, and most events, a service may declare.
 pub const MAX_DECLARED: usize = 256;
@@ -261,14 +264,19 @@ impl Runtime {
                     && matches!(&item.ty, ComponentItem::ComponentInstance(i)
                         if i.get_export(&self.engine, "set-alarm").is_some()))
         });
-        // `on-alarm`, in the `alarm` interface of any 0.1.x version it was built against.
-        let on_alarm = ty
-            .exports(&self.engine)
-            .find(|(name, _)| name.starts_with(ALARM_INTERFACE))
-            .and_then(|(name, _)| {
-                let iface = component.get_export_index(None, name)?;
-                component.get_export_index(Some(&iface), "on-alarm")
-            });
+        // An optional export, in its interface of whichever 0.1.x version the component
+        // was built against.
+        let export = |interface: &str, func: &str| {
+            ty.exports(&self.engine)
+                .find(|(name, _)| name.starts_with(interface))
+                .and_then(|(name, _)| {
+                    let iface = component.get_export_index(None, name)?;
+                    component.get_export_index(Some(&iface), func)
+                })
+        };
+        let on_alarm = export(ALARM_INTERFACE, "on-alarm");
+        // (From 0.1.3.)
+        let on_messages = export(INBOX_INTERFACE, "on-messages");
         let failed = |e: wasmtime::Error| LoadError::Describe {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
@@ -284,6 +292,13 @@ impl Runtime {
             instance
                 .get_typed_func::<(u64,), ()>(&mut store, i)
                 .map_err(|e| failed(e.context("its on-alarm is not func(at-ms: u64)")))?;
+        }
+        if let Some(i) = &on_messages {
+            instance
+                .get_typed_func::<(&[Delivered<'_>],), (u32,)>(&mut store, i)
+                .map_err(|e| {
+                    failed(e.context("its on-messages is not func(batch: list<message>) -> u32"))
+                })?;
         }
         let service = exports.load(&mut store, &instance).map_err(failed)?;
         let first_deadline = store.data_mut().clock.start();
@@ -307,6 +322,7 @@ impl Runtime {
                 cache,
                 stores,
                 on_alarm,
+                on_messages,
                 exports,
             }),
             pre,

@@ -104,7 +104,7 @@ pub(crate) enum Envelope {
 
 impl Envelope {
     /// How many places it takes in the mailbox bound (work a sender can be told to hold back).
-    fn counted(&self) -> usize {
+    pub(crate) fn counted(&self) -> usize {
         match self {
             Envelope::Disconnect { .. } => 0,
             Envelope::Batch(list) => list.len(),
@@ -493,6 +493,15 @@ impl Instance {
     #[inline]
     pub(crate) fn taken(&self, envelope: &Envelope) {
         let n = envelope.counted();
+        if n > 0 {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Gives back `n` mailbox places: envelopes of a batch the actor took apart, as it
+    /// handles them.
+    #[inline]
+    pub(crate) fn taken_places(&self, n: usize) {
         if n > 0 {
             self.queued.fetch_sub(n, Ordering::AcqRel);
         }

@@ -21,7 +21,7 @@
 
 use super::alarms::{self, BUCKET as ALARMS};
 use super::bindings::{Description, Service, ServicePre, SessionInfo};
-use super::class::Class;
+use super::class::{Class, Delivered};
 use super::instance::{CallError, Chain, PeerInfo, SessionId};
 use super::service_ctx::Deferred;
 use super::session::{Route, SessionEnd};
@@ -30,7 +30,7 @@ use super::stats::InstanceStats;
 use std::sync::Arc;
 use tokio::time::Instant;
 use wasmtime::Store;
-use wasmtime::component::TypedFunc;
+use wasmtime::component::{Func, TypedFunc};
 use wasmwire_wire::PeerId;
 
 /// An error text from `on-event` is cut to this many bytes (it is for people, not data).
@@ -71,6 +71,9 @@ pub(crate) struct Core {
     service: Service,
     /// Its `on-alarm`, when its class exports one.
     on_alarm: Option<TypedFunc<(u64,), ()>>,
+    /// Its `on-messages`, when its class exports one (typed at each call: the batch's
+    /// borrow lives only that long; checked once, when the class was loaded).
+    on_messages: Option<Func>,
     /// The instance's counters, held here so that every call reaches them directly.
     stats: Arc<InstanceStats>,
 }
@@ -82,10 +85,14 @@ macro_rules! call {
     ($core:expr, $export:literal, $method:ident $(, $arg:expr)*) => {
         call!($core, $export, |c| c.service.wasmwire_service_lifecycle().$method(&mut c.store $(, $arg)*))
     };
-    ($core:expr, $export:literal, |$c:ident| $call:expr) => {{
+    ($core:expr, $export:literal, |$c:ident| $call:expr) => {
+        call!($core, $export, shares 1, |$c| $call)
+    };
+    // A call that delivers `shares` messages at once, allowed `call_timeout` for each.
+    ($core:expr, $export:literal, shares $shares:expr, |$c:ident| $call:expr) => {{
         let $c = &mut $core;
         InstanceStats::bump(&$c.stats.calls);
-        let first_deadline = $c.store.data_mut().clock.start();
+        let first_deadline = $c.store.data_mut().clock.start_for($shares);
         $c.store.set_epoch_deadline(first_deadline);
         let r = $call.await;
         match r {
@@ -128,10 +135,20 @@ impl Core {
             ),
             None => None,
         };
+        let on_messages = match &class.on_messages {
+            Some(i) => Some(
+                instance
+                    .get_func(&mut store, i)
+                    .ok_or_else(|| wasmtime::Error::msg("on-messages is missing"))
+                    .map_err(WakeError::Instantiate)?,
+            ),
+            None => None,
+        };
         let mut core = Core {
             store,
             service,
             on_alarm,
+            on_messages,
             stats,
         };
         match call!(core, "wakeup", call_wakeup, options) {
@@ -281,6 +298,30 @@ impl Core {
         }
         call!(*self, "on-message", call_on_message, end, kind, payload)?;
         Ok(true)
+    }
+
+    /// Whether session `end` is open at this end: a message for one that is not (closed,
+    /// or of an earlier life) is dropped before the guest.
+    #[inline]
+    pub(crate) fn is_open(&self, end: SessionId) -> bool {
+        self.state().service.sessions.contains_key(&end)
+    }
+
+    /// Hands `batch` (messages on sessions open here, in order; not empty) to `on-messages`
+    /// in one call, allowed `call_timeout` for each; returns how many the guest handled
+    /// (at least one: a guest that says none handled the first, which it was given).
+    pub(crate) async fn messages(&mut self, batch: &[Delivered<'_>]) -> Result<usize, Crash> {
+        let Some(func) = self.on_messages else {
+            // (The actor batches only for a class that exports it.)
+            return Ok(batch.len());
+        };
+        // SAFETY: `Runtime::load` checked that the class's `on-messages` has this type, and
+        // this instance is of that class.
+        let typed = unsafe { TypedFunc::<(&[Delivered<'_>],), (u32,)>::new_unchecked(func) };
+        let shares = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        let (taken,) = call!(*self, "on-messages", shares shares, |c| typed
+            .call_async(&mut c.store, (batch,)))?;
+        Ok((taken as usize).clamp(1, batch.len()))
     }
 
     /// The event `name` with its parameters, and the reply its caller gets: the guest's,

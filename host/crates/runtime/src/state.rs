@@ -22,7 +22,7 @@ use wasmwire_store::Transaction;
 #[derive(Debug, thiserror::Error)]
 #[error("cpu deadline exceeded: a call may run {limit:?}")]
 pub struct CpuDeadline {
-    /// The instance's `call_timeout`.
+    /// The instance's `call_timeout` (times the messages of a batch).
     pub limit: Duration,
 }
 
@@ -248,7 +248,7 @@ pub(crate) fn new_store(engine: &Engine, state: HostState) -> Store<HostState> {
         let clock = &mut ctx.data_mut().clock;
         match clock.tick() {
             Verdict::Exceeded => Err(wasmtime::Error::new(CpuDeadline {
-                limit: clock.limit_time,
+                limit: clock.budget(),
             })),
             // Still within budget: give the worker thread back for a moment, then run
             // another slice.

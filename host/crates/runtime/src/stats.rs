@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Counters of one instance, or of every key of a keyed class.
 #[derive(Debug, Default)]
 pub struct InstanceStats {
-    /// Export calls made into the guest (`on-event`, `on-message`, `on-timer`,
-    /// `on-connect`, `on-disconnect`, `wakeup`, `sleep`).
+    /// Export calls made into the guest (`on-event`, `on-message`, `on-messages` — one
+    /// for a whole batch —, `on-timer`, `on-alarm`, `on-connect`, `on-disconnect`,
+    /// `wakeup`, `sleep`).
     pub calls: AtomicU64,
     /// Events answered with an error: the guest's own, a reply over `max_message`, a crash
     /// or an instance that could not wake.

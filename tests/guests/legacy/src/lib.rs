@@ -1,6 +1,8 @@
 //! `legacy`: a service built against `wasmwire:service@0.1.0` (the WIT as it was before
-//! `self-info`, kept in `wit/`), without the SDK's wrappers. The host implements 0.1.2;
-//! this guest proves a component built before the bump still loads and runs.
+//! `self-info`, kept in `wit/`), without the SDK's wrappers. The host implements 0.1.3;
+//! this guest proves a component built before the bump still loads and runs. Message
+//! `note` keeps its payload, event `notes` answers them (one `on-message` each: it has no
+//! `on-messages`).
 
 mod bindings {
     wasmwire_guest::__private::wit_bindgen::generate!({
@@ -15,11 +17,16 @@ use bindings::wasmwire::service::host;
 
 struct Legacy;
 
+thread_local! {
+    /// The `note` payloads (numbers), in arrival order.
+    static NOTES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Guest for Legacy {
     fn describe() -> Description {
         Description {
-            messages: vec![],
-            events: vec!["name".into()],
+            messages: vec!["note".into()],
+            events: vec!["name".into(), "notes".into()],
         }
     }
 
@@ -33,11 +40,19 @@ impl Guest for Legacy {
 
     fn on_disconnect(_session: u64) {}
 
-    fn on_message(_session: u64, _kind: String, _payload: Vec<u8>) {}
+    fn on_message(_session: u64, kind: String, payload: Vec<u8>) {
+        if kind == "note" {
+            NOTES.with(|n| {
+                n.borrow_mut()
+                    .push(String::from_utf8_lossy(&payload).into_owned())
+            });
+        }
+    }
 
     fn on_event(_caller: Option<u64>, name: String, _params: String) -> Result<String, String> {
         match name.as_str() {
             "name" => Ok(format!("\"{}\"", host::instance_name())),
+            "notes" => Ok(NOTES.with(|n| format!("[{}]", n.borrow().join(",")))),
             other => Err(format!("no event {other}")),
         }
     }

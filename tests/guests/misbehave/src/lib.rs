@@ -9,7 +9,9 @@
 //! `selfrequest` (a `request` to itself), `bigreply` (a 3 MiB reply), `bigsend` (a 3 MiB
 //! payload on every session), `biglog` (one 3 MiB log line), `work` (`{"rounds": N}`: a fixed
 //! amount of computing, N × 100 000 steps, the same CPU time however busy the machine is).
-//! Messages: `boom` traps in `on-message`, `fine` is ignored, `slow` takes 5 ms.
+//! Messages: `boom` traps in `on-message`, `fine` is ignored, `slow` takes 5 ms, `note`
+//! keeps its payload (a number; `notes` answers them in arrival order) and sends it back,
+//! `bye` closes its session. Built with the SDK, it takes messages in batches.
 //! Options: `{ "trap_wakeup": true }` makes `wakeup` trap; `{ "spin_sleep": true }` makes
 //! `sleep` never return.
 
@@ -19,6 +21,8 @@ use wasmwire_guest::{Event, Message, Options, Reply, Service, SessionId, export_
 #[derive(Default)]
 struct Misbehave {
     spin_sleep: bool,
+    /// The `note` payloads, in arrival order.
+    notes: Vec<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -29,7 +33,7 @@ struct MisbehaveOptions {
 }
 
 impl Service for Misbehave {
-    const MESSAGES: &'static [&'static str] = &["boom", "fine", "slow"];
+    const MESSAGES: &'static [&'static str] = &["boom", "fine", "slow", "note", "bye"];
     const EVENTS: &'static [&'static str] = &[
         "ok",
         "spin",
@@ -47,6 +51,7 @@ impl Service for Misbehave {
         "bigsend",
         "biglog",
         "work",
+        "notes",
     ];
 
     fn wakeup(&mut self, options: Options<'_>) -> Result<(), String> {
@@ -67,7 +72,18 @@ impl Service for Misbehave {
         }
     }
 
-    fn on_message(&mut self, _session: SessionId, message: Message<'_>) {
+    fn on_message(&mut self, session: SessionId, message: Message<'_>) {
+        if message.kind == "note" {
+            let n = std::str::from_utf8(message.payload)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
+            self.notes.push(n);
+            let _ = wasmwire_guest::send(session, "note", message.payload);
+        }
+        if message.kind == "bye" {
+            wasmwire_guest::close(session);
+        }
         if message.kind == "boom" {
             panic!("told to trap in on-message");
         }
@@ -83,6 +99,7 @@ impl Service for Misbehave {
     fn on_event(&mut self, _caller: Option<SessionId>, event: Event<'_>) -> Reply {
         match event.name {
             "ok" => Reply::json("fine"),
+            "notes" => Reply::json(&self.notes),
             "spin" => {
                 let mut n: u64 = 0;
                 loop {

@@ -1,0 +1,184 @@
+//! Batched delivery (WIT 0.1.3): a component that exports `on-messages` gets the messages
+//! waiting in its mailbox in one call, one built against 0.1.0 gets one `on-message` each,
+//! and both see the same stream in the same order. A batch stops at a message whose
+//! handling closed a session, and a trap in the middle of one drops what was not handled
+//! with the sessions, never delivering it twice.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use wasmwire::node::{ClientSession, Node};
+use wasmwire::runtime::instance::{CallError, LifecycleEvent};
+use wasmwire::runtime::session::ClientEvent;
+use wasmwire_tests::{json, start, wait_for};
+
+const HOST: &str = r#"
+[[service]]
+name = "batched"
+component = "{guest:misbehave}"
+channel = 1
+
+[[service]]
+name = "single"
+component = "{guest:legacy}"
+channel = 2
+
+[[service]]
+name = "bad"
+component = "{guest:misbehave}"
+channel = 3
+restart_backoff = "10ms"
+"#;
+
+/// Messages each receiver is sent.
+const NOTES: u64 = 2000;
+
+/// Export calls made into `name` so far.
+fn calls(node: &Node, name: &str) -> u64 {
+    node.instance(name)
+        .unwrap()
+        .stats
+        .calls
+        .load(Ordering::Relaxed)
+}
+
+/// Sends note `n`, waiting while the receiver's mailbox is full (`busy`), as a sender must.
+async fn send_note(session: &ClientSession, n: u64) {
+    loop {
+        match session.send("note", n.to_string().into_bytes()) {
+            Err(CallError::Busy) => tokio::time::sleep(Duration::from_millis(1)).await,
+            other => return other.unwrap(),
+        }
+    }
+}
+
+/// The notes a session's client was sent back, until the session closed.
+async fn until_closed(mut events: tokio::sync::mpsc::Receiver<ClientEvent>) -> Vec<u64> {
+    let mut back = Vec::new();
+    while let Some(ClientEvent::Message { payload, .. }) =
+        tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("closed in time")
+    {
+        back.push(String::from_utf8(payload).unwrap().parse().unwrap());
+    }
+    back
+}
+
+/// What `name` answers to `notes`, as numbers.
+async fn notes(node: &Node, name: &str) -> Vec<u64> {
+    let reply = node.request(name, "notes", "null").await.unwrap();
+    serde_json::from_value(json(&reply)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_guest_and_a_0_1_0_guest_get_the_same_stream_in_order() {
+    let node = start(HOST).await;
+    let batched = node.open_session("batched", "tester").await.unwrap();
+    let single = node.open_session("single", "tester").await.unwrap();
+    // (A request queues behind the `on-connect` calls: the counts start after them.)
+    assert!(notes(&node, "batched").await.is_empty());
+    assert!(notes(&node, "single").await.is_empty());
+    let (b0, s0) = (calls(&node, "batched"), calls(&node, "single"));
+    // Ten `slow` keep `batched` busy for 50 ms while the notes pile up behind them.
+    const SLOW: u64 = 10;
+    for _ in 0..SLOW {
+        batched.send("slow", vec![]).unwrap();
+    }
+    for n in 0..NOTES {
+        send_note(&batched, n).await;
+        send_note(&single, n).await;
+    }
+    let want: Vec<u64> = (0..NOTES).collect();
+    // Every note exactly once and in order, at both (a request queues behind the notes).
+    assert_eq!(notes(&node, "batched").await, want);
+    assert_eq!(notes(&node, "single").await, want);
+    // One call per message for the 0.1.0 guest (and one for `notes`); fewer for the batch
+    // guest, which was handed what queued behind `slow` together. (How many fewer depends
+    // on how far the sender got ahead, which a busy machine decides.)
+    let (b, s) = (calls(&node, "batched") - b0, calls(&node, "single") - s0);
+    assert_eq!(s, NOTES + 1, "the 0.1.0 guest: one on-message per message");
+    assert!(
+        b < SLOW + NOTES + 1,
+        "the batch guest made {b} calls for {SLOW} + {NOTES} messages"
+    );
+    eprintln!("the batch guest made {b} calls for {SLOW} + {NOTES} messages");
+    // It sent each note back as it handled it, all before it answered `notes`. The
+    // client's queue holds 1 024: a note sent back past that is refused `busy` (the guest
+    // ignores it), so the client has a prefix, in order.
+    let mut back = Vec::new();
+    let mut events = batched.events;
+    while let Ok(event) = events.try_recv() {
+        match event {
+            ClientEvent::Message { kind, payload } if kind == "note" => {
+                back.push(String::from_utf8(payload).unwrap().parse::<u64>().unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!back.is_empty());
+    assert_eq!(back, want[..back.len()]);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stops_where_a_message_closed_its_session() {
+    let node = start(HOST).await;
+    let session = node.open_session("batched", "tester").await.unwrap();
+    session.send("slow", vec![]).unwrap();
+    for n in 0..5u64 {
+        session.send("note", n.to_string().into_bytes()).unwrap();
+    }
+    // `bye` closes the session: the notes after it are on a closed session and never
+    // reach the guest, as they would not one call at a time.
+    session.send("bye", vec![]).unwrap();
+    for n in 5..10u64 {
+        // Refused once the close is through, queued (then dropped) before.
+        let _ = session.send("note", n.to_string().into_bytes());
+    }
+    let back = until_closed(session.events).await;
+    assert_eq!(
+        back,
+        [0, 1, 2, 3, 4],
+        "the five notes before bye, sent back"
+    );
+    assert_eq!(notes(&node, "batched").await, vec![0, 1, 2, 3, 4]);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_in_the_middle_of_a_batch_drops_the_rest_and_delivers_nothing_twice() {
+    let node = start(HOST).await;
+    let mut lifecycle = node.subscribe();
+    let session = node.open_session("bad", "tester").await.unwrap();
+    let calls_before = calls(&node, "bad");
+    session.send("slow", vec![]).unwrap();
+    for n in 0..10u64 {
+        session.send("note", n.to_string().into_bytes()).unwrap();
+    }
+    session.send("boom", vec![]).unwrap();
+    for n in 10..20u64 {
+        session.send("note", n.to_string().into_bytes()).unwrap();
+    }
+    // The crash is in `on-messages`: the notes and `boom` came in one batch.
+    wait_for(&mut lifecycle, Duration::from_secs(10), |e| {
+        matches!(
+            e,
+            LifecycleEvent::Crashed {
+                export: "on-messages",
+                ..
+            }
+        )
+    })
+    .await;
+    // The notes handled before the trap were sent back once each, then the session closed:
+    // none after the trap, none twice.
+    let back = until_closed(session.events).await;
+    assert_eq!(back, (0..10).collect::<Vec<_>>());
+    assert!(
+        calls(&node, "bad") - calls_before < 12,
+        "the notes went in batches"
+    );
+    // Restarted on demand, with nothing delivered again.
+    assert_eq!(notes(&node, "bad").await, Vec::<u64>::new());
+    node.shutdown().await;
+}
