@@ -87,6 +87,36 @@ async fn the_planted_bug_is_found_shrunk_to_three_steps_and_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_step_delivers_its_messages_in_one_on_messages_call() {
+    let s = settings("{}", 1, 1);
+    let target = Target::load(&wasmwire_tests::test_guest("misbehave"), &s.limits)
+        .await
+        .unwrap();
+    let body = "message 1 \"note\" \"1\"\nmessage 1 \"boom\" \"\"\nmessage 1 \"note\" \"2\"\n";
+    let run = |text: String| {
+        let target = &target;
+        let s = &s;
+        async move {
+            let steps = Replay::parse(&text).unwrap().steps;
+            fuzz::replay(target, s, &steps).await.0.expect("a finding")
+        }
+    };
+    // Gathered by `batch 3`, the trap is in `on-messages`; without it, in `on-message`.
+    let f = run(format!("connect 1 \"a\"\nbatch 3\n{body}")).await;
+    assert_eq!((f.kind, f.export), (Kind::Trap, "on-messages"), "{f:?}");
+    assert_eq!(
+        f.step, 4,
+        "found when the third message completed the batch"
+    );
+    let f = run(format!("connect 1 \"a\"\n{body}")).await;
+    assert_eq!((f.kind, f.export), (Kind::Trap, "on-message"), "{f:?}");
+    assert_eq!(f.step, 2);
+    // A batch still gathering when a step of another kind comes is delivered first.
+    let f = run("connect 1 \"a\"\nbatch 5\nmessage 1 \"boom\" \"\"\ndescribe\n".into()).await;
+    assert_eq!((f.export, f.step), ("on-messages", 3), "{f:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_on_a_session_never_given_breaks_a_host_rule() {
     // `foreign` sends on 10 000 session ids the guest does not own.
     let s = settings("{}", 1, 1);

@@ -116,7 +116,15 @@ fn step(u: &mut Unstructured<'_>, target: &Target) -> Result<Step> {
                 Step::Wake
             }
         }
-        _ => Step::Describe,
+        _ => {
+            if u.arbitrary()? {
+                Step::Batch {
+                    count: u.int_in_range(2..=24)?,
+                }
+            } else {
+                Step::Describe
+            }
+        }
     })
 }
 

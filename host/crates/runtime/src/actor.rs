@@ -14,7 +14,9 @@ use super::directory::{Directory, StartActor};
 use super::instance::{
     CallError, Control, Envelope, Inbox, Instance, Kind, LifecycleEvent, Status,
 };
-use super::instance_core::{AlarmCall, Core, Crash, WakeError, describe_error as describe};
+use super::instance_core::{
+    AlarmCall, Core, Crash, MAX_RUN, WakeError, describe_error as describe,
+};
 use super::state::HostState;
 use super::stats::InstanceStats;
 use super::supervisor::{Supervisor, Verdict};
@@ -25,11 +27,6 @@ use tokio::time::{Instant, sleep_until};
 
 /// Most envelopes taken from the mailbox per wake-up.
 const BATCH: usize = 128;
-
-/// Most messages handed to `on-messages` in one call. The call may use `call_timeout` for
-/// each, so this also bounds how long an endless loop in a batch holds its worker thread
-/// (16 × 100 ms by default); 16 already spreads a call's fixed cost thin.
-const MAX_RUN: usize = 16;
 
 /// Owns one instance's store and runs its lifecycle.
 pub(crate) struct InstanceActor {
@@ -221,10 +218,9 @@ impl InstanceActor {
         }
     }
 
-    /// Hands a run of messages to `on-messages`, from the first up to the first on a session
-    /// not open here; returns how many of the run are done with (handled, or dropped: a
-    /// message on a session not open here, all of them when the instance is not awake or
-    /// crashed, their sessions closed with it).
+    /// Hands a run of messages to `on-messages` ([`Core::deliver`]); returns how many of
+    /// the run are done with (all of them when the instance is not awake, or crashed: their
+    /// sessions are closed with it).
     async fn deliver(&mut self, messages: &[(usize, Envelope)]) -> usize {
         let Some(a) = self.awake.as_mut() else {
             return messages.len();
@@ -232,29 +228,20 @@ impl InstanceActor {
         let class = &self.me.class;
         let mut run = recycle(std::mem::take(&mut self.run));
         for (_, envelope) in messages {
-            let Envelope::Message { end, kind, payload } = envelope else {
-                break;
-            };
-            if !a.is_open(*end) {
-                break;
+            if let Envelope::Message { end, kind, payload } = envelope {
+                run.push(Delivered {
+                    session: *end,
+                    kind: &class.messages[*kind as usize],
+                    payload,
+                });
             }
-            run.push(Delivered {
-                session: *end,
-                kind: &class.messages[*kind as usize],
-                payload,
-            });
         }
-        if run.is_empty() {
-            // The first is on a session not open here: dropped, as `handle` would.
-            self.run = recycle(run);
-            return 1;
-        }
-        let result = a.messages(&run).await;
+        let result = a.deliver(&run).await;
         let given = run.len();
         run.clear();
         self.run = recycle(run);
         match result {
-            Ok(taken) => taken,
+            Ok(done) => done,
             Err(crash) => {
                 let cause = self.crash(crash).await;
                 tracing::warn!(instance = %self.me.name, messages = given, %cause, "a batch of messages crashed the instance; those not yet handled are dropped with its sessions");

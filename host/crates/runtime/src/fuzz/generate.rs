@@ -13,6 +13,10 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 /// JSON values seen so far, kept bounded.
 const CORPUS: usize = 256;
 
+/// Most message steps a generated `batch` gathers: past the 16 of one call, so that a
+/// burst is split across calls too.
+const MAX_BATCH: u32 = 24;
+
 /// Replies longer than this are not learned: parsing them costs more than their shape adds.
 const LEARN_MAX: usize = 4096;
 
@@ -33,6 +37,8 @@ pub struct View<'a> {
     pub messages: &'a [String],
     /// Declared events.
     pub events: &'a [String],
+    /// Whether the host hands the service batches of messages (`on-messages`).
+    pub batches: bool,
 }
 
 /// The step generator of one fuzzing session.
@@ -131,6 +137,11 @@ impl Generator {
                 0..12 => Some(self.connect()),
                 12..20 if has_sessions => Some(Step::Disconnect {
                     id: self.pick(view.sessions),
+                }),
+                // A burst: the next few messages reach it in one call, as a host hands
+                // what queued in a mailbox.
+                20..24 if has_sessions && view.batches => Some(Step::Batch {
+                    count: self.rng.random_range(2..=MAX_BATCH),
                 }),
                 20..52 if has_sessions => Some(Step::Message {
                     id: self.pick(view.sessions),

@@ -17,11 +17,11 @@ pub mod step;
 use crate::audit::Audit;
 use crate::bindings::{ServicePre, WitError};
 use crate::class::Class;
-use crate::class::{check_event, check_message};
+use crate::class::{Delivered, check_event, check_message};
 use crate::engine::{Compiled, LoadError, Runtime, RuntimeConfig};
 use crate::instance::{CallError, PeerInfo};
 use crate::instance_core::describe_error;
-use crate::instance_core::{Core, Crash, WakeError};
+use crate::instance_core::{Core, Crash, MAX_RUN, WakeError};
 use crate::session::{ClientEvent, Route};
 use crate::state::HostState;
 use crate::state::{CpuDeadline, MemoryLimit};
@@ -307,6 +307,11 @@ struct Harness<'t> {
     /// Before the step in progress: the digest of the bucket and the commits the live
     /// instance had made, to check that a call that traps leaves no write behind.
     mark: Option<(u64, u64)>,
+    /// Message steps a `batch` step still gathers.
+    batch_left: u32,
+    /// The messages gathered (session, kind, payload), delivered as the actor hands a
+    /// burst: through `on-messages`, at most `MAX_RUN` a call.
+    batched: Vec<(u64, String, Vec<u8>)>,
 }
 
 /// The error a host call returns for an injected fault (`None`: the storage fault, which
@@ -353,7 +358,36 @@ impl<'t> Harness<'t> {
             events: vec![0; target.class.events.len()],
             bucket: target.storage.as_ref().map(Scratch::fresh_bucket),
             mark: None,
+            batch_left: 0,
+            batched: Vec::new(),
         }
+    }
+
+    /// Delivers the messages a `batch` step gathered, as the actor does: runs of at most
+    /// `MAX_RUN` to [`Core::deliver`], what the calls queued settled after each, the rest
+    /// handed again; dropped when the instance is gone (its sessions with it).
+    async fn flush(&mut self) -> Result<(), Finding> {
+        self.batch_left = 0;
+        let batched = std::mem::take(&mut self.batched);
+        let mut from = 0;
+        while from < batched.len() {
+            let Some(l) = self.live.as_mut() else {
+                break;
+            };
+            let run: Vec<Delivered<'_>> = batched[from..]
+                .iter()
+                .take(MAX_RUN)
+                .map(|(session, kind, payload)| Delivered {
+                    session: *session,
+                    kind,
+                    payload,
+                })
+                .collect();
+            let r = l.deliver(&run).await;
+            from += self.check(r)?;
+            self.settle().await?;
+        }
+        Ok(())
     }
 
     /// Notes what the bucket holds before a step, if an instance is live and stores.
@@ -546,7 +580,17 @@ impl<'t> Harness<'t> {
         if target.storage.is_some() {
             self.mark();
         }
+        // A batch gathers the message steps after it; any other step delivers it first.
+        if !self.batched.is_empty() && !matches!(step, Step::Message { .. }) {
+            self.flush().await?;
+        }
         match step {
+            Step::Batch { count } => {
+                // Only a class the actor hands batches to gets them.
+                if class.batches() {
+                    self.batch_left = *count;
+                }
+            }
             Step::Wake => self.wake().await?,
             Step::Sleep => {
                 if let Some(l) = self.live.as_mut()
@@ -607,9 +651,17 @@ impl<'t> Harness<'t> {
                     && l.state().service.sessions.contains_key(id)
                 {
                     self.messages[index as usize] += 1;
-                    let r = l.message(*id, kind, payload).await;
-                    self.check(r)?;
-                    self.settle().await?;
+                    if self.batch_left > 0 {
+                        self.batched.push((*id, kind.clone(), payload.clone()));
+                        self.batch_left -= 1;
+                        if self.batch_left == 0 {
+                            self.flush().await?;
+                        }
+                    } else {
+                        let r = l.message(*id, kind, payload).await;
+                        self.check(r)?;
+                        self.settle().await?;
+                    }
                 }
             }
             Step::Event { name, params } => {
@@ -675,6 +727,7 @@ impl<'t> Harness<'t> {
 
     /// Ends a run as a host ends an instance's life: `sleep()` if it is awake.
     async fn finish(&mut self) -> Result<(), Finding> {
+        self.flush().await?;
         if let Some(mut l) = self.live.take() {
             let r = l.sleep().await;
             self.check(r)?;
@@ -934,6 +987,7 @@ async fn worker(
                 timers: &timers,
                 messages: &target.class.messages,
                 events: &target.class.events,
+                batches: target.class.batches(),
             };
             let step = generator.step(&view);
             steps.push(step);

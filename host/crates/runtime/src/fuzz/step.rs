@@ -63,6 +63,13 @@ pub enum Step {
     Fault(Fault),
     /// Ask `describe` again: it must not change.
     Describe,
+    /// The next `count` message steps reach the guest together, in calls of
+    /// `on-messages`, as a host hands it what queued in its mailbox (only a service the
+    /// host hands batches to; any other step delivers what was gathered first).
+    Batch {
+        /// How many message steps it gathers.
+        count: u32,
+    },
 }
 
 /// An error injected into a host call.
@@ -134,6 +141,7 @@ impl fmt::Display for Step {
             Step::Timer { id } => write!(f, "timer {id}"),
             Step::Fault(k) => write!(f, "fault {}", json(k.name())),
             Step::Describe => f.write_str("describe"),
+            Step::Batch { count } => write!(f, "batch {count}"),
         }
     }
 }
@@ -200,6 +208,10 @@ impl Replay {
                     caller: text_arg(1)?,
                 },
                 "disconnect" => Step::Disconnect { id: num_arg(0)? },
+                "batch" => Step::Batch {
+                    count: u32::try_from(num_arg(0)?)
+                        .map_err(|_| at("batch count too large".into()))?,
+                },
                 "timer" => Step::Timer {
                     id: u32::try_from(num_arg(0)?).map_err(|_| at("timer id too large".into()))?,
                 },
@@ -280,6 +292,7 @@ mod tests {
                 },
                 Step::Fault(Fault::Timeout),
                 Step::Timer { id: 3 },
+                Step::Batch { count: 2 },
                 Step::Disconnect { id: 1 },
                 Step::Describe,
                 Step::Sleep,
@@ -287,7 +300,7 @@ mod tests {
         };
         let text = r.to_text(&["seed 42".into()]);
         assert!(text.starts_with("# seed 42\noptions "), "{text}");
-        assert_eq!(text.lines().count(), 12, "one step a line:\n{text}");
+        assert_eq!(text.lines().count(), 13, "one step a line:\n{text}");
         assert_eq!(Replay::parse(&text), Ok(r));
     }
 
