@@ -27,6 +27,12 @@ const EXCHANGES_PER_PERIOD: usize = 8;
 /// How long a host that answered `full` is not learned again.
 pub(crate) const FULL_BACKOFF: Duration = Duration::from_secs(120);
 
+/// The first period of a connection another host made to this one while it holds more
+/// than its high-water mark: long enough to answer a newcomer's hello and first queries,
+/// short enough that a seed's connections do not grow with the rate newcomers arrive at
+/// (a full period would let a seed fill up with newcomers that are done with it).
+const FIRST_PERIOD_PAST_HIGH_WATER: Duration = Duration::from_secs(5);
+
 impl Broker {
     /// Connected hosts that said they expose `service`, nearest first (by connection age).
     pub fn find(&self, service: &str) -> Vec<PeerId> {
@@ -161,6 +167,15 @@ impl Broker {
         // Released a period ago and still open: the driver keeps it for its sessions.
         let kept = std::mem::take(&mut c.released);
         self.released -= usize::from(kept);
+        let inbound = c.host && !c.dialled && !c.bootstrap;
+        let every = if first && inbound && self.held() > self.config.limits.high_water {
+            FIRST_PERIOD_PAST_HIGH_WATER.min(every)
+        } else {
+            every
+        };
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         c.next_exchange = Some(now + every);
         self.timers.insert((now + every, Timer::Exchange(conn)));
         if first && c.transient {
@@ -172,10 +187,10 @@ impl Broker {
         // it dials for, and one another host made to this one once this one holds more
         // than its high-water mark (the driver keeps any of them if sessions use it; the
         // next exchange asks again). Never on hello: a connection just made gets a period
-        // of use.
+        // of use — a short one (`FIRST_PERIOD_PAST_HIGH_WATER`) when it is another host's
+        // and this one holds more than its high-water mark.
         let idle = !first && c.pending == 0 && c.incoming == 0;
         let (bootstrap, transient) = (c.bootstrap, c.transient);
-        let inbound = c.host && !c.dialled && !bootstrap;
         let n = self.held();
         if idle
             && ((bootstrap && self.bootstrapped())
