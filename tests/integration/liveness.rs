@@ -87,7 +87,7 @@ async fn a_thousand_sessions_reopened_right_after_a_thousand_closed_keep_moving(
     let b_id = b.peer_id().unwrap().to_string();
     for round in 0..rounds {
         match wasmwire_tests::flood(&a, &b, &b_id, 20_000, 1000, Duration::from_secs(10)).await {
-            Ok(took) => eprintln!("round {round}: {took:?}"),
+            Ok(f) => eprintln!("round {round}: {f:?}"),
             Err(stall) => panic!("round {round} of {rounds}: {stall}"),
         }
     }

@@ -200,6 +200,74 @@ options = { room = "hub" }
     }
 }
 
+/// A session end writes its stream itself, and an acceptor's end can send before its answer
+/// is written (the room replays its history from `on-connect`): what it sent follows the
+/// answer on the wire, in order, and a refused session gets its answer all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_acceptor_sends_from_on_connect_follows_its_answer_across_hosts() {
+    let b = start_peer(
+        &[],
+        "",
+        r#"
+[[service]]
+name = "lobby"
+component = "{service:chat}"
+channel = 3
+expose = true
+max_sessions = 2
+options = { room = "lobby", history = 3 }
+"#,
+    )
+    .await;
+    let mut ann = b.open_session("lobby", "ann").await.unwrap();
+    for text in ["m1", "m2", "m3", "m4"] {
+        ann.send("say", text.as_bytes().to_vec()).unwrap();
+    }
+    let said = |e: Option<ClientEvent>| match e {
+        Some(ClientEvent::Message { kind, payload }) if kind == "said" => {
+            json(std::str::from_utf8(&payload).unwrap())["text"].clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    let client = client_of(&b).await;
+    let mut cy = client
+        .net
+        .open_client_session(client.conn, "lobby", "cy", 1 << 20)
+        .await
+        .expect("the room accepts a remote member");
+    for text in ["m2", "m3", "m4"] {
+        let e = tokio::time::timeout(WITHIN, cy.events.recv())
+            .await
+            .unwrap();
+        assert_eq!(said(e), json!(text));
+    }
+    // Live messages follow the replay, in order, and the member's own reach the room.
+    ann.send("say", b"m5".to_vec()).unwrap();
+    let e = tokio::time::timeout(WITHIN, cy.events.recv())
+        .await
+        .unwrap();
+    assert_eq!(said(e), json!("m5"));
+    cy.send("say", b"from cy".to_vec()).unwrap();
+    let e = tokio::time::timeout(WITHIN, ann.events.recv())
+        .await
+        .unwrap();
+    assert_eq!(said(e), json!("from cy"));
+    // `max_sessions = 2`: ann and cy are in; a third member from afar is refused, with the
+    // reason, on a stream the refusal finishes.
+    let refused = client
+        .net
+        .open_client_session(client.conn, "lobby", "dee", 1 << 20)
+        .await
+        .map(|_| ());
+    match refused {
+        Err(CallError::Denied(m)) if m.contains("limit of 2 sessions") => {}
+        other => panic!("a third member past max_sessions = 2: {other:?}"),
+    }
+    drop((ann, cy));
+    client.close().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_cycle_across_hosts_fails_with_cycle_at_once() {
     let b = start_peer(&[], "", &spec("bob", r#""*/alice""#, true)).await;

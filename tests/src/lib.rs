@@ -382,6 +382,16 @@ impl std::fmt::Display for Stall {
     }
 }
 
+/// How a flood went: from the request to the sink's last message, and how much of that the
+/// flooder spent opening its sessions (timed in the guest).
+#[derive(Debug, Clone, Copy)]
+pub struct Flooded {
+    /// From the request until the sink had every message.
+    pub took: Duration,
+    /// The flooder's `connect`s, one after the other, before it sent anything.
+    pub connects: Duration,
+}
+
 /// The flooder (bench guest) on `a` sends `n` 64-byte messages to `sink` on `b` (peer id
 /// `b_id`) over `sessions` sessions; returns how long until the sink had them all, or the
 /// stall if the sink's count did not move for `patience`.
@@ -392,7 +402,7 @@ pub async fn flood(
     n: u64,
     sessions: usize,
     patience: Duration,
-) -> Result<Duration, Stall> {
+) -> Result<Flooded, Stall> {
     let start = sink_count(b, "sink").await;
     let params = serde_json::json!({
         "service": "sink", "peer": b_id, "n": n, "size": 64, "sessions": sessions
@@ -427,7 +437,16 @@ pub async fn flood(
     }
     let took = t.elapsed();
     match sent.await {
-        Ok(Ok(_)) => Ok(took),
+        Ok(Ok(r)) => {
+            if std::env::var_os("BENCH_DETAIL").is_some() {
+                println!("detail: {sessions} session(s), {n} messages in {took:?}: {r}");
+            }
+            let connect_us = json(&r)["connect_us"].as_u64().unwrap_or(0);
+            Ok(Flooded {
+                took,
+                connects: Duration::from_micros(connect_us),
+            })
+        }
         Ok(Err(e)) => panic!("the flood failed: {e}"),
         Err(e) => panic!("the flood task failed: {e}"),
     }

@@ -54,6 +54,11 @@ impl FrameReader {
         wire::split_frame(&mut self.buf, self.limit)
     }
 
+    /// Bytes read and not yet split off as frames.
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Reads more of the stream: false at its end, an error if it ended inside a frame.
     pub async fn fill(&mut self) -> Result<bool, ReadError> {
         match self.recv.read_chunk(CHUNK, true).await? {

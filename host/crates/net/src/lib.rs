@@ -549,12 +549,15 @@ impl Net {
         };
         let (send, frames, accepted) = session::open(&connection, header, &traffic).await?;
         let (sink, outgoing) = session::StreamSink::new(
+            send,
+            true,
+            traffic.clone(),
             Some(accepted.messages.clone()),
             accepted.max_message,
             Arc::from(service),
             accepted.session,
         );
-        tokio::spawn(session::write_loop(send, outgoing, traffic.clone()));
+        tokio::spawn(session::write_loop(outgoing));
         let (tx, events) = mpsc::channel(wasmwire_runtime::session::CLIENT_QUEUE);
         tokio::spawn(session::read_loop(
             frames,
@@ -603,7 +606,12 @@ impl ClientStream {
     pub fn send(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError> {
         use wasmwire_runtime::session::RemoteSink;
         match &self.sink {
-            Some(s) => s.send(kind, payload),
+            Some(s) => {
+                // A client has no actor to end a batch: each message is handed over at once.
+                s.send(kind, &payload)?;
+                s.flush();
+                Ok(())
+            }
             None => Err(CallError::Closed),
         }
     }
@@ -1792,6 +1800,9 @@ impl Peers for Net {
                 .await
                 .map_err(|_| CallError::Timeout)??;
             let (sink, outgoing) = session::StreamSink::new(
+                send,
+                true,
+                traffic.clone(),
                 Some(accepted.messages),
                 accepted.max_message,
                 Arc::from(service.as_str()),
@@ -1799,9 +1810,7 @@ impl Peers for Net {
             );
             let max_message = from.limits.max_message;
             // Stream tasks run on the host's main runtime, not on the instance's worker.
-            shared
-                .runtime
-                .spawn(session::write_loop(send, outgoing, traffic.clone()));
+            shared.runtime.spawn(session::write_loop(outgoing));
             // Counted while read, so that a connection carrying it is not released.
             traffic.sessions_out.fetch_add(1, Ordering::Relaxed);
             shared.runtime.spawn(async move {

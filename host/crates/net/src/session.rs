@@ -2,19 +2,21 @@
 //! `connect` header, the acceptor answers `accepted` or `rejected`, then both sides write
 //! data frames until one finishes its side.
 //!
-//! Each direction is bounded end to end: a session end's `send` puts the message in a
-//! bounded per-stream queue (full: `busy`); one writer task per stream drains everything
-//! queued into one buffer and hands it to quinn in one write; QUIC flow control holds the
-//! writer back when the receiver does not read; the receiver reads only while the target
+//! Each direction is bounded end to end: a session end's `send` encodes the message into
+//! its stream's queue at once (full: `busy`), and the sending actor hands the queue to
+//! quinn itself when its batch ends — on its own thread, with no task in between. Only
+//! when quinn refuses (flow control: the receiver does not read) does a writer task take
+//! over, wait for room and write the rest; the receiver reads only while the target
 //! mailbox has room. Nothing buffers without bound.
 
 use super::frames::{FrameReader, ReadError};
 use super::watchdog::Wait;
 use super::{Traffic, failure_of};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use wasmwire_broker::Failure;
@@ -23,8 +25,15 @@ use wasmwire_runtime::instance::{CallError, Chain, PeerInfo, SessionId};
 use wasmwire_runtime::session::{ClientEvent, Inbound, RemoteSink, Route};
 use wasmwire_wire::{self as wire, FrameError, SessionHeader, data};
 
-/// Messages waiting in one stream's send queue at most; past that `send` returns `busy`.
-pub const QUEUE: usize = 256;
+/// Bytes of encoded frames a stream's send queue holds at most; a message that would take
+/// it past this gets `busy` (a queue that is empty takes any one message under
+/// `max_message`). Past what quinn already buffers (its send window), so only a stream
+/// whose receiver does not keep up fills it.
+pub const QUEUE_BYTES: usize = 64 << 10;
+
+/// A send that leaves at least this many bytes queued hands them to quinn at once, without
+/// waiting for the end of the sender's batch.
+const WRITE_AT: usize = 16 << 10;
 
 /// How long the acceptor waits for a session header before it resets the stream.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,106 +48,193 @@ pub mod codes {
     pub const GONE: u32 = 3;
 }
 
-/// A message waiting in a stream's send queue.
-struct Out {
-    /// Index into the receiver's declared kinds, or the kind itself for a client.
-    kind: Kind,
-    payload: Vec<u8>,
-}
-
-enum Kind {
-    Index(u16),
-    Named(String),
-}
-
-/// What the writer and the sending side share.
+/// What the sending side and the writer task share.
 struct Shared {
     /// The other end's declared message kinds; `None` for a client, which accepts any.
     kinds: Option<Box<[String]>>,
-    closing: AtomicBool,
-    close: Notify,
+    stream: Mutex<Stream>,
+    /// Wakes the writer task: quinn refused a write, or the end closed.
+    wake: Notify,
+    traffic: Arc<Traffic>,
+}
+
+/// One stream's send side: the quinn stream and the frames it has not taken yet.
+struct Stream {
+    send: SendStream,
+    /// Encoded frames not yet handed to quinn, oldest first.
+    queue: BytesMut,
+    /// Messages queued since they were last counted in [`Traffic::messages_out`].
+    uncounted: u64,
+    /// Whether the sender was told to flush this sink (it remembers it until it does).
+    flagged: bool,
+    /// quinn refused a write: the writer task waits for room and writes the rest. The
+    /// sending side does not write meanwhile (its poll would replace the writer's waker).
+    blocked: bool,
+    /// Closed by this side, or failed: sends get `closed`.
+    closing: bool,
+    /// The stream may carry data: the acceptor's answer is queued in front of it (an
+    /// acceptor's session end can send before the answer is written).
+    answered: bool,
+}
+
+impl Stream {
+    /// Hands quinn as much of the queue as it takes now. `Pending`: it took less than all
+    /// (and will wake `cx`). `Err`: the stream is gone; the queue is dropped.
+    fn write(&mut self, traffic: &Traffic, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        if self.uncounted > 0 {
+            traffic
+                .messages_out
+                .fetch_add(std::mem::take(&mut self.uncounted), Ordering::Relaxed);
+        }
+        while !self.queue.is_empty() {
+            let polled = std::pin::pin!(self.send.write(&self.queue)).poll(cx);
+            match polled {
+                Poll::Ready(Ok(n)) => self.queue.advance(n),
+                Poll::Ready(Err(_)) => {
+                    self.closing = true;
+                    self.queue = BytesMut::new();
+                    return Poll::Ready(Err(()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Shared {
+    /// The sending side's write: what quinn takes without waiting; the rest is left to the
+    /// writer task, woken for it.
+    fn write_now(&self, st: &mut Stream) {
+        if st.blocked || !st.answered || st.queue.is_empty() {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match st.write(&self.traffic, &mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(())) => self.wake.notify_one(),
+            Poll::Pending => {
+                st.blocked = true;
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Stream> {
+        // Nothing panics while holding it; a poisoned lock still holds a consistent stream.
+        self.stream.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The sending half of a session whose other end is on another host.
 pub(crate) struct StreamSink {
-    tx: mpsc::Sender<Out>,
     shared: Arc<Shared>,
     max_message: u64,
     other: Arc<str>,
     other_end: SessionId,
 }
 
-/// The writer's half: drained by [`write_loop`].
+/// The writer task's half: driven by [`write_loop`].
 pub(crate) struct Outgoing {
-    rx: mpsc::Receiver<Out>,
     shared: Arc<Shared>,
 }
 
 impl StreamSink {
-    /// A sink for an other end (`other`, whose own id for the session is `other_end`) that
-    /// accepts `kinds` (all kinds if `None`) of at most `max_message` bytes.
+    /// A sink writing to `send` for an other end (`other`, whose own id for the session is
+    /// `other_end`) that accepts `kinds` (all kinds if `None`) of at most `max_message`
+    /// bytes; [`write_loop`] must drive the returned [`Outgoing`]. An acceptor's sink
+    /// (`answered` false) holds what is sent until [`Outgoing::answer`].
     pub fn new(
+        send: SendStream,
+        answered: bool,
+        traffic: Arc<Traffic>,
         kinds: Option<Vec<String>>,
         max_message: u64,
         other: Arc<str>,
         other_end: SessionId,
     ) -> (Arc<StreamSink>, Outgoing) {
-        let (tx, rx) = mpsc::channel(QUEUE);
         let shared = Arc::new(Shared {
             kinds: kinds.map(Vec::into_boxed_slice),
-            closing: AtomicBool::new(false),
-            close: Notify::new(),
+            stream: Mutex::new(Stream {
+                send,
+                queue: BytesMut::new(),
+                uncounted: 0,
+                flagged: false,
+                blocked: false,
+                closing: false,
+                answered,
+            }),
+            wake: Notify::new(),
+            traffic,
         });
         (
             Arc::new(StreamSink {
-                tx,
                 shared: shared.clone(),
                 max_message,
                 other,
                 other_end,
             }),
-            Outgoing { rx, shared },
+            Outgoing { shared },
         )
+    }
+
+    /// The kind as the frame carries it, checked against what the other end declared.
+    #[inline]
+    fn kind<'a>(&'a self, kind: &'a str) -> Result<&'a str, CallError> {
+        match &self.shared.kinds {
+            Some(kinds) => match kinds.iter().find(|k| *k == kind) {
+                Some(k) => Ok(k),
+                None => Err(CallError::Invalid(format!(
+                    "{} does not accept message kind {kind:?}; it declares {kinds:?}",
+                    self.other
+                ))),
+            },
+            None if kind.len() > data::MAX_KIND => Err(CallError::Invalid(format!(
+                "message kind of {} bytes is over {}",
+                kind.len(),
+                data::MAX_KIND
+            ))),
+            None => Ok(kind),
+        }
     }
 }
 
 impl RemoteSink for StreamSink {
     #[inline]
-    fn send(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError> {
-        if self.shared.closing.load(Ordering::Relaxed) {
-            return Err(CallError::Closed);
-        }
-        let kind = match &self.shared.kinds {
-            Some(kinds) => match kinds.iter().position(|k| k == kind) {
-                Some(i) => Kind::Index(i as u16),
-                None => {
-                    return Err(CallError::Invalid(format!(
-                        "{} does not accept message kind {kind:?}; it declares {kinds:?}",
-                        self.other
-                    )));
-                }
-            },
-            None if kind.len() > data::MAX_KIND => {
-                return Err(CallError::Invalid(format!(
-                    "message kind of {} bytes is over {}",
-                    kind.len(),
-                    data::MAX_KIND
-                )));
-            }
-            None => Kind::Named(kind.to_string()),
-        };
+    fn send(&self, kind: &str, payload: &[u8]) -> Result<bool, CallError> {
+        let kind = self.kind(kind)?;
         if payload.len() as u64 > self.max_message {
             return Err(CallError::TooLarge {
                 size: payload.len(),
                 limit: self.max_message,
             });
         }
-        self.tx
-            .try_send(Out { kind, payload })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => CallError::Busy,
-                mpsc::error::TrySendError::Closed(_) => CallError::Closed,
-            })
+        let mut st = self.shared.lock();
+        if st.closing {
+            return Err(CallError::Closed);
+        }
+        let frame = wire::LEN_BYTES + 1 + kind.len() + payload.len();
+        if !st.queue.is_empty() && st.queue.len() + frame > QUEUE_BYTES {
+            // Full only because nothing was written yet: write, then look again.
+            self.shared.write_now(&mut st);
+            if st.queue.len() + frame > QUEUE_BYTES && !st.queue.is_empty() {
+                return Err(CallError::Busy);
+            }
+        }
+        // Kinds and sizes were checked above; a frame that cannot be encoded is not sent.
+        data::put_message(&mut st.queue, kind, payload)
+            .map_err(|e| CallError::Invalid(e.to_string()))?;
+        st.uncounted += 1;
+        if st.queue.len() >= WRITE_AT {
+            self.shared.write_now(&mut st);
+        }
+        Ok(!std::mem::replace(&mut st.flagged, true))
+    }
+
+    fn flush(&self) {
+        let mut st = self.shared.lock();
+        st.flagged = false;
+        self.shared.write_now(&mut st);
     }
 
     fn other_end(&self) -> SessionId {
@@ -146,72 +242,75 @@ impl RemoteSink for StreamSink {
     }
 
     fn close(&self) {
-        self.shared.closing.store(true, Ordering::Relaxed);
-        // `notify_one` keeps a permit if the writer is not waiting yet: the close is never
-        // missed.
-        self.shared.close.notify_one();
-    }
-}
-
-fn encode(buf: &mut BytesMut, batch: &mut Vec<Out>, kinds: Option<&[String]>) {
-    for out in batch.drain(..) {
-        let kind = match &out.kind {
-            Kind::Index(i) => kinds
-                .and_then(|k| k.get(*i as usize))
-                .map_or("", |k| k.as_str()),
-            Kind::Named(k) => k.as_str(),
-        };
-        // Kinds were checked at `send`; a frame that cannot be encoded is skipped.
-        let _ = data::put_message(buf, kind, &out.payload);
-    }
-}
-
-/// Writes what a session end queues, batch by batch, until the end is dropped or closed;
-/// then finishes the stream.
-pub(crate) async fn write_loop(mut send: SendStream, mut out: Outgoing, traffic: Arc<Traffic>) {
-    let mut batch = Vec::with_capacity(QUEUE);
-    let mut buf = BytesMut::with_capacity(16 << 10);
-    let kinds = out.shared.kinds.as_deref();
-    loop {
-        tokio::select! {
-            biased;
-            n = out.rx.recv_many(&mut batch, QUEUE) => {
-                if n == 0 {
-                    break; // the session end is gone
-                }
-                traffic.messages_out.fetch_add(n as u64, Ordering::Relaxed);
-                encode(&mut buf, &mut batch, kinds);
-                let written = traffic.watchdog.watch(
-                    Wait::SendBlocked,
-                    send.write_all(&buf),
-                    || traffic.peer.to_string(),
-                    "a session stream",
-                );
-                if written.await.is_err() {
-                    out.shared.closing.store(true, Ordering::Relaxed);
-                    return;
-                }
-                buf.clear();
-            }
-            _ = out.shared.close.notified() => {
-                // Closed by this side: what was sent before the close still goes out.
-                while let Ok(o) = out.rx.try_recv() {
-                    batch.push(o);
-                }
-                traffic.messages_out.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                encode(&mut buf, &mut batch, kinds);
-                let written = traffic.watchdog.watch(
-                    Wait::SendBlocked,
-                    send.write_all(&buf),
-                    || traffic.peer.to_string(),
-                    "a session stream (closing)",
-                );
-                let _ = written.await;
-                break;
-            }
+        let mut st = self.shared.lock();
+        if !st.closing {
+            st.closing = true;
+            // `notify_one` keeps a permit if the writer is not waiting yet: the close is
+            // never missed.
+            self.shared.wake.notify_one();
         }
     }
-    let _ = send.finish();
+}
+
+impl Drop for StreamSink {
+    fn drop(&mut self) {
+        // The session end is gone: what it queued is still written, then the stream ends.
+        self.close();
+    }
+}
+
+impl Outgoing {
+    /// Queues the acceptor's answer in front of what its session end sent meanwhile and
+    /// lets the stream carry it all; a rejection drops that and ends the stream after it.
+    /// Written at once as far as quinn takes it; [`write_loop`] writes the rest and
+    /// finishes a refused stream.
+    pub fn answer(&self, header: &SessionHeader) {
+        let mut st = self.shared.lock();
+        let mut out = BytesMut::new();
+        wire::put_json(&mut out, header);
+        if matches!(header, SessionHeader::Accepted { .. }) {
+            out.extend_from_slice(&st.queue);
+        } else {
+            st.closing = true;
+            st.uncounted = 0;
+        }
+        st.queue = out;
+        st.answered = true;
+        // Written from here, at once; what quinn does not take, the writer task writes.
+        self.shared.write_now(&mut st);
+        if st.closing {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// The writer task of one stream: each time it is woken, writes what the sending side
+/// could not (waiting for quinn's room); once the end is closed and the queue is empty,
+/// finishes the stream.
+pub(crate) async fn write_loop(out: Outgoing) {
+    let shared = out.shared;
+    let traffic = shared.traffic.clone();
+    loop {
+        shared.wake.notified().await;
+        let drained = std::future::poll_fn(|cx| {
+            let mut st = shared.lock();
+            let polled = st.write(&traffic, cx);
+            st.blocked = polled.is_pending();
+            polled.map(|r| r.map(|()| st.closing))
+        });
+        let written = traffic.watchdog.watch(
+            Wait::SendBlocked,
+            drained,
+            || traffic.peer.to_string(),
+            "a session stream",
+        );
+        match written.await {
+            Ok(false) => {}
+            Ok(true) => break,
+            Err(()) => return,
+        }
+    }
+    let _ = shared.lock().send.finish();
 }
 
 /// Where the messages read from a stream go.
@@ -262,10 +361,19 @@ async fn read_frames(
     to: &mut Deliver,
     traffic: &Traffic,
 ) -> Result<(), StreamError> {
+    // Small payloads of one read are copied into one allocation sized to that read (one
+    // allocation per read, not per message), so what a waiting message holds is about what
+    // was read with it; see `SLICE_AT`.
+    let mut arena = BytesMut::new();
     loop {
+        let need = frames.buffered_len().min(SLICE_AT * 4);
+        if arena.capacity() < need || arena.capacity() > 4 * need {
+            arena = BytesMut::with_capacity(need);
+        }
+        let mut read = 0;
         while let Some(frame) = frames.buffered()? {
             let (kind, payload) = data::parse_message(&frame)?;
-            traffic.messages_in.fetch_add(1, Ordering::Relaxed);
+            read += 1;
             if payload.len() as u64 > max_message {
                 return Err(StreamError::Refused(format!(
                     "a payload of {} bytes is over max_message ({max_message})",
@@ -285,7 +393,8 @@ async fn read_frames(
                         if payload.len() >= SLICE_AT {
                             frame.slice_ref(payload)
                         } else {
-                            bytes::Bytes::copy_from_slice(payload)
+                            arena.extend_from_slice(payload);
+                            arena.split().freeze()
                         },
                     );
                 }
@@ -300,6 +409,7 @@ async fn read_frames(
                 }
             }
         }
+        traffic.messages_in.fetch_add(read, Ordering::Relaxed);
         if let Deliver::Instance(inbound) = to {
             inbound.flush();
         }
@@ -310,9 +420,9 @@ async fn read_frames(
 }
 
 /// Payloads at least this large are delivered as a slice of the frame they came in; smaller
-/// ones are copied, so that a small message waiting in a mailbox does not hold its stream's
-/// whole read buffer (64 KiB or more) — a thousand sessions each with one message waiting
-/// would hold that much each.
+/// ones are copied (into one allocation per read), so that a small message waiting in a
+/// mailbox does not hold its stream's whole read buffer (64 KiB or more) — a thousand
+/// sessions each with one message waiting would hold that much each.
 const SLICE_AT: usize = 16 << 10;
 
 /// Takes a place in the instance's mailbox, waiting while it is full: while this waits,
@@ -547,6 +657,9 @@ pub(crate) async fn accept(
         return;
     }
     let (sink, outgoing) = StreamSink::new(
+        send,
+        false,
+        traffic.clone(),
         messages,
         max_message,
         Arc::from(caller.as_str()),
@@ -568,7 +681,13 @@ pub(crate) async fn accept(
     let (instance, end) = match answer {
         Ok(accepted) => accepted,
         Err(e) => {
-            reject(&mut send, e).await;
+            let f = failure_of(e);
+            outgoing.answer(&SessionHeader::Rejected {
+                code: f.code,
+                reason: f.reason,
+                oversize: f.oversize,
+            });
+            write_loop(outgoing).await;
             return;
         }
     };
@@ -581,10 +700,8 @@ pub(crate) async fn accept(
     let max = instance.limits.max_message;
     // From here on, dropping this end tells the instance the session ended.
     let inbound = Inbound::new(instance, end);
-    if write_header(&mut send, &accepted).await.is_err() {
-        return;
-    }
-    let writer = tokio::spawn(write_loop(send, outgoing, traffic.clone()));
+    outgoing.answer(&accepted);
+    let writer = tokio::spawn(write_loop(outgoing));
     let to = Deliver::Instance(inbound);
     read_loop(frames, max, to, traffic).await;
     // The stream is the peer's to count against `max_streams` until both halves are done.

@@ -568,8 +568,11 @@ pub const CLIENT_QUEUE: usize = 1024;
 /// implemented by the network layer).
 pub trait RemoteSink: Send + Sync {
     /// Queues one message, checked against the other end's declared kinds and size limit;
-    /// `busy` when the stream's bounded queue is full.
-    fn send(&self, kind: &str, payload: Vec<u8>) -> Result<(), CallError>;
+    /// `busy` when the stream's bounded queue is full. `Ok(true)`: the first message since
+    /// the last [`RemoteSink::flush`] — the sender must flush when its batch ends.
+    fn send(&self, kind: &str, payload: &[u8]) -> Result<bool, CallError>;
+    /// Hands what is queued to the transport (the sender's batch ended).
+    fn flush(&self);
     /// Ends the session from this side: what is queued is still written, then the stream
     /// is finished.
     fn close(&self);
@@ -637,7 +640,12 @@ impl Route {
                     mpsc::error::TrySendError::Closed(_) => CallError::Closed,
                 })
             }
-            Route::Remote(sink) => sink.send(kind, payload),
+            Route::Remote(sink) => {
+                if sink.send(kind, &payload)? {
+                    outbox.remote(sink);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -684,7 +692,10 @@ impl Route {
                 })
             }
             Route::Client { .. } | Route::Remote(_) => {
-                self.send(kind, payload, &mut Outbox::default())
+                let mut outbox = Outbox::default();
+                self.send(kind, payload, &mut outbox)?;
+                outbox.flush();
+                Ok(())
             }
         }
     }
@@ -751,7 +762,9 @@ pub(crate) fn check(to: &Instance, kind: &str, len: usize) -> Result<u16, CallEr
 const OUTBOX_BATCH: usize = 64;
 
 /// Messages an instance sent during the current call, not yet handed to their receivers.
-/// Their mailbox places are already reserved, so `busy` is still reported at `send`.
+/// Their mailbox places are already reserved, so `busy` is still reported at `send`. They
+/// leave when a batch fills, before a `request`, `connect` or `close`, each time a long
+/// call yields its thread (every 2 ms), and when the call ends.
 ///
 /// What a call causes after its first write is *held* (the output gate): it leaves only
 /// when the call's writes are durable ([`Outbox::release`]), or never if they are not
@@ -761,6 +774,8 @@ pub(crate) struct Outbox {
     to: Option<Arc<Instance>>,
     pending: Vec<Envelope>,
     held: Vec<Held>,
+    /// Streams to other hosts this call queued messages on, to flush when it ends.
+    remotes: Vec<Arc<dyn RemoteSink>>,
 }
 
 /// An output of the current call held until its writes are durable.
@@ -789,6 +804,14 @@ impl Outbox {
         if self.pending.len() >= OUTBOX_BATCH {
             self.flush();
         }
+    }
+
+    /// Remembers a stream to another host to flush: its first message since its last flush.
+    /// (One entry per stream, so at most one per open session; a stream whose queue grows
+    /// past a write's worth writes it by itself.)
+    #[inline]
+    fn remote(&mut self, sink: &Arc<dyn RemoteSink>) {
+        self.remotes.push(sink.clone());
     }
 
     /// Holds a session's close until the call's writes are durable.
@@ -840,9 +863,13 @@ impl Outbox {
         }
     }
 
-    /// Hands the pending messages to their receiver as one batch.
+    /// Hands the pending messages to their receiver as one batch, and what was queued on
+    /// streams to other hosts to the transport.
     #[inline]
     pub fn flush(&mut self) {
+        for sink in self.remotes.drain(..) {
+            sink.flush();
+        }
         let Some(to) = self.to.take() else { return };
         match self.pending.len() {
             0 => {}

@@ -251,8 +251,12 @@ pub(crate) fn new_store(engine: &Engine, state: HostState) -> Store<HostState> {
                 limit: clock.budget(),
             })),
             // Still within budget: give the worker thread back for a moment, then run
-            // another slice.
-            Verdict::Yield(ticks) => Ok(UpdateDeadline::YieldCustom(ticks, clock.yield_now())),
+            // another slice. What the call sent so far leaves now, not when it ends.
+            Verdict::Yield(ticks) => {
+                let clock = clock.yield_now();
+                ctx.data_mut().service.outbox.flush();
+                Ok(UpdateDeadline::YieldCustom(ticks, clock))
+            }
         }
     });
     store.set_epoch_deadline(u64::MAX / 2);

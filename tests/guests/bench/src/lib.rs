@@ -4,7 +4,8 @@
 //! Events: `count` (messages received so far), `flood {service, n, size, peer?, sessions?}`
 //! (connects to `service` — on host `peer` if given — `sessions` times (default 1) and
 //! sends `n` messages of `size` bytes round-robin over those sessions, retrying while the
-//! receiver is busy; returns the number of busy retries), `ping {service, n}` (makes `n` requests of `pong`
+//! receiver is busy; returns `{busy, connect_us}`: the busy retries, and the microseconds
+//! the connects took), `ping {service, n}` (makes `n` requests of `pong`
 //! on `service`; returns the sorted round-trip times in nanoseconds), `pong` (answers 1).
 
 use serde::Deserialize;
@@ -51,12 +52,14 @@ impl Service for Bench {
                     Err(e) => return Reply::error(e),
                 };
                 let mut sessions = Vec::new();
+                let t = Instant::now();
                 for _ in 0..f.sessions.unwrap_or(1).max(1) {
                     match wasmwire_guest::connect(f.peer.as_deref(), &f.service) {
                         Ok(s) => sessions.push(s),
                         Err(e) => return Reply::error(e.to_string()),
                     }
                 }
+                let connect_us = t.elapsed().as_micros() as u64;
                 let payload = vec![7u8; f.size];
                 let mut busy: u64 = 0;
                 for i in 0..f.n {
@@ -72,7 +75,7 @@ impl Service for Bench {
                 for s in sessions {
                     wasmwire_guest::close(s);
                 }
-                Reply::json(&busy)
+                Reply::json(&serde_json::json!({"busy": busy, "connect_us": connect_us}))
             }
             "ping" => {
                 let p: Ping = match event.params() {
