@@ -54,9 +54,10 @@ impl FrameReader {
         wire::split_frame(&mut self.buf, self.limit)
     }
 
-    /// Bytes read and not yet split off as frames.
-    pub fn buffered_len(&self) -> usize {
-        self.buf.len()
+    /// The bytes of the whole frames already read whose bodies are under `below` bytes
+    /// (lengths only: the frames are not checked here).
+    pub fn buffered_below(&self, below: usize) -> usize {
+        wire::whole_frames_below(&self.buf, below)
     }
 
     /// Reads more of the stream: false at its end, an error if it ended inside a frame.

@@ -31,6 +31,12 @@ use wasmwire_wire::{self as wire, FrameError, SessionHeader, data};
 /// whose receiver does not keep up fills it.
 pub const QUEUE_BYTES: usize = 64 << 10;
 
+/// The same bound for an acceptor's session end before its answer is written (what it sends
+/// from `on-connect`, a room's history say): none of it can go to quinn yet, so it may
+/// queue what an answered stream could have handed to quinn at once (the default stream
+/// window) on top.
+pub const QUEUE_BYTES_UNANSWERED: usize = QUEUE_BYTES + (1 << 20);
+
 /// A send that leaves at least this many bytes queued hands them to quinn at once, without
 /// waiting for the end of the sender's batch.
 const WRITE_AT: usize = 16 << 10;
@@ -214,10 +220,18 @@ impl RemoteSink for StreamSink {
             return Err(CallError::Closed);
         }
         let frame = wire::LEN_BYTES + 1 + kind.len() + payload.len();
-        if !st.queue.is_empty() && st.queue.len() + frame > QUEUE_BYTES {
+        let bound = if st.answered {
+            QUEUE_BYTES
+        } else {
+            QUEUE_BYTES_UNANSWERED
+        };
+        if !st.queue.is_empty() && st.queue.len() + frame > bound {
             // Full only because nothing was written yet: write, then look again.
             self.shared.write_now(&mut st);
-            if st.queue.len() + frame > QUEUE_BYTES && !st.queue.is_empty() {
+            if st.closing {
+                return Err(CallError::Closed);
+            }
+            if st.queue.len() + frame > bound && !st.queue.is_empty() {
                 return Err(CallError::Busy);
             }
         }
@@ -361,19 +375,18 @@ async fn read_frames(
     to: &mut Deliver,
     traffic: &Traffic,
 ) -> Result<(), StreamError> {
-    // Small payloads of one read are copied into one allocation sized to that read (one
-    // allocation per read, not per message), so what a waiting message holds is about what
-    // was read with it; see `SLICE_AT`.
+    // The small payloads of one read are copied into one allocation of exactly their size
+    // (one allocation per read, not per message, and never shared with another read's), so
+    // what a waiting message holds is what was read with it; see `SLICE_AT`.
     let mut arena = BytesMut::new();
     loop {
-        let need = frames.buffered_len().min(SLICE_AT * 4);
-        if arena.capacity() < need || arena.capacity() > 4 * need {
-            arena = BytesMut::with_capacity(need);
+        if matches!(to, Deliver::Instance(_)) {
+            arena = BytesMut::with_capacity(frames.buffered_below(SLICE_AT));
         }
-        let mut read = 0;
+        let mut read = Counted(&traffic.messages_in, 0);
         while let Some(frame) = frames.buffered()? {
             let (kind, payload) = data::parse_message(&frame)?;
-            read += 1;
+            read.1 += 1;
             if payload.len() as u64 > max_message {
                 return Err(StreamError::Refused(format!(
                     "a payload of {} bytes is over max_message ({max_message})",
@@ -409,13 +422,23 @@ async fn read_frames(
                 }
             }
         }
-        traffic.messages_in.fetch_add(read, Ordering::Relaxed);
+        drop(read);
         if let Deliver::Instance(inbound) = to {
             inbound.flush();
         }
         if !frames.fill().await? {
             return Ok(());
         }
+    }
+}
+
+/// Frames read, added to a connection's count when a read's batch is done, however it ends
+/// (one atomic add per read, not per frame).
+struct Counted<'a>(&'a std::sync::atomic::AtomicU64, u64);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(self.1, Ordering::Relaxed);
     }
 }
 

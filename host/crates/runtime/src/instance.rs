@@ -621,7 +621,7 @@ impl Route {
     pub(crate) fn send(
         &self,
         kind: &str,
-        payload: Vec<u8>,
+        payload: &[u8],
         outbox: &mut Outbox,
     ) -> Result<(), CallError> {
         match self {
@@ -633,7 +633,7 @@ impl Route {
                 fits(payload.len(), *max_message)?;
                 to.try_send(ClientEvent::Message {
                     kind: kind.to_string(),
-                    payload,
+                    payload: payload.to_vec(),
                 })
                 .map_err(|e| match e {
                     mpsc::error::TrySendError::Full(_) => CallError::Busy,
@@ -641,7 +641,7 @@ impl Route {
                 })
             }
             Route::Remote(sink) => {
-                if sink.send(kind, &payload)? {
+                if sink.send(kind, payload)? {
                     outbox.remote(sink);
                 }
                 Ok(())
@@ -655,7 +655,7 @@ impl Route {
     pub(crate) fn hold(
         &self,
         kind: &str,
-        payload: Vec<u8>,
+        payload: &[u8],
         outbox: &mut Outbox,
     ) -> Result<(), CallError> {
         match self {
@@ -668,13 +668,13 @@ impl Route {
                 fits(payload.len(), *max_message)?;
                 outbox
                     .held
-                    .push(Held::Send(self.clone(), Box::from(kind), payload));
+                    .push(Held::Send(self.clone(), Box::from(kind), payload.to_vec()));
                 Ok(())
             }
             Route::Remote(_) => {
                 outbox
                     .held
-                    .push(Held::Send(self.clone(), Box::from(kind), payload));
+                    .push(Held::Send(self.clone(), Box::from(kind), payload.to_vec()));
                 Ok(())
             }
         }
@@ -693,7 +693,7 @@ impl Route {
             }
             Route::Client { .. } | Route::Remote(_) => {
                 let mut outbox = Outbox::default();
-                self.send(kind, payload, &mut outbox)?;
+                self.send(kind, &payload, &mut outbox)?;
                 outbox.flush();
                 Ok(())
             }
@@ -728,14 +728,14 @@ fn reserved(
     to: &Instance,
     end: SessionId,
     kind: &str,
-    payload: Vec<u8>,
+    payload: &[u8],
 ) -> Result<Envelope, CallError> {
     let kind = check(to, kind, payload.len())?;
     to.reserve()?;
     Ok(Envelope::Message {
         end,
         kind,
-        payload: payload.into(),
+        payload: bytes::Bytes::copy_from_slice(payload),
     })
 }
 
@@ -832,7 +832,7 @@ impl Outbox {
             match h {
                 Held::Local(to, envelope) => self.push(&to, envelope),
                 Held::Send(route, kind, payload) => {
-                    if let Err(e) = route.send(&kind, payload, self) {
+                    if let Err(e) = route.send(&kind, &payload, self) {
                         tracing::debug!(
                             "a {kind:?} message held until its call's writes were durable was dropped: {e}"
                         );

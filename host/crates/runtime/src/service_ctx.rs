@@ -58,6 +58,9 @@ pub struct ServiceCtx {
     pub(crate) outbox: Outbox,
     /// The chain of the event in progress (empty for other calls).
     pub(crate) chain: Chain,
+    /// Where the `send` import copies the kind and payload from guest memory (kept between
+    /// sends: no allocation per message; see `engine::link_send`).
+    pub(crate) scratch: Vec<u8>,
     max_timers: usize,
     /// Most sessions open at once, opened or accepted (`max_sessions`).
     max_sessions: u32,
@@ -88,6 +91,7 @@ impl ServiceCtx {
             next_timer: 1,
             deferred: VecDeque::new(),
             outbox: Outbox::default(),
+            scratch: Vec::new(),
             chain: Chain::default(),
             max_timers: limits.max_timers as usize,
             max_sessions: limits.max_sessions,
@@ -429,6 +433,28 @@ impl From<CallError> for WitError {
 
 impl types::Host for ServiceCtxView<'_> {}
 
+impl ServiceCtxView<'_> {
+    /// `send`, with the kind and payload borrowed.
+    #[inline]
+    pub(crate) fn send_slice(
+        &mut self,
+        session: SessionId,
+        kind: &str,
+        payload: &[u8],
+    ) -> Result<(), WitError> {
+        let Some(end) = self.ctx.sessions.get(&session) else {
+            return Err(WitError::NoSuchSession);
+        };
+        let outbox = &mut self.ctx.outbox;
+        let sent = if self.txn.is_dirty() {
+            end.route.hold(kind, payload, outbox)
+        } else {
+            end.route.send(kind, payload, outbox)
+        };
+        sent.map_err(WitError::from)
+    }
+}
+
 impl host::Host for ServiceCtxView<'_> {
     fn log(&mut self, level: Level, mut message: String) -> wasmtime::Result<()> {
         if message.len() > MAX_LOG_LINE {
@@ -454,16 +480,7 @@ impl host::Host for ServiceCtxView<'_> {
         kind: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        let Some(end) = self.ctx.sessions.get(&session) else {
-            return Ok(Err(WitError::NoSuchSession));
-        };
-        let outbox = &mut self.ctx.outbox;
-        let sent = if self.txn.is_dirty() {
-            end.route.hold(&kind, payload, outbox)
-        } else {
-            end.route.send(&kind, payload, outbox)
-        };
-        Ok(sent.map_err(WitError::from))
+        Ok(self.send_slice(session, &kind, &payload))
     }
 
     fn close(&mut self, session: SessionId) -> wasmtime::Result<()> {

@@ -104,6 +104,23 @@ pub fn split_frame(buf: &mut BytesMut, limit: usize) -> Result<Option<Bytes>, Fr
     }
 }
 
+/// The bytes of the bodies under `below` bytes of the whole frames at the start of `buf`
+/// (lengths only: the frames are not checked).
+pub fn whole_frames_below(buf: &[u8], below: usize) -> usize {
+    let (mut at, mut sum) = (0, 0);
+    while let Some(p) = buf.get(at..at + LEN_BYTES) {
+        let len = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+        if buf.len() - at - LEN_BYTES < len {
+            break;
+        }
+        if len < below {
+            sum += len;
+        }
+        at += LEN_BYTES + len;
+    }
+    sum
+}
+
 /// What is left in `buf` when its stream ended: nothing, or a truncation error.
 pub fn at_end(buf: &[u8]) -> Result<(), FrameError> {
     if buf.is_empty() {
@@ -156,6 +173,25 @@ mod tests {
                 limit: 10
             })
         );
+    }
+
+    #[test]
+    fn whole_frames_below_counts_small_whole_bodies_only() {
+        let mut buf = BytesMut::new();
+        put_frame(&mut buf, b"one");
+        put_frame(&mut buf, &[7; 40]);
+        put_frame(&mut buf, b"three");
+        assert_eq!(
+            whole_frames_below(&buf, 10),
+            3 + 5,
+            "the 40-byte body is over"
+        );
+        assert_eq!(whole_frames_below(&buf, 100), 3 + 40 + 5);
+        // A frame not all read yet is not counted, nor anything after it.
+        buf.extend_from_slice(&[0, 0, 0, 9, 1, 2]);
+        assert_eq!(whole_frames_below(&buf, 100), 48);
+        assert_eq!(whole_frames_below(&buf[..5], 100), 0);
+        assert_eq!(whole_frames_below(&[], 100), 0);
     }
 
     #[test]
