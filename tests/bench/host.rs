@@ -10,7 +10,10 @@
 //! (d) host memory per awake instance with 1 000 awake;
 //! (e) a `request` round trip between two instances, p50 and p99, vs a bare `on-event` call;
 //! (f) `wasmwire fuzz` on the sample `echo`, export calls per second on one worker and on
-//!     one per core, vs the rate of the bare typed call of (a), alternated in rounds.
+//!     one per core, vs the rate of the bare typed call of (a), alternated in rounds;
+//! (q) a lone 64-byte message from a client to `echo` and back, p50 / p99 — batching must
+//!     not make a lone message wait — vs the same two thread hand-offs (a task on a thread
+//!     of its own, tokio channels) without wasm.
 //!
 //! `BENCH_ONE_THREAD=1` runs everything on one thread (shows what thread hand-offs cost);
 //! `BENCH_DETAIL=1` adds break-downs (store set-up, how far the receiver kept up in (b)).
@@ -46,6 +49,36 @@ fn bare_store(runtime: &Runtime) -> wasmtime::Store<HostState> {
     );
     store.set_epoch_deadline(u64::MAX / 2);
     store
+}
+
+/// (q)'s floor: `n` round trips of a 64-byte message through a task on a thread of its own
+/// (what an instance's worker is) over tokio channels, no wasm; sorted.
+async fn bare_round_trips(n: usize) -> Vec<Duration> {
+    let (to, mut there) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let (back, mut here) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
+    let worker = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                while let Some(m) = there.recv().await {
+                    if back.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            })
+    });
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        to.send(vec![7u8; 64]).await.unwrap();
+        here.recv().await.unwrap();
+        times.push(t.elapsed());
+    }
+    drop(to);
+    worker.join().unwrap();
+    times.sort();
+    times
 }
 
 async fn count(node: &Node, service: &str) -> u64 {
@@ -212,6 +245,11 @@ call_timeout = "60s"
 name = "ponger"
 component = "{guest:bench}"
 channel = 5
+
+[[service]]
+name = "echo"
+component = "{service:echo}"
+channel = 6
 "#
         .replace(
             "THREADS",
@@ -355,6 +393,45 @@ channel = 5
         format!("{:.2} us bare", bare_event_ns / 1e3),
         format!("{:.1}x", p50 * 1e3 / bare_event_ns),
         "p50 <= 2 us",
+    );
+
+    // (q) a lone message to `echo` and back, vs the same two thread hand-offs without wasm.
+    let (ours, floor) = {
+        let mut echo = node.open_session("echo", "bench").await.unwrap();
+        let trips = 10_000;
+        let (mut ours, mut floor) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let f = bare_round_trips(trips).await;
+            if round == 0 || f[trips / 2] < floor[trips / 2] {
+                floor = f;
+            }
+            let mut times = Vec::with_capacity(trips);
+            for _ in 0..trips {
+                let t = Instant::now();
+                echo.send("echo", payload.clone()).unwrap();
+                match echo.events.recv().await {
+                    Some(wasmwire::runtime::session::ClientEvent::Message { .. }) => {}
+                    other => panic!("echo answered {other:?}"),
+                }
+                times.push(t.elapsed());
+            }
+            times.sort();
+            if round == 0 || times[trips / 2] < ours[trips / 2] {
+                ours = times;
+            }
+        }
+        echo.close();
+        (ours, floor)
+    };
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let median = |v: &[Duration]| v[v.len() / 2];
+    let tail = |v: &[Duration]| v[v.len() * 99 / 100];
+    row(
+        "(q) lone message to echo and back p50 / p99",
+        format!("{:.1} / {:.1} us", us(median(&ours)), us(tail(&ours))),
+        format!("{:.1} / {:.1} us", us(median(&floor)), us(tail(&floor))),
+        format!("{:.1}x", us(median(&ours)) / us(median(&floor))),
+        "report",
     );
     node.shutdown().await;
     drop(runtime);
