@@ -1499,3 +1499,63 @@ fn a_probe_lets_go_of_a_provider_whose_dial_finishes_after_it_ended() {
     assert!(!ready.contains(&ids[first]), "{ready:?}");
     assert!(!ready.contains(&ids[second]), "{ready:?}");
 }
+
+/// The case the 10 000-host simulation found: the provider published while the network was
+/// small, and newcomers closer to the key joined since, so the k hosts closest to the key
+/// hold no record while hosts a little farther out do. A lookup that has heard of no
+/// provider asks on to the 2k closest before it gives up, and finds it.
+#[test]
+fn a_lookup_that_heard_of_no_provider_asks_on_past_the_k_closest() {
+    let key = dht::Key::of_service("rare");
+    let mut pool = ids(31);
+    pool.sort_by_key(|p| dht::Key::of_peer(p).distance(&key));
+    // The first ten hosts (the provider last) rank 21st to 30th closest to the key; the
+    // twenty that join later rank 1st to 20th; the seeker ranks 31st.
+    let mut order: Vec<PeerId> = pool[dht::K..dht::K + 10].to_vec();
+    order.extend_from_slice(&pool[..dht::K]);
+    order.push(pool[dht::K + 10]);
+    let (provider, seeker) = (9, order.len() - 1);
+    let mut services: Vec<&[&str]> = vec![&[]; order.len()];
+    services[provider] = &["rare"];
+    let limits = BrokerLimits {
+        max_peers: 1,
+        ..BrokerLimits::default()
+    };
+    let mut sim = Sim::with_limits(&order, &services, &[], limits);
+    sim.auto_dial = true;
+    for i in 0..provider {
+        sim.connect(i, i + 1, None);
+        sim.drive();
+    }
+    // Published at 2, 17 and 47 s after joining, at the hosts there were; next at 107 s.
+    sim.advance(Duration::from_secs(50));
+    let held: usize = sim.nodes.iter().map(|n| n.broker.records_len()).sum();
+    assert!(held >= 5, "records stored: {held}");
+    // Twenty newcomers closer to the key join, one through the other, then the seeker.
+    sim.connect(provider + 1, 0, None);
+    sim.drive();
+    for i in provider + 2..order.len() {
+        sim.connect(i, i - 1, None);
+        sim.drive();
+    }
+    sim.advance(Duration::from_secs(5));
+    let newcomers_holding = (provider + 1..seeker)
+        .filter(|i| sim.nodes[*i].broker.records_len() > 0)
+        .count();
+    assert_eq!(newcomers_holding, 0, "the k closest hold no record yet");
+    for i in 0..order.len() {
+        while sim.nodes[i].broker.poll_lookup_done().is_some() {}
+    }
+    assert!(sim.nodes[seeker].broker.find("rare").is_empty());
+    let now = sim.now;
+    assert!(sim.nodes[seeker].broker.seek("rare", now));
+    sim.drive();
+    sim.advance(Duration::from_secs(20));
+    let done: Vec<LookupDone> =
+        std::iter::from_fn(|| sim.nodes[seeker].broker.poll_lookup_done()).collect();
+    let seek = done
+        .iter()
+        .find(|d| d.service.as_deref() == Some("rare"))
+        .expect("the lookup ended");
+    assert!(seek.found, "{seek:?}");
+}
