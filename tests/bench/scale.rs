@@ -459,19 +459,7 @@ async fn wait_retired(node: &Node) {
 /// engine (no async, on-demand allocation), the host's imports defined as traps (`pong`
 /// calls none).
 fn sync_call_ns(wasm: &std::path::Path) -> f64 {
-    use wasmtime::component::{Component, Linker};
-    let engine = wasmtime::Engine::default();
-    let component = Component::from_file(&engine, wasm).unwrap();
-    let mut linker: Linker<()> = Linker::new(&engine);
-    linker.define_unknown_imports_as_traps(&component).unwrap();
-    let mut store = wasmtime::Store::new(&engine, ());
-    let instance = linker.instantiate(&mut store, &component).unwrap();
-    let iface = instance
-        .get_export_index(&mut store, None, "wasmwire:service/lifecycle@0.1.3")
-        .expect("lifecycle export");
-    let idx = instance
-        .get_export_index(&mut store, Some(&iface), "on-event")
-        .expect("on-event");
+    let (mut store, instance, [idx]) = wasmwire_tests::sync_exports(wasm, ["on-event"]);
     let f = instance
         .get_typed_func::<(Option<u64>, &str, &str), (Result<String, String>,)>(&mut store, idx)
         .unwrap();

@@ -25,6 +25,36 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// A bare *synchronous* instance of the component at `wasm` — the default engine (no async
+/// support, so no fibers; the default allocator), every import trapping — and its
+/// `lifecycle` export functions `names`: what a plain wasmtime embedding pays for a call,
+/// the baseline the benchmarks set the host's dispatch beside.
+pub fn sync_exports<const N: usize>(
+    wasm: &Path,
+    names: [&str; N],
+) -> (
+    wasmtime::Store<()>,
+    wasmtime::component::Instance,
+    [wasmtime::component::ComponentExportIndex; N],
+) {
+    use wasmtime::component::{Component, Linker};
+    let engine = wasmtime::Engine::default();
+    let component = Component::from_file(&engine, wasm).unwrap();
+    let mut linker: Linker<()> = Linker::new(&engine);
+    linker.define_unknown_imports_as_traps(&component).unwrap();
+    let mut store = wasmtime::Store::new(&engine, ());
+    let instance = linker.instantiate(&mut store, &component).unwrap();
+    let iface = instance
+        .get_export_index(&mut store, None, "wasmwire:service/lifecycle@0.1.3")
+        .expect("lifecycle export");
+    let indices = names.map(|name| {
+        instance
+            .get_export_index(&mut store, Some(&iface), name)
+            .unwrap_or_else(|| panic!("{name} export"))
+    });
+    (store, instance, indices)
+}
+
 /// A sample service built by `make services`.
 pub fn service(name: &str) -> PathBuf {
     let p = root().join("target/services").join(format!("{name}.wasm"));
