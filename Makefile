@@ -17,7 +17,7 @@ GUEST       := wasm32-wasip2
 GUEST_DIR   := target/guests
 GUEST_OUT   := $(GUEST_DIR)/$(GUEST)/release
 SERVICES    := echo counter ticker chat spec
-TEST_GUESTS := misbehave bench not-a-service planted giant legacy durable
+TEST_GUESTS := misbehave bench not-a-service planted giant legacy durable batch013
 MANIFEST    ?= wasmwire.toml
 
 # Sample services in other languages, built from wit/ alone (no SDK). Their toolchains are

@@ -94,8 +94,9 @@
 //! - A trap (a panic), a call that runs past its CPU deadline, or a memory limit hit kills this
 //!   instance only; the host restarts it on the next demand.
 //! - [`connect`] and [`request`] reach only the services named in the instance's `uses`.
-//! - Messages waiting in the mailbox come in one call (`on-messages`, WIT 0.1.3), each
-//!   passed to [`Service::on_message`] in order; a handler that calls [`close`] or
+//! - Messages waiting in the mailbox come in one call (`on-message-block`, WIT 0.1.4: the
+//!   batch in one buffer, so a message costs the guest no allocation), each passed to
+//!   [`Service::on_message`] in order; a handler that calls [`close`] or
 //!   [`connect`] ends the batch there, so `on_disconnect`/`on_connect` come between messages
 //!   as they would one call at a time. A batch is one call, with a CPU budget of
 //!   `call_timeout` per message; a panic drops the messages after it with the sessions. A
@@ -113,7 +114,8 @@ pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
         // `service` with the `on-alarm` export (a service that sets no alarm is never
-        // called) and `on-messages` (the host hands it messages in batches).
+        // called) and `on-message-block` (the host hands it messages in batches; the
+        // 0.1.3 `on-messages` is exported too, as a host of 0.1.3 calls that).
         world: "service-with-batches",
         // The world imports `wasi:keyvalue` from `wit/deps`: generate its bindings here too.
         generate_all,
@@ -516,6 +518,9 @@ macro_rules! export_service {
                 fn on_messages(batch: ::std::vec::Vec<$crate::__private::Delivered>) -> u32 {
                     $crate::__private::on_messages::<$service>(&__WASMWIRE_STATE, batch)
                 }
+                fn on_message_block(block: $crate::__private::MessageBlock) -> u32 {
+                    $crate::__private::on_message_block::<$service>(&__WASMWIRE_STATE, block)
+                }
             }
             $crate::bindings::__export_service_bindings!(__WasmwireExport with_types_in $crate::bindings);
         };
@@ -526,7 +531,7 @@ macro_rules! export_service {
 pub mod __private {
     pub use crate::bindings::exports::wasmwire::service::alarm::Guest as AlarmGuest;
     pub use crate::bindings::exports::wasmwire::service::inbox::{
-        Guest as InboxGuest, Message as Delivered,
+        Guest as InboxGuest, Message as Delivered, MessageBlock,
     };
     pub use crate::bindings::exports::wasmwire::service::lifecycle::{Description, Guest};
     pub use crate::bindings::wasmwire::service::types::SessionInfo;
@@ -584,6 +589,33 @@ pub mod __private {
                     },
                 );
                 handled += 1;
+                if SESSION_CHANGES.with(std::cell::Cell::get) != before {
+                    break;
+                }
+            }
+            handled
+        })
+    }
+
+    /// `on-message-block`: as [`on_messages`], the batch read in place. A message whose kind
+    /// index or payload bounds the host got wrong (a host bug) is skipped, not a trap.
+    pub fn on_message_block<S: Service>(state: &'static State<S>, block: MessageBlock) -> u32 {
+        with(state, |s| {
+            let mut handled = 0;
+            let mut start = 0;
+            for (i, &session) in block.sessions.iter().enumerate() {
+                handled += 1;
+                let end = block.ends.get(i).map_or(start, |&e| e as usize);
+                let kind = block
+                    .kinds
+                    .get(i)
+                    .and_then(|&k| S::MESSAGES.get(k as usize));
+                let (Some(kind), Some(payload)) = (kind, block.bytes.get(start..end)) else {
+                    continue;
+                };
+                start = end;
+                let before = SESSION_CHANGES.with(std::cell::Cell::get);
+                s.on_message(session, Message { kind, payload });
                 if SESSION_CHANGES.with(std::cell::Cell::get) != before {
                     break;
                 }

@@ -365,7 +365,7 @@ const JS_APP: &str = r#"// A wasmwire service: counts `hello` events and answers
 // Module variables are the instance's state: kept across calls while it is awake. A
 // thrown string becomes the event's error; a thrown Error traps the instance.
 
-import { log, send } from 'wasmwire:service/host@0.1.3';
+import { log, send } from 'wasmwire:service/host@0.1.4';
 
 let greeting = 'Hello';
 let hellos = 0;

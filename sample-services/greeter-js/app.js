@@ -20,7 +20,7 @@
 // (`unreachable`), as any exception escaping the bindings does. `crash` relies on that
 // (checked with ComponentizeJS 0.23.0).
 
-import { log, send } from 'wasmwire:service/host@0.1.3';
+import { log, send } from 'wasmwire:service/host@0.1.4';
 import { open } from 'wasi:keyvalue/store@0.2.0-draft2';
 import { increment } from 'wasi:keyvalue/atomics@0.2.0-draft2';
 

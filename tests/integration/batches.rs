@@ -1,6 +1,7 @@
-//! Batched delivery (WIT 0.1.3): a component that exports `on-messages` gets the messages
-//! waiting in its mailbox in one call, one built against 0.1.0 gets one `on-message` each,
-//! and both see the same stream in the same order. A batch stops at a message whose
+//! Batched delivery: a component that exports `on-message-block` (WIT 0.1.4, the SDK's) or
+//! only `on-messages` (0.1.3) gets the messages waiting in its mailbox in one call, one
+//! built against 0.1.0 gets one `on-message` each, and all see the same stream in the same
+//! order. A batch stops at a message whose
 //! handling closed a session, and a trap in the middle of one drops what was not handled
 //! with the sessions, never delivering it twice.
 
@@ -27,6 +28,11 @@ name = "bad"
 component = "{guest:misbehave}"
 channel = 3
 restart_backoff = "10ms"
+
+[[service]]
+name = "list"
+component = "{guest:batch013}"
+channel = 4
 "#;
 
 /// Messages each receiver is sent.
@@ -71,37 +77,62 @@ async fn notes(node: &Node, name: &str) -> Vec<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_guest_and_a_0_1_0_guest_get_the_same_stream_in_order() {
+async fn block_list_and_0_1_0_guests_get_the_same_stream_in_order() {
     let node = start(HOST).await;
     let batched = node.open_session("batched", "tester").await.unwrap();
     let single = node.open_session("single", "tester").await.unwrap();
+    let list = node.open_session("list", "tester").await.unwrap();
     // (A request queues behind the `on-connect` calls: the counts start after them.)
-    assert!(notes(&node, "batched").await.is_empty());
-    assert!(notes(&node, "single").await.is_empty());
-    let (b0, s0) = (calls(&node, "batched"), calls(&node, "single"));
-    // Ten `slow` keep `batched` busy for 50 ms while the notes pile up behind them.
+    for name in ["batched", "single", "list"] {
+        assert!(notes(&node, name).await.is_empty());
+    }
+    let (b0, s0, l0) = (
+        calls(&node, "batched"),
+        calls(&node, "single"),
+        calls(&node, "list"),
+    );
+    // Ten `slow` keep `batched` and `list` busy for 50 ms while the notes pile up behind
+    // them.
     const SLOW: u64 = 10;
     for _ in 0..SLOW {
         batched.send("slow", vec![]).unwrap();
+        list.send("slow", vec![]).unwrap();
     }
     for n in 0..NOTES {
         send_note(&batched, n).await;
         send_note(&single, n).await;
+        send_note(&list, n).await;
     }
     let want: Vec<u64> = (0..NOTES).collect();
-    // Every note exactly once and in order, at both (a request queues behind the notes).
-    assert_eq!(notes(&node, "batched").await, want);
-    assert_eq!(notes(&node, "single").await, want);
+    // Every note exactly once and in order, at all three (a request queues behind the
+    // notes).
+    for name in ["batched", "single", "list"] {
+        assert_eq!(notes(&node, name).await, want, "{name}");
+    }
     // One call per message for the 0.1.0 guest (and one for `notes`); fewer for the batch
-    // guest, which was handed what queued behind `slow` together. (How many fewer depends
-    // on how far the sender got ahead, which a busy machine decides.)
-    let (b, s) = (calls(&node, "batched") - b0, calls(&node, "single") - s0);
-    assert_eq!(s, NOTES + 1, "the 0.1.0 guest: one on-message per message");
-    assert!(
-        b < SLOW + NOTES + 1,
-        "the batch guest made {b} calls for {SLOW} + {NOTES} messages"
+    // guests, which were handed what queued behind `slow` together. (How many fewer
+    // depends on how far the sender got ahead, which a busy machine decides.)
+    let (b, s, l) = (
+        calls(&node, "batched") - b0,
+        calls(&node, "single") - s0,
+        calls(&node, "list") - l0,
     );
-    eprintln!("the batch guest made {b} calls for {SLOW} + {NOTES} messages");
+    assert_eq!(s, NOTES + 1, "the 0.1.0 guest: one on-message per message");
+    for (name, calls) in [("on-message-block", b), ("on-messages", l)] {
+        assert!(
+            calls < SLOW + NOTES + 1,
+            "the {name} guest made {calls} calls for {SLOW} + {NOTES} messages"
+        );
+        eprintln!("the {name} guest made {calls} calls for {SLOW} + {NOTES} messages");
+    }
+    // The 0.1.3 guest counted its `on-messages` calls itself: its batches came that way.
+    let batches: u64 = json(&node.request("list", "batches", "null").await.unwrap())
+        .as_u64()
+        .unwrap();
+    assert!(
+        batches > 0 && batches < l,
+        "{batches} on-messages calls of {l}"
+    );
     // It sent each note back as it handled it, all before it answered `notes`. The
     // client's queue holds 1 024: a note sent back past that is refused `busy` (the guest
     // ignores it), so the client has a prefix, in order.
@@ -159,12 +190,12 @@ async fn a_trap_in_the_middle_of_a_batch_drops_the_rest_and_delivers_nothing_twi
     for n in 10..20u64 {
         session.send("note", n.to_string().into_bytes()).unwrap();
     }
-    // The crash is in `on-messages`: the notes and `boom` came in one batch.
+    // The crash is in `on-message-block`: the notes and `boom` came in one batch.
     wait_for(&mut lifecycle, Duration::from_secs(10), |e| {
         matches!(
             e,
             LifecycleEvent::Crashed {
-                export: "on-messages",
+                export: "on-message-block",
                 ..
             }
         )

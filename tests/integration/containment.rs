@@ -185,7 +185,7 @@ async fn a_trap_in_on_message_closes_its_sessions_and_restarts_on_demand() {
             cause,
         } => {
             // (`misbehave` is built with the SDK: it takes its messages in batches.)
-            assert_eq!((&*instance, export), ("bad", "on-messages"));
+            assert_eq!((&*instance, export), ("bad", "on-message-block"));
             assert!(cause.contains("trap"), "{cause}");
         }
         other => panic!("{other:?}"),

@@ -101,9 +101,13 @@ async fn a_batch_step_delivers_its_messages_in_one_on_messages_call() {
             fuzz::replay(target, s, &steps).await.0.expect("a finding")
         }
     };
-    // Gathered by `batch 3`, the trap is in `on-messages`; without it, in `on-message`.
+    // Gathered by `batch 3`, the trap is in `on-message-block`; without it, in `on-message`.
     let f = run(format!("connect 1 \"a\"\nbatch 3\n{body}")).await;
-    assert_eq!((f.kind, f.export), (Kind::Trap, "on-messages"), "{f:?}");
+    assert_eq!(
+        (f.kind, f.export),
+        (Kind::Trap, "on-message-block"),
+        "{f:?}"
+    );
     assert_eq!(
         f.step, 4,
         "found when the third message completed the batch"
@@ -113,7 +117,7 @@ async fn a_batch_step_delivers_its_messages_in_one_on_messages_call() {
     assert_eq!(f.step, 2);
     // A batch still gathering when a step of another kind comes is delivered first.
     let f = run("connect 1 \"a\"\nbatch 5\nmessage 1 \"boom\" \"\"\ndescribe\n".into()).await;
-    assert_eq!((f.export, f.step), ("on-messages", 3), "{f:?}");
+    assert_eq!((f.export, f.step), ("on-message-block", 3), "{f:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

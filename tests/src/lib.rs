@@ -44,8 +44,15 @@ pub fn sync_exports<const N: usize>(
     linker.define_unknown_imports_as_traps(&component).unwrap();
     let mut store = wasmtime::Store::new(&engine, ());
     let instance = linker.instantiate(&mut store, &component).unwrap();
+    // The version the component was built against: any 0.1.x.
+    let lifecycle: String = component
+        .component_type()
+        .exports(&engine)
+        .map(|(name, _)| name.to_string())
+        .find(|name| name.starts_with("wasmwire:service/lifecycle@0.1."))
+        .expect("lifecycle export");
     let iface = instance
-        .get_export_index(&mut store, None, "wasmwire:service/lifecycle@0.1.3")
+        .get_export_index(&mut store, None, &lifecycle)
         .expect("lifecycle export");
     let indices = names.map(|name| {
         instance

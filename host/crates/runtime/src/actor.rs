@@ -50,6 +50,8 @@ pub(crate) struct InstanceActor {
     flat: VecDeque<(usize, Envelope)>,
     /// Room for the messages of one `on-messages` call, kept between calls (empty).
     run: Vec<Delivered<'static>>,
+    /// The kinds' indices of `run`, kept the same way.
+    kinds: Vec<u16>,
 }
 
 /// How the directory starts the actor of a key it makes: with the code of the key's class,
@@ -88,6 +90,7 @@ impl InstanceActor {
             crashed: false,
             flat: VecDeque::new(),
             run: Vec::new(),
+            kinds: Vec::new(),
         }
     }
 
@@ -218,7 +221,7 @@ impl InstanceActor {
         }
     }
 
-    /// Hands a run of messages to `on-messages` ([`Core::deliver`]); returns how many of
+    /// Hands a run of messages to `on-message-block` or `on-messages` ([`Core::deliver`]); returns how many of
     /// the run are done with (all of them when the instance is not awake, or crashed: their
     /// sessions are closed with it).
     async fn deliver(&mut self, messages: &[(usize, Envelope)]) -> usize {
@@ -234,11 +237,13 @@ impl InstanceActor {
                     kind: &class.messages[*kind as usize],
                     payload,
                 });
+                self.kinds.push(*kind);
             }
         }
-        let result = a.deliver(&run).await;
+        let result = a.deliver(&run, &self.kinds).await;
         let given = run.len();
         run.clear();
+        self.kinds.clear();
         self.run = recycle(run);
         match result {
             Ok(done) => done,
@@ -567,6 +572,7 @@ impl InstanceActor {
         // The room kept for batches goes with the instance.
         self.flat = VecDeque::new();
         self.run = Vec::new();
+        self.kinds = Vec::new();
         // A sleeping instance has no sessions; any left (shutdown) are closed for the other end.
         a.close_sessions();
         drop(a);

@@ -25,6 +25,9 @@ pub struct Class {
     /// Its `on-messages` export (world `service-with-batches`), if it has one: the
     /// actor then hands it runs of messages in one call.
     pub on_messages: Option<wasmtime::component::ComponentExportIndex>,
+    /// Its `on-message-block` export (since 0.1.4), if it has one: preferred to
+    /// `on-messages`.
+    pub on_message_block: Option<wasmtime::component::ComponentExportIndex>,
     /// Where its `lifecycle` exports are, found once (a wake looks nothing up by name).
     pub(crate) exports: crate::bindings::ServiceIndices,
 }
@@ -40,6 +43,42 @@ pub(crate) struct Delivered<'a> {
     pub kind: &'a str,
     /// Its bytes.
     pub payload: &'a [u8],
+}
+
+/// A run of messages as `inbox.on-message-block` takes it (a `message-block`): four lists
+/// for the whole run, so the guest allocates four times a batch instead of twice a message
+/// and reads each message in place.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower, Default)]
+#[component(record)]
+pub(crate) struct Block {
+    /// Message `i`'s session (this end's).
+    pub sessions: Vec<u64>,
+    /// Message `i`'s kind: its index in the class's `messages`.
+    pub kinds: Vec<u16>,
+    /// Where message `i`'s payload ends in `bytes`.
+    pub ends: Vec<u32>,
+    /// The payloads, one after the other.
+    pub bytes: Vec<u8>,
+}
+
+impl Block {
+    /// The run `messages` (with their kinds' indices, `kinds`), copied into a block.
+    pub(crate) fn of(messages: &[Delivered<'_>], kinds: &[u16]) -> Block {
+        let bytes = messages.iter().map(|m| m.payload.len()).sum();
+        let mut block = Block {
+            sessions: Vec::with_capacity(messages.len()),
+            kinds: kinds[..messages.len()].to_vec(),
+            ends: Vec::with_capacity(messages.len()),
+            bytes: Vec::with_capacity(bytes),
+        };
+        for m in messages {
+            block.sessions.push(m.session);
+            block.bytes.extend_from_slice(m.payload);
+            // Below `u32::MAX`: at most `MAX_RUN` payloads, each within `max_message`.
+            block.ends.push(block.bytes.len() as u32);
+        }
+        block
+    }
 }
 
 /// Messages a batch's list is written in at a time: their kinds and payloads are
@@ -150,7 +189,7 @@ impl Class {
     /// A service that writes gets one `on-message` per message, each its own transaction.)
     #[inline]
     pub fn batches(&self) -> bool {
-        self.on_messages.is_some() && !self.stores
+        (self.on_messages.is_some() || self.on_message_block.is_some()) && !self.stores
     }
 
     /// Whether it exports `on-alarm`: only then may it set an alarm.

@@ -9,7 +9,7 @@ use crate::bindings::wasi::keyvalue::{atomics, batch, store};
 use crate::bindings::wasmwire::service::{host, types};
 use crate::bindings::{ServiceIndices, ServicePre};
 use crate::cache::{self, CacheOutcome};
-use crate::class::{Class, Delivered};
+use crate::class::{Block, Class, Delivered};
 use crate::clock::TICK;
 use crate::keyvalue::HasKeyValue;
 use crate::service_ctx::HasService;
@@ -66,7 +66,8 @@ const HOST_INTERFACE: &str = "wasmwire:service/host@0.1.";
 /// built against).
 const ALARM_INTERFACE: &str = "wasmwire:service/alarm@0.1.";
 
-/// The batched-delivery interface's name, before its version (since 0.1.3).
+/// The batched-delivery interface's name, before its version (since 0.1.3; `on-message-block`
+/// since 0.1.4).
 const INBOX_INTERFACE: &str = "wasmwire:service/inbox@0.1.";
 
 /// Most message kinds, and most events, a service may declare.
@@ -278,6 +279,8 @@ impl Runtime {
         let on_alarm = export(ALARM_INTERFACE, "on-alarm");
         // (From 0.1.3.)
         let on_messages = export(INBOX_INTERFACE, "on-messages");
+        // (From 0.1.4.)
+        let on_message_block = export(INBOX_INTERFACE, "on-message-block");
         let failed = |e: wasmtime::Error| LoadError::Describe {
             path: path.to_path_buf(),
             reason: format!("{e:#}"),
@@ -299,6 +302,15 @@ impl Runtime {
                 .get_typed_func::<(&[Delivered<'_>],), (u32,)>(&mut store, i)
                 .map_err(|e| {
                     failed(e.context("its on-messages is not func(batch: list<message>) -> u32"))
+                })?;
+        }
+        if let Some(i) = &on_message_block {
+            instance
+                .get_typed_func::<(&Block,), (u32,)>(&mut store, i)
+                .map_err(|e| {
+                    failed(
+                        e.context("its on-message-block is not func(block: message-block) -> u32"),
+                    )
                 })?;
         }
         let service = exports.load(&mut store, &instance).map_err(failed)?;
@@ -324,6 +336,7 @@ impl Runtime {
                 stores,
                 on_alarm,
                 on_messages,
+                on_message_block,
                 exports,
             }),
             pre,
@@ -402,7 +415,7 @@ fn engine_config(config: &RuntimeConfig) -> Config {
 
 /// The `host` interface the production linker's `send` shadows (see [`link_send`]); the
 /// WIT package's version, which a unit test holds to `wit/service.wit`.
-const SEND_INTERFACE: &str = "wasmwire:service/host@0.1.3";
+const SEND_INTERFACE: &str = "wasmwire:service/host@0.1.4";
 
 /// A scratch buffer larger than this is let go after the send that grew it, so an instance
 /// that once sent a large message does not keep that much for good.

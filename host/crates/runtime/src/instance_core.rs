@@ -21,7 +21,7 @@
 
 use super::alarms::{self, BUCKET as ALARMS};
 use super::bindings::{Description, Service, ServicePre, SessionInfo};
-use super::class::{Class, Delivered};
+use super::class::{Block, Class, Delivered};
 use super::instance::{CallError, Chain, PeerInfo, SessionId};
 use super::service_ctx::Deferred;
 use super::session::{Route, SessionEnd};
@@ -79,6 +79,8 @@ pub(crate) struct Core {
     /// Its `on-messages`, when its class exports one (typed at each call: the batch's
     /// borrow lives only that long; checked once, when the class was loaded).
     on_messages: Option<Func>,
+    /// Its `on-message-block`, when its class exports one (preferred to `on-messages`).
+    on_message_block: Option<Func>,
     /// The instance's counters, held here so that every call reaches them directly.
     stats: Arc<InstanceStats>,
 }
@@ -149,11 +151,21 @@ impl Core {
             ),
             None => None,
         };
+        let on_message_block = match &class.on_message_block {
+            Some(i) => Some(
+                instance
+                    .get_func(&mut store, i)
+                    .ok_or_else(|| wasmtime::Error::msg("on-message-block is missing"))
+                    .map_err(WakeError::Instantiate)?,
+            ),
+            None => None,
+        };
         let mut core = Core {
             store,
             service,
             on_alarm,
             on_messages,
+            on_message_block,
             stats,
         };
         match call!(core, "wakeup", call_wakeup, options) {
@@ -312,33 +324,46 @@ impl Core {
         self.state().service.sessions.contains_key(&end)
     }
 
-    /// Hands the messages of `run` (in arrival order, at most [`MAX_RUN`]) up to the first
-    /// on a session not open here to `on-messages`; returns how many of `run` are done
-    /// with: those the guest handled, or the first alone, dropped, when it is on a session
-    /// not open here (as [`Core::message`] drops it). The driver settles what the call
-    /// queued and hands the rest again.
-    pub(crate) async fn deliver(&mut self, run: &[Delivered<'_>]) -> Result<usize, Crash> {
+    /// Hands the messages of `run` (in arrival order, at most [`MAX_RUN`]; `kinds[i]` the
+    /// index of message `i`'s kind) up to the first on a session not open here to
+    /// `on-message-block` or `on-messages`; returns how many of `run` are done with: those
+    /// the guest handled, or the first alone, dropped, when it is on a session not open
+    /// here (as [`Core::message`] drops it). The driver settles what the call queued and
+    /// hands the rest again.
+    pub(crate) async fn deliver(
+        &mut self,
+        run: &[Delivered<'_>],
+        kinds: &[u16],
+    ) -> Result<usize, Crash> {
         let open = run.iter().take_while(|m| self.is_open(m.session)).count();
         if open == 0 {
             return Ok(run.len().min(1));
         }
-        self.messages(&run[..open]).await
+        self.messages(&run[..open], kinds).await
     }
 
-    /// Hands `batch` (messages on sessions open here, in order; not empty) to `on-messages`
-    /// in one call, allowed `call_timeout` for each; returns how many the guest handled
-    /// (at least one: a guest that says none handled the first, which it was given).
-    async fn messages(&mut self, batch: &[Delivered<'_>]) -> Result<usize, Crash> {
-        let Some(func) = self.on_messages else {
-            // (The actor batches only for a class that exports it.)
+    /// Hands `batch` (messages on sessions open here, in order; not empty) to
+    /// `on-message-block`, or else `on-messages`, in one call, allowed `call_timeout` for
+    /// each; returns how many the guest handled (at least one: a guest that says none
+    /// handled the first, which it was given).
+    async fn messages(&mut self, batch: &[Delivered<'_>], kinds: &[u16]) -> Result<usize, Crash> {
+        let shares = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        let (taken,) = if let Some(func) = self.on_message_block {
+            // SAFETY: `Runtime::load` checked that the class's `on-message-block` has this
+            // type, and this instance is of that class.
+            let typed = unsafe { TypedFunc::<(&Block,), (u32,)>::new_unchecked(func) };
+            let block = Block::of(batch, kinds);
+            call!(*self, "on-message-block", shares shares, |c| typed
+                .call_async(&mut c.store, (&block,)))?
+        } else if let Some(func) = self.on_messages {
+            // SAFETY: as above, for `on-messages`.
+            let typed = unsafe { TypedFunc::<(&[Delivered<'_>],), (u32,)>::new_unchecked(func) };
+            call!(*self, "on-messages", shares shares, |c| typed
+                .call_async(&mut c.store, (batch,)))?
+        } else {
+            // (The actor batches only for a class that exports one of them.)
             return Ok(batch.len());
         };
-        // SAFETY: `Runtime::load` checked that the class's `on-messages` has this type, and
-        // this instance is of that class.
-        let typed = unsafe { TypedFunc::<(&[Delivered<'_>],), (u32,)>::new_unchecked(func) };
-        let shares = u32::try_from(batch.len()).unwrap_or(u32::MAX);
-        let (taken,) = call!(*self, "on-messages", shares shares, |c| typed
-            .call_async(&mut c.store, (batch,)))?;
         Ok((taken as usize).clamp(1, batch.len()))
     }
 

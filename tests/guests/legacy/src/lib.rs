@@ -1,5 +1,5 @@
 //! `legacy`: a service built against `wasmwire:service@0.1.0` (the WIT as it was before
-//! `self-info`, kept in `wit/`), without the SDK's wrappers. The host implements 0.1.3;
+//! `self-info`, kept in `wit/`), without the SDK's wrappers. The host implements 0.1.4;
 //! this guest proves a component built before the bump still loads and runs. Message
 //! `note` keeps its payload, event `notes` answers them (one `on-message` each: it has no
 //! `on-messages`).

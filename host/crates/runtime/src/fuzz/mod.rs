@@ -383,7 +383,12 @@ impl<'t> Harness<'t> {
                     payload,
                 })
                 .collect();
-            let r = l.deliver(&run).await;
+            // (Only declared kinds are batched: the others were refused at `send`.)
+            let kinds: Vec<u16> = run
+                .iter()
+                .map(|m| self.target.class.message_index(m.kind).unwrap_or(0))
+                .collect();
+            let r = l.deliver(&run, &kinds).await;
             from += self.check(r)?;
             self.settle().await?;
         }
