@@ -191,11 +191,14 @@ impl Core {
                 let service = &mut self.store.data_mut().service;
                 service.alarm_change = None;
                 service.outbox.discard_held();
+                service.outbox.end_call();
                 return Err(wasmtime::Error::new(e));
             }
             self.store.data_mut().service.alarm_committed();
         }
-        self.store.data_mut().service.outbox.release();
+        let outbox = &mut self.store.data_mut().service.outbox;
+        outbox.release();
+        outbox.end_call();
         Ok(())
     }
 
@@ -208,6 +211,7 @@ impl Core {
         state.service.alarm_change = None;
         state.service.firing = None;
         state.service.outbox.discard_held();
+        state.service.outbox.end_call();
     }
 
     /// The host state inside the store.
