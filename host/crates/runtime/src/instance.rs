@@ -929,6 +929,30 @@ impl Outbox {
 }
 
 #[cfg(test)]
+mod arena_tests {
+    use super::{ARENA, Arena, copy_into};
+
+    #[test]
+    fn payloads_after_a_calls_first_share_a_buffer_until_it_is_full() {
+        let mut arena = Arena::default();
+        let first = copy_into(&mut arena, b"one");
+        let a = copy_into(&mut arena, &[1; 64]);
+        let b = copy_into(&mut arena, &[2; 64]);
+        // The second and third are side by side in one buffer.
+        assert_eq!(a.as_ptr().wrapping_add(64), b.as_ptr());
+        // One larger than the room left gets a buffer of its size; the next, a new one.
+        let big = copy_into(&mut arena, &[3; ARENA]);
+        let c = copy_into(&mut arena, &[4; 8]);
+        assert_ne!(big.as_ptr().wrapping_add(ARENA), c.as_ptr());
+        assert_ne!(b.as_ptr().wrapping_add(64), c.as_ptr());
+        // Each keeps its bytes however the others come and go.
+        drop(a);
+        drop(big);
+        assert_eq!((&*first, &*b, &*c), (&b"one"[..], &[2; 64][..], &[4; 8][..]));
+    }
+}
+
+#[cfg(test)]
 mod size_tests {
     /// Every instance's mailbox allocates its first block of 32 envelopes when it is made
     /// (3.7 KiB at 120 bytes each): an envelope that grows makes every instance bigger.
