@@ -948,7 +948,10 @@ mod arena_tests {
         // Each keeps its bytes however the others come and go.
         drop(a);
         drop(big);
-        assert_eq!((&*first, &*b, &*c), (&b"one"[..], &[2; 64][..], &[4; 8][..]));
+        assert_eq!(
+            (&*first, &*b, &*c),
+            (&b"one"[..], &[2; 64][..], &[4; 8][..])
+        );
     }
 }
 
