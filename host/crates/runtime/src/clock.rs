@@ -6,17 +6,21 @@
 //! healthy calls would die with `cpu deadline exceeded`. Why not a clock read per call: the
 //! thread CPU clock is a system call (no vDSO fast path), as dear as a whole message
 //! dispatch. So the clock is read only where time is already being spent — in the epoch
-//! callback, which runs on the guest's thread once per tick of a long call, after each
-//! yield, and around each awaited host call (`request`, `connect`).
+//! callback, which runs on the guest's thread once per tick of a long call, and after each
+//! yield — and before an awaited host call (`request`, `connect`) only when the stretch
+//! it ends has a reading.
 //!
 //! A call is a run of *segments*: stretches of guest execution on one thread, each begun
-//! at the call's start, after a yield, or after an awaited host call. A segment whose
-//! starting reading is known (same thread) is charged exactly its thread CPU time. The
-//! first segment of a call has no starting reading (that would be a clock read per call):
-//! it is charged the wall ticks it took, at most [`SLICE`] — a short call that never sees a
-//! tick is charged nothing, which costs nothing, and a long one is off by at most one
-//! slice. A segment that moved threads between readings (only possible outside the
-//! host's pinned worker threads, e.g. in tests) is charged the same way.
+//! at the call's start, after a yield, after an awaited host call, or at a tick. A segment
+//! whose starting reading is known (same thread) is charged exactly its thread CPU time.
+//! A segment begun at the call's start or after an awaited host call has no starting
+//! reading (that would be a clock read per call, and two per `request`: in `make bench`
+//! (e) they were half of a round trip's worker time): it is charged the wall ticks it
+//! took, at most [`SLICE`] — a short segment that sees no tick is charged nothing, one
+//! that sees a tick is charged the tick (so, on average, its wall time), and a long one is
+//! off by at most one slice before the tick gives it a reading. A segment that moved
+//! threads between readings (only possible outside the host's pinned worker threads, e.g.
+//! in tests) is charged the same way.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -192,9 +196,13 @@ impl CallClock {
         self.used += self.mark.take(&self.ticks);
     }
 
-    /// The wait is over: the guest computes again from here, on this thread.
+    /// The wait is over: the guest computes again from here (a segment without a
+    /// reading, as at the call's start).
     pub fn resume(&mut self) {
-        self.mark.read(&self.ticks);
+        self.mark.thread.store(0, Ordering::Relaxed);
+        self.mark
+            .tick
+            .store(self.ticks.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// A future that yields to the executor once; the segment after it starts with a
@@ -225,7 +233,8 @@ mod tests {
         let ticks = Arc::new(AtomicU64::new(0));
         let mut clock = CallClock::new(ticks.clone(), Duration::from_millis(100));
         clock.start();
-        clock.resume();
+        // A tick gives the segment after it a reading.
+        assert!(matches!(clock.tick(), Verdict::Yield(_)));
         // Asleep for 50 ms and 50 ticks of wall time: none of it is CPU.
         std::thread::sleep(Duration::from_millis(50));
         ticks.fetch_add(50, Ordering::Relaxed);
@@ -243,7 +252,7 @@ mod tests {
         let ticks = Arc::new(AtomicU64::new(0));
         let mut clock = CallClock::new(ticks, Duration::from_millis(10));
         clock.start();
-        clock.resume();
+        assert!(matches!(clock.tick(), Verdict::Yield(_)));
         spin_cpu(Duration::from_millis(12));
         assert!(matches!(clock.tick(), Verdict::Exceeded));
     }
@@ -253,7 +262,7 @@ mod tests {
         let ticks = Arc::new(AtomicU64::new(0));
         let mut clock = CallClock::new(ticks, Duration::from_millis(10));
         clock.start_for(3);
-        clock.resume();
+        assert!(matches!(clock.tick(), Verdict::Yield(_)));
         spin_cpu(Duration::from_millis(12));
         assert!(
             matches!(clock.tick(), Verdict::Yield(_)),
@@ -275,7 +284,7 @@ mod tests {
         ticks.fetch_add(40, Ordering::Relaxed);
         assert!(matches!(clock.tick(), Verdict::Yield(_)));
         assert_eq!(clock.used(), Duration::from_nanos(SLICE * TICK_NS));
-        // A wait is not charged: pause charges until now, resume starts a new reading.
+        // A wait is not charged: pause charges until now, resume starts a new segment.
         clock.pause();
         std::thread::sleep(Duration::from_millis(30));
         ticks.fetch_add(30, Ordering::Relaxed);
@@ -285,6 +294,20 @@ mod tests {
             clock.used() < Duration::from_millis(10),
             "{:?}",
             clock.used()
+        );
+        // The segment after a wait has no reading either: charged the ticks it saw, at
+        // most a slice, then its CPU from the tick's reading on.
+        let before = clock.used();
+        clock.resume();
+        ticks.fetch_add(1, Ordering::Relaxed);
+        clock.pause();
+        assert_eq!(clock.used() - before, Duration::from_nanos(TICK_NS));
+        clock.resume();
+        ticks.fetch_add(40, Ordering::Relaxed);
+        assert!(matches!(clock.tick(), Verdict::Yield(_)));
+        assert_eq!(
+            clock.used() - before,
+            Duration::from_nanos(TICK_NS + SLICE * TICK_NS)
         );
     }
 }
