@@ -13,7 +13,8 @@
 //!     (the flooder times its 1 000 `connect`s, one round trip each, and they are taken
 //!     off: raw quinn opens a stream without a round trip), vs raw quinn on 1 000 streams,
 //!     one write per frame; and the same with the connects;
-//!     (`BENCH_ONLY=g` runs (g) alone, for a profiler; `BENCH_DETAIL=1` prints each flood.)
+//!     (`BENCH_ONLY=g` runs (g) alone, for a profiler, and `BENCH_ONLY=g-ours` only its
+//!     wasmwire rounds; `BENCH_DETAIL=1` prints each flood.)
 //! (k) from spawning `wasmwire run` to the first remote call answered (compiled cache warm),
 //!     vs spawning the same binary for `--version` plus a raw quinn handshake and one echo.
 
@@ -326,9 +327,12 @@ request_timeout = "60s"
     // (g) one way, one session / one stream.
     let n = 500_000u64;
     let (mut ours, mut per_frame, mut batched) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    let only_ours = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "g-ours");
     for _ in 0..ROUNDS {
-        per_frame = per_frame.min(raw_one_way(&raw, n as usize, 1, 1).await);
-        batched = batched.min(raw_one_way(&raw, n as usize, 1, 1024).await);
+        if !only_ours {
+            per_frame = per_frame.min(raw_one_way(&raw, n as usize, 1, 1).await);
+            batched = batched.min(raw_one_way(&raw, n as usize, 1, 1024).await);
+        }
         ours = ours.min(flood(&a, &b, &b_id, n, 1).await.took.as_secs_f64());
     }
     let rate = |s: f64| n as f64 / s / 1e6;
@@ -346,7 +350,7 @@ request_timeout = "60s"
         format!("{:.2}x", rate(ours) / rate(batched)),
         "",
     );
-    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "g") {
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v.starts_with('g')) {
         return; // for a profiler: (g) alone
     }
 
