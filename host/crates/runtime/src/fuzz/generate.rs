@@ -13,9 +13,9 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 /// JSON values seen so far, kept bounded.
 const CORPUS: usize = 256;
 
-/// Most message steps a generated `batch` gathers: past the 16 of one call, so that a
-/// burst is split across calls too.
-const MAX_BATCH: u32 = 24;
+/// Most message steps a generated `batch` gathers: past the `MAX_RUN` of one call, so that
+/// a burst is split across calls too.
+const MAX_BATCH: u32 = crate::instance_core::MAX_RUN as u32 + 16;
 
 /// Replies longer than this are not learned: parsing them costs more than their shape adds.
 const LEARN_MAX: usize = 4096;

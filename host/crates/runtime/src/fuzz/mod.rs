@@ -310,7 +310,7 @@ struct Harness<'t> {
     /// Message steps a `batch` step still gathers.
     batch_left: u32,
     /// The messages gathered (session, kind, payload), delivered as the actor hands a
-    /// burst: through `on-messages`, at most `MAX_RUN` a call.
+    /// burst: through `on-message-block` or `on-messages`, at most `MAX_RUN` a call.
     batched: Vec<(u64, String, Vec<u8>)>,
 }
 
