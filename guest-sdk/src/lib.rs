@@ -605,15 +605,19 @@ pub mod __private {
             let mut start = 0;
             for (i, &session) in block.sessions.iter().enumerate() {
                 handled += 1;
-                let end = block.ends.get(i).map_or(start, |&e| e as usize);
+                let Some(end) = block.ends.get(i).map(|&e| e as usize) else {
+                    continue;
+                };
+                // This message's bytes, and the next one's start, whatever is wrong here.
+                let payload = block.bytes.get(start..end);
+                start = end.max(start);
                 let kind = block
                     .kinds
                     .get(i)
                     .and_then(|&k| S::MESSAGES.get(k as usize));
-                let (Some(kind), Some(payload)) = (kind, block.bytes.get(start..end)) else {
+                let (Some(kind), Some(payload)) = (kind, payload) else {
                     continue;
                 };
-                start = end;
                 let before = SESSION_CHANGES.with(std::cell::Cell::get);
                 s.on_message(session, Message { kind, payload });
                 if SESSION_CHANGES.with(std::cell::Cell::get) != before {

@@ -33,6 +33,12 @@ restart_backoff = "10ms"
 name = "list"
 component = "{guest:batch013}"
 channel = 4
+
+[[service]]
+name = "small"
+component = "{guest:misbehave}"
+channel = 5
+memory = "16MiB"
 "#;
 
 /// Messages each receiver is sent.
@@ -211,5 +217,46 @@ async fn a_trap_in_the_middle_of_a_batch_drops_the_rest_and_delivers_nothing_twi
     );
     // Restarted on demand, with nothing delivered again.
     assert_eq!(notes(&node, "bad").await, Vec::<u64>::new());
+    node.shutdown().await;
+}
+
+/// A burst of large messages is cut into runs the guest can hold: 48 messages of 1 MiB
+/// queued behind slow ones reach a guest with 16 MiB of memory one at a time (256 KiB of
+/// payload a call past its first message), not as one 48 MiB batch that would hit its
+/// memory limit and crash it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_large_messages_is_cut_into_runs_the_guest_can_hold() {
+    let node = start(HOST).await;
+    let session = node.open_session("small", "tester").await.unwrap();
+    assert!(notes(&node, "small").await.is_empty());
+    let calls_before = calls(&node, "small");
+    let traps = || {
+        node.instance("small")
+            .unwrap()
+            .stats
+            .traps
+            .load(Ordering::Relaxed)
+    };
+    for _ in 0..4 {
+        session.send("slow", vec![]).unwrap();
+    }
+    const BIG: u64 = 48;
+    for _ in 0..BIG {
+        loop {
+            match session.send("fine", vec![0; 1 << 20]) {
+                Err(CallError::Busy) => tokio::time::sleep(Duration::from_millis(1)).await,
+                other => break other.unwrap(),
+            }
+        }
+    }
+    send_note(&session, 7).await;
+    // Alive, with every message handled in order, and never trapped.
+    assert_eq!(notes(&node, "small").await, vec![7]);
+    assert_eq!(traps(), 0);
+    let calls = calls(&node, "small") - calls_before;
+    assert!(
+        calls > BIG,
+        "{calls} calls for 4 + {BIG} + 1 messages: 1 MiB each goes alone"
+    );
     node.shutdown().await;
 }

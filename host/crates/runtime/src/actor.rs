@@ -9,14 +9,12 @@
 
 use super::alarms::Due;
 use super::bindings::ServicePre;
-use super::class::Delivered;
+use super::class::{Delivered, run_length};
 use super::directory::{Directory, StartActor};
 use super::instance::{
     CallError, Control, Envelope, Inbox, Instance, Kind, LifecycleEvent, Status,
 };
-use super::instance_core::{
-    AlarmCall, Core, Crash, MAX_RUN, WakeError, describe_error as describe,
-};
+use super::instance_core::{AlarmCall, Core, Crash, WakeError, describe_error as describe};
 use super::state::HostState;
 use super::stats::InstanceStats;
 use super::supervisor::{Supervisor, Verdict};
@@ -181,7 +179,7 @@ impl InstanceActor {
     }
 
     /// Handles a batch taken from the mailbox for a class that exports `on-messages`: each
-    /// run of messages (up to [`MAX_RUN`]) goes to the guest in one call, everything else
+    /// run of messages (as [`run_length`] cuts it) goes to the guest in one call, everything else
     /// one at a time as [`Self::take`] would, all in arrival order.
     async fn take_batched(&mut self, batch: &mut Vec<Envelope>) {
         let mut flat = std::mem::take(&mut self.flat);
@@ -204,11 +202,13 @@ impl InstanceActor {
                 continue;
             }
             let messages = flat.make_contiguous();
-            let end = messages
-                .iter()
-                .take(MAX_RUN)
-                .position(|(_, e)| !matches!(e, Envelope::Message { .. }))
-                .unwrap_or(messages.len().min(MAX_RUN));
+            let end = run_length(
+                messages.iter().map_while(|(_, e)| match e {
+                    Envelope::Message { payload, .. } => Some(payload.len()),
+                    _ => None,
+                }),
+                self.me.class.max_run(),
+            );
             let done = self.deliver(&messages[..end]).await;
             let places = flat.drain(..done).map(|(places, _)| places).sum();
             self.me.taken_places(places);

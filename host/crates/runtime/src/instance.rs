@@ -739,24 +739,29 @@ fn reserved(
     Ok(Envelope::Message {
         end,
         kind,
-        payload: copy_into(arena, payload),
+        payload: copy_into(arena, std::ptr::from_ref(to) as usize, payload),
     })
 }
 
-/// Bytes of the buffer a sender's payloads are copied into, shared by the messages that fit.
-/// A message pins its buffer until it is handled, so this also bounds what one small
-/// message queued at a slow receiver can hold: 2 KiB, where its own allocation would be
-/// its size plus malloc's overhead.
+/// Bytes of the buffer a sender's payloads are copied into, shared by the messages to one
+/// receiver that fit. The receiver handles them in order, so the buffer is let go when it
+/// has handled the last of them; a mailbox holds at most one buffer's unused room more
+/// than its messages.
 const ARENA: usize = 2048;
 
-/// `payload` copied into `arena` (a fresh buffer when it has no room left): one allocation
-/// for a run of small payloads instead of one each, and, where they are handled, a
-/// reference count dropped instead of a free.
+/// `payload`, for the instance at address `receiver`, copied into `arena` (a fresh buffer
+/// when it has no room left or was another receiver's): one allocation for a run of small
+/// payloads instead of one each, and, where they are handled, a reference count dropped
+/// instead of a free.
 #[inline]
-fn copy_into(arena: &mut Arena, payload: &[u8]) -> Bytes {
+fn copy_into(arena: &mut Arena, receiver: usize, payload: &[u8]) -> Bytes {
     if !arena.started {
         arena.started = true;
         return Bytes::copy_from_slice(payload);
+    }
+    if arena.receiver != receiver {
+        arena.receiver = receiver;
+        arena.room = BytesMut::new();
     }
     if arena.room.capacity() < payload.len() {
         arena.room = BytesMut::with_capacity(payload.len().max(ARENA));
@@ -807,11 +812,14 @@ pub(crate) struct Outbox {
     arena: Arena,
 }
 
-/// The buffer a call's payloads for this host's instances are copied into.
+/// The buffer a call's payloads for this host's instances are copied into: shared only by
+/// messages to one receiver, so a message pins no buffer of another mailbox's.
 #[derive(Default)]
 pub(crate) struct Arena {
     /// What is left of the current buffer.
     room: BytesMut,
+    /// The receiver whose messages are in it (its address; 0 for none).
+    receiver: usize,
     /// Whether this call copied a payload already: the first gets an allocation of its
     /// own, of its size (most calls send one message, or none).
     started: bool,
@@ -935,16 +943,21 @@ mod arena_tests {
     #[test]
     fn payloads_after_a_calls_first_share_a_buffer_until_it_is_full() {
         let mut arena = Arena::default();
-        let first = copy_into(&mut arena, b"one");
-        let a = copy_into(&mut arena, &[1; 64]);
-        let b = copy_into(&mut arena, &[2; 64]);
+        let first = copy_into(&mut arena, 1, b"one");
+        let a = copy_into(&mut arena, 1, &[1; 64]);
+        let b = copy_into(&mut arena, 1, &[2; 64]);
         // The second and third are side by side in one buffer.
         assert_eq!(a.as_ptr().wrapping_add(64), b.as_ptr());
         // One larger than the room left gets a buffer of its size; the next, a new one.
-        let big = copy_into(&mut arena, &[3; ARENA]);
-        let c = copy_into(&mut arena, &[4; 8]);
+        let big = copy_into(&mut arena, 1, &[3; ARENA]);
+        let c = copy_into(&mut arena, 1, &[4; 8]);
         assert_ne!(big.as_ptr().wrapping_add(ARENA), c.as_ptr());
         assert_ne!(b.as_ptr().wrapping_add(64), c.as_ptr());
+        // Another receiver's message goes in a buffer of its own.
+        let d = copy_into(&mut arena, 2, &[5; 8]);
+        assert_ne!(c.as_ptr().wrapping_add(8), d.as_ptr());
+        let e = copy_into(&mut arena, 2, &[6; 8]);
+        assert_eq!(d.as_ptr().wrapping_add(8), e.as_ptr());
         // Each keeps its bytes however the others come and go.
         drop(a);
         drop(big);

@@ -36,14 +36,6 @@ use wasmwire_wire::PeerId;
 /// An error text from `on-event` is cut to this many bytes (it is for people, not data).
 const MAX_ERROR_TEXT: usize = 4096;
 
-/// Most messages handed to `on-message-block` or `on-messages` in one call. The call may
-/// use `call_timeout` of CPU for each, so this also bounds how long an endless loop in a
-/// batch runs before it is stopped (64 × 100 ms by default; it gives its thread back every
-/// 2 ms all along, so its neighbours keep going). 64 rather than 16: a batch's fixed cost
-/// (the fiber, four `realloc`s, the end-of-call work) spread four times thinner gave bench
-/// (b) 4.0–4.2 M/s instead of 3.65–3.74.
-pub(crate) const MAX_RUN: usize = 64;
-
 /// A call into the guest trapped or hit a limit: the instance is dead.
 pub(crate) struct Crash {
     /// The export that was running.
@@ -331,7 +323,7 @@ impl Core {
         self.state().service.sessions.contains_key(&end)
     }
 
-    /// Hands the messages of `run` (in arrival order, at most [`MAX_RUN`]; `kinds[i]` the
+    /// Hands the messages of `run` (in arrival order, cut by `class::run_length`; `kinds[i]` the
     /// index of message `i`'s kind) up to the first on a session not open here to
     /// `on-message-block` or `on-messages`; returns how many of `run` are done with: those
     /// the guest handled, or the first alone, dropped, when it is on a session not open

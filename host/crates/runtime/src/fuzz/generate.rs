@@ -15,7 +15,7 @@ const CORPUS: usize = 256;
 
 /// Most message steps a generated `batch` gathers: past the `MAX_RUN` of one call, so that
 /// a burst is split across calls too.
-const MAX_BATCH: u32 = crate::instance_core::MAX_RUN as u32 + 16;
+const MAX_BATCH: u32 = crate::class::MAX_RUN as u32 + 16;
 
 /// Replies longer than this are not learned: parsing them costs more than their shape adds.
 const LEARN_MAX: usize = 4096;

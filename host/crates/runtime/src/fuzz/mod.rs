@@ -17,11 +17,11 @@ pub mod step;
 use crate::audit::Audit;
 use crate::bindings::{ServicePre, WitError};
 use crate::class::Class;
-use crate::class::{Delivered, check_event, check_message};
+use crate::class::{Delivered, check_event, check_message, run_length};
 use crate::engine::{Compiled, LoadError, Runtime, RuntimeConfig};
 use crate::instance::{CallError, PeerInfo};
 use crate::instance_core::describe_error;
-use crate::instance_core::{Core, Crash, MAX_RUN, WakeError};
+use crate::instance_core::{Core, Crash, WakeError};
 use crate::session::{ClientEvent, Route};
 use crate::state::HostState;
 use crate::state::{CpuDeadline, MemoryLimit};
@@ -309,9 +309,10 @@ struct Harness<'t> {
     mark: Option<(u64, u64)>,
     /// Message steps a `batch` step still gathers.
     batch_left: u32,
-    /// The messages gathered (session, kind, payload), delivered as the actor hands a
-    /// burst: through `on-message-block` or `on-messages`, at most `MAX_RUN` a call.
-    batched: Vec<(u64, String, Vec<u8>)>,
+    /// The messages gathered (session, kind, its index, payload), delivered as the actor
+    /// hands a burst: through `on-message-block` or `on-messages`, in runs cut as the
+    /// actor cuts them (`run_length`).
+    batched: Vec<(u64, String, u16, Vec<u8>)>,
 }
 
 /// The error a host call returns for an injected fault (`None`: the storage fault, which
@@ -374,20 +375,20 @@ impl<'t> Harness<'t> {
             let Some(l) = self.live.as_mut() else {
                 break;
             };
-            let run: Vec<Delivered<'_>> = batched[from..]
+            let rest = &batched[from..];
+            let n = run_length(
+                rest.iter().map(|(.., payload)| payload.len()),
+                self.target.class.max_run(),
+            );
+            let run: Vec<Delivered<'_>> = rest[..n]
                 .iter()
-                .take(MAX_RUN)
-                .map(|(session, kind, payload)| Delivered {
+                .map(|(session, kind, _, payload)| Delivered {
                     session: *session,
                     kind,
                     payload,
                 })
                 .collect();
-            // (Only declared kinds are batched: the others were refused at `send`.)
-            let kinds: Vec<u16> = run
-                .iter()
-                .map(|m| self.target.class.message_index(m.kind).unwrap_or(0))
-                .collect();
+            let kinds: Vec<u16> = rest[..n].iter().map(|&(_, _, index, _)| index).collect();
             let r = l.deliver(&run, &kinds).await;
             from += self.check(r)?;
             self.settle().await?;
@@ -657,7 +658,8 @@ impl<'t> Harness<'t> {
                 {
                     self.messages[index as usize] += 1;
                     if self.batch_left > 0 {
-                        self.batched.push((*id, kind.clone(), payload.clone()));
+                        self.batched
+                            .push((*id, kind.clone(), index, payload.clone()));
                         self.batch_left -= 1;
                         if self.batch_left == 0 {
                             self.flush().await?;
