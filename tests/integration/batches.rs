@@ -53,14 +53,21 @@ fn calls(node: &Node, name: &str) -> u64 {
         .load(Ordering::Relaxed)
 }
 
-/// Sends note `n`, waiting while the receiver's mailbox is full (`busy`), as a sender must.
-async fn send_note(session: &ClientSession, n: u64) {
+/// Sends a message, waiting while the receiver's mailbox is full (`busy`), as a sender
+/// must. (A client is told nothing when room comes back: it backs off and tries again, so
+/// the sleep is the behaviour, and however long a busy machine makes it, the send lands.)
+async fn send_waiting(session: &ClientSession, kind: &str, payload: Vec<u8>) {
     loop {
-        match session.send("note", n.to_string().into_bytes()) {
+        match session.send(kind, payload.clone()) {
             Err(CallError::Busy) => tokio::time::sleep(Duration::from_millis(1)).await,
             other => return other.unwrap(),
         }
     }
+}
+
+/// Sends note `n` ([`send_waiting`]).
+async fn send_note(session: &ClientSession, n: u64) {
+    send_waiting(session, "note", n.to_string().into_bytes()).await;
 }
 
 /// The notes a session's client was sent back, until the session closed.
@@ -242,12 +249,7 @@ async fn a_burst_of_large_messages_is_cut_into_runs_the_guest_can_hold() {
     }
     const BIG: u64 = 48;
     for _ in 0..BIG {
-        loop {
-            match session.send("fine", vec![0; 1 << 20]) {
-                Err(CallError::Busy) => tokio::time::sleep(Duration::from_millis(1)).await,
-                other => break other.unwrap(),
-            }
-        }
+        send_waiting(&session, "fine", vec![0; 1 << 20]).await;
     }
     send_note(&session, 7).await;
     // Alive, with every message handled in order, and never trapped.

@@ -137,24 +137,20 @@ impl Core {
             ),
             None => None,
         };
-        let on_messages = match &class.on_messages {
-            Some(i) => Some(
-                instance
-                    .get_func(&mut store, i)
-                    .ok_or_else(|| wasmtime::Error::msg("on-messages is missing"))
-                    .map_err(WakeError::Instantiate)?,
-            ),
-            None => None,
+        // A batch export the class has, found in this instance (typed at each call).
+        let mut batch_export = |index: &Option<_>, name: &str| {
+            index
+                .as_ref()
+                .map(|i| {
+                    instance
+                        .get_func(&mut store, i)
+                        .ok_or_else(|| wasmtime::format_err!("{name} is missing"))
+                        .map_err(WakeError::Instantiate)
+                })
+                .transpose()
         };
-        let on_message_block = match &class.on_message_block {
-            Some(i) => Some(
-                instance
-                    .get_func(&mut store, i)
-                    .ok_or_else(|| wasmtime::Error::msg("on-message-block is missing"))
-                    .map_err(WakeError::Instantiate)?,
-            ),
-            None => None,
-        };
+        let on_messages = batch_export(&class.on_messages, "on-messages")?;
+        let on_message_block = batch_export(&class.on_message_block, "on-message-block")?;
         let mut core = Core {
             store,
             service,
