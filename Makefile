@@ -39,7 +39,7 @@ JS_STAMP    := $(JS_TOOLCHAIN)/.npm-ci
 WIT_FILES   := $(wildcard wit/*.wit wit/deps/*/*.wit)
 POLYGLOT    := $(PY_SERVICES:%=target/services/%.wasm) $(JS_SERVICES:%=target/services/%.wasm)
 
-.PHONY: all setup services toolchains polyglot test-guests build run test lint bench demo clean \
+.PHONY: all setup services toolchains polyglot test-guests browser build run test lint bench demo clean \
 	fuzz-setup fuzz-build fuzz fuzz-smoke sim chaos soak
 
 # cargo-fuzz (libFuzzer) needs a nightly toolchain. The sanitizer is off by default: the
@@ -130,13 +130,29 @@ test-guests: setup
 	@mkdir -p target/test-guests
 	@for s in $(TEST_GUESTS); do cp $(GUEST_OUT)/$$s.wasm target/test-guests/$$s.wasm; done
 
+# The gateway's browser test drives a headless Chromium (Debian's `chromium` package),
+# installed here when it is missing and the machine lets us (root with apt-get); otherwise
+# the test says it was skipped, and why. CHROMIUM=/path picks another browser.
+CHROMIUM_NAMES := chromium chromium-browser google-chrome google-chrome-stable
+browser:
+	@if [ -n "$$CHROMIUM" ]; then exit 0; fi; \
+	for b in $(CHROMIUM_NAMES); do command -v $$b >/dev/null 2>&1 && exit 0; done; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the gateway's browser test (apt-get)"; \
+	  { apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; }; } || \
+	  echo "note: chromium could not be installed: the browser test will be skipped"; \
+	else \
+	  echo "note: no chromium, and no root apt-get to install it: the browser test will be skipped"; \
+	fi
+
 build: services
 	$(CARGO) build --release --locked -p wasmwire
 
 run: build
 	./target/release/wasmwire run $(MANIFEST)
 
-test: services test-guests
+test: services test-guests browser
 	$(CARGO) build --locked -p wasmwire --bins   # the CLI tests run the real binary
 	$(CARGO) test --workspace --locked
 	$(MAKE) lint
@@ -195,6 +211,7 @@ bench: services test-guests
 	$(CARGO) bench --locked -p wasmwire-tests --bench net
 	$(CARGO) bench --locked -p wasmwire-tests --bench store
 	$(CARGO) bench --locked -p wasmwire-tests --bench scale
+	$(CARGO) bench --locked -p wasmwire-tests --bench gateway
 
 sim: setup
 	$(CARGO) bench --locked -p wasmwire-tests --bench sim

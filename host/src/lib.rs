@@ -11,7 +11,8 @@
 //!   the command line, the only user of `anyhow`.
 //! - this library: [`node`] — a running host: loads the components of a manifest, starts
 //!   one actor per instance, serves client requests and sessions, starts the network, shuts
-//!   down cleanly — and [`metrics`], the Prometheus endpoint. It re-exports the crates
+//!   down cleanly — [`gateway`], the HTTP and WebSocket gateway (hyper), and [`metrics`], the
+//!   figures it serves at `/metrics`. It re-exports the crates
 //!   below under their short names.
 //! - [`net`] (`wasmwire-net`): the QUIC side — one quinn endpoint, TLS with raw public keys,
 //!   the task that drives the broker, session streams between hosts. An adapter: what a
@@ -37,5 +38,6 @@ pub use wasmwire_runtime::{fuzz, workers};
 pub use wasmwire_store as store;
 pub use wasmwire_wire as wire;
 
+pub mod gateway;
 pub mod metrics;
 pub mod node;

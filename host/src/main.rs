@@ -54,6 +54,8 @@ pub enum Command {
     Keygen(KeygenCommand),
     /// Print the peer id of a host key.
     Id(IdCommand),
+    /// Make a bearer token for the HTTP gateway and print the digest for `http_tokens`.
+    Token(TokenCommand),
     /// Read and manage the services' durable data while the host is stopped: list buckets
     /// with their sizes, a bucket's keys, a value; delete a key or a bucket.
     Data(DataCommand),
@@ -85,6 +87,7 @@ impl Command {
             Command::New(c) => c.execute().await,
             Command::Keygen(c) => c.execute().await,
             Command::Id(c) => c.execute().await,
+            Command::Token(c) => c.execute().await,
             Command::Data(c) => c.execute().await,
             Command::Services(c) => c.execute().await,
             Command::Sessions(c) => c.execute().await,

@@ -6,9 +6,8 @@
 //! they own ([`crate::runtime::stats`]), connections bump theirs ([`crate::net::Traffic`]),
 //! and a scrape reads them all once, into a registry made for that scrape.
 //!
-//! The HTTP side is one small HTTP/1.1 responder (GET only, one request per connection,
-//! the request head bounded and timed): a scrape endpoint needs nothing more, and the host
-//! does not otherwise speak HTTP.
+//! They are served at `/metrics` by the HTTP gateway ([`crate::gateway`]): on the
+//! `[host] http` address, and on the `[host] metrics` address if one is set.
 
 use crate::net::Net;
 use crate::runtime::directory::Directory;
@@ -17,34 +16,11 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use std::time::Instant;
 
 /// The content type of the OpenMetrics text format, which Prometheus asks for and reads.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Longest request head read before answering 431.
-const MAX_HEAD: usize = 8 << 10;
-
-/// How long a scraper has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why the endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    /// The address could not be bound.
-    #[error("cannot listen for metrics on {addr}: {source}")]
-    Bind {
-        /// The `metrics` address.
-        addr: SocketAddr,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-}
 
 /// Where the figures come from: the directory (always) and the network (if the host has one).
 #[derive(Clone)]
@@ -64,6 +40,11 @@ impl Source {
         }
     }
 
+    /// The host's instances.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
     /// The figures now.
     pub async fn stats(&self) -> HostStats {
         match &self.net {
@@ -71,193 +52,6 @@ impl Source {
             None => self.directory.host_stats(self.started.elapsed()),
         }
     }
-}
-
-/// A running metrics endpoint.
-pub struct Endpoint {
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-}
-
-impl Endpoint {
-    /// Binds `addr` and serves scrapes of `source` until dropped.
-    pub async fn start(addr: SocketAddr, source: Source) -> Result<Endpoint, MetricsError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| MetricsError::Bind { addr, source })?;
-        let bound = listener.local_addr().unwrap_or(addr);
-        let (stop, stopped) = watch::channel(false);
-        tokio::spawn(serve(listener, source, stopped));
-        Ok(Endpoint { addr: bound, stop })
-    }
-
-    /// The address bound (the port is filled in when `:0` was asked for).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-async fn serve(listener: TcpListener, source: Source, mut stopped: watch::Receiver<bool>) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stopped.changed() => return,
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                let source = source.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &source).await {
-                        tracing::debug!(target: "wasmwire::metrics", "scrape failed: {e}");
-                    }
-                });
-            }
-            Err(e) => {
-                // Out of descriptors, most likely: wait a little rather than spin.
-                tracing::warn!(target: "wasmwire::metrics", "cannot accept a scrape: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// What a request head asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Asked {
-    Metrics,
-    Index,
-    NotFound,
-    BadMethod,
-    Malformed,
-}
-
-/// Reads the request line of a complete head (`GET /metrics HTTP/1.1`).
-fn parse_head(head: &[u8]) -> Asked {
-    let Some(line) = head.split(|b| *b == b'\r' || *b == b'\n').next() else {
-        return Asked::Malformed;
-    };
-    let Ok(line) = std::str::from_utf8(line) else {
-        return Asked::Malformed;
-    };
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Asked::Malformed;
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Asked::Malformed;
-    }
-    if method != "GET" && method != "HEAD" {
-        return Asked::BadMethod;
-    }
-    match target.split('?').next() {
-        Some("/metrics") => Asked::Metrics,
-        Some("/") => Asked::Index,
-        _ => Asked::NotFound,
-    }
-}
-
-async fn answer(mut stream: TcpStream, source: &Source) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let complete = tokio::time::timeout(HEAD_TIMEOUT, async {
-        loop {
-            if head.windows(4).any(|w| w == b"\r\n\r\n") {
-                return Ok(true);
-            }
-            if head.len() >= MAX_HEAD {
-                return Ok(false);
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(false);
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await;
-    let asked = match complete {
-        Err(_) => return Ok(()), // too slow: just close
-        Ok(Err(e)) => return Err(e),
-        Ok(Ok(false)) if head.len() >= MAX_HEAD => {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "request head too large\n",
-            )
-            .await;
-        }
-        Ok(Ok(false)) => return Ok(()),
-        Ok(Ok(true)) => parse_head(&head),
-    };
-    match asked {
-        Asked::Metrics => {
-            let mut text = encode(&source.stats().await);
-            if let Some(db) = source.directory.database() {
-                text = encode_store(text, db);
-            }
-            respond(&mut stream, "200 OK", CONTENT_TYPE, &text).await
-        }
-        Asked::Index => {
-            respond(
-                &mut stream,
-                "200 OK",
-                "text/plain; charset=utf-8",
-                "wasmwire: metrics at /metrics\n",
-            )
-            .await
-        }
-        Asked::NotFound => {
-            respond(
-                &mut stream,
-                "404 Not Found",
-                "text/plain",
-                "not found: try /metrics\n",
-            )
-            .await
-        }
-        Asked::BadMethod => {
-            respond(
-                &mut stream,
-                "405 Method Not Allowed",
-                "text/plain",
-                "only GET\n",
-            )
-            .await
-        }
-        Asked::Malformed => {
-            respond(
-                &mut stream,
-                "400 Bad Request",
-                "text/plain",
-                "malformed request\n",
-            )
-            .await
-        }
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 /// Encodes figures in the OpenMetrics text format (counters end in `_total`).
@@ -569,33 +363,6 @@ impl Collector for Figures {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_heads_are_read_strictly() {
-        assert_eq!(
-            parse_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Asked::Metrics
-        );
-        assert_eq!(
-            parse_head(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            Asked::Metrics
-        );
-        assert_eq!(parse_head(b"GET / HTTP/1.1\r\n\r\n"), Asked::Index);
-        assert_eq!(parse_head(b"GET /x HTTP/1.1\r\n\r\n"), Asked::NotFound);
-        assert_eq!(
-            parse_head(b"POST /metrics HTTP/1.1\r\n\r\n"),
-            Asked::BadMethod
-        );
-        assert_eq!(parse_head(b"GET /metrics\r\n\r\n"), Asked::Malformed);
-        assert_eq!(
-            parse_head(b"\xff\xfe /metrics HTTP/1.1\r\n\r\n"),
-            Asked::Malformed
-        );
-        assert_eq!(
-            parse_head(b"GET /metrics SPDY/3 x\r\n\r\n"),
-            Asked::Malformed
-        );
-    }
 
     #[test]
     fn figures_encode_as_openmetrics() {

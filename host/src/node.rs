@@ -2,6 +2,7 @@
 //! actor task per `[[service]]`, and offers the operations a client needs (request an
 //! event, open a session, watch lifecycle changes, shut down cleanly).
 
+use crate::gateway::{Gateway, Settings};
 use crate::manifest::{Diagnostic, Manifest, ManifestError};
 use crate::net::identity::{Identity, IdentityError};
 use crate::net::{Net, NetConfig, NetError};
@@ -33,9 +34,9 @@ pub enum NodeError {
     /// The network could not start.
     #[error("network: {0}")]
     Net(#[from] NetError),
-    /// The metrics endpoint could not start.
+    /// The HTTP gateway or the metrics address could not start.
     #[error(transparent)]
-    Metrics(#[from] crate::metrics::MetricsError),
+    Gateway(#[from] crate::gateway::GatewayError),
     /// The data file could not be opened (another host has it, or it is damaged).
     #[error("durable data: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -110,8 +111,10 @@ pub struct Node {
     tasks: Vec<JoinHandle<()>>,
     classes: HashMap<PathBuf, Compiled>,
     net: Option<Net>,
-    /// The Prometheus endpoint, if `[host] metrics` is set (stops when dropped).
-    metrics: Option<crate::metrics::Endpoint>,
+    /// The HTTP gateway, if `[host] http` is set (stops when dropped).
+    gateway: Option<Gateway>,
+    /// The `/metrics` address, if `[host] metrics` is set (stops when dropped).
+    metrics: Option<Gateway>,
     /// How long `shutdown` waits for the services to finish the work they accepted.
     shutdown_timeout: std::time::Duration,
     /// Dropped last: stops the worker threads.
@@ -181,13 +184,27 @@ impl Node {
                 Some(net)
             }
         };
+        let source = crate::metrics::Source::new(directory.clone(), net.clone());
         let metrics = match manifest.host.metrics {
             None => None,
             Some(addr) => {
-                let source = crate::metrics::Source::new(directory.clone(), net.clone());
-                let endpoint = crate::metrics::Endpoint::start(addr, source).await?;
+                let endpoint = Gateway::start(Settings::metrics_only(addr), source.clone()).await?;
                 tracing::info!(addr = %endpoint.local_addr(), "metrics at http://{}/metrics", endpoint.local_addr());
                 Some(endpoint)
+            }
+        };
+        let gateway = match &manifest.host.http {
+            None => None,
+            Some(http) => {
+                let gateway = Gateway::start(Settings::gateway(http)?, source).await?;
+                let scheme = if http.tls.is_some() { "https" } else { "http" };
+                tracing::info!(
+                    addr = %gateway.local_addr(),
+                    tokens = !http.tokens.is_empty() || http.tokens_file.is_some(),
+                    "gateway at {scheme}://{}/v1/services",
+                    gateway.local_addr()
+                );
+                Some(gateway)
             }
         };
         Ok(Node {
@@ -196,6 +213,7 @@ impl Node {
             tasks,
             classes,
             net,
+            gateway,
             metrics,
             shutdown_timeout: manifest.host.shutdown_timeout,
             workers,
@@ -214,9 +232,12 @@ impl Node {
 
     /// Where the Prometheus endpoint listens, if it runs.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
-        self.metrics
-            .as_ref()
-            .map(crate::metrics::Endpoint::local_addr)
+        self.metrics.as_ref().map(Gateway::local_addr)
+    }
+
+    /// Where the HTTP gateway listens, if it runs.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.gateway.as_ref().map(Gateway::local_addr)
     }
 
     /// The network endpoint, if any.
@@ -333,8 +354,11 @@ impl Node {
     /// Instances still busy after `[host] shutdown_timeout` (a guest in a long call) are
     /// left where they are, named in a warning: the host stops anyway, and their callers
     /// see the connection or the actor close.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        // The gateway stops taking connections first (those open finish the request they
+        // are in, and its WebSockets are closed with "the host is stopping").
+        drop(self.gateway.take());
         let late = self.directory.drain(deadline).await;
         if late.is_empty() {
             for t in self.tasks {

@@ -27,6 +27,7 @@ use wasmwire::net::identity::{self, Identity};
 use wasmwire::net::{Net, NetConfig};
 use wasmwire::node::Node;
 use wasmwire::wire::{self, Control, Role};
+use wasmwire_tests::bench::{pct, us};
 use wasmwire_tests::{addr_of, free_port, json, peer_manifest, scratch_dir, start_peer};
 
 const ROUNDS: usize = 3;
@@ -38,12 +39,7 @@ fn row(name: &str, value: String, baseline: String, ratio: String, target: &str)
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    wasmwire_tests::bench::on_two_threads(run());
 }
 
 /// What the raw quinn server counted.
@@ -219,14 +215,6 @@ async fn raw_echo(raw: &Raw, n: usize) -> Vec<Duration> {
     let _ = send.finish();
     times.sort();
     times
-}
-
-fn pct(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * q) as usize]
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} us", d.as_secs_f64() * 1e6)
 }
 
 /// wasmwire, one way: the flooder on A sends `n` 64-byte messages to the sink on B over

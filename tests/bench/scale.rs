@@ -46,12 +46,7 @@ fn cache_line() -> String {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    wasmwire_tests::bench::on_two_threads(run());
 }
 
 fn keyed_manifest(max_awake: u32, idle: &str) -> String {

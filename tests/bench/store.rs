@@ -27,12 +27,7 @@ fn row(name: &str, value: String, baseline: String, ratio: String) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run());
+    wasmwire_tests::bench::on_two_threads(run());
 }
 
 /// Writes through the host for one window: (writes per second, mean group size).

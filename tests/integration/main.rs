@@ -12,6 +12,7 @@ mod discovery;
 mod durable;
 mod exhaustion;
 mod fuzz;
+mod gateway;
 mod hostile_peers;
 mod keyed;
 mod layering;

@@ -34,9 +34,11 @@ restart_backoff = "10ms"
 /// GETs `path` from `addr` and returns (status line, body).
 async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
     let mut text = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
         .await

@@ -1,9 +1,12 @@
 //! Helpers for the integration tests and benchmarks: where the built guests are, and a
 //! way to start a real host from manifest text.
 
+pub mod bench;
+pub mod browser;
 pub mod chaos;
 pub mod client;
 pub mod hostile;
+pub mod http;
 pub mod ledger;
 pub mod process;
 pub mod sim;

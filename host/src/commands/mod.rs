@@ -14,6 +14,7 @@ mod run;
 mod send;
 mod services;
 mod sessions;
+mod token;
 mod top;
 
 pub use call::CallCommand;
@@ -29,6 +30,7 @@ pub use run::RunCommand;
 pub use send::SendCommand;
 pub use services::ServicesCommand;
 pub use sessions::SessionsCommand;
+pub use token::TokenCommand;
 pub use top::TopCommand;
 
 use std::time::Duration;

@@ -67,6 +67,8 @@ pub struct HostConfig {
     pub advertise: Option<std::net::SocketAddr>,
     /// Where the Prometheus endpoint listens, if anywhere.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The HTTP and WebSocket gateway, if `[host] http` is set.
+    pub http: Option<HttpConfig>,
     /// The identity key file.
     pub identity: PathBuf,
     /// Peers dialled at start and kept connected.
@@ -93,6 +95,36 @@ pub struct HostConfig {
     /// How long a stopping host (SIGTERM, Ctrl-C) waits for its services to finish the work
     /// they accepted before it stops them where they are.
     pub shutdown_timeout: Duration,
+}
+
+/// The HTTP and WebSocket gateway's settings (the `[host] http*` fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// SHA-256 digests of the bearer tokens written in the manifest.
+    pub tokens: Vec<[u8; 32]>,
+    /// A file of tokens (one per line, as given or as `sha256:HEX`), read at start.
+    pub tokens_file: Option<PathBuf>,
+    /// Origins allowed by CORS (`"*"`: any); empty: CORS off.
+    pub origins: Vec<String>,
+    /// The folder of static files it serves, if any.
+    pub static_dir: Option<PathBuf>,
+    /// Certificate chain and key (PEM files): HTTPS instead of HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Parses a token digest as the manifest writes it: `sha256:` and 64 hex digits.
+pub fn parse_token_digest(s: &str) -> Option<[u8; 32]> {
+    let hex = s.strip_prefix("sha256:")?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// The default of `[host] data_reserve`: 64 MiB.

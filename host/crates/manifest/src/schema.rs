@@ -42,6 +42,22 @@ pub struct HostSection {
     pub advertise: Option<Spanned<String>>,
     /// Address of the Prometheus endpoint (`"127.0.0.1:9464"`); none by default.
     pub metrics: Option<Spanned<String>>,
+    /// Address of the HTTP and WebSocket gateway (`"127.0.0.1:8080"`); none by default.
+    pub http: Option<Spanned<String>>,
+    /// Bearer tokens the gateway accepts, each as `sha256:HEX` of the token.
+    #[serde(default)]
+    pub http_tokens: Vec<Spanned<String>>,
+    /// A file of bearer tokens the gateway accepts, one per line (read at start).
+    pub http_tokens_file: Option<Spanned<String>>,
+    /// Origins a browser page may call the gateway from (CORS); none by default.
+    #[serde(default)]
+    pub http_origins: Vec<Spanned<String>>,
+    /// A folder of static files the gateway serves outside `/v1/` and `/metrics`.
+    pub http_static: Option<Spanned<String>>,
+    /// PEM certificate chain: the gateway speaks HTTPS (with `http_key`).
+    pub http_cert: Option<Spanned<String>>,
+    /// PEM private key of `http_cert`.
+    pub http_key: Option<Spanned<String>>,
     /// Path of the ed25519 key file, created if missing.
     pub identity: Option<Spanned<String>>,
     /// Peer addresses dialled at start.

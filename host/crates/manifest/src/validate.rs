@@ -212,6 +212,142 @@ impl Validator<'_> {
         }
     }
 
+    /// The gateway's settings, or problems naming the `http*` fields.
+    fn http(
+        &mut self,
+        h: &super::schema::HostSection,
+        dir: &std::path::Path,
+        metrics: Option<std::net::SocketAddr>,
+    ) -> Option<super::HttpConfig> {
+        let path = |p: &Option<Spanned<String>>| p.as_ref().map(|p| dir.join(p.get_ref()));
+        let Some(at) = &h.http else {
+            // Settings of a gateway that is not there are a mistake, not a no-op.
+            let orphan = [
+                (h.http_tokens.first(), "host.http_tokens"),
+                (h.http_tokens_file.as_ref(), "host.http_tokens_file"),
+                (h.http_origins.first(), "host.http_origins"),
+                (h.http_static.as_ref(), "host.http_static"),
+                (h.http_cert.as_ref(), "host.http_cert"),
+                (h.http_key.as_ref(), "host.http_key"),
+            ];
+            for (field, name) in orphan {
+                if let Some(f) = field {
+                    self.problem(
+                        f,
+                        name.into(),
+                        "a gateway setting without `http`".into(),
+                        Some("set `http = \"127.0.0.1:8080\"` to run the gateway".into()),
+                    );
+                }
+            }
+            return None;
+        };
+        let addr = self.socket_addr(&h.http, "host.http")?;
+        if Some(addr) == metrics && addr.port() != 0 {
+            self.problem(
+                at,
+                "host.http".into(),
+                "the gateway and `metrics` have the same address".into(),
+                Some(
+                    "the gateway serves /metrics too: drop `metrics`, or give it its own port"
+                        .into(),
+                ),
+            );
+        }
+        let mut tokens = Vec::new();
+        for (i, t) in h.http_tokens.iter().enumerate() {
+            match super::parse_token_digest(t.get_ref()) {
+                Some(d) => tokens.push(d),
+                None => self.problem(
+                    t,
+                    format!("host.http_tokens[{}]", i + 1),
+                    if t.get_ref().starts_with("sha256:") {
+                        "not a token digest".into()
+                    } else {
+                        "a token written as itself: the manifest keeps only its digest".into()
+                    },
+                    Some("write \"sha256:\" and 64 hex digits: `wasmwire token` makes a token and prints its digest".into()),
+                ),
+            }
+        }
+        if !addr.ip().is_loopback() && tokens.is_empty() && h.http_tokens_file.is_none() {
+            self.problem(
+                at,
+                "host.http".into(),
+                format!("the gateway listens on {addr}, beyond this machine, with no tokens"),
+                Some("set `http_tokens` (or `http_tokens_file`) so that only holders of a token get in, or listen on 127.0.0.1".into()),
+            );
+        }
+        let mut origins = Vec::new();
+        for (i, o) in h.http_origins.iter().enumerate() {
+            let s = o.get_ref();
+            let well_formed = s == "*"
+                || ((s.starts_with("http://") || s.starts_with("https://"))
+                    && !s.ends_with('/')
+                    && s.split_once("://")
+                        .is_some_and(|(_, rest)| !rest.is_empty() && !rest.contains('/')));
+            if well_formed {
+                origins.push(s.clone());
+            } else {
+                self.problem(
+                    o,
+                    format!("host.http_origins[{}]", i + 1),
+                    format!("{s:?} is not an origin"),
+                    Some("write a scheme and host with no path, like \"https://chat.example.com\" (or \"*\" for any)".into()),
+                );
+            }
+        }
+        let static_dir = path(&h.http_static);
+        if let (Some(s), Some(d)) = (&h.http_static, &static_dir)
+            && !d.is_dir()
+        {
+            self.problem(
+                s,
+                "host.http_static".into(),
+                format!("{} is not a folder", d.display()),
+                Some("name a folder of files to serve, relative to the manifest".into()),
+            );
+        }
+        let tls = match (&h.http_cert, &h.http_key) {
+            (Some(c), Some(k)) => {
+                for (f, name) in [(c, "host.http_cert"), (k, "host.http_key")] {
+                    if !dir.join(f.get_ref()).is_file() {
+                        self.problem(
+                            f,
+                            name.into(),
+                            format!("no file {}", dir.join(f.get_ref()).display()),
+                            Some("name a PEM file, relative to the manifest".into()),
+                        );
+                    }
+                }
+                Some((dir.join(c.get_ref()), dir.join(k.get_ref())))
+            }
+            (Some(one), None) | (None, Some(one)) => {
+                let name = if h.http_cert.is_some() {
+                    "host.http_cert"
+                } else {
+                    "host.http_key"
+                };
+                self.problem(
+                    one,
+                    name.into(),
+                    "HTTPS needs both `http_cert` and `http_key`".into(),
+                    None,
+                );
+                None
+            }
+            (None, None) => None,
+        };
+        Some(super::HttpConfig {
+            addr,
+            tokens,
+            tokens_file: path(&h.http_tokens_file),
+            origins,
+            static_dir,
+            tls,
+        })
+    }
+
     fn dir(&self) -> PathBuf {
         match self.file.path.parent() {
             Some(p) => p.to_path_buf(),
@@ -225,6 +361,7 @@ impl Validator<'_> {
         let listen = self.socket_addr(&h.listen, "host.listen");
         let advertise = self.socket_addr(&h.advertise, "host.advertise");
         let metrics = self.socket_addr(&h.metrics, "host.metrics");
+        let http = self.http(&h, &dir, metrics);
         if let (Some(a), None) = (&h.advertise, &h.listen) {
             self.problem(
                 a,
@@ -358,6 +495,7 @@ impl Validator<'_> {
             listen,
             advertise,
             metrics,
+            http,
             identity: dir.join(
                 h.identity
                     .map_or(".wasmwire/host.key".to_string(), Spanned::into_inner),
