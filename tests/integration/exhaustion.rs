@@ -171,7 +171,7 @@ async fn a_host_out_of_descriptors_refuses_scrapes_with_a_reason_keeps_its_clien
         "a scrape answered again",
         || async move {
             let mut s = tokio::net::TcpStream::connect(metrics).await.ok()?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 .await
                 .ok()?;
             let mut text = String::new();

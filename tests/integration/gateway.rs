@@ -218,12 +218,14 @@ async fn every_error_maps_to_its_status() {
     // may all be answered, so batches go until one is refused.
     let spin = tokio::spawn(call(addr, "jam", "spin", "null"));
     let mut busy = None;
+    let mut seen = Vec::new();
     for _ in 0..1000 {
         let tries: Vec<_> = (0..3)
             .map(|_| tokio::spawn(call(addr, "jam", "ok", "null")))
             .collect();
         for t in tries {
             let a = t.await.unwrap();
+            seen.push(a.status.as_u16());
             if a.status == 429 {
                 busy = Some(a);
             }
@@ -232,7 +234,12 @@ async fn every_error_maps_to_its_status() {
             break;
         }
     }
-    let busy = busy.expect("a request past a full mailbox is refused");
+    let busy = busy.unwrap_or_else(|| {
+        panic!(
+            "no request past a full mailbox was refused: {seen:?}, the spin: {:?}",
+            spin.is_finished()
+        )
+    });
     expect(&busy, 429, "busy");
     assert_eq!(busy.headers["retry-after"], "1");
     let _ = spin.await;
@@ -686,9 +693,17 @@ async fn hostile_requests_get_a_status_and_nothing_is_held_open() {
     let plain = request(addr, "GET", "/v1/services/echo/session", &[], "").await;
     assert_eq!(plain.status, 426);
     // A body past the service's max_message, declared or not (chunked).
-    let huge = vec![b'1'; 2 << 20];
-    let declared = call(addr, "small", "echo", &String::from_utf8(huge).unwrap()).await;
-    assert_eq!(declared.status, 413);
+    // (Raw, so the client does not write the body the gateway refuses to read.)
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/services/small/events/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+          Content-Length: 2097152\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
         b"POST /v1/services/small/events/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\
@@ -753,7 +768,8 @@ async fn hostile_requests_get_a_status_and_nothing_is_held_open() {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"\xff\xfe\xfd garbage\r\n\r\n").await.unwrap();
     let mut answer = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer)).await;
+    assert!(closed.is_ok(), "a garbage request left the connection open");
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
         "{answer}"
@@ -806,7 +822,12 @@ async fn static_files_are_served_with_their_types() {
     std::fs::write(dir.join("index.html"), "<!doctype html><p>hi</p>").unwrap();
     std::fs::write(dir.join("app.js"), "console.log(1)").unwrap();
     std::fs::create_dir_all(dir.join("sub")).unwrap();
+    // A link that leads out of the folder is not followed.
+    let outside = scratch_dir("gateway-outside");
+    std::fs::write(outside.join("secret.txt"), "outside").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), dir.join("link.txt")).unwrap();
     let (_node, addr) = host(&format!("http_static = {:?}", dir.display().to_string())).await;
+    assert_eq!(request(addr, "GET", "/link.txt", &[], "").await.status, 404);
     let index = request(addr, "GET", "/", &[], "").await;
     assert_eq!(index.status, 200);
     assert_eq!(index.headers["content-type"], "text/html; charset=utf-8");
@@ -1052,6 +1073,62 @@ async fn https_serves_with_the_configured_certificate() {
         .await
         .unwrap();
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), plain.read_to_end(&mut buf)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(20), plain.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "plain HTTP on the HTTPS port was left open");
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+    let again = connector
+        .connect(
+            ServerName::try_from("localhost").unwrap(),
+            tokio::net::TcpStream::connect(addr).await.unwrap(),
+        )
+        .await;
+    assert!(again.is_ok(), "the HTTPS port stopped serving");
+}
+
+/// A WebSocket whose client reads nothing while the service sends is closed at the write
+/// bound, and the service sees its session end; a gateway that stops closes its sockets
+/// with "the host is stopping", and their services see the ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_and_stopped_sockets_end_their_sessions() {
+    let (node, _) = host("").await;
+    let gateway = quick_gateway(&node).await;
+    let addr = gateway.local_addr();
+    let sessions_of = |service: &str| {
+        let (list, _) = node.directory().list_sessions(1000);
+        list.iter().filter(|s| s.service == service).count()
+    };
+    let mut stuck = websocket(addr, "/v1/services/bad/session").await.unwrap();
+    next_json(&mut stuck, Duration::from_secs(10))
+        .await
+        .expect("accepted");
+    // The service floods the socket, flood after flood, until the socket's buffers are
+    // full and the writer is stuck; the client reads none of it. Half a second later the
+    // socket is closed, and the next flood finds no session.
+    let started = Instant::now();
+    let mut floods = 0;
+    while sessions_of("bad") > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the stuck socket's session did not end after {floods} floods"
+        );
+        let a = call(addr, "bad", "sendflood", "null").await;
+        assert_eq!(a.status, 200, "{a:?}");
+        floods += 1;
+    }
+
+    let mut open = websocket(addr, "/v1/services/echo/session").await.unwrap();
+    next_json(&mut open, Duration::from_secs(10))
+        .await
+        .expect("accepted");
+    assert_eq!(sessions_of("echo"), 1);
+    drop(gateway);
+    let (code, reason) = close_of(&mut open).await;
+    assert_eq!((code, reason.as_str()), (1001, "the host is stopping"));
+    wasmwire_tests::wait_until(
+        Duration::from_secs(10),
+        "the echo session to end",
+        || async { (sessions_of("echo") == 0).then_some(()) },
+    )
+    .await;
+    drop(stuck);
 }

@@ -23,7 +23,8 @@ pub use access::{Access, TokenFileError, bearer, digest, digest_text};
 
 use crate::metrics::Source;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -63,8 +64,16 @@ pub const MAX_HEAD: usize = 16 << 10;
 /// closed at once.
 pub const MAX_CONNECTIONS: usize = 4096;
 
-/// Largest static file served.
-pub const MAX_FILE: u64 = 16 << 20;
+/// Bytes of a static file read at a time: a file is streamed, never held whole.
+const FILE_CHUNK: usize = 64 << 10;
+
+/// A response body: a buffer, or a file read as it is sent.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A body of one buffer.
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e| match e {}).boxed()
+}
 
 /// Longest client name a session may give (`?name=`).
 pub const MAX_NAME: usize = 64;
@@ -332,8 +341,8 @@ fn respond(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+) -> Response<Body> {
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -341,7 +350,7 @@ fn respond(
 }
 
 /// An error response: `{"error": NAME, "message": TEXT}`.
-fn error(status: StatusCode, name: &str, message: &str) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, name: &str, message: &str) -> Response<Body> {
     respond(
         status,
         "application/json",
@@ -350,7 +359,7 @@ fn error(status: StatusCode, name: &str, message: &str) -> Response<Full<Bytes>>
 }
 
 /// The response of a call error (`busy` says when to come back).
-fn call_error(e: &CallError) -> Response<Full<Bytes>> {
+fn call_error(e: &CallError) -> Response<Body> {
     let (status, name) = routes::status_of(e);
     let mut r = error(status, name, &routes::message_of(e));
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -361,7 +370,7 @@ fn call_error(e: &CallError) -> Response<Full<Bytes>> {
 }
 
 /// 405 with the methods the route takes.
-fn wrong_method(allow: &'static str) -> Response<Full<Bytes>> {
+fn wrong_method(allow: &'static str) -> Response<Body> {
     let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
@@ -376,7 +385,7 @@ async fn handle(
     req: Request<Incoming>,
     shared: &Shared,
     permit: Arc<OwnedSemaphorePermit>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -400,7 +409,7 @@ async fn route(
     shared: &Shared,
     origin: Option<&str>,
     permit: Arc<OwnedSemaphorePermit>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let route = match routes::route(&path) {
         Ok(r) => r,
@@ -409,6 +418,18 @@ async fn route(
     let api = !matches!(route, Route::File(_));
     if api && *req.method() == Method::OPTIONS {
         return preflight(&req, shared, origin);
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    // The figures too: a rebound page must not read them either.
+    if api && !shared.access.host_allowed(host) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "host",
+            "with no tokens, the gateway answers only requests to an IP address, localhost or the host of an `http_origins` entry",
+        );
     }
     if matches!(
         route,
@@ -419,17 +440,6 @@ async fn route(
                 StatusCode::NOT_FOUND,
                 "not-found",
                 "this address serves /metrics only",
-            );
-        }
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
-        if !shared.access.host_allowed(host) {
-            return error(
-                StatusCode::FORBIDDEN,
-                "host",
-                "with no tokens, the gateway answers only requests to an IP address, localhost or the host of an `http_origins` entry",
             );
         }
         // A browser page of another site may not drive the services (a post or a
@@ -515,15 +525,11 @@ fn token(req: &Request<Incoming>, websocket: bool) -> Option<String> {
     if !websocket {
         return None;
     }
-    routes::query_param(req.uri().query(), "access_token").map(|t| t.into_owned())
+    routes::query_param(req.uri().query(), "access_token")
 }
 
 /// Answers a CORS preflight.
-fn preflight(
-    req: &Request<Incoming>,
-    shared: &Shared,
-    origin: Option<&str>,
-) -> Response<Full<Bytes>> {
+fn preflight(req: &Request<Incoming>, shared: &Shared, origin: Option<&str>) -> Response<Body> {
     let Some(origin) =
         origin.filter(|o| shared.access.cors() && shared.access.origin_allowed(o, None))
     else {
@@ -534,7 +540,7 @@ fn preflight(
         );
     };
     let _ = req;
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();
     if let Ok(v) = HeaderValue::from_str(origin) {
@@ -556,7 +562,7 @@ fn preflight(
     r
 }
 
-async fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
+async fn metrics(shared: &Shared) -> Response<Body> {
     let source = &shared.source;
     let mut text = crate::metrics::encode(&source.stats().await);
     if let Some(db) = source.directory().database() {
@@ -572,7 +578,7 @@ async fn call(
     shared: &Shared,
     service: &str,
     event: &str,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let directory = shared.source.directory();
     let target = match directory.exposed(service) {
         Ok(t) => t,
@@ -654,7 +660,7 @@ async fn session(
     shared: &Shared,
     service: &str,
     permit: Arc<OwnedSemaphorePermit>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let headers = req.headers();
     let upgrade = headers
         .get(header::UPGRADE)
@@ -689,9 +695,7 @@ async fn session(
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let name = match routes::query_param(req.uri().query(), "name") {
         None => DEFAULT_NAME.to_string(),
-        Some(n) if !n.is_empty() && n.len() <= MAX_NAME && !n.chars().any(char::is_control) => {
-            n.into_owned()
-        }
+        Some(n) if !n.is_empty() && n.len() <= MAX_NAME && !n.chars().any(char::is_control) => n,
         Some(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -761,7 +765,7 @@ async fn session(
             }
         }
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -784,7 +788,7 @@ impl Drop for CloseOnDrop {
 }
 
 /// A file of the static folder.
-async fn file(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+async fn file(shared: &Shared, path: &str) -> Response<Body> {
     let not_found = || error(StatusCode::NOT_FOUND, "not-found", "no such file");
     let (Some(dir), Some(rel)) = (&shared.static_dir, routes::static_file(path)) else {
         return not_found();
@@ -805,24 +809,32 @@ async fn file(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
     if !meta.is_file() {
         return not_found();
     }
-    if meta.len() > MAX_FILE {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "file-too-large",
-            &format!("the file is larger than the gateway serves ({MAX_FILE} bytes)"),
-        );
-    }
-    match tokio::fs::read(&full).await {
-        Ok(bytes) => {
-            let mut r = respond(StatusCode::OK, routes::content_type(&rel), bytes);
-            let h = r.headers_mut();
-            h.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            r
+    let Ok(file) = tokio::fs::File::open(&full).await else {
+        return not_found();
+    };
+    // Read a chunk at a time as the client takes it: what a connection holds for a file is
+    // one chunk, however large the file and however slow the client.
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut file = file?;
+        let mut buf = bytes::BytesMut::with_capacity(FILE_CHUNK);
+        match file.read_buf(&mut buf).await {
+            Ok(0) => None,
+            Ok(_) => Some((Ok(hyper::body::Frame::data(buf.freeze())), Some(file))),
+            Err(e) => Some((Err(e), None)),
         }
-        Err(_) => not_found(),
-    }
+    });
+    let mut r = Response::new(StreamBody::new(chunks).boxed());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(routes::content_type(&rel)),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.len()));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }

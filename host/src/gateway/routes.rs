@@ -117,13 +117,14 @@ pub fn decode(s: &str) -> Result<Cow<'_, str>, BadPath> {
         .map_err(|_| BadPath(format!("{s:?} is not UTF-8 once decoded")))
 }
 
-/// The value of `name` in a query string, decoded.
-pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
-    query?
+/// The value of `name` in a query string, decoded as a form value (`+` is a space, as a
+/// browser's `URLSearchParams` writes one).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    let (_, v) = query?
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
-        .and_then(|(_, v)| decode(v).ok())
+        .find(|(k, _)| *k == name)?;
+    decode(&v.replace('+', " ")).ok().map(Cow::into_owned)
 }
 
 /// The status and `error` name of a call error: what a client of any language matches on.
@@ -303,6 +304,10 @@ mod tests {
         assert_eq!(
             query_param(Some("a=1&name=ann%20b"), "name").as_deref(),
             Some("ann b")
+        );
+        assert_eq!(
+            query_param(Some("name=Ann+Lee%2B1"), "name").as_deref(),
+            Some("Ann Lee+1")
         );
         assert_eq!(query_param(Some("a=1"), "name"), None);
         assert_eq!(query_param(None, "name"), None);

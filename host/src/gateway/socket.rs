@@ -30,6 +30,9 @@ use wasmwire_runtime::session::{ClientEvent, Inbound};
 /// answer read) before the connection is dropped without it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most messages written between two flushes (and two looks at a close request).
+const BATCH: usize = 256;
+
 /// How often the gateway pings a socket (browsers answer pings on their own).
 pub const PING_EVERY: Duration = Duration::from_secs(25);
 
@@ -169,21 +172,25 @@ pub async fn run(
         _ = &mut writer => None,
         _ = stopped.changed() => Some(Some(close(CloseCode::Away, "the host is stopping"))),
     };
-    // The service sees `on-disconnect` now, whatever the socket is doing.
-    drop(inbound);
+    // The close to send is handed to the writer before the service hears of the end, so
+    // that the writer, seeing the service's side close, sends this reason and not its own.
+    let writer_done = reason.is_none();
     match reason {
         Some(Some(frame)) => {
             let _ = close_tx.send(frame);
         }
         Some(None) => drop(close_tx),
-        None => {
-            // Give the client a moment to answer the close frame, then let it go.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                while let Some(Ok(_)) = stream.next().await {}
-            })
-            .await;
-            return;
-        }
+        None => {}
+    }
+    // The service sees `on-disconnect` now, whatever the socket is doing.
+    drop(inbound);
+    if writer_done {
+        // Give the client a moment to answer the close frame, then let it go.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+        return;
     }
     if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
         .await
@@ -314,6 +321,9 @@ async fn write_loop(
             }
         };
         let mut next = event;
+        // A batch is cut at BATCH messages, so that a service that sends without pause
+        // cannot keep the writer from a close it was asked for.
+        let mut batch = 0;
         loop {
             match next {
                 Some(ClientEvent::Message { kind, payload }) => {
@@ -322,12 +332,19 @@ async fn write_loop(
                     }
                 }
                 Some(ClientEvent::Closed) | None => {
-                    let frame = close(CloseCode::Normal, "the service closed the session");
+                    // A close the reader asked for (its reason) wins over the service's.
+                    let frame = close_rx.try_recv().unwrap_or_else(|_| {
+                        close(CloseCode::Normal, "the service closed the session")
+                    });
                     let _ =
                         tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame))))
                             .await;
                     return;
                 }
+            }
+            batch += 1;
+            if batch == BATCH {
+                break;
             }
             match events.try_recv() {
                 Ok(e) => next = Some(e),
