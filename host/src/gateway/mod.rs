@@ -423,8 +423,9 @@ async fn route(
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
-    // The figures too: a rebound page must not read them either.
-    if api && !shared.access.host_allowed(host) {
+    // The figures too: a rebound page must not read them either. (Not on the `metrics`
+    // address, which serves nothing else: Prometheus may well scrape it by a DNS name.)
+    if api && shared.api && !shared.access.host_allowed(host) {
         return error(
             StatusCode::FORBIDDEN,
             "host",
