@@ -45,8 +45,12 @@ async fn count(node: &wasmwire::node::Node) -> u64 {
     }
 }
 
-/// A bare hyper server: every request is answered with its own body.
-async fn bare_http() -> SocketAddr {
+/// A loopback listener handing each connection to `serve` on a task of its own.
+async fn listen<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -55,55 +59,50 @@ async fn bare_http() -> SocketAddr {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let body = req.into_body().collect().await?.to_bytes();
-                        let mut r = hyper::Response::new(Full::new(body));
-                        r.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, hyper::Error>(r)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
-            });
+            tokio::spawn(serve(tcp));
         }
     });
     addr
 }
 
+/// A bare hyper server: every request is answered with its own body.
+async fn bare_http() -> SocketAddr {
+    listen(|tcp| async move {
+        let service =
+            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                let mut r = hyper::Response::new(Full::new(body));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                Ok::<_, hyper::Error>(r)
+            });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .serve_connection(TokioIo::new(tcp), service)
+            .await;
+    })
+    .await
+}
+
 /// A bare tungstenite server: counts the frames of each socket and, at `n`, answers one.
 async fn bare_ws(n: u64) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = tcp.set_nodelay(true);
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                let mut count = 0u64;
-                while let Some(Ok(m)) = ws.next().await {
-                    if matches!(m, Message::Text(_) | Message::Binary(_)) {
-                        count += 1;
-                        if count == n {
-                            let _ = ws.send(Message::text("done")).await;
-                        }
-                    }
+    listen(move |tcp| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        let mut count = 0u64;
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Text(_) | Message::Binary(_)) {
+                count += 1;
+                if count == n {
+                    let _ = ws.send(Message::text("done")).await;
                 }
-            });
+            }
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// 64 connections each sending `per` requests one after another: requests per second and

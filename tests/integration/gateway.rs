@@ -694,15 +694,13 @@ async fn hostile_requests_get_a_status_and_nothing_is_held_open() {
     assert_eq!(plain.status, 426);
     // A body past the service's max_message, declared or not (chunked).
     // (Raw, so the client does not write the body the gateway refuses to read.)
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
+    let (answer, _) = http::raw(
+        addr,
         b"POST /v1/services/small/events/echo HTTP/1.1\r\nHost: 127.0.0.1\r\n\
           Content-Length: 2097152\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
     )
-    .await
-    .unwrap();
-    let mut answer = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer)).await;
+    .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(
@@ -754,22 +752,21 @@ async fn hostile_requests_get_a_status_and_nothing_is_held_open() {
     );
     // Headers past the bound.
     let long = "a".repeat(64 << 10);
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!("GET /v1/services HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Long: {long}\r\n\r\n");
-    let _ = s.write_all(head.as_bytes()).await;
-    let mut answer = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer)).await;
+    let (answer, _) = http::raw(addr, head.as_bytes(), Duration::from_secs(10)).await;
     assert!(
         answer.starts_with("HTTP/1.1 431"),
         "{}",
         &answer[..answer.len().min(100)]
     );
     // Garbage.
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"\xff\xfe\xfd garbage\r\n\r\n").await.unwrap();
-    let mut answer = String::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer)).await;
-    assert!(closed.is_ok(), "a garbage request left the connection open");
+    let (answer, closed) = http::raw(
+        addr,
+        b"\xff\xfe\xfd garbage\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(closed, "a garbage request left the connection open");
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
         "{answer}"
@@ -793,24 +790,22 @@ async fn hostile_requests_get_a_status_and_nothing_is_held_open() {
     assert!(matches!(cut, Ok(true)), "a slow head was not cut");
     assert!(started.elapsed() < Duration::from_secs(20));
 
-    let mut no_body = tokio::net::TcpStream::connect(addr).await.unwrap();
-    no_body
-        .write_all(b"POST /v1/services/echo/events/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n1")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    let _ =
-        tokio::time::timeout(Duration::from_secs(30), no_body.read_to_string(&mut answer)).await;
+    let (answer, _) = http::raw(
+        addr,
+        b"POST /v1/services/echo/events/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n1",
+        Duration::from_secs(30),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 
-    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
-    raw.write_all(b"GET /v1/services HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        .await
-        .unwrap();
-    let mut sink = Vec::new();
-    let ended = tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut sink)).await;
-    assert!(ended.is_ok(), "an idle kept-alive connection stayed open");
-    assert!(String::from_utf8_lossy(&sink).starts_with("HTTP/1.1 200"));
+    let (answer, ended) = http::raw(
+        addr,
+        b"GET /v1/services HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(ended, "an idle kept-alive connection stayed open");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // Through it all, the neighbour answers.
     assert_eq!(call(addr, "echo", "echo", "7").await.body, "7");

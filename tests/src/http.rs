@@ -160,3 +160,19 @@ pub async fn next_json(ws: &mut Socket, within: Duration) -> Option<serde_json::
         }
     }
 }
+
+/// Writes `bytes` on a fresh connection (a request as a hostile client writes it; a write
+/// the server refuses midway is not an error) and reads until the server closes, for at
+/// most `within`: what came back, and whether the server closed in that time.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], within: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr)
+        .await
+        .expect("connect to the gateway");
+    let _ = s.write_all(bytes).await;
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(within, s.read_to_end(&mut got))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
