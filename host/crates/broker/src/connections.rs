@@ -433,6 +433,9 @@ impl Broker {
         if exchange {
             self.exchange(conn, now, true);
         }
+        if role == Role::Host {
+            self.release_bootstraps();
+        }
         // Dialled for a probe that ended meanwhile: nothing waits for it.
         self.let_go_if_idle(conn);
     }

@@ -232,6 +232,18 @@ impl Table {
         }
     }
 
+    /// The `i`-th host of the table (in bucket order), for drawing samples: walks the
+    /// buckets (about log₂ N of them), not the hosts.
+    pub fn nth(&self, mut i: usize) -> Option<&Entry> {
+        for b in &self.buckets {
+            if i < b.len() {
+                return b.get(i);
+            }
+            i -= b.len();
+        }
+        None
+    }
+
     /// At most `n` hosts closest to `target`, closest first, `except` left out. Walks the
     /// table (k · log₂ N hosts: a few hundred), never the connections.
     pub fn closest(&self, target: &Key, n: usize, except: Option<&PeerId>) -> Vec<&Entry> {

@@ -42,6 +42,7 @@ impl Broker {
             return;
         };
         c.incoming = c.incoming.saturating_sub(1);
+        let bootstrap = c.bootstrap;
         let message = match answer {
             Ok(m) => m,
             Err(f) => Control::Error {
@@ -54,6 +55,9 @@ impl Broker {
         self.transmits.push_back((conn, message));
         if !self.let_go.is_empty() {
             self.let_go_if_idle(conn);
+        }
+        if bootstrap {
+            self.release_bootstraps();
         }
     }
 
@@ -139,6 +143,9 @@ impl Broker {
         trim(&mut self.pending);
         if let Some(c) = self.conns.get_mut(&p.conn) {
             c.pending = c.pending.saturating_sub(1);
+            if c.bootstrap {
+                self.release_bootstraps();
+            }
         }
         if p.purpose == Purpose::Store {
             self.release_if_done(p.conn, None);

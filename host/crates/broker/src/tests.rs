@@ -908,10 +908,14 @@ fn configured_peers_are_bootstrap_peers_dialled_only_while_few_others() {
     sim.drive();
     let others: Vec<ConnId> = (2..10).map(|i| sim.connect(i, 0, None)).collect();
     sim.drive();
-    assert_eq!(sim.nodes[0].broker.host_count(), 9);
+    // With eight others, the bootstrap peer is let go (and closed: nothing uses it) and
+    // not dialled again.
+    assert_eq!(sim.nodes[0].broker.host_count(), 8);
+    assert!(
+        sim.nodes[0].broker.connection_to(&ids[1]).is_none(),
+        "{boot}"
+    );
     sim.take_events(0);
-    // With eight others, the lost bootstrap peer is not dialled again.
-    lose(&mut sim, boot);
     sim.advance(Duration::from_secs(30));
     assert_eq!(configured_dials(&sim.take_events(0)), 0);
     // Seven others: it is.
@@ -1112,20 +1116,67 @@ fn an_idle_bootstrap_peer_is_released_once_enough_others_carry_the_host() {
     sim.drive();
     sim.advance(every);
     assert!(!released(sim.take_events(0)));
-    // Eight: released at the next exchange — unless a request is under way on it.
-    sim.connect(9, 0, None);
-    sim.drive();
+    // Eight, with a request under way on it: kept until the request ends — then let go
+    // at once, not at the next exchange.
     let now = sim.now;
     sim.nodes[0]
         .broker
         .request(boot, Ask::Ping, every * 2, now)
         .unwrap();
     sim.mute.push(1);
+    sim.connect(9, 0, None);
+    sim.drive();
     sim.advance(every);
     assert!(!released(sim.take_events(0)), "a request is under way");
-    sim.mute.clear();
     sim.advance(every * 2);
-    assert!(released(sim.take_events(0)));
+    let events = sim.take_events(0);
+    assert!(released(events.clone()), "the request timed out");
+    assert!(
+        events.iter().any(|e| matches!(e, Event::Answered { .. })),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_newcomer_lets_its_seed_go_as_soon_as_enough_others_carry_it() {
+    let ids = ids(10);
+    let spec = PeerSpec {
+        addr: "127.0.0.1:7401".into(),
+        expected: Some(ids[1]),
+    };
+    let mut sim = Sim::new(&ids, &[], &[vec![spec]]);
+    sim.advance(Duration::from_millis(1));
+    let dial = sim
+        .take_events(0)
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Dial(d) => Some(d),
+            _ => None,
+        })
+        .unwrap();
+    let boot = sim.connect(0, 1, Some(dial));
+    sim.drive();
+    for i in 2..9 {
+        sim.connect(i, 0, None);
+    }
+    sim.drive();
+    assert!(
+        !sim.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Release { .. }))
+    );
+    // The eighth other host: the seed is let go in the same step, no time passing.
+    let before = sim.now;
+    sim.connect(9, 0, None);
+    sim.drive();
+    assert_eq!(sim.now, before);
+    let events = sim.take_events(0);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Release { conn } if *conn == boot)),
+        "{events:?}"
+    );
 }
 
 /// Forty hosts in a line (each connected to the next only, and dialling no learned peer
