@@ -908,14 +908,10 @@ fn configured_peers_are_bootstrap_peers_dialled_only_while_few_others() {
     sim.drive();
     let others: Vec<ConnId> = (2..10).map(|i| sim.connect(i, 0, None)).collect();
     sim.drive();
-    // With eight others, the bootstrap peer is let go (and closed: nothing uses it) and
-    // not dialled again.
-    assert_eq!(sim.nodes[0].broker.host_count(), 8);
-    assert!(
-        sim.nodes[0].broker.connection_to(&ids[1]).is_none(),
-        "{boot}"
-    );
+    assert_eq!(sim.nodes[0].broker.host_count(), 9);
     sim.take_events(0);
+    // With eight others, the lost bootstrap peer is not dialled again.
+    lose(&mut sim, boot);
     sim.advance(Duration::from_secs(30));
     assert_eq!(configured_dials(&sim.take_events(0)), 0);
     // Seven others: it is.
@@ -1138,45 +1134,50 @@ fn an_idle_bootstrap_peer_is_released_once_enough_others_carry_the_host() {
 }
 
 #[test]
-fn a_newcomer_lets_its_seed_go_as_soon_as_enough_others_carry_it() {
-    let ids = ids(10);
-    let spec = PeerSpec {
-        addr: "127.0.0.1:7401".into(),
-        expected: Some(ids[1]),
+fn a_newcomer_lets_its_seed_go_as_soon_as_it_has_the_others_it_dials_for() {
+    // Node 0 is configured with node 1 (its seed); nodes 2..=9 connect to it one by one.
+    // Returns whether the seed was let go in the same step as the eighth, no time passing.
+    let released_with_the_eighth = |max_peers: usize| {
+        let ids = ids(10);
+        let spec = PeerSpec {
+            addr: "127.0.0.1:7401".into(),
+            expected: Some(ids[1]),
+        };
+        let limits = BrokerLimits {
+            max_peers,
+            ..BrokerLimits::default()
+        };
+        let mut sim = Sim::with_limits(&ids, &[], &[vec![spec]], limits);
+        sim.advance(Duration::from_millis(1));
+        let dial = sim
+            .take_events(0)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Dial(d) => Some(d),
+                _ => None,
+            })
+            .unwrap();
+        let boot = sim.connect(0, 1, Some(dial));
+        sim.drive();
+        for i in 2..9 {
+            sim.connect(i, 0, None);
+        }
+        sim.drive();
+        let events = sim.take_events(0);
+        assert!(!events.iter().any(|e| matches!(e, Event::Release { .. })));
+        let before = sim.now;
+        sim.connect(9, 0, None);
+        sim.drive();
+        assert_eq!(sim.now, before);
+        sim.take_events(0)
+            .iter()
+            .any(|e| matches!(e, Event::Release { conn } if *conn == boot))
     };
-    let mut sim = Sim::new(&ids, &[], &[vec![spec]]);
-    sim.advance(Duration::from_millis(1));
-    let dial = sim
-        .take_events(0)
-        .into_iter()
-        .find_map(|e| match e {
-            Event::Dial(d) => Some(d),
-            _ => None,
-        })
-        .unwrap();
-    let boot = sim.connect(0, 1, Some(dial));
-    sim.drive();
-    for i in 2..9 {
-        sim.connect(i, 0, None);
-    }
-    sim.drive();
-    assert!(
-        !sim.take_events(0)
-            .iter()
-            .any(|e| matches!(e, Event::Release { .. }))
-    );
-    // The eighth other host: the seed is let go in the same step, no time passing.
-    let before = sim.now;
-    sim.connect(9, 0, None);
-    sim.drive();
-    assert_eq!(sim.now, before);
-    let events = sim.take_events(0);
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, Event::Release { conn } if *conn == boot)),
-        "{events:?}"
-    );
+    // Dialling for eight: the eighth other host lets the seed go at once.
+    assert!(released_with_the_eighth(8));
+    // Dialling for 64 (the default): eight others carry the host, but it would dial a
+    // learned peer in the seed's place; the seed waits for its exchange, as before.
+    assert!(!released_with_the_eighth(64));
 }
 
 /// Forty hosts in a line (each connected to the next only, and dialling no learned peer
@@ -1609,4 +1610,93 @@ fn a_lookup_that_heard_of_no_provider_asks_on_past_the_k_closest() {
         .find(|d| d.service.as_deref() == Some("rare"))
         .expect("the lookup ended");
     assert!(seek.found, "{seek:?}");
+}
+
+/// The hosts of `ids` ranked by distance to `key`, closest first.
+fn ranked(ids: &[PeerId], key: &dht::Key) -> Vec<PeerId> {
+    let mut v = ids.to_vec();
+    v.sort_by_key(|p| dht::Key::of_peer(p).distance(key));
+    v
+}
+
+#[test]
+fn a_publication_lets_go_of_the_hosts_it_asked_that_need_no_record() {
+    // Sixty hosts around a hub, all running `base` and published long ago (the hosts
+    // closest to its key name 20 providers); a newcomer that runs it too joins through the
+    // hub, far below its dial limit of 64.
+    let n = 62;
+    let ids = ids(n);
+    let (hub, newcomer) = (0, n - 1);
+    let services: Vec<&[&str]> = vec![&["base"]; n];
+    let limits = BrokerLimits {
+        max_learned: 0,
+        ..BrokerLimits::default()
+    };
+    let mut sim = Sim::with_limits(&ids, &services, &[], limits);
+    sim.auto_dial = true;
+    for i in 1..newcomer {
+        sim.connect(i, hub, None);
+    }
+    sim.drive();
+    sim.advance(Duration::from_secs(70));
+    let finds = sim.finds[newcomer];
+    sim.connect(newcomer, hub, None);
+    sim.drive();
+    for _ in 0..10 {
+        sim.advance(Duration::from_secs(1));
+    }
+    assert!(
+        sim.finds[newcomer] >= finds + 3,
+        "the publication asked hosts"
+    );
+    // The hosts closest to the key that its own lookup (of its own key) did not need too:
+    // asked, named 20 providers, let go.
+    let near_base = ranked(&ids, &dht::Key::of_service("base"));
+    let near_me = ranked(&ids, &dht::Key::of_peer(&ids[newcomer]));
+    let only_base: Vec<PeerId> = near_base[..20]
+        .iter()
+        .filter(|p| !near_me[..40].contains(p) && **p != ids[hub])
+        .copied()
+        .collect();
+    assert!(!only_base.is_empty());
+    let ready = sim.ready(newcomer);
+    let kept: Vec<&PeerId> = only_base.iter().filter(|p| ready.contains(p)).collect();
+    assert!(kept.is_empty(), "kept {kept:?} of {only_base:?}");
+    assert!(ready.contains(&ids[hub]));
+}
+
+#[test]
+fn get_peers_answers_mostly_from_the_routing_table() {
+    // The hub met 40 hosts (its table holds them) and is still connected to 8.
+    let ids = ids(41);
+    let mut sim = Sim::new(&ids, &[], &[]);
+    let conns: Vec<ConnId> = (1..41).map(|i| sim.connect(i, 0, None)).collect();
+    sim.drive();
+    for c in &conns[8..] {
+        lose(&mut sim, *c);
+    }
+    let hub = &mut sim.nodes[0].broker;
+    assert_eq!(hub.host_count(), 8);
+    let asker = ids[1];
+    for _ in 0..20 {
+        let sample = hub.exchange_sample(asker, 32);
+        let distinct: HashSet<&str> = sample.iter().map(|p| p.peer.as_str()).collect();
+        assert_eq!(distinct.len(), sample.len(), "{sample:?}");
+        assert!(!distinct.contains(asker.to_string().as_str()));
+        let away = sample.iter().filter(|p| !p.connected).count();
+        assert!(
+            away >= 8,
+            "hosts it is not connected to: {away} of {}",
+            sample.len()
+        );
+        assert!(sample.iter().all(|p| p.addr.is_some()));
+    }
+    // A small table: the connections make up the rest.
+    let few = super::tests::ids(6);
+    let mut sim = Sim::new(&few, &[], &[]);
+    for i in 1..6 {
+        sim.connect(i, 0, None);
+    }
+    sim.drive();
+    assert_eq!(sim.nodes[0].broker.exchange_sample(few[1], 32).len(), 4);
 }
