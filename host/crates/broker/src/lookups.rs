@@ -480,15 +480,16 @@ impl Broker {
         // lookup will not need it again: a probe's (providers are checked on connections
         // of their own), and a publication's that names k providers already (no record
         // is stored there). The hosts closest to the key of a service every host runs
-        // are asked by every newcomer: each of them held a connection from every
-        // newcomer of the last 5 s (their first period), 215–308 at 10 000 hosts with
-        // 20% churn a minute, where the seeds held 12–16.
+        // are asked by every newcomer; kept, they would each hold a connection from
+        // every newcomer of their last few seconds (see `docs/scaling.md`). Not while
+        // something else waits for it: a provider check, a reach, another lookup that
+        // has yet to ask it.
         let done_with = match l.goal {
             Goal::Probe(_) => true,
             Goal::Publish(_) => providers.len() >= K,
             Goal::Service(_) | Goal::Peer(_) => false,
-        };
-        if done_with && l.dialled.contains(&from) {
+        } && l.dialled.contains(&from);
+        if done_with && !self.wanted_beside(id, &from) {
             self.let_go.insert(from);
             if let Some(conn) = self.connection_to(&from) {
                 self.let_go_if_idle(conn);
@@ -626,8 +627,7 @@ impl Broker {
             // connections the host holds. (A newcomer below its dial limit would keep
             // them, and the few hosts that run a service every newcomer checks — or that
             // are closest to the key of one every host runs, which each newcomer
-            // publishes — would fill up: 226 connections in their first 5 s at one host
-            // closest to such a key, at 10 000 hosts with 20% churn a minute.)
+            // publishes — would fill up.)
             // A dial still under way (another provider, slower than the one that
             // answered) goes once it is ready, and a connection with a query of ours
             // still on it once that is answered.
@@ -656,6 +656,20 @@ impl Broker {
         while self.lookups_done.len() > 1024 {
             self.lookups_done.pop_front();
         }
+    }
+
+    /// Whether something other than lookup `id` waits for `peer`: a provider check, a
+    /// reach, another lookup that has yet to ask it or hear from it (at most
+    /// `MAX_LOOKUPS` × `MAX_CANDIDATES` looked at).
+    fn wanted_beside(&self, id: LookupId, peer: &PeerId) -> bool {
+        self.verifying.contains_key(peer)
+            || self.reaching.contains(peer)
+            || self.lookups.iter().any(|(other, o)| {
+                *other != id
+                    && o.candidates
+                        .values()
+                        .any(|c| c.peer == *peer && matches!(c.asked, Asked::Not | Asked::Waiting))
+            })
     }
 
     /// Releases `conn` if it was made only for queries, none is under way on it, and the

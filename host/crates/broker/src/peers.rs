@@ -87,19 +87,17 @@ impl Broker {
         self.events.push_back(Event::Release { conn });
     }
 
-    /// Lets the bootstrap connections go that nothing is under way on, once this host has
-    /// as many other hosts as it dials for — at once, not at their next exchange: a
-    /// newcomer is done with a seed when its first answers are in, and a seed held a
-    /// connection from every newcomer of its last few seconds otherwise (at 2% churn of
-    /// 100 000 hosts, 33 a second). Not as soon as the eight of `bootstrapped`: a host
-    /// with fewer than it dials for dials a learned peer in the seed's place, and while a
-    /// network forms that put more load on the hosts everyone learns of first, which shed
-    /// it, which had it dialled again (1 000 hosts × 3 minutes × 16 peers: 20% more control
-    /// messages, 16 000 more connections let go past a high-water mark). Those wait for
-    /// their exchange as before.
+    /// Lets the configured peers this host dialled go, when nothing is under way on them,
+    /// as soon as it holds as many other hosts as it dials for — not at their next
+    /// exchange: a seed would otherwise hold a connection from every newcomer of its last
+    /// few seconds, as many as newcomers arrive (see `docs/scaling.md`). Not at the eight
+    /// of `bootstrapped`: the host would dial a learned peer in the seed's place. Called
+    /// when a host connection becomes ready and after a request on a configured peer's
+    /// connection is answered (not after answering one: the answer could be cut off).
     pub(crate) fn release_bootstraps(&mut self) {
         let enough = self.config.limits.bootstrap_until.max(self.dial_limit());
-        if self.bootstrap_ready == 0 || self.hosts.len() - self.bootstrap_ready < enough {
+        let others = self.hosts.len().saturating_sub(self.bootstrap_ready);
+        if self.bootstrap_ready == 0 || others < enough {
             return;
         }
         for i in 0..self.configured.len() {
@@ -109,12 +107,10 @@ impl Broker {
             let Some(&(conn, _)) = self.hosts.get(&peer) else {
                 continue;
             };
-            // Only a connection this host dialled for its configured entry: one the seed
-            // made to it (a query, a learned dial) is the seed's to keep or let go, and
-            // one this host made to the seed as a learned peer (seeds are in everyone's
-            // samples) waits for its exchange — let go at once, the next sample naming
-            // the seed would have it dialled again (1 000 hosts: 161 control messages per
-            // host per minute instead of 125–133).
+            // Only a connection dialled for the configured entry: one the seed made (a
+            // query, a learned dial) is the seed's to let go, and one this host made to
+            // it as a learned peer (seeds are in everyone's samples) waits for its
+            // exchange — let go at once, the next sample would have it dialled again.
             let idle = self.conns.get(&conn).is_some_and(|c| {
                 c.bootstrap
                     && c.configured.is_some()

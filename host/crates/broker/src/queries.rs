@@ -245,15 +245,15 @@ impl Broker {
     }
 
     /// What a host answers another's `get-peers` with: a quarter drawn from its
-    /// connections, the rest from its routing table (hosts met, not failing). Random, not
-    /// the oldest connections: every host answering with the same first few would make
-    /// those few the hubs everyone dials (found by the network simulation, `make sim`).
-    /// And mostly the table: a seed's connections are mostly the newcomers of the last
-    /// seconds, so a sample of them sent each newcomer to the newcomers just before it —
-    /// one host 6 s old held 154 connections from newcomers at 10 000 hosts with 20%
-    /// churn a minute — while its table holds the long-lived hosts of every distance.
+    /// connections, the rest from its routing table (hosts met, not failing), the
+    /// connections again if the table has too few. Random, not the oldest connections:
+    /// every host answering with the same first few would make those few the hubs
+    /// everyone dials. Mostly the table: a seed's connections are mostly the newcomers of
+    /// its last seconds, and a sample of them sent each newcomer to the ones just before
+    /// it, while the table keeps long-lived hosts of every distance (`docs/scaling.md`).
     pub(crate) fn exchange_sample(&mut self, asker: PeerId, max: usize) -> Vec<PeerEntry> {
         let mut out = self.sample_hosts(Some(asker), max.div_ceil(4));
+        let mut named: Vec<PeerId> = out.iter().filter_map(|p| p.peer.parse().ok()).collect();
         let n = self.table.len();
         let mut draws = 2 * max;
         while out.len() < max && draws > 0 && n > 0 {
@@ -262,18 +262,14 @@ impl Broker {
             let Some(e) = self.table.nth(i) else {
                 break;
             };
-            if e.peer == asker || !e.verified || e.failures > 0 {
+            if e.peer == asker || !e.verified || e.failures > 0 || named.contains(&e.peer) {
                 continue;
             }
-            let peer = e.peer.to_string();
-            if out.iter().any(|p| p.peer == peer) {
-                continue;
-            }
-            let connected = self.hosts.contains_key(&e.peer);
+            named.push(e.peer);
             out.push(PeerEntry {
-                peer,
+                peer: e.peer.to_string(),
                 addr: Some(e.addr.to_string()),
-                connected,
+                connected: self.hosts.contains_key(&e.peer),
             });
         }
         // Too few in the table (a small network): the connections make up the rest.

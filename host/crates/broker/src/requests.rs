@@ -42,7 +42,6 @@ impl Broker {
             return;
         };
         c.incoming = c.incoming.saturating_sub(1);
-        let bootstrap = c.bootstrap;
         let message = match answer {
             Ok(m) => m,
             Err(f) => Control::Error {
@@ -55,9 +54,6 @@ impl Broker {
         self.transmits.push_back((conn, message));
         if !self.let_go.is_empty() {
             self.let_go_if_idle(conn);
-        }
-        if bootstrap {
-            self.release_bootstraps();
         }
     }
 
@@ -141,11 +137,10 @@ impl Broker {
         };
         self.deadlines.remove(&(p.deadline, token));
         trim(&mut self.pending);
+        let mut bootstrap = false;
         if let Some(c) = self.conns.get_mut(&p.conn) {
             c.pending = c.pending.saturating_sub(1);
-            if c.bootstrap {
-                self.release_bootstraps();
-            }
+            bootstrap = c.bootstrap;
         }
         if p.purpose == Purpose::Store {
             self.release_if_done(p.conn, None);
@@ -161,6 +156,9 @@ impl Broker {
         // After the answer is taken in: what it starts may use the connection.
         if !self.let_go.is_empty() {
             self.let_go_if_idle(conn);
+        }
+        if bootstrap {
+            self.release_bootstraps();
         }
     }
 
