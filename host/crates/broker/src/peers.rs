@@ -88,16 +88,13 @@ impl Broker {
     }
 
     /// Lets the configured peers this host dialled go, when nothing is under way on them,
-    /// as soon as it holds as many other hosts as it dials for — not at their next
+    /// as soon as enough other hosts carry it (`bootstrapped`) — not at their next
     /// exchange: a seed would otherwise hold a connection from every newcomer of its last
-    /// few seconds, as many as newcomers arrive (see `docs/scaling.md`). Not at the eight
-    /// of `bootstrapped`: the host would dial a learned peer in the seed's place. Called
-    /// when a host connection becomes ready and after a request on a configured peer's
+    /// few seconds, as many as newcomers arrive (see `docs/scaling.md`). Called when a
+    /// host connection becomes ready and after a request on a configured peer's
     /// connection is answered (not after answering one: the answer could be cut off).
     pub(crate) fn release_bootstraps(&mut self) {
-        let enough = self.config.limits.bootstrap_until.max(self.dial_limit());
-        let others = self.hosts.len().saturating_sub(self.bootstrap_ready);
-        if self.bootstrap_ready == 0 || others < enough {
+        if self.bootstrap_ready == 0 || !self.bootstrapped() {
             return;
         }
         for i in 0..self.configured.len() {

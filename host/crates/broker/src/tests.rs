@@ -908,10 +908,14 @@ fn configured_peers_are_bootstrap_peers_dialled_only_while_few_others() {
     sim.drive();
     let others: Vec<ConnId> = (2..10).map(|i| sim.connect(i, 0, None)).collect();
     sim.drive();
-    assert_eq!(sim.nodes[0].broker.host_count(), 9);
+    // With eight others, the bootstrap peer is let go (and closed: nothing uses it) and
+    // not dialled again.
+    assert_eq!(sim.nodes[0].broker.host_count(), 8);
+    assert!(
+        sim.nodes[0].broker.connection_to(&ids[1]).is_none(),
+        "{boot}"
+    );
     sim.take_events(0);
-    // With eight others, the lost bootstrap peer is not dialled again.
-    lose(&mut sim, boot);
     sim.advance(Duration::from_secs(30));
     assert_eq!(configured_dials(&sim.take_events(0)), 0);
     // Seven others: it is.
@@ -1113,8 +1117,7 @@ fn an_idle_bootstrap_peer_is_released_once_enough_others_carry_the_host() {
     sim.advance(every);
     assert!(!released(sim.take_events(0)));
     // Eight, with a request under way on it: kept while the request runs, let go once it
-    // has ended (here at the exchange that follows: a host that dials for 64 lets its
-    // seed go at once only with 64 others).
+    // has ended.
     let now = sim.now;
     sim.nodes[0]
         .broker
@@ -1135,7 +1138,7 @@ fn an_idle_bootstrap_peer_is_released_once_enough_others_carry_the_host() {
 }
 
 #[test]
-fn a_newcomer_lets_its_seed_go_as_soon_as_it_has_the_others_it_dials_for() {
+fn a_newcomer_lets_its_seed_go_as_soon_as_enough_others_carry_it() {
     // Node 0 is configured with node 1 (its seed); nodes 2..=9 connect to it one by one.
     // Returns whether the seed was let go in the same step as the eighth, no time passing.
     let released_with_the_eighth = |max_peers: usize| {
@@ -1174,11 +1177,9 @@ fn a_newcomer_lets_its_seed_go_as_soon_as_it_has_the_others_it_dials_for() {
             .iter()
             .any(|e| matches!(e, Event::Release { conn } if *conn == boot))
     };
-    // Dialling for eight: the eighth other host lets the seed go at once.
+    // The eighth other host lets the seed go at once, whatever the host dials for.
     assert!(released_with_the_eighth(8));
-    // Dialling for 64 (the default): eight others carry the host, but it would dial a
-    // learned peer in the seed's place; the seed waits for its exchange, as before.
-    assert!(!released_with_the_eighth(64));
+    assert!(released_with_the_eighth(64));
 }
 
 /// Forty hosts in a line (each connected to the next only, and dialling no learned peer
