@@ -337,6 +337,17 @@ impl Sim {
             .collect()
     }
 
+    /// The dial node `i` asked for among its events (the others are dropped).
+    fn dial_of(&mut self, i: usize) -> DialTo {
+        self.take_events(i)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::Dial(d) => Some(d),
+                _ => None,
+            })
+            .expect("a dial")
+    }
+
     fn ready(&self, i: usize) -> Vec<PeerId> {
         self.nodes[i]
             .broker
@@ -623,14 +634,7 @@ fn a_lost_peer_is_redialled_and_backoff_resets_when_it_returns() {
     };
     let mut sim = Sim::new(&ids, &[], &[vec![spec.clone()]]);
     sim.advance(Duration::from_millis(1));
-    let dial = sim
-        .take_events(0)
-        .into_iter()
-        .find_map(|e| match e {
-            Event::Dial(d) => Some(d),
-            _ => None,
-        })
-        .unwrap();
+    let dial = sim.dial_of(0);
     let conn = sim.connect(0, 1, Some(dial));
     sim.drive();
     assert_eq!(sim.ready(0), vec![ids[1]]);
@@ -896,14 +900,7 @@ fn configured_peers_are_bootstrap_peers_dialled_only_while_few_others() {
     };
     let mut sim = Sim::new(&ids, &[], &[vec![spec]]);
     sim.advance(Duration::from_millis(1));
-    let dial = sim
-        .take_events(0)
-        .into_iter()
-        .find_map(|e| match e {
-            Event::Dial(d) => Some(d),
-            _ => None,
-        })
-        .unwrap();
+    let dial = sim.dial_of(0);
     let boot = sim.connect(0, 1, Some(dial));
     sim.drive();
     let others: Vec<ConnId> = (2..10).map(|i| sim.connect(i, 0, None)).collect();
@@ -1040,14 +1037,7 @@ fn a_configured_peer_that_answered_full_waits_out_its_backoff() {
     // Written without an id: the `full` connection's key names it.
     let mut sim = Sim::new(&ids, &[], &[vec!["127.0.0.1:7401".parse().unwrap()]]);
     sim.advance(Duration::from_millis(1));
-    let dial = sim
-        .take_events(0)
-        .into_iter()
-        .find_map(|e| match e {
-            Event::Dial(d) => Some(d),
-            _ => None,
-        })
-        .unwrap();
+    let dial = sim.dial_of(0);
     let (conn, now) = (77, sim.now);
     let full = sim.nodes[1].broker.full_answer();
     let b = &mut sim.nodes[0].broker;
@@ -1093,14 +1083,7 @@ fn an_idle_bootstrap_peer_is_released_once_enough_others_carry_the_host() {
     };
     let mut sim = Sim::new(&ids, &[], &[vec![spec]]);
     sim.advance(Duration::from_millis(1));
-    let dial = sim
-        .take_events(0)
-        .into_iter()
-        .find_map(|e| match e {
-            Event::Dial(d) => Some(d),
-            _ => None,
-        })
-        .unwrap();
+    let dial = sim.dial_of(0);
     let boot = sim.connect(0, 1, Some(dial));
     sim.drive();
     let every = BrokerLimits::default().exchange_every;
@@ -1153,14 +1136,7 @@ fn a_newcomer_lets_its_seed_go_as_soon_as_enough_others_carry_it() {
         };
         let mut sim = Sim::with_limits(&ids, &[], &[vec![spec]], limits);
         sim.advance(Duration::from_millis(1));
-        let dial = sim
-            .take_events(0)
-            .into_iter()
-            .find_map(|e| match e {
-                Event::Dial(d) => Some(d),
-                _ => None,
-            })
-            .unwrap();
+        let dial = sim.dial_of(0);
         let boot = sim.connect(0, 1, Some(dial));
         sim.drive();
         for i in 2..9 {
